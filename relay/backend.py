@@ -1,0 +1,59 @@
+"""Connections to the store: a real Redis, or the embedded in-process one."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from relay.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """One client for commands and one kept for the reader's blocking XREAD."""
+
+    commands: Redis
+    reader: Redis
+
+    async def aclose(self) -> None:
+        """Close both clients and their pools."""
+        await self.reader.aclose()
+        await self.commands.aclose()
+
+
+def connect(settings: Settings) -> Connections:
+    """Clients for ``settings.redis_url``, or an in-process store when it is unset."""
+    if not settings.redis_url:
+        return _embedded()
+    commands = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=30,
+    )
+    # The reader blocks in XREAD for up to read_block_ms; its timeout must be longer.
+    reader = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
+        single_connection_client=True,
+    )
+    return Connections(commands, reader)
+
+
+def _embedded() -> Connections:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    commands = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    reader = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    return Connections(commands, reader)

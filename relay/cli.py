@@ -1,0 +1,172 @@
+"""The ``relay`` command: serve, publish, watch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+
+
+def _gateway_url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("RELAY_URL") or DEFAULT_GATEWAY)
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run a gateway")
+    serve.add_argument("--host", help="listen address (RELAY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (RELAY_PORT, default 8080)")
+    serve.add_argument(
+        "--redis-url",
+        help="Redis to use (RELAY_REDIS_URL); without it an in-process store is used",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="logging threshold (RELAY_LOG_LEVEL, default info)",
+    )
+    serve.add_argument("--stream-prefix", help="prefix of every Redis key (RELAY_STREAM_PREFIX)")
+    serve.add_argument(
+        "--stream-maxlen", type=int, help="entries kept per type stream (RELAY_STREAM_MAXLEN)"
+    )
+
+
+def _publish_parser(commands: Any) -> None:
+    publish = commands.add_parser("publish", help="publish one event")
+    publish.add_argument("--type", dest="workflow_type", required=True, help="workflow type")
+    publish.add_argument("--session", dest="session_id", required=True, help="session id")
+    publish.add_argument("--step", required=True, help="step name")
+    publish.add_argument("--progress", type=float, required=True, help="0 to 100")
+    publish.add_argument("--metadata", help="a JSON object")
+    publish.add_argument(
+        "--status", choices=["running", "completed", "failed", "cancel_requested", "cancelled"]
+    )
+    publish.add_argument("--error", help="error message, with --status failed")
+    target = publish.add_mutually_exclusive_group()
+    target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
+    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+
+
+def _watch_parser(commands: Any) -> None:
+    watch = commands.add_parser("watch", help="print events as they arrive")
+    watch.add_argument("--type", dest="workflow_type", default="*", help="workflow type or *")
+    watch.add_argument("--session", dest="session_id", help="only this session")
+    watch.add_argument("--url", help=f"gateway (RELAY_URL, default {DEFAULT_GATEWAY})")
+    watch.add_argument("--json", action="store_true", help="one JSON event per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``relay`` command."""
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    _publish_parser(commands)
+    _watch_parser(commands)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with every flag given on the command line winning."""
+    names = ("host", "port", "redis_url", "log_level", "stream_prefix", "stream_maxlen")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return Settings(**overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run a gateway until SIGINT or SIGTERM."""
+    from aiohttp import web
+
+    from relay.gateway import create_app
+
+    settings = settings_from_args(args)
+    _configure_logging(settings.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    where = "embedded in-process store" if settings.embedded else "Redis"
+    logger.info("relay gateway on http://%s:%d (%s)", settings.host, settings.port, where)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+        loop=(loop_factory() if loop_factory else None),
+    )
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    """Publish one event over HTTP or straight to Redis; prints its id."""
+    from relay.reporter import HttpReporter, Reporter, ReportError
+
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except json.JSONDecodeError as exc:
+        print(f"relay publish: --metadata is not JSON: {exc}", file=sys.stderr)
+        return 2
+    fields = (args.session_id, args.workflow_type, args.step, args.progress, metadata)
+    try:
+        if args.redis_url:
+            with Reporter(args.redis_url) as reporter:
+                entry_id = reporter.report(*fields, status=args.status, error=args.error)
+        else:
+            http = HttpReporter(_gateway_url(args), api_key=os.environ.get("RELAY_API_KEY"))
+            entry_id = http.report(*fields, status=args.status, error=args.error)
+    except ValidationError as exc:
+        print(f"relay publish: invalid event:\n{exc}", file=sys.stderr)
+        return 2
+    except (ReportError, OSError) as exc:
+        print(f"relay publish: {exc}", file=sys.stderr)
+        return 1
+    print(entry_id)
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Print events of a type or session until interrupted."""
+    from relay.watch import watch_events
+
+    try:
+        return asyncio.run(
+            watch_events(_gateway_url(args), args.workflow_type, args.session_id, as_json=args.json)
+        )
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relay`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": serve, "publish": publish, "watch": watch}
+    try:
+        return handlers[args.command](args)
+    except ValidationError as exc:
+        print(f"relay {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

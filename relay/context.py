@@ -1,0 +1,32 @@
+"""What one gateway holds while it runs, shared by its request handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from relay.backend import Connections
+from relay.hub import Hub
+from relay.ingest import Ingest
+from relay.keys import Keys
+from relay.reader import StreamReader
+from relay.settings import Settings
+from relay.streams import StreamStore
+
+
+@dataclass(slots=True)
+class Relay:
+    """The gateway's parts, built once per application."""
+
+    settings: Settings
+    connections: Connections
+    keys: Keys
+    store: StreamStore
+    hub: Hub
+    ingest: Ingest
+    reader: StreamReader
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+
+
+RELAY = web.AppKey("relay", Relay)

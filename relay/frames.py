@@ -1,0 +1,111 @@
+"""WebSocket frames: what clients may send, and the control frames the gateway answers with."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from relay.hub import ANY_TYPE
+from relay.models import WORKFLOW_TYPE_PATTERN, SessionId
+from relay.subscriber import SubscriptionKey
+
+STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+
+TypeOrAny = Annotated[str, Field(pattern=rf"^\*$|{WORKFLOW_TYPE_PATTERN}")]
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubscriptionTarget(_Action):
+    """A workflow type (or ``*``), optionally narrowed to one session."""
+
+    workflow_type: TypeOrAny
+    session_id: SessionId | None = None
+
+    @property
+    def key(self) -> SubscriptionKey:
+        """The hub's index key for this target."""
+        return (self.workflow_type, self.session_id)
+
+
+class Subscribe(SubscriptionTarget):
+    """Start receiving events for a type or one session."""
+
+    action: Literal["subscribe"]
+    since: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _since_needs_one_type(self) -> Subscribe:
+        if self.since is not None and self.workflow_type == ANY_TYPE:
+            raise ValueError("since needs a single workflow_type, not '*'")
+        return self
+
+
+class Unsubscribe(SubscriptionTarget):
+    """Stop receiving events for a subscription made earlier."""
+
+    action: Literal["unsubscribe"]
+
+
+class Ping(_Action):
+    """Keep-alive; answered with a pong."""
+
+    action: Literal["ping"]
+
+
+ClientFrame = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="action")]
+CLIENT_FRAME: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientFrame)
+
+
+def parse_client_frame(text: str | bytes) -> Subscribe | Unsubscribe | Ping:
+    """Validate one client frame; raises pydantic's ValidationError."""
+    return CLIENT_FRAME.validate_json(text, strict=True)
+
+
+def parse_query_subscription(query: dict[str, str]) -> Subscribe | None:
+    """The subscription given in ``/ws?workflow_type=...``, if any."""
+    if "workflow_type" not in query:
+        return None
+    fields: dict[str, Any] = {"action": "subscribe"}
+    for name in ("workflow_type", "session_id", "since"):
+        if name in query:
+            fields[name] = query[name]
+    return Subscribe.model_validate(fields)
+
+
+def _frame(**fields: Any) -> str:
+    return orjson.dumps(fields).decode()
+
+
+def subscribed_frame(target: SubscriptionTarget, *, recovered: bool | None = None) -> str:
+    """Confirms a subscription; ``recovered`` is present when ``since`` was given."""
+    fields: dict[str, Any] = {
+        "type": "subscribed",
+        "workflow_type": target.workflow_type,
+        "session_id": target.session_id,
+    }
+    if recovered is not None:
+        fields["recovered"] = recovered
+    return _frame(**fields)
+
+
+def unsubscribed_frame(target: SubscriptionTarget) -> str:
+    """Confirms an unsubscribe."""
+    return _frame(
+        type="unsubscribed", workflow_type=target.workflow_type, session_id=target.session_id
+    )
+
+
+def error_frame(code: str, message: str, detail: list[dict[str, str]] | None = None) -> str:
+    """Tells the client what was wrong with its frame; the connection stays open."""
+    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if detail:
+        fields["detail"] = detail
+    return _frame(**fields)
+
+
+PONG_FRAME = _frame(type="pong")

@@ -1,0 +1,89 @@
+"""The aiohttp application: routes, the reader task, and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from relay import http_api, ws
+from relay.backend import Connections, connect
+from relay.context import RELAY, Relay
+from relay.errors import error_middleware
+from relay.hub import Hub
+from relay.ingest import Ingest
+from relay.keys import Keys
+from relay.reader import StreamReader
+from relay.settings import Settings
+from relay.streams import StreamStore
+from relay.subscriber import CLOSE_GOING_AWAY
+
+logger = logging.getLogger(__name__)
+
+READER_START_TIMEOUT = 5.0
+
+
+def build_relay(settings: Settings, connections: Connections | None = None) -> Relay:
+    """Wire the gateway's parts together; nothing touches the network yet."""
+    connections = connections or connect(settings)
+    keys = Keys(settings.stream_prefix)
+    store = StreamStore(connections.commands, keys, maxlen=settings.stream_maxlen)
+    hub = Hub()
+    ingest = Ingest(keys, hub)
+    reader = StreamReader(
+        store,
+        connections.reader,
+        ingest,
+        count=settings.read_count,
+        block_ms=settings.read_block_ms,
+        discovery_interval=settings.discovery_interval,
+    )
+    return Relay(settings, connections, keys, store, hub, ingest, reader)
+
+
+def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
+    """The gateway application for ``settings``."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            error_middleware(
+                max_body=settings.max_body_bytes, retry_after=settings.retry_after_seconds
+            )
+        ],
+    )
+    app[RELAY] = build_relay(settings, connections)
+    app.add_routes(http_api.routes)
+    app.add_routes(ws.routes)
+    app.cleanup_ctx.append(_run_reader)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _run_reader(app: web.Application) -> AsyncIterator[None]:
+    relay = app[RELAY]
+    if relay.settings.embedded:
+        logger.warning(
+            "no Redis configured: running on the embedded in-process store "
+            "(one instance, nothing kept across restarts)"
+        )
+    task = asyncio.create_task(relay.reader.run(), name="relay-stream-reader")
+    try:
+        # Publishes accepted once we serve must not be taken for history.
+        async with asyncio.timeout(READER_START_TIMEOUT):
+            await relay.reader.started.wait()
+    except TimeoutError:
+        logger.warning("store not reachable at start; serving anyway, the reader keeps trying")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
+    await relay.connections.aclose()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    sockets = list(app[RELAY].sockets)
+    await asyncio.gather(
+        *(sock.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for sock in sockets),
+        return_exceptions=True,
+    )

@@ -1,0 +1,83 @@
+"""HTTP endpoints for publishers and probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from relay.context import RELAY
+from relay.errors import ApiError, raise_validation
+from relay.keys import event_name
+from relay.models import parse_event_json, parse_event_list_json
+
+READY_PING_TIMEOUT = 1.0
+
+routes = web.RouteTableDef()
+
+
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request; 415 for another content type, 400 when empty."""
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(415, f"expected content-type application/json, got {content_type!r}")
+    body = await request.read()
+    if not body.strip():
+        raise ApiError(400, "request body is empty", code="malformed_json")
+    return body
+
+
+@routes.post("/api/workflows/progress")
+async def publish_one(request: web.Request) -> web.Response:
+    """Publish one event; answers its stream id and event name."""
+    relay = request.app[RELAY]
+    body = await read_json_body(request)
+    try:
+        event = parse_event_json(body)
+    except ValidationError as exc:
+        raise_validation(exc)
+    (entry_id,) = await relay.store.publish([event])
+    return web.json_response({"id": entry_id, "event": event_name(event.workflow_type)}, status=202)
+
+
+@routes.post("/api/workflows/progress/batch")
+async def publish_batch(request: web.Request) -> web.Response:
+    """Publish a JSON array of events: every one is valid and written, or none is."""
+    relay = request.app[RELAY]
+    body = await read_json_body(request)
+    try:
+        events = parse_event_list_json(body)
+    except ValidationError as exc:
+        raise_validation(exc)
+    limit = relay.settings.max_batch
+    if len(events) > limit:
+        raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
+    ids = await relay.store.publish(events)
+    return web.json_response({"ids": ids}, status=202)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers and the stream reader is following the streams."""
+    relay = request.app[RELAY]
+    problems = []
+    try:
+        async with asyncio.timeout(READY_PING_TIMEOUT):
+            await relay.connections.commands.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        problems.append(f"store unreachable: {exc or type(exc).__name__}")
+    if not relay.reader.ready:
+        problems.append("stream reader is not following the streams")
+    if problems:
+        body = {"status": "not ready", "problems": problems}
+        retry = str(relay.settings.retry_after_seconds)
+        return web.json_response(body, status=503, headers={"Retry-After": retry})
+    return web.json_response({"status": "ready", "embedded": relay.settings.embedded})

@@ -1,0 +1,92 @@
+"""Subscriptions and routing: which subscribers get which event.
+
+Subscriptions are indexed by ``(workflow_type, session_id)`` where either part
+may be a wildcard (``"*"`` for the type, ``None`` for the session), so routing
+one event is four dictionary lookups plus one call per matching subscriber,
+whatever the number of other subscribers.
+"""
+
+from __future__ import annotations
+
+from relay.models import Envelope
+from relay.subscriber import Subscriber, SubscriptionKey
+
+ANY_TYPE = "*"
+
+
+class Hub:
+    """The in-process routing table of one gateway."""
+
+    def __init__(self) -> None:
+        self._index: dict[SubscriptionKey, set[Subscriber]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self.routed = 0
+        self.delivered = 0
+
+    @property
+    def subscribers(self) -> int:
+        """Connections currently attached."""
+        return len(self._subscribers)
+
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions across every connection."""
+        return sum(len(group) for group in self._index.values())
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """Register a connection (before it subscribes to anything)."""
+        self._subscribers.add(subscriber)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Forget a connection and every subscription it held."""
+        for key in subscriber.subscriptions:
+            self._discard(key, subscriber)
+        subscriber.subscriptions.clear()
+        self._subscribers.discard(subscriber)
+
+    def subscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> None:
+        """Route events matching ``key`` to ``subscriber`` from now on."""
+        self._index.setdefault(key, set()).add(subscriber)
+        subscriber.subscriptions.add(key)
+
+    def unsubscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> bool:
+        """Stop routing ``key`` to ``subscriber``; False if it was not subscribed."""
+        if key not in subscriber.subscriptions:
+            return False
+        subscriber.subscriptions.discard(key)
+        self._discard(key, subscriber)
+        return True
+
+    def _discard(self, key: SubscriptionKey, subscriber: Subscriber) -> None:
+        group = self._index.get(key)
+        if group is not None:
+            group.discard(subscriber)
+            if not group:
+                del self._index[key]
+
+    def all_subscribers(self) -> list[Subscriber]:
+        """A snapshot of every attached connection."""
+        return list(self._subscribers)
+
+    def route(self, envelope: Envelope) -> int:
+        """Hand one event to every matching subscriber, once each."""
+        index = self._index
+        wtype, session = envelope.workflow_type, envelope.session_id
+        groups = [
+            group
+            for group in (
+                index.get((wtype, None)),
+                index.get((ANY_TYPE, None)),
+                index.get((wtype, session)),
+                index.get((ANY_TYPE, session)),
+            )
+            if group
+        ]
+        self.routed += 1
+        if not groups:
+            return 0
+        targets = groups[0] if len(groups) == 1 else set().union(*groups)
+        for subscriber in targets:
+            subscriber.deliver(envelope)
+        self.delivered += len(targets)
+        return len(targets)

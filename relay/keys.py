@@ -1,0 +1,40 @@
+"""Every Redis key name relay uses, in one place."""
+
+from __future__ import annotations
+
+EVENT_PREFIX = "workflow:progress:"
+
+
+def event_name(workflow_type: str) -> str:
+    """The name subscribers see for events of one workflow type."""
+    return EVENT_PREFIX + workflow_type
+
+
+class Keys:
+    """Key names under one configurable prefix (empty by default)."""
+
+    __slots__ = ("_stream_prefix", "prefix")
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self._stream_prefix = prefix + EVENT_PREFIX
+
+    def stream(self, workflow_type: str) -> str:
+        """The stream holding every event of ``workflow_type``."""
+        return self._stream_prefix + workflow_type
+
+    @property
+    def stream_pattern(self) -> str:
+        """A SCAN pattern matching every type stream."""
+        return self._stream_prefix + "*"
+
+    @property
+    def types(self) -> str:
+        """The set of workflow types publishers have announced."""
+        return self.prefix + "workflow:types"
+
+    def workflow_type(self, stream_key: str) -> str | None:
+        """The workflow type a stream key belongs to, or None for a foreign key."""
+        if not stream_key.startswith(self._stream_prefix):
+            return None
+        return stream_key[len(self._stream_prefix) :] or None

@@ -1,0 +1,208 @@
+"""The progress event: validation, the flat stream entry, and the JSON sent to subscribers."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from relay.keys import event_name
+
+Status = Literal["running", "completed", "failed", "cancel_requested", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+WORKFLOW_TYPE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 8
+MAX_ERROR_CHARS = 4096
+
+SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
+WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value: scalars are 0, ``{}`` and ``[]`` are 1."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def format_number(value: float) -> int | float:
+    """Whole numbers travel as integers, so ``45`` stays ``45`` rather than ``45.0``."""
+    return int(value) if value.is_integer() else value
+
+
+class ProgressEvent(BaseModel):
+    """One progress report of one workflow session.
+
+    The same checks apply wherever an event enters relay: an HTTP body, a
+    reporter call, or a stream entry written by any worker.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session_id: SessionId
+    workflow_type: WorkflowType
+    step: str = Field(min_length=1, max_length=128)
+    progress: float = Field(ge=0, le=100, allow_inf_nan=False)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: Status = "running"
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
+    ts: int | None = Field(default=None, ge=0, le=2**53)
+
+    @field_validator("step")
+    @classmethod
+    def _printable(cls, step: str) -> str:
+        if not step.isprintable():
+            raise ValueError("step must contain printable characters only")
+        return step
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if _depth(metadata) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        try:
+            size = len(orjson.dumps(metadata))
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise ValueError(f"metadata is not encodable as JSON: {exc}") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
+        return metadata
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this event ends its session."""
+        return self.status in TERMINAL_STATUSES
+
+    def stamped(self, now_ms: int | None = None) -> ProgressEvent:
+        """This event with ``ts`` set, as whoever writes it to Redis must do."""
+        if self.ts is not None:
+            return self
+        stamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        return self.model_copy(update={"ts": stamp})
+
+    def stream_fields(self) -> dict[str, str]:
+        """The flat stream entry; the workflow type is carried by the stream key."""
+        fields = {
+            "session_id": self.session_id,
+            "step": self.step,
+            "progress": str(format_number(self.progress)),
+            "status": self.status,
+        }
+        if self.error is not None:
+            fields["error"] = self.error
+        if self.metadata:
+            fields["metadata"] = orjson.dumps(self.metadata).decode()
+        if self.ts is not None:
+            fields["ts"] = str(self.ts)
+        return fields
+
+    def data(self) -> dict[str, Any]:
+        """The ``data`` object subscribers receive."""
+        data: dict[str, Any] = {
+            "session_id": self.session_id,
+            "workflow_type": self.workflow_type,
+            "step": self.step,
+            "progress": format_number(self.progress),
+            "status": self.status,
+            "metadata": self.metadata,
+            "ts": self.ts,
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+EVENT_LIST = TypeAdapter(list[ProgressEvent])
+
+
+def parse_event_json(body: bytes) -> ProgressEvent:
+    """Validate one event from a JSON body; types are checked strictly."""
+    return ProgressEvent.model_validate_json(body, strict=True)
+
+
+def parse_event_list_json(body: bytes) -> list[ProgressEvent]:
+    """Validate a JSON array of events; types are checked strictly."""
+    return EVENT_LIST.validate_json(body, strict=True)
+
+
+class EntryError(ValueError):
+    """A stream entry that is not a valid event."""
+
+
+_ENTRY_FIELDS = frozenset({"session_id", "step", "progress", "metadata", "status", "error", "ts"})
+
+
+def _stream_id_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) -> ProgressEvent:
+    """Read an event back from a stream entry written by any publisher.
+
+    Raw ``XADD`` entries carry strings only, so numbers and metadata are parsed
+    here; an entry with no ``ts`` takes the time from its stream id.
+    """
+    # Unknown fields are ignored and the key names the type: workers in other
+    # languages may add fields of their own without losing their events.
+    raw: dict[str, Any] = {k: v for k, v in fields.items() if k in _ENTRY_FIELDS}
+    raw["workflow_type"] = workflow_type
+    try:
+        if "progress" in raw:
+            raw["progress"] = float(raw["progress"])
+        if "metadata" in raw:
+            raw["metadata"] = orjson.loads(raw["metadata"])
+        raw["ts"] = int(raw["ts"]) if "ts" in raw else _stream_id_ms(entry_id)
+    except (ValueError, TypeError) as exc:
+        raise EntryError(f"entry {entry_id} of {workflow_type!r}: {exc}") from None
+    try:
+        return ProgressEvent.model_validate(raw)
+    except ValidationError as exc:
+        fields_named = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise EntryError(f"entry {entry_id} of {workflow_type!r}: bad {fields_named}") from None
+
+
+def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
+    """The WebSocket text frame for one event, built once and sent to many."""
+    frame = {"event": event_name(event.workflow_type), "id": entry_id, "data": event.data()}
+    return orjson.dumps(frame).decode()
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    """One ``{"field", "message"}`` item per problem, for 422 answers and error frames."""
+    return [
+        {"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+class Envelope:
+    """One event as the hub routes it: its routing keys and its encoded frame."""
+
+    __slots__ = ("frame", "id", "session_id", "terminal", "workflow_type")
+
+    def __init__(
+        self, entry_id: str, workflow_type: str, session_id: str, terminal: bool, frame: str
+    ) -> None:
+        self.id = entry_id
+        self.workflow_type = workflow_type
+        self.session_id = session_id
+        self.terminal = terminal
+        self.frame = frame
+
+    @classmethod
+    def of(cls, entry_id: str, event: ProgressEvent) -> Envelope:
+        """Wrap a validated event, encoding its frame once."""
+        return cls(
+            entry_id,
+            event.workflow_type,
+            event.session_id,
+            event.terminal,
+            encode_event_frame(entry_id, event),
+        )

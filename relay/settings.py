@@ -1,0 +1,78 @@
+"""Gateway configuration: one object built at the edge from flags and ``RELAY_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; read once, then passed down.
+
+    Each field can be set by an environment variable named ``RELAY_`` plus the
+    field name in capitals (``RELAY_REDIS_URL``), or by the matching
+    ``relay serve`` flag, which wins over the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to use; when unset the gateway runs on an in-process store.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    log_level: LogLevel = Field(default="info", description="Logging threshold.")
+
+    stream_prefix: str = Field(
+        default="", max_length=64, description="Prefix put before every Redis key relay uses."
+    )
+    stream_maxlen: int = Field(
+        default=10_000, ge=1, description="Approximate number of entries kept per type stream."
+    )
+
+    read_count: int = Field(
+        default=1_000, ge=1, description="Most entries the reader takes per stream per XREAD."
+    )
+    read_block_ms: int = Field(
+        default=500, ge=1, description="How long one XREAD waits for new entries."
+    )
+    discovery_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between scans for new workflow type streams."
+    )
+
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest HTTP request body accepted."
+    )
+    max_batch: int = Field(default=1_000, ge=1, description="Most events in one batch request.")
+    max_ws_frame_bytes: int = Field(
+        default=65_536, ge=1024, description="Largest WebSocket frame a client may send."
+    )
+    outbox_limit: int = Field(
+        default=1_000,
+        ge=1,
+        description="Events queued for one subscriber before its queue is conflated.",
+    )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a subscriber's socket may accept nothing before it is closed.",
+    )
+    max_subscriptions: int = Field(
+        default=100, ge=1, description="Subscriptions one connection may hold."
+    )
+    ws_heartbeat: float = Field(
+        default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."
+    )
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured and the in-process store is used."""
+        return not self.redis_url

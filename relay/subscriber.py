@@ -1,0 +1,160 @@
+"""One connected subscriber: a bounded outbox, conflation, and its own writer task.
+
+The hub hands every matching event to :meth:`Subscriber.deliver`, which never
+waits. A writer task per subscriber drains the outbox at whatever pace the
+client reads, so one slow socket cannot delay the others. When the outbox
+overflows it is conflated: only the newest event per session survives, and
+terminal events and control frames are always kept. A subscriber that stays
+behind even then, or whose socket accepts nothing for ``send_timeout``
+seconds, is closed with :data:`CLOSE_SLOW_CONSUMER`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from relay.models import Envelope
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_SLOW_CONSUMER = 4008
+
+SendText = Callable[[str], Awaitable[object]]
+CloseConnection = Callable[[int, str], Awaitable[object]]
+Item = Envelope | str
+SubscriptionKey = tuple[str, str | None]
+
+
+class Subscriber:
+    """A connection's delivery side; transport-agnostic (WebSocket or SSE)."""
+
+    __slots__ = (
+        "_close",
+        "_closing",
+        "_limit",
+        "_queue",
+        "_send",
+        "_send_timeout",
+        "_wakeup",
+        "_writer",
+        "conflated",
+        "delivered",
+        "name",
+        "subscriptions",
+    )
+
+    def __init__(
+        self,
+        send: SendText,
+        close: CloseConnection,
+        *,
+        limit: int,
+        send_timeout: float = 30.0,
+        name: str = "",
+    ) -> None:
+        self._send = send
+        self._close = close
+        self._limit = limit
+        self._send_timeout = send_timeout
+        self._queue: deque[Item] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing: tuple[int, str] | None = None
+        self.name = name
+        self.subscriptions: set[SubscriptionKey] = set()
+        self.conflated = 0
+        self.delivered = 0
+
+    @property
+    def queued(self) -> int:
+        """Items waiting in the outbox."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def stop(self) -> None:
+        """Stop the writer task and drop whatever is still queued."""
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            # wait() never raises the writer's CancelledError, only our own.
+            await asyncio.wait([writer])
+        self._queue.clear()
+
+    def deliver(self, item: Item) -> None:
+        """Queue an event or a control frame; never blocks."""
+        if self._closing is not None:
+            return
+        queue = self._queue
+        queue.append(item)
+        if len(queue) > self._limit:
+            self._conflate()
+        self._wake()
+
+    def close_later(self, code: int, reason: str) -> None:
+        """Ask the writer to close the connection once it gets to it."""
+        if self._closing is None:
+            self._closing = (code, reason)
+            self._queue.clear()
+            self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def _conflate(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        kept: list[Item] = []
+        for item in reversed(self._queue):
+            if isinstance(item, str) or item.terminal:
+                kept.append(item)
+                continue
+            key = (item.workflow_type, item.session_id)
+            if key not in seen:
+                seen.add(key)
+                kept.append(item)
+        kept.reverse()
+        self.conflated += len(self._queue) - len(kept)
+        # Leaving the outbox nearly full would mean conflating again on every
+        # event; a subscriber that far behind is better told to reconnect.
+        if len(kept) > self._limit * 3 // 4:
+            logger.info("closing %s: outbox still full after conflation", self.name)
+            self.close_later(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._queue = deque(kept)
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self._closing is not None:
+                    await self._close(*self._closing)
+                    return
+                if not self._queue:
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
+                batch, self._queue = self._queue, deque()
+                for item in batch:
+                    if self._closing is not None:
+                        break
+                    frame = item if isinstance(item, str) else item.frame
+                    async with asyncio.timeout(self._send_timeout):
+                        await self._send(frame)
+                    self.delivered += 1
+        except TimeoutError:
+            logger.info(
+                "closing %s: socket accepted nothing for %ss", self.name, self._send_timeout
+            )
+            await self._close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        except (ConnectionError, RuntimeError) as exc:
+            # The peer went away mid-send; the connection handler cleans up.
+            logger.debug("writer for %s stopped: %s", self.name, exc)

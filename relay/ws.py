@@ -1,0 +1,121 @@
+"""The WebSocket endpoint: subscriptions in, event frames out."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from relay.context import RELAY, Relay
+from relay.errors import ApiError
+from relay.frames import (
+    PONG_FRAME,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    error_frame,
+    parse_client_frame,
+    parse_query_subscription,
+    subscribed_frame,
+    unsubscribed_frame,
+)
+from relay.models import validation_detail
+from relay.subscriber import Subscriber
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+class Connection:
+    """One WebSocket client's session with the hub."""
+
+    def __init__(self, relay: Relay, ws: web.WebSocketResponse, name: str) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.subscriber = Subscriber(
+            ws.send_str,
+            self._close,
+            limit=relay.settings.outbox_limit,
+            send_timeout=relay.settings.send_timeout,
+            name=name,
+        )
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
+        """Send an error frame; the connection stays open."""
+        self.subscriber.deliver(error_frame(code, message, detail))
+
+    def handle_text(self, text: str) -> None:
+        """Act on one client frame."""
+        try:
+            frame = parse_client_frame(text)
+        except ValidationError as exc:
+            detail = validation_detail(exc)
+            self.error("invalid_message", "frame is not a valid action", detail)
+            return
+        if isinstance(frame, Subscribe):
+            self.subscribe(frame)
+        elif isinstance(frame, Unsubscribe):
+            self.unsubscribe(frame)
+        elif isinstance(frame, Ping):
+            self.subscriber.deliver(PONG_FRAME)
+
+    def subscribe(self, frame: Subscribe) -> None:
+        """Route the frame's target to this client from now on."""
+        subscriber = self.subscriber
+        limit = self.relay.settings.max_subscriptions
+        if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
+            self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
+            return
+        self.relay.hub.subscribe(subscriber, frame.key)
+        subscriber.deliver(subscribed_frame(frame))
+
+    def unsubscribe(self, frame: Unsubscribe) -> None:
+        """Stop routing the frame's target to this client."""
+        if self.relay.hub.unsubscribe(self.subscriber, frame.key):
+            self.subscriber.deliver(unsubscribed_frame(frame))
+        else:
+            self.error("not_subscribed", "there is no such subscription on this connection")
+
+
+@routes.get("/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Upgrade to a WebSocket; a subscription may come in the query string."""
+    relay = request.app[RELAY]
+    try:
+        initial = parse_query_subscription(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(
+            422, "invalid subscription in query", detail=validation_detail(exc)
+        ) from None
+    settings = relay.settings
+    ws = web.WebSocketResponse(
+        compress=False, max_msg_size=settings.max_ws_frame_bytes, heartbeat=settings.ws_heartbeat
+    )
+    await ws.prepare(request)
+    name = f"ws:{request.remote}"
+    connection = Connection(relay, ws, name)
+    relay.sockets.add(ws)
+    relay.hub.attach(connection.subscriber)
+    connection.subscriber.start()
+    logger.info("%s connected", name)
+    try:
+        if initial is not None:
+            connection.subscribe(initial)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                connection.handle_text(message.data)
+            elif message.type is WSMsgType.BINARY:
+                connection.error(
+                    "invalid_message", "binary frames are not accepted, send JSON text"
+                )
+    finally:
+        relay.hub.detach(connection.subscriber)
+        await connection.subscriber.stop()
+        relay.sockets.discard(ws)
+        logger.info("%s disconnected (close code %s)", name, ws.close_code)
+    return ws

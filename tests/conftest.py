@@ -1,0 +1,140 @@
+"""Shared fixtures: a private redis-server, clean databases, and real gateway processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from tests.helpers import Gateway, wait_until
+
+REDIS_BINARY = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server the tests start, stop and restart at will."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        if REDIS_BINARY is None:
+            pytest.fail("redis-server is not on PATH; .ci/run installs it")
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, appendonly: bool = False) -> None:
+        assert REDIS_BINARY is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_BINARY,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--save", "",
+                "--appendonly", "yes" if appendonly else "no",
+                "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        wait_until(lambda: _answers(client), timeout=10, what=f"redis-server on {self.port}")
+        client.close()
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the whole run, never the machine's own."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, emptied before each test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Start real ``relay serve`` processes; all are stopped after the test."""
+    started: list[Gateway] = []
+
+    def start(redis_url: str | None = None, **env: str) -> Gateway:
+        port = free_port()
+        args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        log = tmp_path / f"gateway-{port}.log"
+        environment = {**os.environ, **env}
+        environment.pop("RELAY_REDIS_URL", None)
+        gateway = Gateway(args, port, log, environment)
+        started.append(gateway)
+        gateway.start()
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP and WebSocket client session."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Gateways started by tests must not pick up a developer's settings.
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            del os.environ[name]

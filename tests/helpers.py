@@ -1,0 +1,135 @@
+"""Test helpers: waiting on conditions, gateway processes, WebSocket conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+async def eventually(
+    condition: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+) -> None:
+    """Async twin of :func:`wait_until` for conditions checked inside the event loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Gateway:
+    """A ``relay serve`` process."""
+
+    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str]) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, *, ready: bool = True) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        probe = "/readyz" if ready else "/healthz"
+        wait_until(lambda: self._answers(probe), timeout=20, what=f"gateway {self.url}{probe}")
+
+    def _answers(self, path: str) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{self.log.read_text()}")
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, *, kill: bool = False) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        code = self.process.wait(timeout=15)
+        self.process = None
+        return code
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def event(session_id: str = "s1", workflow_type: str = "map", **fields: Any) -> dict[str, Any]:
+    """A valid event body, with any field overridden."""
+    body: dict[str, Any] = {
+        "session_id": session_id,
+        "workflow_type": workflow_type,
+        "step": "analyzing",
+        "progress": 45,
+        "metadata": {"details": "forests"},
+    }
+    body.update(fields)
+    return body
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """The next text frame, decoded."""
+    message = await asyncio.wait_for(ws.receive(), timeout)
+    assert message.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {message}"
+    return orjson.loads(message.data)
+
+
+async def receive_events(
+    ws: aiohttp.ClientWebSocketResponse, count: int, timeout: float = DEFAULT_TIMEOUT
+) -> list[dict[str, Any]]:
+    """The next ``count`` event frames, unpacking arrays, failing on a timeout."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        frame = await receive(ws, max(deadline - time.monotonic(), 0.01))
+        for item in frame if isinstance(frame, list) else [frame]:
+            if "event" in item:
+                events.append(item)
+    return events
+
+
+async def subscribe(ws: aiohttp.ClientWebSocketResponse, **fields: Any) -> dict[str, Any]:
+    """Send a subscribe action and return the gateway's confirmation."""
+    await ws.send_str(orjson.dumps({"action": "subscribe", **fields}).decode())
+    answer = await receive(ws)
+    assert answer.get("type") == "subscribed", answer
+    return dict(answer)
+
+
+def env_without_relay() -> dict[str, str]:
+    """The environment with every RELAY_ variable removed."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
