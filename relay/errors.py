@@ -11,7 +11,7 @@ from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from relay.models import validation_detail
+from relay.models import MalformedJson, validation_detail
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ class ApiError(Exception):
 
 
 def raise_validation(exc: ValidationError) -> NoReturn:
-    """A pydantic failure as 400 (the body is not JSON at all) or 422 (it is, but wrong)."""
-    errors = exc.errors(include_url=False)
-    if any(err["type"] == "json_invalid" for err in errors):
-        message = errors[0]["msg"]
-        raise ApiError(400, f"body is not valid JSON: {message}", code="malformed_json")
+    """A pydantic failure as 422, naming every bad field."""
     detail = validation_detail(exc)
     fields = ", ".join(item["field"] for item in detail)
     raise ApiError(422, f"invalid fields: {fields}", detail=detail)
@@ -78,6 +74,8 @@ def error_middleware(*, max_body: int, retry_after: int) -> Middleware:
             return await handler(request)
         except ApiError as exc:
             return exc.response()
+        except MalformedJson as exc:
+            return ApiError(400, f"body is not valid JSON: {exc}", code="malformed_json").response()
         except web.HTTPRequestEntityTooLarge:
             return ApiError(413, f"request body is larger than {max_body} bytes").response()
         except web.HTTPException as exc:

@@ -8,7 +8,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from relay.hub import ANY_TYPE
-from relay.models import WORKFLOW_TYPE_PATTERN, SessionId
+from relay.models import WORKFLOW_TYPE_PATTERN, SessionId, decode_json
 from relay.subscriber import SubscriptionKey
 
 STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
@@ -62,8 +62,8 @@ CLIENT_FRAME: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientFr
 
 
 def parse_client_frame(text: str | bytes) -> Subscribe | Unsubscribe | Ping:
-    """Validate one client frame; raises pydantic's ValidationError."""
-    return CLIENT_FRAME.validate_json(text, strict=True)
+    """Validate one client frame; raises MalformedJson or pydantic's ValidationError."""
+    return CLIENT_FRAME.validate_python(decode_json(text), strict=True)
 
 
 def parse_query_subscription(query: dict[str, str]) -> Subscribe | None:

@@ -76,8 +76,7 @@ async def _run_reader(app: web.Application) -> AsyncIterator[None]:
     except TimeoutError:
         logger.warning("store not reachable at start; serving anyway, the reader keeps trying")
     yield
-    task.cancel()
-    await asyncio.wait([task])
+    await relay.reader.stop(task)
     await relay.connections.aclose()
 
 

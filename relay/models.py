@@ -122,14 +122,26 @@ class ProgressEvent(BaseModel):
 EVENT_LIST = TypeAdapter(list[ProgressEvent])
 
 
+class MalformedJson(ValueError):
+    """A body or frame that is not standard JSON."""
+
+
+def decode_json(text: bytes | str) -> Any:
+    """Standard JSON only: NaN, Infinity, invalid UTF-8 and 65-bit integers are refused."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(str(exc)) from None
+
+
 def parse_event_json(body: bytes) -> ProgressEvent:
     """Validate one event from a JSON body; types are checked strictly."""
-    return ProgressEvent.model_validate_json(body, strict=True)
+    return ProgressEvent.model_validate(decode_json(body), strict=True)
 
 
 def parse_event_list_json(body: bytes) -> list[ProgressEvent]:
     """Validate a JSON array of events; types are checked strictly."""
-    return EVENT_LIST.validate_json(body, strict=True)
+    return EVENT_LIST.validate_python(decode_json(body), strict=True)
 
 
 class EntryError(ValueError):

@@ -24,6 +24,7 @@ EntriesHandler = Callable[[str, list[StreamEntry]], None]
 
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
+STOP_GRACE = 1.0
 
 
 class StreamReader:
@@ -55,6 +56,7 @@ class StreamReader:
         self.entries_read = 0
         self.redis_errors = 0
         self.started = asyncio.Event()
+        self._stopping = False
 
     async def _discover(self, *, at_start: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -86,10 +88,10 @@ class StreamReader:
                 self._handler(stream, entries)
 
     async def run(self) -> None:
-        """Read until cancelled; Redis errors are retried with backoff."""
+        """Read until :meth:`stop`; Redis errors are retried with backoff."""
         backoff = BACKOFF_START
         first = True
-        while True:
+        while not self._stopping:
             try:
                 if first:
                     await self._discover(at_start=True)
@@ -105,3 +107,17 @@ class StreamReader:
                 logger.warning("stream reader: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop the reader running as ``task``.
+
+        The loop is asked to finish after its current XREAD, which returns
+        within ``block_ms``; cancelling a blocked XREAD is only the fallback,
+        since a cancellation landing inside the client's read can be lost.
+        """
+        self._stopping = True
+        grace = self._block_ms / 1000 + STOP_GRACE
+        await asyncio.wait([task], timeout=grace)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=STOP_GRACE)

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
 
     read_count: int = Field(
-        default=1_000, ge=1, description="Most entries the reader takes per stream per XREAD."
+        default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
     )
     read_block_ms: int = Field(
         default=500, ge=1, description="How long one XREAD waits for new entries."
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         default=65_536, ge=1024, description="Largest WebSocket frame a client may send."
     )
     outbox_limit: int = Field(
-        default=1_000,
+        default=5_000,
         ge=1,
         description="Events queued for one subscriber before its queue is conflated.",
     )

@@ -20,7 +20,7 @@ from relay.frames import (
     subscribed_frame,
     unsubscribed_frame,
 )
-from relay.models import validation_detail
+from relay.models import MalformedJson, validation_detail
 from relay.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ class Connection:
         """Act on one client frame."""
         try:
             frame = parse_client_frame(text)
+        except MalformedJson as exc:
+            self.error("invalid_message", f"frame is not valid JSON: {exc}")
+            return
         except ValidationError as exc:
             detail = validation_detail(exc)
             self.error("invalid_message", "frame is not a valid action", detail)

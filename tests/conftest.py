@@ -14,6 +14,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
+
+# Generated-input tests check behaviour, never speed: a slow first example on a
+# busy CI machine must not fail them.
+settings.register_profile(
+    "relay", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("relay")
 
 from tests.helpers import Gateway, wait_until
 
@@ -46,12 +54,18 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 REDIS_BINARY,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--save", "",
-                "--appendonly", "yes" if appendonly else "no",
-                "--protected-mode", "no",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if appendonly else "no",
+                "--protected-mode",
+                "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -8,12 +8,17 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.test_utils import TestServer
+
+from relay.gateway import create_app
+from relay.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -133,3 +138,14 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse, **fields: Any) -> dict[
 def env_without_relay() -> dict[str, str]:
     """The environment with every RELAY_ variable removed."""
     return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    """A gateway application served in this process; yields its base URL."""
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

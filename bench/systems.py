@@ -1,0 +1,156 @@
+"""The systems under test: how each is started, where it listens, and stopping it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio
+from config import NODE_PEER_DIR, PEERS_DIR, WORKFLOW_TYPE, Config
+from procs import Proc, free_port, spawn, stop_all, wait_http_ok
+
+INSTANCE_NAMES = ("A", "B")
+REDIS_START_TIMEOUT = 10.0
+
+_PYTHON = sys.executable
+
+
+def _relay_argv(port: int, redis_url: str) -> list[str]:
+    return [_PYTHON, "-m", "relay", "serve", "--port", str(port), "--redis-url", redis_url]
+
+
+def _node_argv(port: int, redis_url: str) -> list[str]:
+    server = str(NODE_PEER_DIR / "server.js")
+    return ["node", server, "--port", str(port), "--redis-url", redis_url]
+
+
+def _pysio_argv(port: int, redis_url: str) -> list[str]:
+    server = str(PEERS_DIR / "pysio_server.py")
+    return [_PYTHON, server, "--port", str(port), "--redis-url", redis_url]
+
+
+def _bare_argv(port: int, redis_url: str) -> list[str]:
+    return [_PYTHON, str(PEERS_DIR / "bare_aiohttp.py"), "--port", str(port)]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One system: its start command, instance count, readiness path and client protocol."""
+
+    argv: Callable[[int, str], list[str]]
+    instances: int
+    ready_path: str
+    client: str
+    uses_redis: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SPECS = {
+    "relay": SystemSpec(_relay_argv, 2, "/readyz", "ws", env={"RELAY_LOG_LEVEL": "warning"}),
+    "node": SystemSpec(_node_argv, 2, "/healthz", "sio"),
+    "pysio": SystemSpec(_pysio_argv, 2, "/healthz", "sio"),
+    "bare": SystemSpec(_bare_argv, 1, "/healthz", "ws", uses_redis=False),
+}
+
+
+@dataclass
+class Instance:
+    """One server process and its port."""
+
+    name: str
+    port: int
+    proc: Proc
+
+    @property
+    def base_url(self) -> str:
+        """Its HTTP root."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Deployment:
+    """A running system: its instances and the Redis behind them."""
+
+    system: str
+    client: str
+    instances: list[Instance]
+    redis_proc: Proc | None = None
+    redis_url: str = ""
+
+    @property
+    def servers(self) -> list[Proc]:
+        """Every process that serves: instances, then Redis."""
+        procs = [instance.proc for instance in self.instances]
+        return procs + ([self.redis_proc] if self.redis_proc else [])
+
+    def publish_url(self, index: int = 0) -> str:
+        """The single-event POST endpoint of one instance."""
+        return self.instances[index].base_url + "/api/workflows/progress"
+
+    def subscribe_url(self, index: int) -> str:
+        """Where a subscriber of the load generator connects on one instance."""
+        instance = self.instances[index]
+        if self.system == "relay":
+            return f"ws://127.0.0.1:{instance.port}/ws?workflow_type={WORKFLOW_TYPE}"
+        if self.client == "ws":
+            return f"ws://127.0.0.1:{instance.port}/ws"
+        return instance.base_url
+
+    def subscribe_urls(self) -> list[str]:
+        """One subscriber URL per instance; subscribers are spread over them in turn."""
+        return [self.subscribe_url(i) for i in range(len(self.instances))]
+
+    def server_rss_kib(self) -> int:
+        """Resident memory of the instances (Redis excluded)."""
+        return sum(instance.proc.rss_kib() for instance in self.instances)
+
+
+async def _start_redis(cfg: Config, tag: str) -> tuple[Proc, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    argv += ["no", "--dir", str(cfg.log_dir)]
+    proc = await spawn(f"{tag}-redis", argv, cfg.log_dir)
+    client = redis.asyncio.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if await client.ping():
+                    return proc, f"redis://127.0.0.1:{port}/0"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    await proc.stop()
+    raise RuntimeError(f"redis-server did not answer on port {port}; see {proc.log}")
+
+
+@contextlib.asynccontextmanager
+async def deploy(system: str, cfg: Config, tag: str) -> AsyncIterator[Deployment]:
+    """Start ``system`` (its Redis first), wait until every instance is ready, stop all after."""
+    spec = SPECS[system]
+    started: list[Proc] = []
+    try:
+        redis_proc, redis_url = None, ""
+        if spec.uses_redis:
+            redis_proc, redis_url = await _start_redis(cfg, tag)
+            started.append(redis_proc)
+        instances = []
+        for name in INSTANCE_NAMES[: spec.instances]:
+            port = free_port()
+            argv = spec.argv(port, redis_url)
+            proc = await spawn(f"{tag}-{system}-{name}", argv, cfg.log_dir, env=spec.env)
+            started.append(proc)
+            instances.append(Instance(name, port, proc))
+        for instance in instances:
+            await wait_http_ok(instance.base_url + spec.ready_path, instance.proc)
+        yield Deployment(system, spec.client, instances, redis_proc, redis_url)
+    finally:
+        await stop_all(started)

@@ -1,0 +1,84 @@
+"""The publish path and stream discovery against a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from relay.keys import Keys
+from relay.models import ProgressEvent, event_from_entry
+from relay.streams import StreamStore, parse_stream_id
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def make(session: str = "s1", wtype: str = "map", progress: float = 10) -> ProgressEvent:
+    return ProgressEvent(session_id=session, workflow_type=wtype, step="go", progress=progress)
+
+
+async def test_publish_writes_flat_entries_to_the_type_stream(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys(), maxlen=100)
+    ids = await store.publish([make(progress=10), make(wtype="character", progress=20.5)])
+    entries = await aredis.xrange("workflow:progress:map")
+    assert [entry_id for entry_id, _ in entries] == ids[:1]
+    fields = entries[0][1]
+    assert fields["session_id"] == "s1"
+    assert fields["progress"] == "10"
+    assert fields["status"] == "running"
+    assert int(fields["ts"]) > 0
+    assert "metadata" not in fields
+    back = event_from_entry("map", ids[0], fields)
+    assert back.progress == 10
+    assert await aredis.smembers("workflow:types") == {"map", "character"}
+
+
+async def test_streams_are_trimmed_approximately(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys(), maxlen=100)
+    for start in range(0, 2000, 100):
+        await store.publish([make(progress=(start + n) % 100) for n in range(100)])
+    length = await aredis.xlen("workflow:progress:map")
+    assert 100 <= length < 400
+
+
+async def test_prefix_applies_to_every_key(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys("tenant1:"), maxlen=100)
+    await store.publish([make()])
+    assert await aredis.exists("tenant1:workflow:progress:map")
+    assert await aredis.exists("tenant1:workflow:types")
+    assert await store.discover() == {"tenant1:workflow:progress:map"}
+
+
+async def test_discover_finds_raw_xadd_streams_and_ignores_other_keys(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys(), maxlen=100)
+    await store.publish([make(wtype="map")])
+    await aredis.xadd(
+        "workflow:progress:encounter", {"session_id": "s", "step": "a", "progress": "1"}
+    )
+    await aredis.set("workflow:progress:not-a-stream", "x")
+    await aredis.xadd("other:stream", {"a": "1"})
+    assert await store.discover() == {"workflow:progress:map", "workflow:progress:encounter"}
+
+
+async def test_last_ids(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys(), maxlen=100)
+    ids = await store.publish([make(), make()])
+    assert await store.last_ids(["workflow:progress:map", "workflow:progress:none"]) == {
+        "workflow:progress:map": ids[1],
+        "workflow:progress:none": "0-0",
+    }
+
+
+def test_parse_stream_id() -> None:
+    assert parse_stream_id("1700000000000-3") == (1_700_000_000_000, 3)
+    assert parse_stream_id("5") == (5, 0)
+    assert parse_stream_id("1-0") < parse_stream_id("1-1") < parse_stream_id("2-0")
+    for bad in ("", "a-1", "1-", "-1", "1-2-3"):
+        with pytest.raises(ValueError, match="not a stream id"):
+            parse_stream_id(bad)

@@ -1,0 +1,106 @@
+"""The per-subscriber outbox: its own writer, conflation, and closing stuck clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay.models import Envelope
+from relay.subscriber import CLOSE_SLOW_CONSUMER, Subscriber
+from tests.helpers import eventually
+
+
+def envelope(n: int, session: str = "s1", *, terminal: bool = False) -> Envelope:
+    return Envelope(f"{n}-0", "map", session, terminal, f"frame-{session}-{n}")
+
+
+class FakeSocket:
+    """Records frames; can be held so nothing is sent, like a client that stopped reading."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, frame: str) -> None:
+        await self.gate.wait()
+        self.sent.append(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+async def test_frames_are_sent_in_order() -> None:
+    sock = FakeSocket()
+    sub = Subscriber(sock.send, sock.close, limit=100)
+    sub.start()
+    for n in range(10):
+        sub.deliver(envelope(n))
+    await eventually(lambda: len(sock.sent) == 10)
+    assert sock.sent == [f"frame-s1-{n}" for n in range(10)]
+    await sub.stop()
+
+
+async def test_overflow_keeps_newest_per_session_and_every_terminal() -> None:
+    sock = FakeSocket()
+    sock.gate.clear()
+    sub = Subscriber(sock.send, sock.close, limit=20)
+    sub.start()
+    sub.deliver(envelope(0, "a"))
+    await eventually(lambda: sub.queued == 0)  # the writer holds item 0, blocked on send
+    for n in range(1, 30):
+        sub.deliver(envelope(n, "a" if n % 2 else "b", terminal=(n == 7)))
+    sub.deliver("control")
+    assert sub.conflated > 0
+    sock.gate.set()
+    await eventually(lambda: sub.queued == 0 and "control" in sock.sent)
+    assert sock.closed is None
+    assert "frame-a-7" in sock.sent  # terminal survived conflation
+    assert sock.sent[-3:] == ["frame-b-28", "frame-a-29", "control"]
+    ids = [int(frame.rsplit("-", 1)[1]) for frame in sock.sent if frame.startswith("frame")]
+    assert ids == sorted(ids)
+    await sub.stop()
+
+
+async def test_subscriber_too_far_behind_is_closed_with_slow_consumer_code() -> None:
+    sock = FakeSocket()
+    sock.gate.clear()
+    sub = Subscriber(sock.send, sock.close, limit=10)
+    sub.start()
+    for n in range(12):
+        sub.deliver(envelope(n, f"s{n}"))  # all different sessions: nothing to conflate
+    sock.gate.set()
+    await eventually(lambda: sock.closed is not None)
+    assert sock.closed == (CLOSE_SLOW_CONSUMER, "slow consumer")
+    sub.deliver(envelope(99))
+    assert sub.queued == 0
+    await sub.stop()
+
+
+async def test_socket_that_accepts_nothing_is_closed_after_send_timeout() -> None:
+    sock = FakeSocket()
+    sock.gate.clear()
+    sub = Subscriber(sock.send, sock.close, limit=10, send_timeout=0.05)
+    sub.start()
+    sub.deliver(envelope(1))
+    await eventually(lambda: sock.closed is not None)
+    assert sock.closed == (CLOSE_SLOW_CONSUMER, "slow consumer")
+    await sub.stop()
+
+
+async def test_a_stalled_subscriber_does_not_delay_another() -> None:
+    stalled, healthy = FakeSocket(), FakeSocket()
+    stalled.gate.clear()
+    subs = [Subscriber(s.send, s.close, limit=50) for s in (stalled, healthy)]
+    for sub in subs:
+        sub.start()
+    for n in range(200):
+        for sub in subs:
+            sub.deliver(envelope(n, f"s{n % 5}"))
+        if n % 10 == 9:
+            await asyncio.sleep(0)  # events arrive in reader batches, between which writers run
+    await eventually(lambda: len(healthy.sent) == 200)
+    assert stalled.sent == []
+    assert subs[0].queued <= 50
+    for sub in subs:
+        await sub.stop()
