@@ -16,14 +16,14 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from tests.helpers import Gateway, wait_until
+
 # Generated-input tests check behaviour, never speed: a slow first example on a
 # busy CI machine must not fail them.
 settings.register_profile(
     "relay", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("relay")
-
-from tests.helpers import Gateway, wait_until
 
 REDIS_BINARY = shutil.which("redis-server")
 

@@ -133,9 +133,9 @@ async def test_subscription_limit_per_connection(base: str, http: aiohttp.Client
 
 
 async def test_oversize_frame_closes_with_1009(redis_url: str, http: aiohttp.ClientSession) -> None:
-    async with serving(Settings(redis_url=redis_url, max_ws_frame_bytes=1024)) as url:
-        async with http.ws_connect(f"{url}/ws") as ws:
-            await ws.send_str(orjson.dumps({"action": "ping", "pad": "x" * 2000}).decode())
-            message = await ws.receive(timeout=10)
-            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-            assert ws.close_code == 1009
+    settings = Settings(redis_url=redis_url, max_ws_frame_bytes=1024)
+    async with serving(settings) as url, http.ws_connect(f"{url}/ws") as ws:
+        await ws.send_str(orjson.dumps({"action": "ping", "pad": "x" * 2000}).decode())
+        message = await ws.receive(timeout=10)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1009
