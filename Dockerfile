@@ -11,7 +11,7 @@ ENV RELAY_HOST=0.0.0.0 \
     RELAY_PORT=8080
 
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY relay ./relay
 # [speed] adds uvloop, which `relay serve` uses when importable. hiredis, orjson
 # and uvloop ship manylinux wheels, so no compiler is needed.
