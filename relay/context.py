@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from relay.backend import Connections
+from relay.catchup import CatchUp
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.keys import Keys
 from relay.reader import StreamReader
+from relay.sessions import SessionView
 from relay.settings import Settings
 from relay.streams import StreamStore
 
@@ -24,8 +26,10 @@ class Relay:
     keys: Keys
     store: StreamStore
     hub: Hub
+    view: SessionView
     ingest: Ingest
     reader: StreamReader
+    catchup: CatchUp
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
 

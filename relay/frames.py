@@ -37,6 +37,7 @@ class Subscribe(SubscriptionTarget):
 
     action: Literal["subscribe"]
     since: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | None = None
+    snapshot: bool = False
 
     @model_validator(mode="after")
     def _since_needs_one_type(self) -> Subscribe:
@@ -51,17 +52,26 @@ class Unsubscribe(SubscriptionTarget):
     action: Literal["unsubscribe"]
 
 
+class Cancel(_Action):
+    """Ask the worker running a session to stop."""
+
+    action: Literal["cancel"]
+    session_id: SessionId
+
+
 class Ping(_Action):
     """Keep-alive; answered with a pong."""
 
     action: Literal["ping"]
 
 
-ClientFrame = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="action")]
-CLIENT_FRAME: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientFrame)
+AnyClientFrame = Subscribe | Unsubscribe | Cancel | Ping
+CLIENT_FRAME: TypeAdapter[AnyClientFrame] = TypeAdapter(
+    Annotated[AnyClientFrame, Field(discriminator="action")]
+)
 
 
-def parse_client_frame(text: str | bytes) -> Subscribe | Unsubscribe | Ping:
+def parse_client_frame(text: str | bytes) -> AnyClientFrame:
     """Validate one client frame; raises MalformedJson or pydantic's ValidationError."""
     return CLIENT_FRAME.validate_python(decode_json(text), strict=True)
 
@@ -74,6 +84,8 @@ def parse_query_subscription(query: dict[str, str]) -> Subscribe | None:
     for name in ("workflow_type", "session_id", "since"):
         if name in query:
             fields[name] = query[name]
+    if "snapshot" in query:
+        fields["snapshot"] = query["snapshot"]
     return Subscribe.model_validate(fields)
 
 
@@ -106,6 +118,11 @@ def error_frame(code: str, message: str, detail: list[dict[str, str]] | None = N
     if detail:
         fields["detail"] = detail
     return _frame(**fields)
+
+
+def cancel_requested_frame(session_id: str, entry_id: str) -> str:
+    """Confirms that a cancellation request was published."""
+    return _frame(type="cancel_requested", session_id=session_id, id=entry_id)
 
 
 PONG_FRAME = _frame(type="pong")

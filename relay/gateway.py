@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from relay import http_api, ws
+from relay import http_api, http_sessions, ws
 from relay.backend import Connections, connect
+from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
 from relay.errors import error_middleware
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.keys import Keys
 from relay.reader import StreamReader
+from relay.sessions import SessionView
 from relay.settings import Settings
 from relay.streams import StreamStore
 from relay.subscriber import CLOSE_GOING_AWAY
@@ -29,9 +31,13 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
     """Wire the gateway's parts together; nothing touches the network yet."""
     connections = connections or connect(settings)
     keys = Keys(settings.stream_prefix)
-    store = StreamStore(connections.commands, keys, maxlen=settings.stream_maxlen)
+    session_ttl = int(settings.session_ttl)
+    store = StreamStore(
+        connections.commands, keys, maxlen=settings.stream_maxlen, cancel_ttl=session_ttl
+    )
     hub = Hub()
-    ingest = Ingest(keys, hub)
+    view = SessionView(ttl_ms=session_ttl * 1000, max_sessions=settings.max_sessions)
+    ingest = Ingest(keys, hub, view)
     reader = StreamReader(
         store,
         connections.reader,
@@ -40,7 +46,16 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
         block_ms=settings.read_block_ms,
         discovery_interval=settings.discovery_interval,
     )
-    return Relay(settings, connections, keys, store, hub, ingest, reader)
+    catchup = CatchUp(
+        hub=hub,
+        store=store,
+        keys=keys,
+        reader=reader,
+        view=view,
+        ingest=ingest,
+        replay_limit=settings.replay_limit,
+    )
+    return Relay(settings, connections, keys, store, hub, view, ingest, reader, catchup)
 
 
 def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
@@ -55,6 +70,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     )
     app[RELAY] = build_relay(settings, connections)
     app.add_routes(http_api.routes)
+    app.add_routes(http_sessions.routes)
     app.add_routes(ws.routes)
     app.cleanup_ctx.append(_run_reader)
     app.on_shutdown.append(_close_sockets)

@@ -12,6 +12,7 @@ from relay.context import RELAY
 from relay.errors import ApiError, raise_validation
 from relay.keys import event_name
 from relay.models import parse_event_json, parse_event_list_json
+from relay.publishing import publish_events
 
 READY_PING_TIMEOUT = 1.0
 
@@ -38,8 +39,13 @@ async def publish_one(request: web.Request) -> web.Response:
         event = parse_event_json(body)
     except ValidationError as exc:
         raise_validation(exc)
-    (entry_id,) = await relay.store.publish([event])
-    return web.json_response({"id": entry_id, "event": event_name(event.workflow_type)}, status=202)
+    (receipt,) = await publish_events(relay, [event])
+    answer = {
+        "id": receipt.id,
+        "event": event_name(event.workflow_type),
+        "cancel_requested": receipt.cancel_requested,
+    }
+    return web.json_response(answer, status=202)
 
 
 @routes.post("/api/workflows/progress/batch")
@@ -54,8 +60,12 @@ async def publish_batch(request: web.Request) -> web.Response:
     limit = relay.settings.max_batch
     if len(events) > limit:
         raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
-    ids = await relay.store.publish(events)
-    return web.json_response({"ids": ids}, status=202)
+    receipts = await publish_events(relay, events)
+    pairs = zip(events, receipts, strict=True)
+    cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
+    return web.json_response(
+        {"ids": [r.id for r in receipts], "cancel_requested": cancelled}, status=202
+    )
 
 
 @routes.get("/healthz")
@@ -76,6 +86,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"store unreachable: {exc or type(exc).__name__}")
     if not relay.reader.ready:
         problems.append("stream reader is not following the streams")
+    elif not relay.reader.caught_up:
+        problems.append("stream reader is still reading the history")
     if problems:
         body = {"status": "not ready", "problems": problems}
         retry = str(relay.settings.retry_after_seconds)

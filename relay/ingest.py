@@ -1,31 +1,33 @@
-"""Turning stream entries into routed events: validate, encode once, route."""
+"""Turning stream entries into events: validate, encode once, update the view, route."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from relay.hub import Hub
 from relay.keys import Keys
-from relay.models import EntryError, Envelope, event_from_entry
+from relay.models import EntryError, Envelope, ProgressEvent, event_from_entry
+from relay.sessions import SessionView
 from relay.streams import StreamEntry
 
 logger = logging.getLogger(__name__)
 
 
 class Ingest:
-    """The reader's handler: every valid entry is routed, every invalid one counted."""
+    """The reader's handler: every valid entry updates the view and, when live, is routed."""
 
-    def __init__(self, keys: Keys, hub: Hub) -> None:
+    def __init__(self, keys: Keys, hub: Hub, view: SessionView) -> None:
         self._keys = keys
         self._hub = hub
+        self._view = view
         self.accepted = 0
         self.invalid = 0
 
-    def __call__(self, stream_key: str, entries: list[StreamEntry]) -> None:
-        workflow_type = self._keys.workflow_type(stream_key)
-        if workflow_type is None:
-            return
-        route = self._hub.route
+    def valid(
+        self, workflow_type: str, entries: list[StreamEntry]
+    ) -> Iterator[tuple[Envelope, ProgressEvent]]:
+        """Valid entries with their envelopes; invalid ones are logged, counted and skipped."""
         for entry_id, fields in entries:
             try:
                 event = event_from_entry(workflow_type, entry_id, fields)
@@ -33,5 +35,15 @@ class Ingest:
                 self.invalid += 1
                 logger.warning("skipping invalid stream entry: %s", exc)
                 continue
+            yield Envelope.of(entry_id, event), event
+
+    def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is None:
+            return
+        apply, route = self._view.apply, self._hub.route
+        for envelope, event in self.valid(workflow_type, entries):
             self.accepted += 1
-            route(Envelope.of(entry_id, event))
+            apply(envelope, event)
+            if live:
+                route(envelope)

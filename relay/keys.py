@@ -33,6 +33,10 @@ class Keys:
         """The set of workflow types publishers have announced."""
         return self.prefix + "workflow:types"
 
+    def cancel(self, session_id: str) -> str:
+        """Present while a cancellation of ``session_id`` is pending."""
+        return f"{self.prefix}workflow:cancel:{session_id}"
+
     def workflow_type(self, stream_key: str) -> str | None:
         """The workflow type a stream key belongs to, or None for a foreign key."""
         if not stream_key.startswith(self._stream_prefix):

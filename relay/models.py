@@ -151,8 +151,12 @@ class EntryError(ValueError):
 _ENTRY_FIELDS = frozenset({"session_id", "step", "progress", "metadata", "status", "error", "ts"})
 
 
-def _stream_id_ms(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
+def parse_stream_id(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` as ``(1700000000000, 3)`` for ordering; ValueError if malformed."""
+    ms, sep, seq = entry_id.partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        raise ValueError(f"not a stream id: {entry_id!r}")
+    return int(ms), int(seq) if sep else 0
 
 
 def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) -> ProgressEvent:
@@ -170,7 +174,7 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
             raw["progress"] = float(raw["progress"])
         if "metadata" in raw:
             raw["metadata"] = orjson.loads(raw["metadata"])
-        raw["ts"] = int(raw["ts"]) if "ts" in raw else _stream_id_ms(entry_id)
+        raw["ts"] = int(raw["ts"]) if "ts" in raw else parse_stream_id(entry_id)[0]
     except (ValueError, TypeError) as exc:
         raise EntryError(f"entry {entry_id} of {workflow_type!r}: {exc}") from None
     try:
@@ -197,12 +201,13 @@ def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
 class Envelope:
     """One event as the hub routes it: its routing keys and its encoded frame."""
 
-    __slots__ = ("frame", "id", "session_id", "terminal", "workflow_type")
+    __slots__ = ("frame", "id", "key", "session_id", "terminal", "workflow_type")
 
     def __init__(
         self, entry_id: str, workflow_type: str, session_id: str, terminal: bool, frame: str
     ) -> None:
         self.id = entry_id
+        self.key = parse_stream_id(entry_id)
         self.workflow_type = workflow_type
         self.session_id = session_id
         self.terminal = terminal

@@ -1,9 +1,13 @@
 """The gateway's single stream reader: one XREAD BLOCK loop over every type stream.
 
 Every gateway reads every stream itself (no consumer group), so each one can
-deliver every event to its own subscribers. The reader remembers the last id
-per stream and resumes from there after a Redis error, backing off from 0.1 s
-doubling up to a cap; new streams are discovered while it runs.
+deliver every event to its own subscribers. At start it reads the retained
+history of each stream (so the session view can be rebuilt), handing those
+entries on as history rather than news, then follows the streams live. It
+remembers the last id per stream and resumes from there after a Redis error,
+backing off from 0.1 s doubling up to a cap; new streams are discovered while
+it runs, and a stream whose ids went backwards (Redis replaced by an empty
+one) is started over.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relay.models import parse_stream_id
 from relay.streams import StreamEntry, StreamStore
 
 logger = logging.getLogger(__name__)
 
-EntriesHandler = Callable[[str, list[StreamEntry]], None]
+EntriesHandler = Callable[[str, list[StreamEntry], bool], None]
 
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
@@ -30,8 +35,9 @@ STOP_GRACE = 1.0
 class StreamReader:
     """Reads every type stream from where it left off and hands entries on.
 
-    ``handler(stream_key, entries)`` is called in stream order for each batch
-    and must not block; it owns validation, so a bad entry never reaches here.
+    ``handler(stream_key, entries, live)`` is called in stream order for each
+    batch and must not block; ``live`` is False for the history read at start.
+    The handler owns validation, so a bad entry never reaches here.
     """
 
     def __init__(
@@ -51,12 +57,25 @@ class StreamReader:
         self._block_ms = block_ms
         self._discovery_interval = discovery_interval
         self._next_discovery = 0.0
+        self._stopping = False
+        self._check_positions = False
+        # Per stream, the newest entry that existed at start: up to it is history.
+        self._history_ends: dict[str, tuple[int, int]] = {}
         self.positions: dict[str, str] = {}
         self.ready = False
         self.entries_read = 0
         self.redis_errors = 0
+        self.restarts = 0
         self.started = asyncio.Event()
-        self._stopping = False
+
+    @property
+    def caught_up(self) -> bool:
+        """True once the history that existed at start has been read."""
+        return not self._history_ends
+
+    def position(self, stream_key: str) -> str | None:
+        """The id of the last entry handed on for ``stream_key``, if it is followed."""
+        return self.positions.get(stream_key)
 
     async def _discover(self, *, at_start: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -66,14 +85,53 @@ class StreamReader:
         if not new:
             return
         if at_start:
-            # What was there before we started is history, not news.
-            self.positions.update(await self._store.last_ids(new))
-        else:
-            # A stream that appeared since is new to us from its first entry.
-            self.positions.update(dict.fromkeys(new, "0-0"))
-        logger.info("reading %d new stream(s): %s", len(new), ", ".join(new))
+            heads = await self._store.last_ids(new)
+            self._history_ends.update(
+                (key, parse_stream_id(head)) for key, head in heads.items() if head != "0-0"
+            )
+        # A stream is read from its first retained entry: at start that is the
+        # history the session view is rebuilt from; later it is all news.
+        self.positions.update(dict.fromkeys(new, "0-0"))
+        logger.info("following %d new stream(s): %s", len(new), ", ".join(new))
+
+    async def _restart_streams_that_went_back(self) -> None:
+        """After an outage, start over any stream whose newest id is behind our position."""
+        keys = list(self.positions)
+        heads = await self._store.last_ids(keys)
+        for key in keys:
+            head, position = heads[key], self.positions[key]
+            if parse_stream_id(head) < parse_stream_id(position):
+                logger.warning(
+                    "stream %s went back from %s to %s: Redis lost its data; starting over",
+                    key,
+                    position,
+                    head,
+                )
+                self.positions[key] = "0-0"
+                self._history_ends.pop(key, None)
+                self.restarts += 1
+
+    def _hand_on(self, stream: str, entries: list[StreamEntry]) -> None:
+        history_end = self._history_ends.get(stream)
+        if history_end is None:
+            self._handler(stream, entries, True)
+            return
+        split = len(entries)
+        for index, (entry_id, _) in enumerate(entries):
+            if parse_stream_id(entry_id) > history_end:
+                split = index
+                break
+        if split:
+            self._handler(stream, entries[:split], False)
+        if split < len(entries) or parse_stream_id(entries[-1][0]) == history_end:
+            del self._history_ends[stream]
+        if split < len(entries):
+            self._handler(stream, entries[split:], True)
 
     async def _read_once(self) -> None:
+        if self._check_positions:
+            await self._restart_streams_that_went_back()
+            self._check_positions = False
         if asyncio.get_running_loop().time() >= self._next_discovery:
             await self._discover(at_start=False)
         if not self.positions:
@@ -85,17 +143,15 @@ class StreamReader:
             if entries:
                 self.positions[stream] = entries[-1][0]
                 self.entries_read += len(entries)
-                self._handler(stream, entries)
+                self._hand_on(stream, entries)
 
     async def run(self) -> None:
         """Read until :meth:`stop`; Redis errors are retried with backoff."""
         backoff = BACKOFF_START
-        first = True
         while not self._stopping:
             try:
-                if first:
+                if not self.started.is_set():
                     await self._discover(at_start=True)
-                    first = False
                     self.started.set()
                 else:
                     await self._read_once()
@@ -103,6 +159,7 @@ class StreamReader:
                 backoff = BACKOFF_START
             except (RedisError, OSError) as exc:
                 self.ready = False
+                self._check_positions = True
                 self.redis_errors += 1
                 logger.warning("stream reader: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)

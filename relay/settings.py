@@ -35,6 +35,24 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Approximate number of entries kept per type stream."
     )
 
+    stream_max_age: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds an entry is kept in its stream at most; 0 limits by count only.",
+    )
+    session_ttl: float = Field(
+        default=86_400,
+        gt=0,
+        description="Seconds a session is remembered after its last event.",
+    )
+    max_sessions: int = Field(
+        default=20_000, ge=1, description="Sessions one gateway remembers at most."
+    )
+    replay_limit: int = Field(
+        default=1_000,
+        ge=1,
+        description="Most stream entries scanned to replay a resumed subscription.",
+    )
     read_count: int = Field(
         default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
     )

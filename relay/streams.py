@@ -4,14 +4,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from relay.keys import Keys
-from relay.models import ProgressEvent
+from relay.models import ProgressEvent, parse_stream_id
 
 StreamEntry = tuple[str, dict[str, str]]
+NO_ID = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How far back a stream's history reaches, and where it ends."""
+
+    first: tuple[int, int]
+    last_generated: tuple[int, int]
+    trimmed: bool
+
+    def reaches_back_to(self, since: tuple[int, int]) -> bool:
+        """True when every entry after ``since`` is still retained.
+
+        Trimming removes the oldest entries, so nothing after ``since`` is
+        missing when nothing was ever trimmed or ``since`` is at or past the
+        first retained entry. An id beyond the newest ever generated means the
+        stream was recreated (Redis lost its data): that history is gone.
+        """
+        if since > self.last_generated:
+            return False
+        return not self.trimmed or since >= self.first
+
+
+DEFAULT_CANCEL_TTL = 86_400
 
 
 class PipelineLike(Protocol):
@@ -19,7 +46,21 @@ class PipelineLike(Protocol):
 
     def xadd(self, name: Any, fields: Any, *args: Any, **kwargs: Any) -> Any: ...
 
+    def exists(self, *names: Any) -> Any: ...
+
+    def set(self, name: Any, value: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def delete(self, *names: Any) -> Any: ...
+
     def sadd(self, name: Any, *values: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What publishing one event answered: its stream id, and whether a cancel is pending."""
+
+    id: str
+    cancel_requested: bool
 
 
 def now_ms() -> int:
@@ -28,13 +69,20 @@ def now_ms() -> int:
 
 
 def queue_publish(
-    pipe: PipelineLike, keys: Keys, events: Sequence[ProgressEvent], maxlen: int
+    pipe: PipelineLike,
+    keys: Keys,
+    events: Sequence[ProgressEvent],
+    maxlen: int,
+    cancel_ttl: int = DEFAULT_CANCEL_TTL,
 ) -> None:
     """Queue the commands that publish ``events``; shared by every publisher.
 
     The gateway's HTTP path and the Python reporters (sync and async) all call
-    this, so an entry has the same shape whoever wrote it. The caller runs the
-    pipeline; the first ``len(events)`` results are the new entry ids.
+    this, so an entry has the same shape whoever wrote it. Besides the XADDs it
+    keeps each session's pending-cancel flag: set by a ``cancel_requested``
+    event, cleared by a terminal one, and read back for every event so the
+    publisher learns of a cancellation from its next report. Run the pipeline
+    and hand its results to :func:`receipts`.
     """
     stamp = now_ms()
     for event in events:
@@ -44,33 +92,41 @@ def queue_publish(
             maxlen=maxlen,
             approximate=True,
         )
+    for event in events:
+        pipe.exists(keys.cancel(event.session_id))
+    for event in events:
+        if event.status == "cancel_requested":
+            pipe.set(keys.cancel(event.session_id), "1", ex=cancel_ttl)
+        elif event.terminal:
+            pipe.delete(keys.cancel(event.session_id))
     pipe.sadd(keys.types, *{event.workflow_type for event in events})
 
 
-def parse_stream_id(entry_id: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` as ``(1700000000000, 3)`` for ordering; ValueError if malformed."""
-    ms, sep, seq = entry_id.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise ValueError(f"not a stream id: {entry_id!r}")
-    return int(ms), int(seq) if sep else 0
+def receipts(results: Sequence[Any], count: int) -> list[Receipt]:
+    """The receipts of the ``count`` events a :func:`queue_publish` pipeline published."""
+    ids, flags = results[:count], results[count : 2 * count]
+    return [Receipt(str(entry_id), bool(flag)) for entry_id, flag in zip(ids, flags, strict=True)]
 
 
 class StreamStore:
     """Publishing and reading the type streams over an asyncio Redis client."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, maxlen: int, cancel_ttl: int = DEFAULT_CANCEL_TTL
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
+        self.cancel_ttl = cancel_ttl
 
-    async def publish(self, events: Sequence[ProgressEvent]) -> list[str]:
-        """Write ``events`` atomically (MULTI/EXEC) and return their stream ids."""
+    async def publish(self, events: Sequence[ProgressEvent]) -> list[Receipt]:
+        """Write ``events`` atomically (MULTI/EXEC) and return their receipts."""
         if not events:
             return []
         async with self.redis.pipeline(transaction=True) as pipe:
-            queue_publish(pipe, self.keys, events, self.maxlen)
+            queue_publish(pipe, self.keys, events, self.maxlen, self.cancel_ttl)
             results = await pipe.execute()
-        return [str(entry_id) for entry_id in results[: len(events)]]
+        return receipts(results, len(events))
 
     async def discover(self) -> set[str]:
         """Every type stream key: announced by publishers or created by raw XADD."""
@@ -92,3 +148,27 @@ class StreamStore:
             key: (str(entries[0][0]) if entries else "0-0")
             for key, entries in zip(stream_keys, results, strict=True)
         }
+
+    async def history(
+        self, stream_key: str, after: str, upto: str | None, count: int
+    ) -> list[StreamEntry]:
+        """Up to ``count`` entries after ``after`` (exclusive) up to ``upto`` (inclusive)."""
+        entries: Any = await self.redis.xrange(
+            stream_key, min=f"({after}", max=upto or "+", count=count
+        )
+        return list(entries)
+
+    async def retention(self, stream_key: str) -> Retention | None:
+        """The stream's retained span, or None when the stream does not exist."""
+        try:
+            info: dict[str, Any] = await self.redis.xinfo_stream(stream_key)
+        except ResponseError:
+            return None
+        first = info.get("first-entry")
+        added = int(info.get("entries-added", 0))
+        length = int(info.get("length", 0))
+        return Retention(
+            first=parse_stream_id(first[0]) if first else NO_ID,
+            last_generated=parse_stream_id(str(info["last-generated-id"])),
+            trimmed=added > length,
+        )

@@ -7,6 +7,10 @@ overflows it is conflated: only the newest event per session survives, and
 terminal events and control frames are always kept. A subscriber that stays
 behind even then, or whose socket accepts nothing for ``send_timeout``
 seconds, is closed with :data:`CLOSE_SLOW_CONSUMER`.
+
+A replay (a subscription with ``since``) holds a :class:`ReplayMark` in the
+outbox: live events queue up behind it while the history is fetched, and the
+writer sends nothing past the mark until the history has taken its place.
 """
 
 from __future__ import annotations
@@ -25,8 +29,19 @@ CLOSE_SLOW_CONSUMER = 4008
 
 SendText = Callable[[str], Awaitable[object]]
 CloseConnection = Callable[[int, str], Awaitable[object]]
-Item = Envelope | str
 SubscriptionKey = tuple[str, str | None]
+
+
+class ReplayMark:
+    """A place in the outbox that history will fill; nothing after it is sent before."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: list[str] | None = None
+
+
+Item = Envelope | str | ReplayMark
 
 
 class Subscriber:
@@ -43,6 +58,7 @@ class Subscriber:
         "_writer",
         "conflated",
         "delivered",
+        "floors",
         "name",
         "subscriptions",
     )
@@ -66,6 +82,8 @@ class Subscriber:
         self._closing: tuple[int, str] | None = None
         self.name = name
         self.subscriptions: set[SubscriptionKey] = set()
+        # Per workflow type, the id at and below which live events were already seen.
+        self.floors: dict[str, tuple[int, int]] = {}
         self.conflated = 0
         self.delivered = 0
 
@@ -87,14 +105,30 @@ class Subscriber:
             await asyncio.wait([writer])
         self._queue.clear()
 
-    def deliver(self, item: Item) -> None:
+    def deliver(self, item: Envelope | str) -> None:
         """Queue an event or a control frame; never blocks."""
         if self._closing is not None:
             return
+        floors = self.floors
+        if floors and isinstance(item, Envelope):
+            floor = floors.get(item.workflow_type)
+            if floor is not None and item.key <= floor:
+                return
         queue = self._queue
         queue.append(item)
         if len(queue) > self._limit:
             self._conflate()
+        self._wake()
+
+    def hold(self) -> ReplayMark:
+        """Reserve the current end of the outbox for frames that are not known yet."""
+        mark = ReplayMark()
+        self._queue.append(mark)
+        return mark
+
+    def release(self, mark: ReplayMark, frames: list[str]) -> None:
+        """Fill a reserved place; the writer sends these frames, then what queued behind."""
+        mark.frames = frames
         self._wake()
 
     def close_later(self, code: int, reason: str) -> None:
@@ -113,7 +147,7 @@ class Subscriber:
         seen: set[tuple[str, str]] = set()
         kept: list[Item] = []
         for item in reversed(self._queue):
-            if isinstance(item, str) or item.terminal:
+            if not isinstance(item, Envelope) or item.terminal:
                 kept.append(item)
                 continue
             key = (item.workflow_type, item.session_id)
@@ -130,6 +164,21 @@ class Subscriber:
             return
         self._queue = deque(kept)
 
+    def _take(self) -> list[str]:
+        """Everything sendable now: the queue up to the first unfilled replay mark."""
+        queue = self._queue
+        frames: list[str] = []
+        while queue:
+            item = queue[0]
+            if isinstance(item, ReplayMark):
+                if item.frames is None:
+                    break
+                frames.extend(item.frames)
+            else:
+                frames.append(item if isinstance(item, str) else item.frame)
+            queue.popleft()
+        return frames
+
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -137,16 +186,15 @@ class Subscriber:
                 if self._closing is not None:
                     await self._close(*self._closing)
                     return
-                if not self._queue:
+                frames = self._take()
+                if not frames:
                     self._wakeup = loop.create_future()
                     await self._wakeup
                     self._wakeup = None
                     continue
-                batch, self._queue = self._queue, deque()
-                for item in batch:
+                for frame in frames:
                     if self._closing is not None:
                         break
-                    frame = item if isinstance(item, str) else item.frame
                     async with asyncio.timeout(self._send_timeout):
                         await self._send(frame)
                     self.delivered += 1

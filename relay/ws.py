@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from relay.context import RELAY, Relay
 from relay.errors import ApiError
 from relay.frames import (
     PONG_FRAME,
+    Cancel,
     Ping,
     Subscribe,
     Unsubscribe,
+    cancel_requested_frame,
     error_frame,
     parse_client_frame,
     parse_query_subscription,
-    subscribed_frame,
     unsubscribed_frame,
 )
 from relay.models import MalformedJson, validation_detail
+from relay.publishing import request_cancel
 from relay.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,7 @@ class Connection:
     def __init__(self, relay: Relay, ws: web.WebSocketResponse, name: str) -> None:
         self.relay = relay
         self.ws = ws
+        self.tasks: set[asyncio.Task[None]] = set()
         self.subscriber = Subscriber(
             ws.send_str,
             self._close,
@@ -64,8 +69,33 @@ class Connection:
             self.subscribe(frame)
         elif isinstance(frame, Unsubscribe):
             self.unsubscribe(frame)
+        elif isinstance(frame, Cancel):
+            self._track(asyncio.get_running_loop().create_task(self.cancel(frame.session_id)))
         elif isinstance(frame, Ping):
             self.subscriber.deliver(PONG_FRAME)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel work still running for this connection and stop its writer."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks)
+        await self.subscriber.stop()
+
+    async def cancel(self, session_id: str) -> None:
+        """Publish a cancellation request and tell the client how it went."""
+        try:
+            receipt, _ = await request_cancel(self.relay, session_id)
+        except ApiError as exc:
+            self.error(exc.code, exc.message)
+        except (RedisError, OSError):
+            self.error("unavailable", "the store is unavailable, try again")
+        else:
+            self.subscriber.deliver(cancel_requested_frame(session_id, receipt.id))
 
     def subscribe(self, frame: Subscribe) -> None:
         """Route the frame's target to this client from now on."""
@@ -74,8 +104,9 @@ class Connection:
         if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
             self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
             return
-        self.relay.hub.subscribe(subscriber, frame.key)
-        subscriber.deliver(subscribed_frame(frame))
+        replay = self.relay.catchup.subscribe(subscriber, frame)
+        if replay is not None:
+            self._track(replay)
 
     def unsubscribe(self, frame: Unsubscribe) -> None:
         """Stop routing the frame's target to this client."""
@@ -118,7 +149,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 )
     finally:
         relay.hub.detach(connection.subscriber)
-        await connection.subscriber.stop()
+        await connection.stop()
         relay.sockets.discard(ws)
         logger.info("%s disconnected (close code %s)", name, ws.close_code)
     return ws

@@ -19,7 +19,7 @@ from tests.helpers import Gateway, event, receive, receive_events, subscribe
 
 async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: object) -> str:
     async with http.post(f"{gateway.url}/api/workflows/progress", json=event(**fields)) as resp:
-        assert resp.status == 202, await resp.text()
+        assert resp.status == 202, gateway.logs()
         return str((await resp.json())["id"])
 
 

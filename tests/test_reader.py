@@ -13,6 +13,7 @@ from relay.ingest import Ingest
 from relay.keys import Keys
 from relay.models import Envelope, ProgressEvent
 from relay.reader import StreamReader
+from relay.sessions import SessionView
 from relay.streams import StreamStore
 from relay.subscriber import Subscriber
 from tests.conftest import RedisServer
@@ -47,7 +48,8 @@ class Running:
         self.collector = Collector()
         hub.attach(self.collector)
         hub.subscribe(self.collector, ("*", None))
-        self.ingest = Ingest(keys, hub)
+        self.view = SessionView(ttl_ms=86_400_000, max_sessions=1000)
+        self.ingest = Ingest(keys, hub, self.view)
         self.reader = StreamReader(
             self.store,
             self.connection,
@@ -71,6 +73,9 @@ class Running:
     def ids(self) -> list[str]:
         return [envelope.id for envelope in self.collector.got]
 
+    async def publish(self, events: list[ProgressEvent]) -> list[str]:
+        return [receipt.id for receipt in await self.store.publish(events)]
+
 
 @pytest.fixture
 async def running(redis_url: str) -> AsyncIterator[Running]:
@@ -86,10 +91,10 @@ def make(n: int, wtype: str = "map") -> ProgressEvent:
 
 async def test_history_before_start_is_not_replayed_as_news(redis_url: str) -> None:
     instance = Running(redis_url)
-    await instance.store.publish([make(1)])
+    await instance.publish([make(1)])
     await instance.start()
     try:
-        ids = await instance.store.publish([make(2)])
+        ids = await instance.publish([make(2)])
         await eventually(lambda: instance.ids() == ids)
     finally:
         await instance.stop()
@@ -98,13 +103,13 @@ async def test_history_before_start_is_not_replayed_as_news(redis_url: str) -> N
 async def test_reads_every_entry_in_stream_order_across_batches(running: Running) -> None:
     ids: list[str] = []
     for start in range(0, 450, 50):
-        ids += await running.store.publish([make(n) for n in range(start, start + 50)])
+        ids += await running.publish([make(n) for n in range(start, start + 50)])
     await eventually(lambda: len(running.ids()) == len(ids))
     assert running.ids() == ids
 
 
 async def test_new_type_created_by_raw_xadd_is_picked_up(running: Running) -> None:
-    await running.store.publish([make(1)])
+    await running.publish([make(1)])
     await eventually(lambda: len(running.ids()) == 1)
     raw_id = await running.commands.xadd(
         "workflow:progress:brand-new", {"session_id": "x", "step": "a", "progress": "5"}
@@ -115,7 +120,7 @@ async def test_new_type_created_by_raw_xadd_is_picked_up(running: Running) -> No
 
 
 async def test_invalid_entries_are_skipped_and_counted(running: Running) -> None:
-    await running.store.publish([make(0)])
+    await running.publish([make(0)])
     await eventually(lambda: len(running.ids()) == 1)
     stream = "workflow:progress:map"
     await running.commands.xadd(stream, {"session_id": "s", "step": "a", "progress": "lots"})
@@ -135,13 +140,13 @@ async def test_survives_redis_restart_and_resumes_from_its_last_id(own_redis: Re
     instance = Running(own_redis.url)
     await instance.start()
     try:
-        first = await instance.store.publish([make(n) for n in range(5)])
+        first = await instance.publish([make(n) for n in range(5)])
         await eventually(lambda: instance.ids() == first)
         own_redis.stop()
         await eventually(lambda: not instance.reader.ready, what="reader to notice")
         own_redis.start(appendonly=True)
         await eventually(lambda: instance.reader.ready, what="reader to reconnect")
-        second = await instance.store.publish([make(n) for n in range(5, 10)])
+        second = await instance.publish([make(n) for n in range(5, 10)])
         await eventually(lambda: len(instance.ids()) == 10)
         assert instance.ids() == first + second
         assert instance.reader.redis_errors >= 1

@@ -8,8 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.keys import Keys
-from relay.models import ProgressEvent, event_from_entry
-from relay.streams import StreamStore, parse_stream_id
+from relay.models import ProgressEvent, event_from_entry, parse_stream_id
+from relay.streams import StreamStore
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ def make(session: str = "s1", wtype: str = "map", progress: float = 10) -> Progr
 
 async def test_publish_writes_flat_entries_to_the_type_stream(aredis: Redis) -> None:
     store = StreamStore(aredis, Keys(), maxlen=100)
-    ids = await store.publish([make(progress=10), make(wtype="character", progress=20.5)])
+    receipts = await store.publish([make(progress=10), make(wtype="character", progress=20.5)])
+    ids = [receipt.id for receipt in receipts]
+    assert not any(receipt.cancel_requested for receipt in receipts)
     entries = await aredis.xrange("workflow:progress:map")
     assert [entry_id for entry_id, _ in entries] == ids[:1]
     fields = entries[0][1]
@@ -68,9 +70,9 @@ async def test_discover_finds_raw_xadd_streams_and_ignores_other_keys(aredis: Re
 
 async def test_last_ids(aredis: Redis) -> None:
     store = StreamStore(aredis, Keys(), maxlen=100)
-    ids = await store.publish([make(), make()])
+    receipts = await store.publish([make(), make()])
     assert await store.last_ids(["workflow:progress:map", "workflow:progress:none"]) == {
-        "workflow:progress:map": ids[1],
+        "workflow:progress:map": receipts[1].id,
         "workflow:progress:none": "0-0",
     }
 

@@ -1,0 +1,139 @@
+"""What a new subscription receives before live events.
+
+- With ``since``: every retained event after that id, then live events, with
+  no gap and no duplicate between the two. The subscription is routed live at
+  once, behind a :class:`~relay.subscriber.ReplayMark`; the history is read up
+  to the last id this gateway has routed for the stream and put in the mark's
+  place. ``recovered`` tells the client whether history reached back that far.
+- Without ``since``, for one session: its latest event, so a late joiner sees
+  where the workflow is. For a type with ``snapshot``: the latest event of
+  every active session of that type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from relay.frames import Subscribe, error_frame, subscribed_frame
+from relay.hub import ANY_TYPE, Hub
+from relay.ingest import Ingest
+from relay.keys import Keys
+from relay.models import Envelope, parse_stream_id
+from relay.reader import StreamReader
+from relay.sessions import SessionView
+from relay.streams import NO_ID, StreamStore
+from relay.subscriber import ReplayMark, Subscriber
+
+logger = logging.getLogger(__name__)
+
+
+class CatchUp:
+    """Subscribes a connection and sends it what it missed or the current state."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        store: StreamStore,
+        keys: Keys,
+        reader: StreamReader,
+        view: SessionView,
+        ingest: Ingest,
+        replay_limit: int,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._keys = keys
+        self._reader = reader
+        self._view = view
+        self._ingest = ingest
+        self._replay_limit = replay_limit
+        self.replays = 0
+        self.unrecovered = 0
+
+    def subscribe(self, subscriber: Subscriber, frame: Subscribe) -> asyncio.Task[None] | None:
+        """Subscribe; returns the replay task when history has to be fetched first."""
+        if frame.since is not None:
+            mark = subscriber.hold()
+            upto = self._reader.position(self._keys.stream(frame.workflow_type))
+            self._hub.subscribe(subscriber, frame.key)
+            return asyncio.get_running_loop().create_task(
+                self._replay(subscriber, mark, frame, frame.since, upto)
+            )
+        subscriber.deliver(subscribed_frame(frame))
+        for envelope in self.current_state(frame):
+            subscriber.deliver(envelope)
+        self._hub.subscribe(subscriber, frame.key)
+        return None
+
+    def current_state(self, frame: Subscribe) -> list[Envelope]:
+        """The latest event of the session, or of every active session with ``snapshot``."""
+        wtype = frame.workflow_type
+        if frame.session_id is not None:
+            state = self._view.get(frame.session_id)
+            if state is None or wtype not in (ANY_TYPE, state.workflow_type):
+                return []
+            return [state.latest]
+        if not frame.snapshot:
+            return []
+        active = self._view.sessions(workflow_type=None if wtype == ANY_TYPE else wtype)
+        return sorted(
+            (state.latest for state in active if not state.terminal),
+            key=lambda envelope: envelope.key,
+        )
+
+    async def _replay(
+        self,
+        subscriber: Subscriber,
+        mark: ReplayMark,
+        frame: Subscribe,
+        since: str,
+        upto: str | None,
+    ) -> None:
+        self.replays += 1
+        try:
+            frames = await self._history_frames(subscriber, frame, since, upto)
+        except (RedisError, OSError) as exc:
+            logger.warning("replay for %s failed: %s", subscriber.name, exc)
+            frames = [
+                subscribed_frame(frame, recovered=False),
+                error_frame("unavailable", "history could not be read; refetch the state"),
+            ]
+        subscriber.release(mark, frames)
+
+    async def _history_frames(
+        self, subscriber: Subscriber, frame: Subscribe, since: str, upto: str | None
+    ) -> list[str]:
+        stream = self._keys.stream(frame.workflow_type)
+        since_key = parse_stream_id(since)
+        retention = await self._store.retention(stream)
+        if retention is None:
+            recovered = since_key == NO_ID
+        else:
+            recovered = retention.reaches_back_to(since_key)
+        replayed: list[Envelope] = []
+        if upto is None:
+            # Not followed here yet: once discovered, the whole stream arrives
+            # live, so only what the client already has must be held back.
+            if recovered:
+                subscriber.floors[frame.workflow_type] = since_key
+        elif recovered and since_key < parse_stream_id(upto):
+            limit = self._replay_limit
+            entries = await self._store.history(stream, since, upto, limit + 1)
+            if len(entries) > limit:
+                recovered = False
+            else:
+                replayed = [
+                    envelope
+                    for envelope, _ in self._ingest.valid(frame.workflow_type, entries)
+                    if frame.session_id in (None, envelope.session_id)
+                ]
+        if not recovered:
+            self.unrecovered += 1
+            # The current state instead, as of what was routed before the mark.
+            upto_key = parse_stream_id(upto) if upto else NO_ID
+            replayed = [e for e in self.current_state(frame) if upto and e.key <= upto_key]
+        return [subscribed_frame(frame, recovered=recovered), *(e.frame for e in replayed)]

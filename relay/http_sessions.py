@@ -1,0 +1,129 @@
+"""HTTP endpoints about sessions: state, listings, history and cancellation."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from relay.context import RELAY
+from relay.errors import ApiError, raise_validation
+from relay.frames import STREAM_ID_PATTERN
+from relay.keys import event_name
+from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
+from relay.publishing import request_cancel
+
+MAX_LIST = 1_000
+HISTORY_CHUNK = 1_000
+
+routes = web.RouteTableDef()
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
+
+
+class SessionsQuery(_Query):
+    """Filters of the session listing."""
+
+    workflow_type: WorkflowType | None = None
+    status: Status | None = None
+
+
+class HistoryQuery(_Query):
+    """Where a session's history starts (exclusive) and how much of it to return."""
+
+    since: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | None = None
+
+
+Q = TypeVar("Q", bound=_Query)
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+
+def _query(model: type[Q], request: web.Request) -> Q:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise_validation(exc)
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = request.match_info["session_id"]
+    if not _SESSION_ID.match(session_id):
+        detail = [{"field": "session_id", "message": f"must match {SESSION_ID_PATTERN}"}]
+        raise ApiError(422, "invalid fields: session_id", detail=detail)
+    return session_id
+
+
+def _json_array(items: list[str]) -> web.Response:
+    return web.Response(text="[" + ",".join(items) + "]", content_type="application/json")
+
+
+@routes.get("/api/workflows/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """Recently seen sessions, most recently updated first."""
+    query = _query(SessionsQuery, request)
+    view = request.app[RELAY].view
+    found = []
+    for state in view.sessions(workflow_type=query.workflow_type, status=query.status):
+        found.append(state.as_dict())
+        if len(found) >= query.limit:
+            break
+    return web.json_response(found)
+
+
+@routes.get("/api/workflows/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    """The latest state of one session."""
+    session_id = _session_id(request)
+    state = request.app[RELAY].view.get(session_id)
+    if state is None:
+        raise ApiError(404, f"no recent session {session_id!r}")
+    return web.json_response(state.as_dict())
+
+
+@routes.get("/api/workflows/sessions/{session_id}/events")
+async def session_events(request: web.Request) -> web.Response:
+    """A session's retained events, oldest first, in the WebSocket frame shape."""
+    relay = request.app[RELAY]
+    session_id = _session_id(request)
+    query = _query(HistoryQuery, request)
+    state = relay.view.get(session_id)
+    if state is None:
+        raise ApiError(404, f"no recent session {session_id!r}")
+    stream = relay.keys.stream(state.workflow_type)
+    after = query.since or "0-0"
+    frames: list[str] = []
+    # The type stream is bounded by MAXLEN, so this scan is too.
+    while len(frames) < query.limit:
+        entries = await relay.store.history(stream, after, None, HISTORY_CHUNK)
+        if not entries:
+            break
+        after = entries[-1][0]
+        frames.extend(
+            envelope.frame
+            for envelope, _ in relay.ingest.valid(state.workflow_type, entries)
+            if envelope.session_id == session_id
+        )
+    return _json_array(frames[: query.limit])
+
+
+@routes.post("/api/workflows/sessions/{session_id}/cancel")
+async def cancel_session(request: web.Request) -> web.Response:
+    """Ask the worker running a session to stop; it learns so from its next report."""
+    relay = request.app[RELAY]
+    session_id = _session_id(request)
+    receipt, workflow_type = await request_cancel(relay, session_id)
+    return web.json_response(
+        {
+            "id": receipt.id,
+            "event": event_name(workflow_type),
+            "session_id": session_id,
+            "status": "cancel_requested",
+        },
+        status=202,
+    )
