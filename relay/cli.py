@@ -54,6 +54,9 @@ def _publish_parser(commands: Any) -> None:
         "--status", choices=["running", "completed", "failed", "cancel_requested", "cancelled"]
     )
     publish.add_argument("--error", help="error message, with --status failed")
+    publish.add_argument(
+        "--retry-for", type=float, default=5.0, help="seconds to keep retrying (default 5)"
+    )
     target = publish.add_mutually_exclusive_group()
     target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
     target.add_argument("--redis-url", help="publish straight to this Redis instead")
@@ -120,7 +123,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def publish(args: argparse.Namespace) -> int:
     """Publish one event over HTTP or straight to Redis; prints its id."""
-    from relay.reporter import HttpReporter, Reporter, ReportError
+    from relay.reporter import HttpReporter, Reporter
+    from relay.retry import ReportError, RetryPolicy
 
     try:
         metadata = json.loads(args.metadata) if args.metadata else None
@@ -129,11 +133,14 @@ def publish(args: argparse.Namespace) -> int:
         return 2
     fields = (args.session_id, args.workflow_type, args.step, args.progress, metadata)
     try:
+        # A one-shot command should fail fast rather than buffer for a next report.
+        retry = RetryPolicy(retry_for=args.retry_for, buffer_size=0)
         if args.redis_url:
-            with Reporter(args.redis_url) as reporter:
+            with Reporter(args.redis_url, retry=retry) as reporter:
                 entry_id = reporter.report(*fields, status=args.status, error=args.error)
         else:
-            http = HttpReporter(_gateway_url(args), api_key=os.environ.get("RELAY_API_KEY"))
+            api_key = os.environ.get("RELAY_API_KEY")
+            http = HttpReporter(_gateway_url(args), api_key=api_key, retry=retry)
             entry_id = http.report(*fields, status=args.status, error=args.error)
     except ValidationError as exc:
         print(f"relay publish: invalid event:\n{exc}", file=sys.stderr)

@@ -4,10 +4,14 @@
 straight to the Redis streams through the same publish function the gateway
 uses, so their entries are indistinguishable from HTTP-published ones.
 :class:`HttpReporter` posts to a gateway, for workers that cannot reach Redis.
+Each one retries an unreachable target with backoff, keeps undelivered events
+in a bounded buffer (see :mod:`relay.retry`), and learns from every report
+whether the session's cancellation was requested.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -16,16 +20,25 @@ from typing import Any, Self
 
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from relay.keys import Keys
 from relay.models import ProgressEvent, Status
-from relay.streams import queue_publish
+from relay.retry import (
+    PendingBuffer,
+    ReportError,
+    RetryPolicy,
+    TransientError,
+    send_with_retry,
+    send_with_retry_async,
+)
+from relay.streams import Receipt, queue_publish, receipts
+from relay.worker_session import AsyncReportingSession, ReportingSession
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAXLEN = 10_000
-
-
-class ReportError(RuntimeError):
-    """A report was not accepted; the message says why."""
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 
 
 def build_event(
@@ -38,39 +51,40 @@ def build_event(
     error: str | None = None,
 ) -> ProgressEvent:
     """Validate reporter arguments with the same rules as every other edge."""
-    fields: dict[str, Any] = {
-        "session_id": session_id,
-        "workflow_type": workflow_type,
-        "step": step,
-        "progress": progress,
-        "metadata": metadata or {},
-    }
+    fields: dict[str, Any] = {"metadata": metadata or {}}
     if status is not None:
         fields["status"] = status
     if error is not None:
         fields["error"] = error
-    return ProgressEvent.model_validate(fields)
+    return ProgressEvent(
+        session_id=session_id, workflow_type=workflow_type, step=step, progress=progress, **fields
+    )
 
 
 class Reporter:
     """Publishes progress straight to Redis, blocking.
 
-    >>> reporter = Reporter("redis://localhost:6379/0")
-    >>> reporter.report("s1", "map", "analyzing", 45, {"details": "forests"})
+    >>> with Reporter("redis://localhost:6379/0") as reporter:
+    ...     reporter.report("s1", "map", "analyzing", 45, {"details": "forests"})
     '1700000000000-0'
     """
 
     def __init__(
         self,
-        redis_url: str = "redis://127.0.0.1:6379/0",
+        redis_url: str = DEFAULT_REDIS_URL,
         *,
         prefix: str = "",
         maxlen: int = DEFAULT_MAXLEN,
+        retry: RetryPolicy | None = None,
         client: redis.Redis | None = None,
     ) -> None:
-        self._redis = client or redis.Redis.from_url(redis_url, decode_responses=True)
+        self._redis = client or redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
         self._keys = Keys(prefix)
         self._maxlen = maxlen
+        self._retry = retry or RetryPolicy()
+        self.pending = PendingBuffer(self._retry.buffer_size)
 
     def report(
         self,
@@ -84,10 +98,26 @@ class Reporter:
     ) -> str:
         """Publish one event and return its stream id."""
         event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
-        with self._redis.pipeline(transaction=True) as pipe:
-            queue_publish(pipe, self._keys, [event], self._maxlen)
-            results = pipe.execute()
-        return str(results[0])
+        return self.publish(event).id
+
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        (receipt,) = send_with_retry(self._send, [event.stamped()], self._retry, self.pending)
+        return receipt
+
+    def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                queue_publish(pipe, self._keys, events, self._maxlen)
+                return receipts(pipe.execute(), len(events))
+        except UNREACHABLE as exc:
+            raise TransientError(f"Redis unreachable: {exc}") from None
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> ReportingSession:
+        """A context manager reporting one session's steps and its end."""
+        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
 
     def close(self) -> None:
         """Release the Redis connections."""
@@ -106,19 +136,32 @@ class Reporter:
 
 
 class AsyncReporter:
-    """Publishes progress straight to Redis from asyncio code."""
+    """Publishes progress straight to Redis from asyncio code.
+
+    Reports made concurrently share one pipelined MULTI/EXEC, so many
+    coroutines reporting at once cost few round trips.
+    """
 
     def __init__(
         self,
-        redis_url: str = "redis://127.0.0.1:6379/0",
+        redis_url: str = DEFAULT_REDIS_URL,
         *,
         prefix: str = "",
         maxlen: int = DEFAULT_MAXLEN,
+        retry: RetryPolicy | None = None,
+        max_batch: int = 1_000,
         client: redis.asyncio.Redis | None = None,
     ) -> None:
-        self._redis = client or redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        self._redis = client or redis.asyncio.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
         self._keys = Keys(prefix)
         self._maxlen = maxlen
+        self._retry = retry or RetryPolicy()
+        self._max_batch = max_batch
+        self._queue: list[tuple[ProgressEvent, asyncio.Future[Receipt]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.pending = PendingBuffer(self._retry.buffer_size)
 
     async def report(
         self,
@@ -132,13 +175,58 @@ class AsyncReporter:
     ) -> str:
         """Publish one event and return its stream id."""
         event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            queue_publish(pipe, self._keys, [event], self._maxlen)
-            results = await pipe.execute()
-        return str(results[0])
+        return (await self.publish(event)).id
+
+    async def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
+        self._queue.append((event.stamped(), future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                events = [event for event, _ in batch]
+                try:
+                    answers = await send_with_retry_async(
+                        self._send, events, self._retry, self.pending
+                    )
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), receipt in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(receipt)
+        finally:
+            self._flusher = None
+
+    async def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                queue_publish(pipe, self._keys, events, self._maxlen)
+                return receipts(await pipe.execute(), len(events))
+        except UNREACHABLE as exc:
+            raise TransientError(f"Redis unreachable: {exc}") from None
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> AsyncReportingSession:
+        """An async context manager reporting one session's steps and its end."""
+        return AsyncReportingSession(
+            self, workflow_type, session_id, raise_on_cancel=raise_on_cancel
+        )
 
     async def aclose(self) -> None:
-        """Release the Redis connections."""
+        """Wait for reports in flight, then release the Redis connections."""
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher])
         await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
@@ -157,11 +245,18 @@ class HttpReporter:
     """Publishes progress through a gateway's HTTP API, blocking."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8080", *, api_key: str | None = None, timeout: float = 10
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float = 10,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        self._endpoint = url.rstrip("/") + "/api/workflows/progress"
+        self._base = url.rstrip("/") + "/api/workflows/progress"
         self._api_key = api_key
         self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self.pending = PendingBuffer(self._retry.buffer_size)
 
     def report(
         self,
@@ -175,21 +270,46 @@ class HttpReporter:
     ) -> str:
         """Publish one event and return its stream id."""
         event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
-        answer = self._post(event.model_dump_json(exclude_none=True).encode())
-        return str(answer["id"])
+        return self.publish(event).id
 
-    def _post(self, body: bytes) -> dict[str, Any]:
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        (receipt,) = send_with_retry(self._send, [event], self._retry, self.pending)
+        return receipt
+
+    def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
+        if len(events) == 1:
+            answer = self._post(self._base, events[0].model_dump(exclude_none=True))
+            return [Receipt(str(answer["id"]), bool(answer.get("cancel_requested")))]
+        bodies = [event.model_dump(exclude_none=True) for event in events]
+        answer = self._post(self._base + "/batch", bodies)
+        cancelled = set(answer.get("cancel_requested", ()))
+        return [
+            Receipt(str(entry_id), event.session_id in cancelled)
+            for entry_id, event in zip(answer["ids"], events, strict=True)
+        ]
+
+    def _post(self, url: str, body: Any) -> dict[str, Any]:
         headers = {"content-type": "application/json"}
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self._endpoint, data=body, headers=headers, method="POST")
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 answer: dict[str, Any] = json.loads(response.read())
                 return answer
         except urllib.error.HTTPError as exc:
-            raise ReportError(
-                f"gateway answered {exc.code}: {exc.read().decode(errors='replace')}"
-            ) from None
+            reason = exc.read().decode(errors="replace")
+            message = f"gateway answered {exc.code}: {reason}"
+            if exc.code in RETRYABLE_HTTP:
+                raise TransientError(message) from None
+            raise ReportError(message) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ReportError(f"gateway unreachable at {self._endpoint}: {exc}") from None
+            raise TransientError(f"gateway unreachable at {url}: {exc}") from None
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> ReportingSession:
+        """A context manager reporting one session's steps and its end."""
+        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)

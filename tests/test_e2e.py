@@ -243,6 +243,8 @@ def test_cli_publish_reports_invalid_input_and_unreachable_gateway() -> None:
         "5",
         "--url",
         "http://127.0.0.1:9",
+        "--retry-for",
+        "0.2",
     )
     assert down.returncode == 1
     assert "unreachable" in down.stderr

@@ -9,12 +9,14 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from relay.reporter import AsyncReporter, HttpReporter, Reporter, ReportError
+from relay.reporter import AsyncReporter, HttpReporter, Reporter
+from relay.retry import ReportError, RetryPolicy
 from relay.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import receive_events, serving, subscribe
 
 ARGS = ("s1", "map", "analyzing", 45, {"details": "forests"})
+QUICK = RetryPolicy(retry_for=0.3, buffer_size=10)
 
 
 def entry(server: RedisServer, entry_id: str) -> dict[str, str]:
@@ -74,12 +76,12 @@ def test_reporter_arguments_are_validated_like_http(redis_url: str) -> None:
 
 def test_http_reporter_reports_gateway_errors() -> None:
     with pytest.raises(ReportError, match="unreachable"):
-        HttpReporter("http://127.0.0.1:9", timeout=2).report(*ARGS)
+        HttpReporter("http://127.0.0.1:9", timeout=2, retry=QUICK).report(*ARGS)
 
 
 async def test_http_reporter_surfaces_error_answers(own_redis: RedisServer) -> None:
     async with serving(Settings(redis_url=own_redis.url, read_block_ms=100)) as url:
         own_redis.stop()
         with pytest.raises(ReportError, match="503"):
-            await asyncio.to_thread(HttpReporter(url).report, *ARGS)
+            await asyncio.to_thread(HttpReporter(url, retry=QUICK).report, *ARGS)
         own_redis.start()
