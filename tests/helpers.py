@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,42 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+) -> None:
+    """Await ``check()`` until it answers True; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def session_state(http: aiohttp.ClientSession, base: str, session_id: str) -> Any:
+    """The gateway's answer for one session: its state, or None while it is unknown."""
+    async with http.get(f"{base}/api/workflows/sessions/{session_id}") as response:
+        return await response.json() if response.status == 200 else None
+
+
+async def state_when(
+    http: aiohttp.ClientSession, base: str, session_id: str, **expected: Any
+) -> Any:
+    """The session's state once every ``expected`` field has the given value."""
+    found: dict[str, Any] = {}
+
+    async def check() -> bool:
+        state = await session_state(http, base, session_id)
+        found.clear()
+        found.update(state or {})
+        return state is not None and all(state.get(k) == v for k, v in expected.items())
+
+    await until(check, what=f"session {session_id} with {expected}")
+    return found
 
 
 class Gateway:

@@ -11,7 +11,7 @@ import pytest
 
 from relay.reporter import AsyncReporter
 from relay.settings import Settings
-from tests.helpers import event, receive, receive_events, serving, subscribe
+from tests.helpers import event, receive, receive_events, serving, state_when, subscribe
 
 
 def fast(redis_url: str, **overrides: Any) -> Settings:
@@ -81,23 +81,13 @@ async def test_late_joiner_gets_the_latest_event_first(
     await post(http, base, session_id="s1", progress=10)
     latest = await post(http, base, session_id="s1", progress=60, step="texturing")
     async with http.ws_connect(f"{base}/ws") as ws:
-        await receive_view(http, base, "s1", latest)
+        await state_when(http, base, "s1", last_event_id=latest)
         await subscribe(ws, workflow_type="map", session_id="s1")
         [frame] = await receive_events(ws, 1)
         assert frame["id"] == latest
         assert frame["data"]["step"] == "texturing"
         live = await post(http, base, session_id="s1", progress=70)
         assert [f["id"] for f in await receive_events(ws, 1)] == [live]
-
-
-async def receive_view(http: aiohttp.ClientSession, base: str, session: str, last: str) -> None:
-    """Wait until the gateway's session view has caught up with ``last``."""
-    for _ in range(500):
-        async with http.get(f"{base}/api/workflows/sessions/{session}") as response:
-            if response.status == 200 and (await response.json())["last_event_id"] == last:
-                return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"session view never reached {last}")
 
 
 async def test_snapshot_sends_every_active_session_of_the_type(
@@ -108,7 +98,7 @@ async def test_snapshot_sends_every_active_session_of_the_type(
     b_latest = await post(http, base, session_id="b", progress=30)
     done = await post(http, base, session_id="c", progress=100, status="completed")
     await post(http, base, session_id="x", workflow_type="character")
-    await receive_view(http, base, "c", done)
+    await state_when(http, base, "c", last_event_id=done)
     async with http.ws_connect(f"{base}/ws") as ws:
         await subscribe(ws, workflow_type="map", snapshot=True)
         frames = await receive_events(ws, 2)
@@ -125,7 +115,7 @@ async def test_trimmed_history_is_not_recovered_and_the_state_is_sent(
         batch = [event(session_id="s1", progress=n % 100) for n in range(300)]
         async with http.post(f"{base}/api/workflows/progress/batch", json=batch) as response:
             last = (await response.json())["ids"][-1]
-        await receive_view(http, base, "s1", last)
+        await state_when(http, base, "s1", last_event_id=last)
         async with http.ws_connect(f"{base}/ws") as ws:
             answer = await subscribe(ws, workflow_type="map", session_id="s1", since=first)
             assert answer["recovered"] is False
@@ -139,7 +129,7 @@ async def test_more_than_the_replay_limit_is_not_recovered(
     async with serving(fast(redis_url, replay_limit=5)) as base:
         first = await post(http, base)
         ids = [await post(http, base, progress=p) for p in range(6)]
-        await receive_view(http, base, "s1", ids[-1])
+        await state_when(http, base, "s1", last_event_id=ids[-1])
         async with http.ws_connect(f"{base}/ws") as ws:
             assert (await subscribe(ws, workflow_type="map", since=first))["recovered"] is False
             live = await post(http, base, progress=50)

@@ -14,7 +14,7 @@ import pytest
 from relay.reporter import AsyncReporter, HttpReporter, Reporter
 from relay.settings import Settings
 from relay.worker_session import CancelRequested
-from tests.helpers import event, receive, receive_events, serving
+from tests.helpers import event, receive, receive_events, serving, state_when, until
 
 
 @pytest.fixture
@@ -35,28 +35,10 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
-async def state_when(
-    http: aiohttp.ClientSession, base: str, session: str, last_id: str
-) -> dict[str, Any]:
-    """The session's state once the view has seen ``last_id``."""
-    found: dict[str, Any] = {}
-
-    async def check() -> bool:
-        status, body = await get(http, f"{base}/api/workflows/sessions/{session}")
-        found.update(body if status == 200 else {})
-        return status == 200 and body["last_event_id"] == last_id
-
-    for _ in range(500):
-        if await check():
-            return found
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"view never reached {last_id}: {found}")
-
-
 async def test_session_state_fields(base: str, http: aiohttp.ClientSession) -> None:
     first = await post(http, base, progress=10)
     last = await post(http, base, progress=55, step="texturing", metadata={"tiles": 4})
-    state = await state_when(http, base, "s1", last["id"])
+    state = await state_when(http, base, "s1", last_event_id=last["id"])
     assert state["session_id"] == "s1"
     assert state["workflow_type"] == "map"
     assert state["step"] == "texturing"
@@ -83,7 +65,7 @@ async def test_listing_with_filters(base: str, http: aiohttp.ClientSession) -> N
     await post(http, base, session_id="m1")
     await post(http, base, session_id="c1", workflow_type="character")
     done = await post(http, base, session_id="m2", status="completed", progress=100)
-    await state_when(http, base, "m2", done["id"])
+    await state_when(http, base, "m2", last_event_id=done["id"])
     status, listed = await get(http, f"{base}/api/workflows/sessions?workflow_type=map")
     assert status == 200
     assert [s["session_id"] for s in listed] == ["m2", "m1"]
@@ -105,7 +87,7 @@ async def test_history_oldest_first_with_since_and_limit(
     for n in range(5):
         ids.append((await post(http, base, progress=n * 10))["id"])
         await post(http, base, session_id="noise", progress=n)
-    await state_when(http, base, "s1", ids[-1])
+    await state_when(http, base, "s1", last_event_id=ids[-1])
     status, history = await get(http, f"{base}/api/workflows/sessions/s1/events")
     assert status == 200
     assert [e["id"] for e in history] == ids
@@ -119,7 +101,7 @@ async def test_history_oldest_first_with_since_and_limit(
 
 async def test_ended_session_refuses_more_events(base: str, http: aiohttp.ClientSession) -> None:
     done = await post(http, base, status="failed", error="out of memory", progress=30)
-    state = await state_when(http, base, "s1", done["id"])
+    state = await state_when(http, base, "s1", last_event_id=done["id"])
     assert state["status"] == "failed"
     assert state["error"] == "out of memory"
     async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
@@ -137,7 +119,7 @@ async def test_cancel_reaches_subscribers_and_the_http_publisher(
 ) -> None:
     started = await post(http, base, progress=20)
     assert started["cancel_requested"] is False
-    await state_when(http, base, "s1", started["id"])
+    await state_when(http, base, "s1", last_event_id=started["id"])
     async with http.ws_connect(f"{base}/ws?workflow_type=map&session_id=s1") as ws:
         assert (await receive(ws))["type"] == "subscribed"
         [latest] = await receive_events(ws, 1)
@@ -167,7 +149,7 @@ async def test_cancel_of_unknown_session_is_404(base: str, http: aiohttp.ClientS
 
 async def test_websocket_cancel_action(base: str, http: aiohttp.ClientSession) -> None:
     started = await post(http, base)
-    await state_when(http, base, "s1", started["id"])
+    await state_when(http, base, "s1", last_event_id=started["id"])
     async with http.ws_connect(f"{base}/ws") as ws:
         await ws.send_json({"action": "cancel", "session_id": "s1"})
         answer = await receive(ws)
@@ -178,12 +160,11 @@ async def test_websocket_cancel_action(base: str, http: aiohttp.ClientSession) -
 
 
 async def cancel_when_seen(http: aiohttp.ClientSession, base: str, session: str) -> None:
-    for _ in range(500):
+    async def cancelled() -> bool:
         async with http.post(f"{base}/api/workflows/sessions/{session}/cancel") as response:
-            if response.status == 202:
-                return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"could not cancel {session}")
+            return response.status == 202
+
+    await until(cancelled, what=f"a cancel of {session} to be accepted")
 
 
 async def test_python_worker_session_learns_of_cancellation(
@@ -209,13 +190,7 @@ async def test_python_worker_session_learns_of_cancellation(
     await cancel_when_seen(http, base, "job1")
     steps = await asyncio.wait_for(running, 20)
     assert len(steps) < 1000
-    status, state = 0, {}
-    for _ in range(500):
-        status, state = await get(http, f"{base}/api/workflows/sessions/job1")
-        if state.get("status") == "cancelled":
-            break
-        await asyncio.sleep(0.01)
-    assert state["status"] == "cancelled"
+    await state_when(http, base, "job1", status="cancelled")
 
 
 async def test_session_context_manager_marks_completed_and_failed(
@@ -224,10 +199,14 @@ async def test_session_context_manager_marks_completed_and_failed(
     async with AsyncReporter(redis_url) as reporter:
         async with reporter.session("map", "ok") as session:
             await session.report("render", 50)
-        with pytest.raises(RuntimeError, match="boom"):
+
+        async def failing() -> None:
             async with reporter.session("map", "bad") as session:
                 await session.report("render", 30)
                 raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await failing()
         async with reporter.session("map", "stop") as session:
             await session.report("render", 10)
             raise CancelRequested("stop")
@@ -245,14 +224,5 @@ async def test_session_context_manager_marks_completed_and_failed(
         generated_id: ("completed", 100, None),
     }
     for session_id, (status, progress, error) in expected.items():
-
-        async def ended(session_id: str = session_id, status: str = status) -> bool:
-            code, body = await get(http, f"{base}/api/workflows/sessions/{session_id}")
-            return code == 200 and body["status"] == status
-
-        for _ in range(500):
-            if await ended():
-                break
-            await asyncio.sleep(0.01)
-        _, body = await get(http, f"{base}/api/workflows/sessions/{session_id}")
-        assert (body["status"], body["progress"], body["error"]) == (status, progress, error)
+        body = await state_when(http, base, session_id, status=status)
+        assert (body["progress"], body["error"]) == (progress, error)
