@@ -18,6 +18,19 @@ from relay.streams import StreamStore
 
 
 @dataclass(slots=True)
+class Stats:
+    """Counters kept by the HTTP side of a gateway."""
+
+    published_by_type: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def bump(counts: dict[str, int], key: str, by: int = 1) -> None:
+        """Add ``by`` to one counter of ``counts``."""
+        counts[key] = counts.get(key, 0) + by
+
+
+@dataclass(slots=True)
 class Relay:
     """The gateway's parts, built once per application."""
 
@@ -31,6 +44,7 @@ class Relay:
     reader: StreamReader
     catchup: CatchUp
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    stats: Stats = field(default_factory=Stats)
 
 
 RELAY = web.AppKey("relay", Relay)

@@ -65,33 +65,42 @@ def raise_validation(exc: ValidationError) -> NoReturn:
     raise ApiError(422, f"invalid fields: {fields}", detail=detail)
 
 
-def error_middleware(*, max_body: int, retry_after: int) -> Middleware:
-    """Every failure becomes a JSON error; Redis trouble becomes 503 with Retry-After."""
+def error_middleware(
+    *, max_body: int, retry_after: int, on_error: Callable[[str], None]
+) -> Middleware:
+    """Every failure becomes a JSON error; Redis trouble becomes 503 with Retry-After.
+
+    ``on_error`` is told the code of every error answered, for the metrics.
+    """
+
+    def as_api_error(exc: Exception, request: web.Request) -> ApiError | None:
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, MalformedJson):
+            return ApiError(400, f"body is not valid JSON: {exc}", code="malformed_json")
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            return ApiError(413, f"request body is larger than {max_body} bytes")
+        if isinstance(exc, web.HTTPException):
+            if exc.status < 400:
+                return None
+            return ApiError(exc.status, exc.reason, headers=_passed_headers(exc))
+        if isinstance(exc, RedisError | OSError):
+            logger.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
+            headers = {"Retry-After": str(retry_after)}
+            return ApiError(503, "the store is unavailable, try again", headers=headers)
+        logger.exception("%s %s failed", request.method, request.path, exc_info=exc)
+        return ApiError(500, "internal error")
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except MalformedJson as exc:
-            return ApiError(400, f"body is not valid JSON: {exc}", code="malformed_json").response()
-        except web.HTTPRequestEntityTooLarge:
-            return ApiError(413, f"request body is larger than {max_body} bytes").response()
-        except web.HTTPException as exc:
-            if exc.status < 400:
+        except Exception as exc:
+            error = as_api_error(exc, request)
+            if error is None:
                 raise
-            return ApiError(exc.status, exc.reason, headers=_passed_headers(exc)).response()
-        except (RedisError, OSError) as exc:
-            logger.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
-            return ApiError(
-                503,
-                "the store is unavailable, try again",
-                headers={"Retry-After": str(retry_after)},
-            ).response()
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.path)
-            return ApiError(500, "internal error").response()
+            on_error(error.code)
+            return error.response()
 
     return middleware
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from relay import http_api, http_sessions, ws
+from relay import http_api, http_sessions, metrics, ws
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
@@ -60,17 +60,23 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
 
 def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
     """The gateway application for ``settings``."""
+    relay = build_relay(settings, connections)
+    rejected = relay.stats.rejected_by_reason
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             error_middleware(
-                max_body=settings.max_body_bytes, retry_after=settings.retry_after_seconds
+                max_body=settings.max_body_bytes,
+                retry_after=settings.retry_after_seconds,
+                on_error=lambda code: relay.stats.bump(rejected, code),
             )
         ],
     )
-    app[RELAY] = build_relay(settings, connections)
+    app[RELAY] = relay
+    app[metrics.METRICS_REGISTRY] = metrics.registry_for(relay)
     app.add_routes(http_api.routes)
     app.add_routes(http_sessions.routes)
+    app.add_routes(metrics.routes)
     app.add_routes(ws.routes)
     app.cleanup_ctx.append(_run_reader)
     app.on_shutdown.append(_close_sockets)

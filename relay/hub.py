@@ -22,6 +22,10 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self.routed = 0
         self.delivered = 0
+        self.delivered_by_type: dict[str, int] = {}
+        # What detached subscribers went through, so the totals survive them.
+        self.conflated_closed = 0
+        self.slow_closed = 0
 
     @property
     def subscribers(self) -> int:
@@ -42,7 +46,15 @@ class Hub:
         for key in subscriber.subscriptions:
             self._discard(key, subscriber)
         subscriber.subscriptions.clear()
-        self._subscribers.discard(subscriber)
+        if subscriber in self._subscribers:
+            self._subscribers.discard(subscriber)
+            self.conflated_closed += subscriber.conflated
+            self.slow_closed += subscriber.dropped_slow
+
+    @property
+    def conflated(self) -> int:
+        """Events conflated away across every subscriber, past and present."""
+        return self.conflated_closed + sum(s.conflated for s in self._subscribers)
 
     def subscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> None:
         """Route events matching ``key`` to ``subscriber`` from now on."""
@@ -88,5 +100,8 @@ class Hub:
         targets = groups[0] if len(groups) == 1 else set().union(*groups)
         for subscriber in targets:
             subscriber.deliver(envelope)
-        self.delivered += len(targets)
-        return len(targets)
+        count = len(targets)
+        self.delivered += count
+        by_type = self.delivered_by_type
+        by_type[wtype] = by_type.get(wtype, 0) + count
+        return count

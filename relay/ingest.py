@@ -21,7 +21,7 @@ class Ingest:
         self._keys = keys
         self._hub = hub
         self._view = view
-        self.accepted = 0
+        self.accepted_by_type: dict[str, int] = {}
         self.invalid = 0
 
     def valid(
@@ -42,8 +42,11 @@ class Ingest:
         if workflow_type is None:
             return
         apply, route = self._view.apply, self._hub.route
+        accepted = 0
         for envelope, event in self.valid(workflow_type, entries):
-            self.accepted += 1
+            accepted += 1
             apply(envelope, event)
             if live:
                 route(envelope)
+        counts = self.accepted_by_type
+        counts[workflow_type] = counts.get(workflow_type, 0) + accepted

@@ -20,7 +20,10 @@ async def publish_events(relay: Relay, events: Sequence[ProgressEvent]) -> list[
                 f"session {event.session_id!r} has already ended ({state.status})",
                 code="session_ended",
             )
-    return await relay.store.publish(events)
+    receipts = await relay.store.publish(events)
+    for event in events:
+        relay.stats.bump(relay.stats.published_by_type, event.workflow_type)
+    return receipts
 
 
 async def request_cancel(relay: Relay, session_id: str) -> tuple[Receipt, str]:

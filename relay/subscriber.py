@@ -58,6 +58,7 @@ class Subscriber:
         "_writer",
         "conflated",
         "delivered",
+        "dropped_slow",
         "floors",
         "name",
         "subscriptions",
@@ -86,6 +87,7 @@ class Subscriber:
         self.floors: dict[str, tuple[int, int]] = {}
         self.conflated = 0
         self.delivered = 0
+        self.dropped_slow = False
 
     @property
     def queued(self) -> int:
@@ -160,6 +162,7 @@ class Subscriber:
         # event; a subscriber that far behind is better told to reconnect.
         if len(kept) > self._limit * 3 // 4:
             logger.info("closing %s: outbox still full after conflation", self.name)
+            self.dropped_slow = True
             self.close_later(CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         self._queue = deque(kept)
@@ -202,6 +205,7 @@ class Subscriber:
             logger.info(
                 "closing %s: socket accepted nothing for %ss", self.name, self._send_timeout
             )
+            self.dropped_slow = True
             await self._close(CLOSE_SLOW_CONSUMER, "slow consumer")
         except (ConnectionError, RuntimeError) as exc:
             # The peer went away mid-send; the connection handler cleans up.
