@@ -18,19 +18,19 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_counts_after_known_traffic(redis_url: str, http: aiohttp.ClientSession) -> None:
-    async with serving(Settings(redis_url=redis_url, read_block_ms=100)) as base:
-        async with http.ws_connect(f"{base}/ws") as ws:
-            await subscribe(ws, workflow_type="map")
-            for n in range(3):
-                async with http.post(f"{base}/api/workflows/progress", json=event(progress=n)):
-                    pass
-            async with http.post(f"{base}/api/workflows/progress", json={"bad": 1}) as response:
-                assert response.status == 422
-            await receive_events(ws, 3)
-            async with http.get(f"{base}/metrics") as response:
-                assert response.status == 200
-                assert response.content_type == "text/plain"
-                found = samples(await response.text())
+    settings = Settings(redis_url=redis_url, read_block_ms=100)
+    async with serving(settings) as base, http.ws_connect(f"{base}/ws") as ws:
+        await subscribe(ws, workflow_type="map")
+        for n in range(3):
+            async with http.post(f"{base}/api/workflows/progress", json=event(progress=n)):
+                pass
+        async with http.post(f"{base}/api/workflows/progress", json={"bad": 1}) as response:
+            assert response.status == 422
+        await receive_events(ws, 3)
+        async with http.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            assert response.content_type == "text/plain"
+            found = samples(await response.text())
     assert found[("relay_events_published_total", (("workflow_type", "map"),))] == 3
     assert found[("relay_events_read_total", (("workflow_type", "map"),))] == 3
     assert found[("relay_events_delivered_total", (("workflow_type", "map"),))] == 3
