@@ -3,8 +3,8 @@
 - With ``since``: every retained event after that id, then live events, with
   no gap and no duplicate between the two. The subscription is routed live at
   once, behind a :class:`~relay.subscriber.ReplayMark`; the history is read up
-  to the last id this gateway has routed for the stream and put in the mark's
-  place. ``recovered`` tells the client whether history reached back that far.
+  to where live routing of the stream starts and put in the mark's place.
+  ``recovered`` tells the client whether history reached back that far.
 - Without ``since``, for one session: its latest event, so a late joiner sees
   where the workflow is. For a type with ``snapshot``: the latest event of
   every active session of that type.
@@ -58,7 +58,7 @@ class CatchUp:
         """Subscribe; returns the replay task when history has to be fetched first."""
         if frame.since is not None:
             mark = subscriber.hold()
-            upto = self._reader.position(self._keys.stream(frame.workflow_type))
+            upto = self._reader.live_from(self._keys.stream(frame.workflow_type))
             self._hub.subscribe(subscriber, frame.key)
             return asyncio.get_running_loop().create_task(
                 self._replay(subscriber, mark, frame, frame.since, upto)
@@ -109,11 +109,7 @@ class CatchUp:
     ) -> list[str]:
         stream = self._keys.stream(frame.workflow_type)
         since_key = parse_stream_id(since)
-        retention = await self._store.retention(stream)
-        if retention is None:
-            recovered = since_key == NO_ID
-        else:
-            recovered = retention.reaches_back_to(since_key)
+        recovered = await self._store.reaches_back_to(stream, since)
         replayed: list[Envelope] = []
         if upto is None:
             # Not followed here yet: once discovered, the whole stream arrives

@@ -59,6 +59,7 @@ class StreamReader:
         self._next_discovery = 0.0
         self._stopping = False
         self._check_positions = False
+        self._server_id: str | None = None
         # Per stream, the newest entry that existed at start: up to it is history.
         self._history_ends: dict[str, tuple[int, int]] = {}
         self.positions: dict[str, str] = {}
@@ -73,13 +74,27 @@ class StreamReader:
         """True once the history that existed at start has been read."""
         return not self._history_ends
 
-    def position(self, stream_key: str) -> str | None:
-        """The id of the last entry handed on for ``stream_key``, if it is followed."""
+    def live_from(self, stream_key: str) -> str | None:
+        """Entries after this id of ``stream_key`` will be routed live; None if not followed.
+
+        That is the last id read, or while the history at start is still being
+        read, the end of that history (which is never routed live).
+        """
+        history_end = self._history_ends.get(stream_key)
+        if history_end is not None:
+            return f"{history_end[0]}-{history_end[1]}"
         return self.positions.get(stream_key)
 
     async def _discover(self, *, at_start: bool) -> None:
         loop = asyncio.get_running_loop()
         self._next_discovery = loop.time() + self._discovery_interval
+        # The client reconnects on its own, so a Redis that restarted or was
+        # replaced may never surface as an error here: its run id tells.
+        server_id = await self._store.server_id()
+        if self._server_id is not None and server_id != self._server_id:
+            logger.warning("Redis restarted or was replaced; checking stream positions")
+            self._check_positions = True
+        self._server_id = server_id
         found = await self._store.discover()
         new = sorted(found - self.positions.keys())
         if not new:
@@ -129,11 +144,11 @@ class StreamReader:
             self._handler(stream, entries[split:], True)
 
     async def _read_once(self) -> None:
+        if asyncio.get_running_loop().time() >= self._next_discovery:
+            await self._discover(at_start=False)
         if self._check_positions:
             await self._restart_streams_that_went_back()
             self._check_positions = False
-        if asyncio.get_running_loop().time() >= self._next_discovery:
-            await self._discover(at_start=False)
         if not self.positions:
             await asyncio.sleep(self._discovery_interval)
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."
     )
+
+    @model_validator(mode="after")
+    def _outbox_holds_two_reads(self) -> Settings:
+        # One XREAD batch is routed in one go; an outbox smaller than two of
+        # them would conflate a perfectly healthy subscriber during a burst.
+        if self.outbox_limit < 2 * self.read_count:
+            raise ValueError(
+                f"outbox_limit ({self.outbox_limit}) must be at least twice "
+                f"read_count ({self.read_count})"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

@@ -17,27 +17,6 @@ StreamEntry = tuple[str, dict[str, str]]
 NO_ID = (0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How far back a stream's history reaches, and where it ends."""
-
-    first: tuple[int, int]
-    last_generated: tuple[int, int]
-    trimmed: bool
-
-    def reaches_back_to(self, since: tuple[int, int]) -> bool:
-        """True when every entry after ``since`` is still retained.
-
-        Trimming removes the oldest entries, so nothing after ``since`` is
-        missing when nothing was ever trimmed or ``since`` is at or past the
-        first retained entry. An id beyond the newest ever generated means the
-        stream was recreated (Redis lost its data): that history is gone.
-        """
-        if since > self.last_generated:
-            return False
-        return not self.trimmed or since >= self.first
-
-
 DEFAULT_CANCEL_TTL = 86_400
 
 
@@ -128,6 +107,14 @@ class StreamStore:
             results = await pipe.execute()
         return receipts(results, len(events))
 
+    async def server_id(self) -> str:
+        """The Redis server's run id, which changes whenever it restarts."""
+        try:
+            info: dict[str, Any] = await self.redis.info("server")
+        except ResponseError:
+            return ""  # the embedded store has no INFO, and never restarts
+        return str(info.get("run_id", ""))
+
     async def discover(self) -> set[str]:
         """Every type stream key: announced by publishers or created by raw XADD."""
         announced = await self.redis.smembers(self.keys.types)
@@ -158,17 +145,19 @@ class StreamStore:
         )
         return list(entries)
 
-    async def retention(self, stream_key: str) -> Retention | None:
-        """The stream's retained span, or None when the stream does not exist."""
-        try:
-            info: dict[str, Any] = await self.redis.xinfo_stream(stream_key)
-        except ResponseError:
-            return None
-        first = info.get("first-entry")
-        added = int(info.get("entries-added", 0))
-        length = int(info.get("length", 0))
-        return Retention(
-            first=parse_stream_id(first[0]) if first else NO_ID,
-            last_generated=parse_stream_id(str(info["last-generated-id"])),
-            trimmed=added > length,
-        )
+    async def reaches_back_to(self, stream_key: str, since: str) -> bool:
+        """True when every entry after ``since`` is still retained in the stream.
+
+        Trimming removes the oldest entries first, so while the entry ``since``
+        itself is still there, everything after it is too. If it is gone, it
+        was trimmed away or Redis lost its data; either way history is missing.
+        ``0-0`` (from the very start) holds while nothing was ever trimmed.
+        """
+        if parse_stream_id(since) == NO_ID:
+            try:
+                info: dict[str, Any] = await self.redis.xinfo_stream(stream_key)
+            except ResponseError:
+                return True  # no stream yet: nothing was ever lost
+            return int(info.get("entries-added", 0)) <= int(info.get("length", 0))
+        found = await self.redis.xrange(stream_key, min=since, max=since, count=1)
+        return bool(found)

@@ -185,3 +185,83 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+class StalledClient:
+    """A WebSocket client on a plain socket that can stop reading, like a frozen browser tab.
+
+    aiohttp's client keeps reading into its own buffer, so it cannot play a
+    client whose TCP window closes; a raw socket with a small receive buffer can.
+    """
+
+    def __init__(self, port: int, path: str) -> None:
+        import base64
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.sock.recv(4096)
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def read_frames(
+        self, until: Callable[[list[Any]], bool], timeout: float = DEFAULT_TIMEOUT
+    ) -> tuple[list[Any], int | None]:
+        """Read until ``until(frames)`` holds, the server closes, or ``timeout`` passes.
+
+        Returns the decoded text frames (arrays unpacked) and the close code, if any.
+        """
+        import struct
+
+        deadline = time.monotonic() + timeout
+        frames: list[Any] = []
+        while not until(frames):
+            while len(self.buffer) >= 2:
+                opcode = self.buffer[0] & 0x0F
+                length = self.buffer[1] & 0x7F
+                offset = 2
+                if length == 126:
+                    if len(self.buffer) < 4:
+                        break
+                    length = struct.unpack(">H", self.buffer[2:4])[0]
+                    offset = 4
+                elif length == 127:
+                    if len(self.buffer) < 10:
+                        break
+                    length = struct.unpack(">Q", self.buffer[2:10])[0]
+                    offset = 10
+                if len(self.buffer) < offset + length:
+                    break
+                payload = self.buffer[offset : offset + length]
+                self.buffer = self.buffer[offset + length :]
+                if opcode == 0x8:
+                    code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+                    return frames, code
+                if opcode == 0x1:
+                    decoded = orjson.loads(payload)
+                    frames.extend(decoded if isinstance(decoded, list) else [decoded])
+            if until(frames):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out reading; got {len(frames)} frames")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return frames, None
+            self.buffer += chunk
+        return frames, None
+
+    def close(self) -> None:
+        self.sock.close()

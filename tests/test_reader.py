@@ -39,7 +39,7 @@ class Collector(Subscriber):
 class Running:
     """A reader task feeding a hub with one catch-all collector."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, count: int = 100) -> None:
         self.commands = Redis.from_url(url, decode_responses=True)
         self.connection = Redis.from_url(url, decode_responses=True, socket_timeout=3)
         keys = Keys()
@@ -54,7 +54,7 @@ class Running:
             self.store,
             self.connection,
             self.ingest,
-            count=100,
+            count=count,
             block_ms=100,
             discovery_interval=0.1,
         )
@@ -150,5 +150,26 @@ async def test_survives_redis_restart_and_resumes_from_its_last_id(own_redis: Re
         await eventually(lambda: len(instance.ids()) == 10)
         assert instance.ids() == first + second
         assert instance.reader.redis_errors >= 1
+    finally:
+        await instance.stop()
+
+
+async def test_history_at_start_feeds_the_view_but_is_not_routed(redis_url: str) -> None:
+    instance = Running(redis_url, count=10)  # several reads to get through the history
+    old = await instance.publish([make(n) for n in range(30)])
+    await instance.start()
+    try:
+        stream = "workflow:progress:map"
+        # until the history is read, live routing starts after its end
+        assert instance.reader.live_from(stream) == old[-1]
+        assert not instance.reader.caught_up
+        new = await instance.publish([make(99)])
+        await eventually(lambda: instance.ids() == new)
+        assert instance.reader.caught_up
+        assert instance.reader.live_from(stream) == new[0]
+        state = instance.view.get("s0")
+        assert state is not None
+        assert state.latest.id == new[0]  # s0 is 99 % 3
+        assert instance.view.get("s1") is not None  # known from history alone
     finally:
         await instance.stop()

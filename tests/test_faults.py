@@ -1,0 +1,191 @@
+"""Faults with real processes: killed gateways, restarted or replaced Redis, stalled sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from relay.reporter import AsyncReporter
+from relay.retry import RetryPolicy
+from tests.conftest import RedisServer
+from tests.helpers import (
+    Gateway,
+    StalledClient,
+    event,
+    eventually,
+    receive_events,
+    state_when,
+    subscribe,
+)
+
+
+async def follow(
+    http: aiohttp.ClientSession,
+    gateway: Gateway,
+    received: list[str],
+    stop: asyncio.Event,
+    **subscription: Any,
+) -> list[bool]:
+    """A client that reconnects and resumes from its last id until ``stop``; notes ``recovered``."""
+    recoveries: list[bool] = []
+    while not stop.is_set():
+        try:
+            async with http.ws_connect(gateway.ws_url) as ws:
+                since = {"since": received[-1]} if received else {}
+                answer = await subscribe(ws, **subscription, **since)
+                if since:
+                    recoveries.append(answer["recovered"])
+                async for message in ws:
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    frame = message.json()
+                    for item in frame if isinstance(frame, list) else [frame]:
+                        if "event" in item:
+                            received.append(item["id"])
+        except (aiohttp.ClientError, OSError, AssertionError):
+            pass
+        await asyncio.sleep(0.05)
+    return recoveries
+
+
+async def test_killed_gateway_clients_resume_with_nothing_lost(
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    killed, other = start_gateway(redis_url), start_gateway(redis_url)
+    on_killed: list[str] = []
+    on_other: list[str] = []
+    stop = asyncio.Event()
+    followers = [
+        asyncio.create_task(follow(http, killed, on_killed, stop, workflow_type="map")),
+        asyncio.create_task(follow(http, other, on_other, stop, workflow_type="map")),
+    ]
+    await eventually(lambda: killed.process is not None)
+    published: list[str] = []
+    async with AsyncReporter(redis_url) as reporter:
+        await reporter.report("warm", "map", "warmup", 0)
+        await eventually(lambda: len(on_killed) == 1 and len(on_other) == 1)
+        for n in range(1500):
+            published.append(await reporter.report(f"s{n % 7}", "map", "step", n % 100))
+            if n == 500:
+                await eventually(lambda: len(on_killed) > 100)
+                killed.stop(kill=True)
+            if n == 900:
+                await asyncio.to_thread(killed.start)
+    await eventually(lambda: len(on_killed) == len(on_other) == len(published) + 1, timeout=30)
+    stop.set()
+    await killed_stop_followers(followers, killed, other)
+    assert on_killed[1:] == published  # everything, once, in order, across the restart
+    assert on_other[1:] == published
+
+
+async def killed_stop_followers(
+    followers: list[asyncio.Task[list[bool]]], *gateways: Gateway
+) -> None:
+    for gateway in gateways:
+        gateway.stop()  # closes the sockets, so the followers see stop and end
+    for recoveries in await asyncio.gather(*followers):
+        assert all(recoveries), recoveries
+
+
+async def test_redis_restart_is_survived_without_loss_or_repeat(
+    start_gateway: Callable[..., Gateway], own_redis: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    own_redis.stop()
+    own_redis.start(appendonly=True)
+    gateway = start_gateway(own_redis.url)
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await subscribe(ws, workflow_type="map")
+        published: list[str] = []
+        async with AsyncReporter(own_redis.url, retry=RetryPolicy(retry_for=20)) as reporter:
+            for n in range(100):
+                published.append(await reporter.report("s1", "map", "before", n))
+            own_redis.stop()
+            async with http.get(f"{gateway.url}/readyz") as response:
+                assert response.status == 503
+                assert "Retry-After" in response.headers
+            restart = asyncio.create_task(asyncio.to_thread(own_redis.start, appendonly=True))
+            for n in range(100):  # these wait in the reporter's retry until Redis is back
+                published.append(await reporter.report("s1", "map", "after", n))
+            await restart
+        frames = await receive_events(ws, len(published), timeout=30)
+        assert [f["id"] for f in frames] == published
+    async with http.get(f"{gateway.url}/readyz") as response:
+        assert response.status == 200
+
+
+async def test_redis_replaced_by_an_empty_one(
+    start_gateway: Callable[..., Gateway], own_redis: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(own_redis.url)
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await subscribe(ws, workflow_type="map")
+        async with http.post(f"{gateway.url}/api/workflows/progress", json=event()) as response:
+            before = (await response.json())["id"]
+        await receive_events(ws, 1)
+        own_redis.stop()
+        own_redis.start()  # no persistence: a new, empty Redis
+        # A worker on the new Redis writes ids below where the gateway was.
+        with own_redis.client() as raw:
+            low = raw.xadd(
+                "workflow:progress:map",
+                {"session_id": "s2", "step": "a", "progress": "1"},
+                id="1000-0",
+            )
+        [frame] = await receive_events(ws, 1, timeout=15)
+        assert frame["id"] == low
+    assert "starting over" in gateway.logs()
+    async with http.ws_connect(gateway.ws_url) as ws:
+        answer = await subscribe(ws, workflow_type="map", since=before)
+        assert answer["recovered"] is False  # the old history is gone: refetch
+
+
+async def test_stalled_socket_beside_healthy_ones(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_OUTBOX_LIMIT="200", RELAY_READ_COUNT="50")
+    stalled = StalledClient(gateway.port, "/ws?workflow_type=map")
+    try:
+        async with http.ws_connect(gateway.ws_url) as healthy:
+            await subscribe(healthy, workflow_type="map")
+            sessions = [f"job{n}" for n in range(20)]
+            published: list[str] = []
+            terminal: dict[str, str] = {}
+            # the healthy client reads all along, as a live page would
+            reading = asyncio.create_task(receive_events(healthy, 20 * 151, timeout=60))
+            # padded so the backlog outgrows every kernel and transport buffer
+            padding = {"pad": "x" * 4000}
+            async with AsyncReporter(redis_url) as reporter:
+                for round_ in range(150):
+                    for session in sessions:
+                        published.append(
+                            await reporter.report(session, "map", "work", round_ % 100, padding)
+                        )
+                for session in sessions:
+                    entry = await reporter.report(session, "map", "done", 100, status="completed")
+                    published.append(entry)
+                    terminal[session] = entry
+            frames = await reading
+            assert [f["id"] for f in frames] == published  # the healthy one lost nothing
+        frames, close_code = await asyncio.to_thread(
+            stalled.read_frames,
+            lambda got: set(terminal.values()) <= {f.get("id") for f in got},
+        )
+        assert close_code is None
+        events = [f for f in frames if "event" in f]
+        ids = [f["id"] for f in events]
+        assert len(ids) < len(published)  # it was conflated...
+        assert set(terminal.values()) <= set(ids)  # ...but every terminal event arrived
+        assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        last_per_session = {f["data"]["session_id"]: f["id"] for f in events}
+        assert last_per_session == terminal  # and each session ends on its newest state
+        async with http.get(f"{gateway.url}/metrics") as response:
+            assert "relay_events_conflated_total" in await response.text()
+    finally:
+        stalled.close()
+    state = await state_when(http, gateway.url, "job0", status="completed")
+    assert state["last_event_id"] == terminal["job0"]
