@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from relay import http_api, http_sessions, metrics, ws
 from relay.backend import Connections, connect
@@ -79,6 +80,8 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(metrics.routes)
     app.add_routes(ws.routes)
     app.cleanup_ctx.append(_run_reader)
+    if settings.stream_max_age > 0:
+        app.cleanup_ctx.append(_trim_by_age)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -100,6 +103,26 @@ async def _run_reader(app: web.Application) -> AsyncIterator[None]:
     yield
     await relay.reader.stop(task)
     await relay.connections.aclose()
+
+
+async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
+    relay = app[RELAY]
+    age_ms = int(relay.settings.stream_max_age * 1000)
+    # Often enough that entries outlive the limit by a tenth at most, at most once a minute.
+    interval = min(max(relay.settings.stream_max_age / 10, 0.1), 60.0)
+
+    async def trim_forever() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await relay.store.trim_older_than(list(relay.reader.positions), age_ms)
+            except (RedisError, OSError) as exc:
+                logger.warning("trimming streams by age failed: %s", exc)
+
+    task = asyncio.create_task(trim_forever(), name="relay-age-trim")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -161,3 +161,13 @@ class StreamStore:
             return int(info.get("entries-added", 0)) <= int(info.get("length", 0))
         found = await self.redis.xrange(stream_key, min=since, max=since, count=1)
         return bool(found)
+
+    async def trim_older_than(self, stream_keys: Sequence[str], age_ms: int) -> None:
+        """Drop entries older than ``age_ms`` from each stream."""
+        if not stream_keys:
+            return
+        min_id = f"{max(now_ms() - age_ms, 0)}-0"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in stream_keys:
+                pipe.xtrim(key, minid=min_id, approximate=False)
+            await pipe.execute()

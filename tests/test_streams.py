@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
 from relay.keys import Keys
 from relay.models import ProgressEvent, event_from_entry, parse_stream_id
+from relay.settings import Settings
 from relay.streams import StreamStore
+from tests.conftest import RedisServer
+from tests.helpers import event, eventually, serving
 
 
 @pytest.fixture
@@ -84,3 +88,19 @@ def test_parse_stream_id() -> None:
     for bad in ("", "a-1", "1-", "-1", "1-2-3"):
         with pytest.raises(ValueError, match="not a stream id"):
             parse_stream_id(bad)
+
+
+async def test_gateway_trims_entries_older_than_the_age_limit(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    settings = Settings(redis_url=redis_url, stream_max_age=1, read_block_ms=100)
+    async with serving(settings) as base, aiohttp.ClientSession() as http:
+        for n in range(5):
+            async with http.post(f"{base}/api/workflows/progress", json=event(progress=n)):
+                pass
+        with redis_server.client() as client:
+            assert client.xlen("workflow:progress:map") == 5
+            await eventually(lambda: client.xlen("workflow:progress:map") == 0, what="age trim")
+            async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
+                assert response.status == 202
+            assert client.xlen("workflow:progress:map") == 1
