@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -189,3 +192,45 @@ async def test_stalled_socket_beside_healthy_ones(
         stalled.close()
     state = await state_when(http, gateway.url, "job0", status="completed")
     assert state["last_event_id"] == terminal["job0"]
+
+
+async def test_relay_watch_reconnects_and_resumes_after_a_gateway_kill(
+    start_gateway: Callable[..., Gateway], redis_url: str
+) -> None:
+    gateway = start_gateway(redis_url)
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "watch",
+        "--type",
+        "map",
+        "--url",
+        gateway.url,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert watcher.stdout is not None
+    try:
+        published: list[str] = []
+        async with AsyncReporter(redis_url) as reporter:
+            # report until the watcher shows one: its subscription is then in place
+            line = b""
+            while not line:
+                published.append(await reporter.report("s1", "map", "warmup", 0))
+                with contextlib.suppress(TimeoutError):
+                    line = await asyncio.wait_for(watcher.stdout.readline(), 0.2)
+            seen = [json.loads(line)["id"]]
+            await asyncio.to_thread(gateway.stop, kill=True)
+            for n in range(3):  # published while the gateway is down
+                published.append(await reporter.report("s1", "map", "offline", n))
+            await asyncio.to_thread(gateway.start)
+            published.append(await reporter.report("s1", "map", "back", 50))
+        while seen[-1] != published[-1]:
+            line = await asyncio.wait_for(watcher.stdout.readline(), 20)
+            seen.append(json.loads(line)["id"])
+        assert seen == published[published.index(seen[0]) :]
+    finally:
+        watcher.terminate()
+        await watcher.wait()
