@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
@@ -33,6 +34,15 @@ _CODES = {
 }
 
 
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer encoded with orjson, which is several times faster than json."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
 class ApiError(Exception):
     """An error answered to the client as ``{"error", "message", "detail"}``."""
 
@@ -55,7 +65,7 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         """The JSON answer for this error."""
         body: dict[str, Any] = {"error": self.code, "message": self.message, "detail": self.detail}
-        return web.json_response(body, status=self.status, headers=self.headers)
+        return json_response(body, status=self.status, headers=self.headers)
 
 
 def raise_validation(exc: ValidationError) -> NoReturn:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from relay.context import RELAY
-from relay.errors import ApiError, raise_validation
+from relay.errors import ApiError, json_response, raise_validation
 from relay.keys import event_name
 from relay.models import parse_event_json, parse_event_list_json
 from relay.publishing import publish_events
@@ -45,7 +45,7 @@ async def publish_one(request: web.Request) -> web.Response:
         "event": event_name(event.workflow_type),
         "cancel_requested": receipt.cancel_requested,
     }
-    return web.json_response(answer, status=202)
+    return json_response(answer, status=202)
 
 
 @routes.post("/api/workflows/progress/batch")
@@ -63,7 +63,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     receipts = await publish_events(relay, events)
     pairs = zip(events, receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
-    return web.json_response(
+    return json_response(
         {"ids": [r.id for r in receipts], "cancel_requested": cancelled}, status=202
     )
 
@@ -71,7 +71,7 @@ async def publish_batch(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and serving."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -91,5 +91,5 @@ async def readyz(request: web.Request) -> web.Response:
     if problems:
         body = {"status": "not ready", "problems": problems}
         retry = str(relay.settings.retry_after_seconds)
-        return web.json_response(body, status=503, headers={"Retry-After": retry})
-    return web.json_response({"status": "ready", "embedded": relay.settings.embedded})
+        return json_response(body, status=503, headers={"Retry-After": retry})
+    return json_response({"status": "ready", "embedded": relay.settings.embedded})

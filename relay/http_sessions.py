@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relay.context import RELAY
-from relay.errors import ApiError, raise_validation
+from relay.errors import ApiError, json_response, raise_validation
 from relay.frames import STREAM_ID_PATTERN
 from relay.keys import event_name
 from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
@@ -73,7 +73,7 @@ async def list_sessions(request: web.Request) -> web.Response:
         found.append(state.as_dict())
         if len(found) >= query.limit:
             break
-    return web.json_response(found)
+    return json_response(found)
 
 
 @routes.get("/api/workflows/sessions/{session_id}")
@@ -83,7 +83,7 @@ async def get_session(request: web.Request) -> web.Response:
     state = request.app[RELAY].view.get(session_id)
     if state is None:
         raise ApiError(404, f"no recent session {session_id!r}")
-    return web.json_response(state.as_dict())
+    return json_response(state.as_dict())
 
 
 @routes.get("/api/workflows/sessions/{session_id}/events")
@@ -118,7 +118,7 @@ async def cancel_session(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     session_id = _session_id(request)
     receipt, workflow_type = await request_cancel(relay, session_id)
-    return web.json_response(
+    return json_response(
         {
             "id": receipt.id,
             "event": event_name(workflow_type),

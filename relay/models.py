@@ -23,13 +23,19 @@ SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
 WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a JSON value: scalars are 0, ``{}`` and ``[]`` are 1."""
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+    """Whether a JSON object nests more than ``limit`` levels (the object itself is 1).
+
+    Walks containers only, and stops at the first one past the limit.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def format_number(value: float) -> int | float:
@@ -65,7 +71,7 @@ class ProgressEvent(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
-        if _depth(metadata) > MAX_METADATA_DEPTH:
+        if _deeper_than(metadata, MAX_METADATA_DEPTH):
             raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
         try:
             size = len(orjson.dumps(metadata))

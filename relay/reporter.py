@@ -11,7 +11,6 @@ whether the session's cancellation was requested.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
+from relay.batching import Batcher
 from relay.keys import Keys
 from relay.models import ProgressEvent, Status
 from relay.retry import (
@@ -158,10 +158,8 @@ class AsyncReporter:
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._retry = retry or RetryPolicy()
-        self._max_batch = max_batch
-        self._queue: list[tuple[ProgressEvent, asyncio.Future[Receipt]]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self.pending = PendingBuffer(self._retry.buffer_size)
+        self._batcher: Batcher[Receipt] = Batcher(self._send_retrying, max_batch=max_batch)
 
     async def report(
         self,
@@ -179,33 +177,11 @@ class AsyncReporter:
 
     async def publish(self, event: ProgressEvent) -> Receipt:
         """Publish a validated event; raises ReportError once retrying is over."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Receipt] = loop.create_future()
-        self._queue.append((event.stamped(), future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await future
+        (receipt,) = await self._batcher.submit([event.stamped()])
+        return receipt
 
-    async def _flush(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                events = [event for event, _ in batch]
-                try:
-                    answers = await send_with_retry_async(
-                        self._send, events, self._retry, self.pending
-                    )
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), receipt in zip(batch, answers, strict=True):
-                    if not future.done():
-                        future.set_result(receipt)
-        finally:
-            self._flusher = None
+    async def _send_retrying(self, events: list[ProgressEvent]) -> list[Receipt]:
+        return await send_with_retry_async(self._send, events, self._retry, self.pending)
 
     async def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
         try:
@@ -225,8 +201,7 @@ class AsyncReporter:
 
     async def aclose(self) -> None:
         """Wait for reports in flight, then release the Redis connections."""
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher])
+        await self._batcher.drain()
         await self._redis.aclose()
 
     async def __aenter__(self) -> Self:

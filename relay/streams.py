@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from relay.batching import Batcher
 from relay.keys import Keys
 from relay.models import ProgressEvent, parse_stream_id
 
@@ -18,6 +19,7 @@ NO_ID = (0, 0)
 
 
 DEFAULT_CANCEL_TTL = 86_400
+PUBLISH_BATCH = 1_000
 
 
 class PipelineLike(Protocol):
@@ -97,11 +99,19 @@ class StreamStore:
         self.keys = keys
         self.maxlen = maxlen
         self.cancel_ttl = cancel_ttl
+        self._batcher: Batcher[Receipt] = Batcher(self._publish_now, max_batch=PUBLISH_BATCH)
 
     async def publish(self, events: Sequence[ProgressEvent]) -> list[Receipt]:
-        """Write ``events`` atomically (MULTI/EXEC) and return their receipts."""
+        """Write ``events`` atomically and return their receipts.
+
+        Concurrent calls share one MULTI/EXEC (see :mod:`relay.batching`), so
+        each call's events are written together, with others' or on their own.
+        """
         if not events:
             return []
+        return await self._batcher.submit(list(events))
+
+    async def _publish_now(self, events: list[ProgressEvent]) -> list[Receipt]:
         async with self.redis.pipeline(transaction=True) as pipe:
             queue_publish(pipe, self.keys, events, self.maxlen, self.cancel_ttl)
             results = await pipe.execute()
