@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from relay import http_api, http_sessions, metrics, ws
+from relay import http_api, http_sessions, metrics, static_files, ws
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
@@ -78,6 +78,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(http_api.routes)
     app.add_routes(http_sessions.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(static_files.routes)
     app.add_routes(ws.routes)
     app.cleanup_ctx.append(_run_reader)
     if settings.stream_max_age > 0:
