@@ -95,18 +95,18 @@ class CatchUp:
     ) -> None:
         self.replays += 1
         try:
-            frames = await self._history_frames(subscriber, frame, since, upto)
+            items = await self._history(subscriber, frame, since, upto)
         except (RedisError, OSError) as exc:
             logger.warning("replay for %s failed: %s", subscriber.name, exc)
-            frames = [
+            items = [
                 subscribed_frame(frame, recovered=False),
                 error_frame("unavailable", "history could not be read; refetch the state"),
             ]
-        subscriber.release(mark, frames)
+        subscriber.release(mark, items)
 
-    async def _history_frames(
+    async def _history(
         self, subscriber: Subscriber, frame: Subscribe, since: str, upto: str | None
-    ) -> list[str]:
+    ) -> list[Envelope | str]:
         stream = self._keys.stream(frame.workflow_type)
         since_key = parse_stream_id(since)
         recovered = await self._store.reaches_back_to(stream, since)
@@ -132,4 +132,4 @@ class CatchUp:
             # The current state instead, as of what was routed before the mark.
             upto_key = parse_stream_id(upto) if upto else NO_ID
             replayed = [e for e in self.current_state(frame) if upto and e.key <= upto_key]
-        return [subscribed_frame(frame, recovered=recovered), *(e.frame for e in replayed)]
+        return [subscribed_frame(frame, recovered=recovered), *replayed]

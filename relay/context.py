@@ -15,6 +15,7 @@ from relay.reader import StreamReader
 from relay.sessions import SessionView
 from relay.settings import Settings
 from relay.streams import StreamStore
+from relay.subscriber import Subscriber
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Relay:
     reader: StreamReader
     catchup: CatchUp
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    event_streams: set[Subscriber] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from relay import http_api, http_sessions, metrics, static_files, ws
+from relay import http_api, http_sessions, metrics, sse, static_files, ws
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
@@ -80,6 +80,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(metrics.routes)
     app.add_routes(static_files.routes)
     app.add_routes(ws.routes)
+    app.add_routes(sse.routes)
     app.cleanup_ctx.append(_run_reader)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
@@ -127,6 +128,8 @@ async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
+    for stream in app[RELAY].event_streams:
+        stream.close_later(CLOSE_GOING_AWAY, "server shutting down")
     sockets = list(app[RELAY].sockets)
     await asyncio.gather(
         *(sock.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for sock in sockets),

@@ -190,10 +190,20 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
         raise EntryError(f"entry {entry_id} of {workflow_type!r}: bad {fields_named}") from None
 
 
+def frame_prefix(workflow_type: str, entry_id: str) -> str:
+    """What an event frame holds before its ``data`` object.
+
+    Types and ids are validated to characters JSON never escapes, so the
+    frame can be joined from parts: the ``data`` object is encoded once and
+    serves both the WebSocket frame and the SSE ``data:`` line.
+    """
+    return f'{{"event":"{event_name(workflow_type)}","id":"{entry_id}","data":'
+
+
 def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
     """The WebSocket text frame for one event, built once and sent to many."""
-    frame = {"event": event_name(event.workflow_type), "id": entry_id, "data": event.data()}
-    return orjson.dumps(frame).decode()
+    data = orjson.dumps(event.data()).decode()
+    return f"{frame_prefix(event.workflow_type, entry_id)}{data}}}"
 
 
 def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
@@ -207,7 +217,7 @@ def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
 class Envelope:
     """One event as the hub routes it: its routing keys and its encoded frame."""
 
-    __slots__ = ("frame", "id", "key", "session_id", "terminal", "workflow_type")
+    __slots__ = ("_sse", "frame", "id", "key", "session_id", "terminal", "workflow_type")
 
     def __init__(
         self, entry_id: str, workflow_type: str, session_id: str, terminal: bool, frame: str
@@ -218,6 +228,16 @@ class Envelope:
         self.session_id = session_id
         self.terminal = terminal
         self.frame = frame
+        self._sse: str | None = None
+
+    @property
+    def sse(self) -> str:
+        """The Server-Sent Events message for this event, built on first use."""
+        if self._sse is None:
+            data = self.frame[len(frame_prefix(self.workflow_type, self.id)) : -1]
+            name = event_name(self.workflow_type)
+            self._sse = f"id: {self.id}\nevent: {name}\ndata: {data}\n\n"
+        return self._sse
 
     @classmethod
     def of(cls, entry_id: str, event: ProgressEvent) -> Envelope:

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     ws_heartbeat: float = Field(
         default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
     )
+    sse_keepalive: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on event streams."
+    )
     retry_after_seconds: int = Field(
         default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."
     )

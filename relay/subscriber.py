@@ -35,13 +35,19 @@ SubscriptionKey = tuple[str, str | None]
 class ReplayMark:
     """A place in the outbox that history will fill; nothing after it is sent before."""
 
-    __slots__ = ("frames",)
+    __slots__ = ("items",)
 
     def __init__(self) -> None:
-        self.frames: list[str] | None = None
+        self.items: list[Envelope | str] | None = None
 
 
 Item = Envelope | str | ReplayMark
+Render = Callable[[Envelope | str], str]
+
+
+def websocket_text(item: Envelope | str) -> str:
+    """Events as their JSON frame; control frames are JSON text already."""
+    return item if isinstance(item, str) else item.frame
 
 
 class Subscriber:
@@ -52,6 +58,7 @@ class Subscriber:
         "_closing",
         "_limit",
         "_queue",
+        "_render",
         "_send",
         "_send_timeout",
         "_wakeup",
@@ -72,8 +79,10 @@ class Subscriber:
         limit: int,
         send_timeout: float = 30.0,
         name: str = "",
+        render: Render = websocket_text,
     ) -> None:
         self._send = send
+        self._render = render
         self._close = close
         self._limit = limit
         self._send_timeout = send_timeout
@@ -97,6 +106,14 @@ class Subscriber:
     def start(self) -> None:
         """Start the writer task."""
         self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def finished(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for the writer to end; True once it has."""
+        writer = self._writer
+        if writer is None:
+            return True
+        await asyncio.wait([writer], timeout=within)
+        return writer.done()
 
     async def stop(self) -> None:
         """Stop the writer task and drop whatever is still queued."""
@@ -128,9 +145,9 @@ class Subscriber:
         self._queue.append(mark)
         return mark
 
-    def release(self, mark: ReplayMark, frames: list[str]) -> None:
-        """Fill a reserved place; the writer sends these frames, then what queued behind."""
-        mark.frames = frames
+    def release(self, mark: ReplayMark, items: list[Envelope | str]) -> None:
+        """Fill a reserved place; the writer sends these items, then what queued behind."""
+        mark.items = items
         self._wake()
 
     def close_later(self, code: int, reason: str) -> None:
@@ -169,16 +186,16 @@ class Subscriber:
 
     def _take(self) -> list[str]:
         """Everything sendable now: the queue up to the first unfilled replay mark."""
-        queue = self._queue
+        queue, render = self._queue, self._render
         frames: list[str] = []
         while queue:
             item = queue[0]
             if isinstance(item, ReplayMark):
-                if item.frames is None:
+                if item.items is None:
                     break
-                frames.extend(item.frames)
+                frames.extend(render(replayed) for replayed in item.items)
             else:
-                frames.append(item if isinstance(item, str) else item.frame)
+                frames.append(render(item))
             queue.popleft()
         return frames
 
