@@ -57,6 +57,7 @@ def _publish_parser(commands: Any) -> None:
     publish.add_argument(
         "--retry-for", type=float, default=5.0, help="seconds to keep retrying (default 5)"
     )
+    publish.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
     target = publish.add_mutually_exclusive_group()
     target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
     target.add_argument("--redis-url", help="publish straight to this Redis instead")
@@ -68,6 +69,33 @@ def _watch_parser(commands: Any) -> None:
     watch.add_argument("--session", dest="session_id", help="only this session")
     watch.add_argument("--url", help=f"gateway (RELAY_URL, default {DEFAULT_GATEWAY})")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
+    watch.add_argument("--token", help="subscriber token (RELAY_TOKEN)")
+
+
+def _token_parser(commands: Any) -> None:
+    token = commands.add_parser("token", help="mint a subscriber token")
+    token.add_argument("--sub", required=True, help="who the token is for")
+    token.add_argument(
+        "--type", dest="workflow_types", action="append", default=[], help="grant a type (or *)"
+    )
+    token.add_argument(
+        "--session", dest="sessions", action="append", default=[], help="grant one session"
+    )
+    token.add_argument("--ttl", default="1h", help="lifetime: 90, 90s, 15m, 1h or 2d (default 1h)")
+    token.add_argument("--secret", help="signing secret (RELAY_TOKEN_SECRET)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``1h`` or ``2d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _publish_parser(commands)
     _watch_parser(commands)
+    _token_parser(commands)
     return parser
 
 
@@ -139,7 +168,7 @@ def publish(args: argparse.Namespace) -> int:
             with Reporter(args.redis_url, retry=retry) as reporter:
                 entry_id = reporter.report(*fields, status=args.status, error=args.error)
         else:
-            api_key = os.environ.get("RELAY_API_KEY")
+            api_key = args.api_key or os.environ.get("RELAY_API_KEY")
             http = HttpReporter(_gateway_url(args), api_key=api_key, retry=retry)
             entry_id = http.report(*fields, status=args.status, error=args.error)
     except ValidationError as exc:
@@ -158,16 +187,50 @@ def watch(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(
-            watch_events(_gateway_url(args), args.workflow_type, args.session_id, as_json=args.json)
+            watch_events(
+                _gateway_url(args),
+                args.workflow_type,
+                args.session_id,
+                as_json=args.json,
+                token=args.token or os.environ.get("RELAY_TOKEN"),
+            )
         )
     except KeyboardInterrupt:
         return 0
 
 
+def token(args: argparse.Namespace) -> int:
+    """Print a signed subscriber token."""
+    from relay.auth import mint_token
+
+    secret = args.secret or os.environ.get("RELAY_TOKEN_SECRET")
+    if not secret:
+        print("relay token: give --secret or set RELAY_TOKEN_SECRET", file=sys.stderr)
+        return 2
+    if not args.workflow_types and not args.sessions:
+        print("relay token: grant at least one --type or --session", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        print(f"relay token: {exc}", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            secret,
+            args.sub,
+            workflow_types=args.workflow_types,
+            sessions=args.sessions,
+            ttl_seconds=ttl,
+        )
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` command."""
     args = build_parser().parse_args(argv)
-    handlers = {"serve": serve, "publish": publish, "watch": watch}
+    handlers = {"serve": serve, "publish": publish, "watch": watch, "token": token}
     try:
         return handlers[args.command](args)
     except ValidationError as exc:

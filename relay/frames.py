@@ -59,13 +59,20 @@ class Cancel(_Action):
     session_id: SessionId
 
 
+class Auth(_Action):
+    """Present a subscriber token (when the query string did not carry one)."""
+
+    action: Literal["auth"]
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
 class Ping(_Action):
     """Keep-alive; answered with a pong."""
 
     action: Literal["ping"]
 
 
-AnyClientFrame = Subscribe | Unsubscribe | Cancel | Ping
+AnyClientFrame = Subscribe | Unsubscribe | Cancel | Auth | Ping
 CLIENT_FRAME: TypeAdapter[AnyClientFrame] = TypeAdapter(
     Annotated[AnyClientFrame, Field(discriminator="action")]
 )
@@ -123,6 +130,11 @@ def error_frame(code: str, message: str, detail: list[dict[str, str]] | None = N
 def cancel_requested_frame(session_id: str, entry_id: str) -> str:
     """Confirms that a cancellation request was published."""
     return _frame(type="cancel_requested", session_id=session_id, id=entry_id)
+
+
+def authenticated_frame(subject: str) -> str:
+    """Confirms a token given in an ``auth`` frame."""
+    return _frame(type="authenticated", sub=subject)
 
 
 PONG_FRAME = _frame(type="pong")

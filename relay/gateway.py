@@ -10,6 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from relay import http_api, http_sessions, metrics, sse, static_files, ws
+from relay.access import cors_middleware
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
@@ -66,11 +67,12 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
+            cors_middleware,
             error_middleware(
                 max_body=settings.max_body_bytes,
                 retry_after=settings.retry_after_seconds,
                 on_error=lambda code: relay.stats.bump(rejected, code),
-            )
+            ),
         ],
     )
     app[RELAY] = relay
@@ -90,6 +92,18 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
 
 async def _run_reader(app: web.Application) -> AsyncIterator[None]:
     relay = app[RELAY]
+    if not relay.settings.publisher_keys or relay.settings.secret is None:
+        logger.warning(
+            "running open: %s; set RELAY_API_KEYS and RELAY_TOKEN_SECRET outside development",
+            " and ".join(
+                part
+                for part, missing in (
+                    ("anyone may publish", not relay.settings.publisher_keys),
+                    ("anyone may watch everything", relay.settings.secret is None),
+                )
+                if missing
+            ),
+        )
     if relay.settings.embedded:
         logger.warning(
             "no Redis configured: running on the embedded in-process store "

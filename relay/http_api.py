@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from relay.access import require_publisher
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.keys import event_name
@@ -34,6 +35,7 @@ async def read_json_body(request: web.Request) -> bytes:
 async def publish_one(request: web.Request) -> web.Response:
     """Publish one event; answers its stream id and event name."""
     relay = request.app[RELAY]
+    require_publisher(request)
     body = await read_json_body(request)
     try:
         event = parse_event_json(body)
@@ -52,6 +54,7 @@ async def publish_one(request: web.Request) -> web.Response:
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a JSON array of events: every one is valid and written, or none is."""
     relay = request.app[RELAY]
+    require_publisher(request)
     body = await read_json_body(request)
     try:
         events = parse_event_list_json(body)

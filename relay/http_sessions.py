@@ -8,12 +8,14 @@ from typing import Annotated, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from relay.access import require_grant, require_publisher, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.frames import STREAM_ID_PATTERN
 from relay.keys import event_name
 from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
 from relay.publishing import request_cancel
+from relay.sessions import SessionState
 
 MAX_LIST = 1_000
 HISTORY_CHUNK = 1_000
@@ -46,7 +48,8 @@ _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 def _query(model: type[Q], request: web.Request) -> Q:
     try:
-        return model.model_validate(dict(request.query))
+        fields = {k: v for k, v in request.query.items() if k != "token"}
+        return model.model_validate(fields)
     except ValidationError as exc:
         raise_validation(exc)
 
@@ -59,6 +62,17 @@ def _session_id(request: web.Request) -> str:
     return session_id
 
 
+def _readable_state(request: web.Request) -> SessionState:
+    """The session the path names, if it exists and the caller's token covers it."""
+    session_id = _session_id(request)
+    grant = subscriber_grant(request)
+    state = request.app[RELAY].view.get(session_id)
+    if state is None:
+        raise ApiError(404, f"no recent session {session_id!r}")
+    require_grant(grant, state.workflow_type, session_id)
+    return state
+
+
 def _json_array(items: list[str]) -> web.Response:
     return web.Response(text="[" + ",".join(items) + "]", content_type="application/json")
 
@@ -67,9 +81,12 @@ def _json_array(items: list[str]) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """Recently seen sessions, most recently updated first."""
     query = _query(SessionsQuery, request)
+    grant = subscriber_grant(request)
     view = request.app[RELAY].view
     found = []
     for state in view.sessions(workflow_type=query.workflow_type, status=query.status):
+        if not grant.allows(state.workflow_type, state.session_id):
+            continue
         found.append(state.as_dict())
         if len(found) >= query.limit:
             break
@@ -79,22 +96,16 @@ async def list_sessions(request: web.Request) -> web.Response:
 @routes.get("/api/workflows/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     """The latest state of one session."""
-    session_id = _session_id(request)
-    state = request.app[RELAY].view.get(session_id)
-    if state is None:
-        raise ApiError(404, f"no recent session {session_id!r}")
-    return json_response(state.as_dict())
+    return json_response(_readable_state(request).as_dict())
 
 
 @routes.get("/api/workflows/sessions/{session_id}/events")
 async def session_events(request: web.Request) -> web.Response:
     """A session's retained events, oldest first, in the WebSocket frame shape."""
     relay = request.app[RELAY]
-    session_id = _session_id(request)
     query = _query(HistoryQuery, request)
-    state = relay.view.get(session_id)
-    if state is None:
-        raise ApiError(404, f"no recent session {session_id!r}")
+    state = _readable_state(request)
+    session_id = state.session_id
     stream = relay.keys.stream(state.workflow_type)
     after = query.since or "0-0"
     frames: list[str] = []
@@ -116,6 +127,7 @@ async def session_events(request: web.Request) -> web.Response:
 async def cancel_session(request: web.Request) -> web.Response:
     """Ask the worker running a session to stop; it learns so from its next report."""
     relay = request.app[RELAY]
+    require_publisher(request)
     session_id = _session_id(request)
     receipt, workflow_type = await request_cancel(relay, session_id)
     return json_response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
     log_level: LogLevel = Field(default="info", description="Logging threshold.")
 
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated publisher keys; when set, publishing needs one.",
+    )
+    token_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret of subscriber tokens; when set, watching needs a token.",
+    )
+    allowed_origins: str = Field(
+        default="",
+        description="Comma-separated browser origins allowed to connect; empty allows any.",
+    )
     stream_prefix: str = Field(
         default="", max_length=64, description="Prefix put before every Redis key relay uses."
     )
@@ -86,6 +98,9 @@ class Settings(BaseSettings):
     ws_heartbeat: float = Field(
         default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
     )
+    auth_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a WebSocket client has to present its token."
+    )
     sse_keepalive: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on event streams."
     )
@@ -105,6 +120,25 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def publisher_keys(self) -> tuple[str, ...]:
+        """The configured API keys."""
+        return _split(self.api_keys)
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The browser origins allowed to connect; empty means any."""
+        return _split(self.allowed_origins)
+
+    @property
+    def secret(self) -> str | None:
+        """The token secret in clear, for verifying tokens only."""
+        return self.token_secret.get_secret_value() if self.token_secret else None
+
+    @property
     def embedded(self) -> bool:
         """True when no Redis is configured and the in-process store is used."""
         return not self.redis_url
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

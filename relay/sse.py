@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from relay.access import check_origin, cors_headers, require_grant, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError
 from relay.frames import parse_query_subscription
@@ -43,7 +44,10 @@ def sse_text(item: Envelope | str) -> str:
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream events of a type (``*`` by default), optionally of one session."""
     relay = request.app[RELAY]
+    check_origin(request)
+    grant = subscriber_grant(request)
     query = {"workflow_type": "*", **request.query}
+    query.pop("token", None)
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id and "since" not in query and query["workflow_type"] != "*":
         query["since"] = last_event_id
@@ -53,12 +57,14 @@ async def events(request: web.Request) -> web.StreamResponse:
         detail = validation_detail(exc)
         raise ApiError(422, "invalid subscription in query", detail=detail) from None
     assert subscription is not None  # the query always names a type here
+    require_grant(grant, subscription.workflow_type, subscription.session_id)
 
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
+            **cors_headers(request),
         }
     )
     await response.prepare(request)

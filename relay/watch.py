@@ -54,6 +54,7 @@ async def watch_events(
     session_id: str | None,
     *,
     as_json: bool = False,
+    token: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Print every event of the subscription, resuming after each reconnect."""
@@ -68,6 +69,8 @@ async def watch_events(
                 subscribe["since"] = last_id
             try:
                 async with http.ws_connect(ws_url(gateway), autoping=True, heartbeat=30) as ws:
+                    if token:
+                        await ws.send_str(orjson.dumps({"action": "auth", "token": token}).decode())
                     await ws.send_str(orjson.dumps(subscribe).decode())
                     delay = RECONNECT_START
                     async for message in ws:

@@ -1,22 +1,27 @@
-"""The WebSocket endpoint: subscriptions in, event frames out."""
+"""The WebSocket endpoint: authentication, subscriptions in, event frames out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from relay.access import check_origin, token_of
+from relay.auth import OPEN, AuthError, Grant, read_token
 from relay.context import RELAY, Relay
 from relay.errors import ApiError
 from relay.frames import (
     PONG_FRAME,
+    Auth,
     Cancel,
     Ping,
     Subscribe,
     Unsubscribe,
+    authenticated_frame,
     cancel_requested_frame,
     error_frame,
     parse_client_frame,
@@ -29,6 +34,9 @@ from relay.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
 
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4002
+
 routes = web.RouteTableDef()
 
 
@@ -39,6 +47,9 @@ class Connection:
         self.relay = relay
         self.ws = ws
         self.tasks: set[asyncio.Task[None]] = set()
+        # None until a token is accepted, when the gateway requires one.
+        self.grant: Grant | None = OPEN if relay.settings.secret is None else None
+        self._expiry: asyncio.TimerHandle | None = None
         self.subscriber = Subscriber(
             ws.send_str,
             self._close,
@@ -54,6 +65,37 @@ class Connection:
         """Send an error frame; the connection stays open."""
         self.subscriber.deliver(error_frame(code, message, detail))
 
+    def authenticate(self, token: str) -> bool:
+        """Accept a token, or close the connection with a clear code; True if accepted."""
+        secret = self.relay.settings.secret
+        if secret is None:
+            return True
+        try:
+            grant = read_token(token, secret)
+        except AuthError as exc:
+            code = CLOSE_TOKEN_EXPIRED if exc.expired else CLOSE_UNAUTHORIZED
+            self.subscriber.close_later(code, str(exc)[:120])
+            return False
+        self.grant = grant
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if grant.expires_at is not None:
+            # The connection lives no longer than its token.
+            delay = max(grant.expires_at - time.time(), 0)
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.subscriber.close_later, CLOSE_TOKEN_EXPIRED, "token expired"
+            )
+        return True
+
+    def expect_token(self, within: float) -> None:
+        """Close the connection unless a token is accepted ``within`` seconds from now."""
+        if self.grant is None:
+            self._expiry = asyncio.get_running_loop().call_later(within, self._auth_deadline)
+
+    def _auth_deadline(self) -> None:
+        if self.grant is None:
+            self.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication timed out")
+
     def handle_text(self, text: str) -> None:
         """Act on one client frame."""
         try:
@@ -64,6 +106,13 @@ class Connection:
         except ValidationError as exc:
             detail = validation_detail(exc)
             self.error("invalid_message", "frame is not a valid action", detail)
+            return
+        if isinstance(frame, Auth):
+            if self.authenticate(frame.token) and self.grant is not None:
+                self.subscriber.deliver(authenticated_frame(self.grant.subject))
+            return
+        if self.grant is None:
+            self.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication required")
             return
         if isinstance(frame, Subscribe):
             self.subscribe(frame)
@@ -80,6 +129,8 @@ class Connection:
 
     async def stop(self) -> None:
         """Cancel work still running for this connection and stop its writer."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -88,6 +139,10 @@ class Connection:
 
     async def cancel(self, session_id: str) -> None:
         """Publish a cancellation request and tell the client how it went."""
+        state = self.relay.view.get(session_id)
+        if state is not None and not self._granted(state.workflow_type, session_id):
+            self.error("forbidden", "the token does not grant this session")
+            return
         try:
             receipt, _ = await request_cancel(self.relay, session_id)
         except ApiError as exc:
@@ -97,9 +152,15 @@ class Connection:
         else:
             self.subscriber.deliver(cancel_requested_frame(session_id, receipt.id))
 
+    def _granted(self, workflow_type: str, session_id: str | None) -> bool:
+        return self.grant is not None and self.grant.allows(workflow_type, session_id)
+
     def subscribe(self, frame: Subscribe) -> None:
         """Route the frame's target to this client from now on."""
         subscriber = self.subscriber
+        if not self._granted(frame.workflow_type, frame.session_id):
+            self.error("forbidden", "the token does not grant this subscription")
+            return
         limit = self.relay.settings.max_subscriptions
         if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
             self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
@@ -118,14 +179,15 @@ class Connection:
 
 @routes.get("/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade to a WebSocket; a subscription may come in the query string."""
+    """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
     relay = request.app[RELAY]
+    check_origin(request)
+    query = {k: v for k, v in request.query.items() if k != "token"}
     try:
-        initial = parse_query_subscription(dict(request.query))
+        initial = parse_query_subscription(query)
     except ValidationError as exc:
-        raise ApiError(
-            422, "invalid subscription in query", detail=validation_detail(exc)
-        ) from None
+        detail = validation_detail(exc)
+        raise ApiError(422, "invalid subscription in query", detail=detail) from None
     settings = relay.settings
     ws = web.WebSocketResponse(
         compress=False, max_msg_size=settings.max_ws_frame_bytes, heartbeat=settings.ws_heartbeat
@@ -138,15 +200,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection.subscriber.start()
     logger.info("%s connected", name)
     try:
+        token = token_of(request)
+        if token is not None:
+            connection.authenticate(token)
+        connection.expect_token(settings.auth_timeout)
         if initial is not None:
-            connection.subscribe(initial)
+            if connection.grant is None:
+                # A subscription in the query needs the token in the query too.
+                connection.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication required")
+            else:
+                connection.subscribe(initial)
         async for message in ws:
             if message.type is WSMsgType.TEXT:
                 connection.handle_text(message.data)
             elif message.type is WSMsgType.BINARY:
-                connection.error(
-                    "invalid_message", "binary frames are not accepted, send JSON text"
-                )
+                connection.error("invalid_message", "binary frames are not accepted, use text")
     finally:
         relay.hub.detach(connection.subscriber)
         await connection.stop()
