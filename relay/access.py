@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 
 from relay.auth import OPEN, AuthError, Grant, bearer, key_matches, read_token
@@ -25,6 +27,27 @@ def require_publisher(request: web.Request) -> None:
         )
     if not key_matches(presented, keys):
         raise ApiError(403, "the API key is not valid")
+
+
+def limit_publisher(request: web.Request, events: int) -> None:
+    """Raise 429 with Retry-After when this publisher is over its event rate."""
+    relay = request.app[RELAY]
+    publisher = bearer(request.headers.get("Authorization")) or request.remote or "?"
+    wait = relay.publisher_limits.take(publisher, events)
+    if wait > 0:
+        retry = str(max(1, math.ceil(wait)))
+        raise ApiError(429, "publish rate exceeded, slow down", headers={"Retry-After": retry})
+
+
+def check_capacity(request: web.Request) -> None:
+    """Raise 503 when the gateway holds as many streaming connections as it may."""
+    relay = request.app[RELAY]
+    settings = relay.settings
+    if len(relay.sockets) + len(relay.event_streams) >= settings.max_connections:
+        retry = str(settings.retry_after_seconds)
+        raise ApiError(
+            503, "this gateway is at its connection limit", headers={"Retry-After": retry}
+        )
 
 
 def token_of(request: web.Request) -> str | None:

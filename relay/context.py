@@ -11,6 +11,7 @@ from relay.catchup import CatchUp
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.keys import Keys
+from relay.limits import PublisherLimits
 from relay.reader import StreamReader
 from relay.sessions import SessionView
 from relay.settings import Settings
@@ -44,6 +45,7 @@ class Relay:
     ingest: Ingest
     reader: StreamReader
     catchup: CatchUp
+    publisher_limits: PublisherLimits
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     event_streams: set[Subscriber] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)

@@ -18,6 +18,7 @@ from relay.errors import error_middleware
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.keys import Keys
+from relay.limits import PublisherLimits
 from relay.reader import StreamReader
 from relay.sessions import SessionView
 from relay.settings import Settings
@@ -57,7 +58,8 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
         ingest=ingest,
         replay_limit=settings.replay_limit,
     )
-    return Relay(settings, connections, keys, store, hub, view, ingest, reader, catchup)
+    limits = PublisherLimits(settings.publish_rate, settings.publish_burst)
+    return Relay(settings, connections, keys, store, hub, view, ingest, reader, catchup, limits)
 
 
 def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from relay.access import require_publisher
+from relay.access import limit_publisher, require_publisher
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.keys import event_name
@@ -41,6 +41,7 @@ async def publish_one(request: web.Request) -> web.Response:
         event = parse_event_json(body)
     except ValidationError as exc:
         raise_validation(exc)
+    limit_publisher(request, 1)
     (receipt,) = await publish_events(relay, [event])
     answer = {
         "id": receipt.id,
@@ -63,6 +64,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     limit = relay.settings.max_batch
     if len(events) > limit:
         raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
+    limit_publisher(request, len(events))
     receipts = await publish_events(relay, events)
     pairs = zip(events, receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})

@@ -98,6 +98,21 @@ class Settings(BaseSettings):
     ws_heartbeat: float = Field(
         default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
     )
+    max_connections: int = Field(
+        default=20_000, ge=1, description="WebSocket and SSE connections one gateway accepts."
+    )
+    ws_rate: float = Field(
+        default=50, ge=0, description="Frames a second one WebSocket client may send (0: no limit)."
+    )
+    ws_burst: int = Field(default=100, ge=1, description="Frames a client may send at once.")
+    publish_rate: float = Field(
+        default=100_000,
+        ge=0,
+        description="Events a second one publisher (key or address) may publish (0: no limit).",
+    )
+    publish_burst: int = Field(
+        default=200_000, ge=1, description="Events one publisher may publish at once."
+    )
     auth_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a WebSocket client has to present its token."
     )

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from relay.access import check_origin, cors_headers, require_grant, subscriber_grant
+from relay.access import check_capacity, check_origin, cors_headers, require_grant, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError
 from relay.frames import parse_query_subscription
@@ -45,6 +45,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Stream events of a type (``*`` by default), optionally of one session."""
     relay = request.app[RELAY]
     check_origin(request)
+    check_capacity(request)
     grant = subscriber_grant(request)
     query = {"workflow_type": "*", **request.query}
     query.pop("token", None)
@@ -94,10 +95,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         while not await subscriber.finished(settings.sse_keepalive):
             subscriber.deliver(KEEP_ALIVE)
     finally:
+        # Forget the stream before awaiting anything (see the WebSocket handler).
         relay.hub.detach(subscriber)
         relay.event_streams.discard(subscriber)
         if replay is not None:
             replay.cancel()
-        await subscriber.stop()
         logger.info("%s disconnected", subscriber.name)
+        await subscriber.stop()
     return response

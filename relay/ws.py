@@ -10,7 +10,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from relay.access import check_origin, token_of
+from relay.access import check_capacity, check_origin, token_of
 from relay.auth import OPEN, AuthError, Grant, read_token
 from relay.context import RELAY, Relay
 from relay.errors import ApiError
@@ -28,14 +28,19 @@ from relay.frames import (
     parse_query_subscription,
     unsubscribed_frame,
 )
+from relay.limits import TokenBucket
 from relay.models import MalformedJson, validation_detail
 from relay.publishing import request_cancel
 from relay.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
 
+CLOSE_POLICY = 1008
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOKEN_EXPIRED = 4002
+
+# Frames dropped in a row, in bursts' worth, before a flooding client is closed.
+FLOOD_CLOSE_AFTER = 10
 
 routes = web.RouteTableDef()
 
@@ -50,6 +55,8 @@ class Connection:
         # None until a token is accepted, when the gateway requires one.
         self.grant: Grant | None = OPEN if relay.settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
+        self._rate = TokenBucket(relay.settings.ws_rate, relay.settings.ws_burst)
+        self._dropped = 0
         self.subscriber = Subscriber(
             ws.send_str,
             self._close,
@@ -95,6 +102,18 @@ class Connection:
     def _auth_deadline(self) -> None:
         if self.grant is None:
             self.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication timed out")
+
+    def admit(self) -> bool:
+        """Whether the client is within its frame rate; a flood gets one error, then a close."""
+        if self._rate.take():
+            self._dropped = 0
+            return True
+        self._dropped += 1
+        if self._dropped == 1:
+            self.error("rate_limited", "too many frames; this one and those after it are dropped")
+        elif self._dropped > FLOOD_CLOSE_AFTER * self.relay.settings.ws_burst:
+            self.subscriber.close_later(CLOSE_POLICY, "message rate exceeded")
+        return False
 
     def handle_text(self, text: str) -> None:
         """Act on one client frame."""
@@ -182,6 +201,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
     relay = request.app[RELAY]
     check_origin(request)
+    check_capacity(request)
     query = {k: v for k, v in request.query.items() if k != "token"}
     try:
         initial = parse_query_subscription(query)
@@ -211,13 +231,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             else:
                 connection.subscribe(initial)
         async for message in ws:
+            if not connection.admit():
+                continue
             if message.type is WSMsgType.TEXT:
                 connection.handle_text(message.data)
             elif message.type is WSMsgType.BINARY:
                 connection.error("invalid_message", "binary frames are not accepted, use text")
     finally:
+        # Forget the connection before awaiting anything: the handler may be
+        # cancelled here when the peer has already gone.
         relay.hub.detach(connection.subscriber)
-        await connection.stop()
         relay.sockets.discard(ws)
         logger.info("%s disconnected (close code %s)", name, ws.close_code)
+        await connection.stop()
     return ws

@@ -1,0 +1,58 @@
+"""Rate limits: token buckets for client frames and for publishers."""
+
+from __future__ import annotations
+
+import time
+
+
+class TokenBucket:
+    """Allows ``rate`` units a second on average and ``burst`` at once; 0 rate means no limit."""
+
+    __slots__ = ("_burst", "_rate", "_tokens", "_updated")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = max(burst, 1.0)
+        self._tokens = self._burst
+        self._updated = time.monotonic()
+
+    def take(self, units: float = 1.0) -> bool:
+        """Spend ``units`` if the bucket holds them; False means over the limit."""
+        if self._rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens < units:
+            return False
+        self._tokens -= units
+        return True
+
+    def wait_for(self, units: float = 1.0) -> float:
+        """Seconds until ``units`` would be available."""
+        if self._rate <= 0:
+            return 0.0
+        return max(units - self._tokens, 0.0) / self._rate
+
+
+class PublisherLimits:
+    """One bucket per publisher (API key, or address when the gateway is open)."""
+
+    def __init__(self, rate: float, burst: float, *, max_publishers: int = 10_000) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max = max_publishers
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, publisher: str, units: int) -> float:
+        """0 when ``units`` events may be published now, else seconds to wait."""
+        if self._rate <= 0:
+            return 0.0
+        bucket = self._buckets.get(publisher)
+        if bucket is None:
+            if len(self._buckets) >= self._max:
+                self._buckets.clear()  # forgetting buckets only ever loosens the limit
+            bucket = self._buckets[publisher] = TokenBucket(self._rate, self._burst)
+        if bucket.take(units):
+            return 0.0
+        return max(bucket.wait_for(units), 0.001)
