@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from relay import http_api, http_sessions, metrics, sse, static_files, ws
+from relay import http_api, http_sessions, metrics, openapi, sse, static_files, ws
 from relay.access import cors_middleware
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
@@ -82,6 +82,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(http_api.routes)
     app.add_routes(http_sessions.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(openapi.routes)
     app.add_routes(static_files.routes)
     app.add_routes(ws.routes)
     app.add_routes(sse.routes)

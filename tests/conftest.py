@@ -152,3 +152,19 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in list(os.environ):
         if name.startswith("RELAY_"):
             del os.environ[name]
+
+
+@pytest.fixture(scope="module")
+def module_gateway(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One real gateway shared by a module's tests (for generated-input tests)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+    args += ["--redis-url", redis_server.url]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    gateway = Gateway(args, port, log, environment)
+    gateway.start()
+    yield gateway
+    gateway.stop()

@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
-import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -17,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer
 from tests.helpers import Gateway, event
 
 DOCUMENTED = {400, 413, 415, 422}
@@ -27,30 +23,8 @@ EXAMPLES = settings(
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """One gateway for every generated example of this module."""
-    port = free_port()
-    log = Path(tmp_path_factory.mktemp("garbage")) / "gateway.log"
-    args = [
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--port",
-        str(port),
-        "--redis-url",
-        redis_server.url,
-    ]
-    process = Gateway(args, port, log, _python_env())
-    process.start()
-    yield process
-    process.stop()
-
-
-def _python_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+def gateway(module_gateway: Gateway) -> Gateway:
+    return module_gateway
 
 
 def post(
