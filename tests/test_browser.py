@@ -1,0 +1,338 @@
+"""The dashboard and the browser client, in a real headless Chromium against real gateways."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from relay.reporter import Reporter
+from tests.helpers import Gateway, wait_until
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # the check in the browser fixture says what is missing
+    sync_playwright = None
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the module; skipped without it, except on CI."""
+    missing = [
+        name
+        for name, present in (("chromium", CHROMIUM), ("playwright", sync_playwright))
+        if not present
+    ]
+    if missing:
+        message = f"browser tests need {' and '.join(missing)} (apt chromium, pip playwright)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert sync_playwright is not None
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab; any uncaught script error fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway], redis_url: str) -> Gateway:
+    return start_gateway(redis_url)
+
+
+@pytest.fixture
+def reporter(redis_url: str) -> Iterator[Reporter]:
+    with Reporter(redis_url) as publisher:
+        yield publisher
+
+
+def open_dashboard(page: Page, gateway: Gateway) -> None:
+    page.goto(gateway.url + "/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+
+
+def load_client(page: Page, gateway: Gateway) -> None:
+    """A page of the gateway's origin with the client module as ``window.relay``."""
+    page.goto(gateway.url + "/healthz")
+    page.evaluate("async () => { window.relay = await import('/static/relay-client.js'); }")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def session_exists(gateway: Gateway, session_id: str) -> bool:
+    try:
+        get_json(f"{gateway.url}/api/workflows/sessions/{session_id}")
+    except urllib.error.HTTPError:
+        return False
+    return True
+
+
+def post_json(url: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def test_dashboard_bar_follows_the_reported_progress_and_cancels(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    reporter.report("old", "map", "done", 100, status="completed")
+    open_dashboard(page, gateway)
+    # Ended sessions are not in the snapshot; the page loads them over HTTP.
+    expect(page.locator('[data-session="old"] .status')).to_have_text("completed")
+
+    reporter.report("s1", "map", "analyzing", 45, {"details": "forests"})
+    row = page.locator('[data-session="s1"]')
+    expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "45")
+    expect(row.locator(".step")).to_have_text("analyzing")
+    reporter.report("s1", "map", "texturing", 80)
+    expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "80")
+    expect(row.locator(".bar .fill")).to_have_attribute("style", re.compile(r"width: 80%"))
+    expect(row.locator(".pct")).to_have_text("80%")
+    expect(row.locator(".status")).to_have_text("running")
+    expect(page.locator('[data-type="map"] .count')).to_have_text("1 active · 2 total")
+
+    row.locator(".cancel").click()
+    expect(row).to_have_attribute("data-status", "cancel_requested")
+    expect(row.locator(".cancel")).to_be_hidden()
+    state = get_json(f"{gateway.url}/api/workflows/sessions/s1")
+    assert (state["status"], state["progress"]) == ("cancel_requested", 80)
+    reporter.report("s1", "map", "texturing", 80, status="cancelled")
+    expect(row.locator(".status")).to_have_text("cancelled")
+
+
+def test_dashboard_shows_a_failure_with_its_error_and_history(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    open_dashboard(page, gateway)
+    reporter.report("c1", "character", "portrait", 30)
+    reporter.report("c1", "character", "portrait", 70, status="failed", error="GPU out of memory")
+    row = page.locator('[data-session="c1"]')
+    expect(row).to_have_attribute("data-status", "failed")
+    expect(row.locator(".error")).to_be_visible()
+    expect(row.locator(".error")).to_have_text("GPU out of memory")
+    expect(row.locator(".cancel")).to_be_hidden()
+
+    row.locator(".name").click()
+    timeline = page.locator("#timeline li[data-id]")
+    expect(timeline).to_have_count(2)
+    expect(timeline.nth(1)).to_have_attribute("data-status", "failed")
+    expect(timeline.nth(1).locator(".error")).to_have_text("GPU out of memory")
+
+
+def test_client_survives_a_killed_gateway_without_missing_a_step(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    load_client(page, gateway)
+    page.evaluate(
+        """(url) => {
+            window.seen = [];
+            window.statuses = [];
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map" });
+            watcher.onChange((state, event) => event && seen.push(event.id));
+            watcher.onStatus((status) => statuses.push(status));
+        }""",
+        gateway.url,
+    )
+    page.wait_for_function("watcher.status === 'live'")
+    published = [reporter.report("s1", "map", f"step {n}", n * 10) for n in (1, 2)]
+    page.wait_for_function("n => seen.length === n", arg=len(published))
+
+    gateway.stop(kill=True)
+    page.wait_for_function("watcher.status === 'reconnecting'")
+    published += [reporter.report("s1", "map", f"step {n}", n * 10) for n in (3, 4, 5)]
+    gateway.start()
+    published += [reporter.report("s1", "map", f"step {n}", n * 10) for n in (6, 7)]
+
+    page.wait_for_function("n => seen.length >= n", arg=len(published))
+    assert page.evaluate("seen") == published
+    state = page.evaluate("watcher.get('s1')")
+    assert (state["step"], state["progress"], state["lastEventId"]) == ("step 7", 70, published[-1])
+    assert page.evaluate("statuses") == ["live", "reconnecting", "live"]
+
+
+def test_client_reloads_the_state_when_history_no_longer_reaches_back(
+    page: Page, gateway: Gateway, reporter: Reporter, redis_url: str
+) -> None:
+    load_client(page, gateway)
+    page.evaluate(
+        """(url) => {
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map" });
+            window.fromHttp = 0;
+            watcher.onChange((state, event) => { if (!event) fromHttp += 1; });
+        }""",
+        gateway.url,
+    )
+    page.wait_for_function("watcher.status === 'live'")
+    reporter.report("s1", "map", "step 1", 10)
+    page.wait_for_function("watcher.get('s1')?.progress === 10")
+
+    gateway.stop(kill=True)
+    reporter.report("s1", "map", "step 2", 20)
+    reporter.report("s1", "map", "step 3", 30)
+    with redis.Redis.from_url(redis_url) as raw:
+        # Step 1, where the watcher resumes from, is trimmed away.
+        raw.xtrim("workflow:progress:map", maxlen=1, approximate=False)
+    gateway.start()
+
+    page.wait_for_function("watcher.get('s1')?.step === 'step 3' && fromHttp > 0")
+    assert page.evaluate("watcher.get('s1').progress") == 30
+
+
+def test_client_keeps_sessions_apart_and_watchers_independent(
+    page: Page, gateway: Gateway, reporter: Reporter, redis_url: str
+) -> None:
+    # a1 started a minute ago: its start is only known to the gateway, not
+    # from the latest event a session watcher is sent on subscribing.
+    started = int(time.time() * 1000) - 60_000
+    with redis.Redis.from_url(redis_url) as raw:
+        for progress, ts in ((10, started), (20, started + 30_000)):
+            fields = {"session_id": "a1", "step": "a", "progress": progress, "ts": ts}
+            raw.xadd("workflow:progress:map", fields)
+    wait_until(lambda: session_exists(gateway, "a1"), what="a1 to be read")
+    load_client(page, gateway)
+    page.evaluate(
+        """(url) => {
+            window.watchers = {};
+            window.changes = { a1: [], b1: [], all: [] };
+            for (const id of ["a1", "b1"]) {
+                watchers[id] = relay.watchWorkflow({ url, workflowType: "map", sessionId: id });
+                watchers[id].onChange((state) => changes[id].push(state.sessionId));
+            }
+            watchers.all = relay.watchWorkflow({ url, workflowType: "map" });
+            watchers.all.onChange((state) => changes.all.push(state.progress));
+        }""",
+        gateway.url,
+    )
+    page.wait_for_function("Object.values(watchers).every((w) => w.status === 'live')")
+    page.wait_for_function("t => watchers.a1.get()?.startTime === t", arg=started)
+
+    reporter.report("b1", "map", "b", 15)
+    reporter.report("a1", "map", "a", 30)
+    reporter.report("b1", "map", "b", 40)
+    page.wait_for_function(
+        "watchers.a1.get()?.progress === 30 && watchers.b1.get()?.progress === 40"
+    )
+    assert page.evaluate("[...watchers.a1.sessions().keys()]") == ["a1"]
+    assert page.evaluate("[...watchers.b1.sessions().keys()]") == ["b1"]
+    assert set(page.evaluate("changes.a1")) == {"a1"}
+    assert set(page.evaluate("changes.b1")) == {"b1"}
+    # The time remaining is projected from the session's start, as the gateway does it.
+    eta = page.evaluate("watchers.a1.get().estimatedTimeRemaining")
+    server = get_json(f"{gateway.url}/api/workflows/sessions/a1")["estimated_time_remaining"]
+    assert eta == pytest.approx(server, abs=0.01)
+
+    page.evaluate("watchers.a1.close()")
+    reporter.report("a1", "map", "a", 50)
+    reporter.report("b1", "map", "b", 60)
+    page.wait_for_function(
+        "watchers.b1.get()?.progress === 60 && changes.all.includes(50) && changes.all.includes(60)"
+    )
+    assert page.evaluate("watchers.a1.get().progress") == 30
+    assert page.evaluate("watchers.a1.status") == "closed"
+
+
+def test_dashboard_keeps_up_with_hundreds_of_sessions(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    open_dashboard(page, gateway)
+    sessions = [f"bulk-{n:03}" for n in range(300)]
+    for progress in (5, 50):
+        batch = [
+            {
+                "session_id": session_id,
+                "workflow_type": "bulk",
+                "step": "rendering",
+                "progress": progress + n % 40,
+            }
+            for n, session_id in enumerate(sessions)
+        ]
+        post_json(f"{gateway.url}/api/workflows/progress/batch", batch)
+    reporter.report("bulk-299", "bulk", "rendering", 100, status="completed")
+    expect(page.locator('[data-type="bulk"] .session')).to_have_count(300)
+    expect(page.locator('[data-session="bulk-298"] .bar')).to_have_attribute("aria-valuenow", "68")
+    expect(page.locator('[data-session="bulk-299"] .status')).to_have_text("completed")
+    expect(page.locator('[data-type="bulk"] .count')).to_have_text("299 active · 300 total")
+
+
+def test_dashboard_screenshot(page: Page, gateway: Gateway, redis_url: str) -> None:
+    now = int(time.time() * 1000)
+    eta = {"metadata": json.dumps({"estimated_time_remaining": 25})}
+    failed = {"status": "failed", "error": "RuntimeError: GPU out of memory while upscaling"}
+    sessions = [
+        ("map", "map-forest-01", "analyzing", 5, 95, {}),
+        ("map", "map-forest-01", "texturing forests", 62, 1, {}),
+        ("map", "map-desert-02", "meshing", 10, 40, {}),
+        ("map", "map-desert-02", "meshing dunes", 35, 2, {}),
+        ("map", "map-coast-03", "analyzing", 0, 300, {}),
+        ("map", "map-coast-03", "done", 100, 12, {"status": "completed"}),
+        ("character", "char-elf-07", "sketch", 10, 50, {}),
+        ("character", "char-elf-07", "portrait", 35, 8, failed),
+        ("character", "char-orc-11", "rigging", 80, 3, eta),
+        ("quest", "quest-12", "writing dialogue", 20, 30, {}),
+        ("quest", "quest-13", "outline", 55, 120, {}),
+        ("quest", "quest-13", "outline", 55, 100, {"status": "cancelled"}),
+    ]
+    with redis.Redis.from_url(redis_url) as raw:
+        for wtype, session_id, step, progress, age, extra in sessions:
+            fields = {
+                "session_id": session_id,
+                "step": step,
+                "progress": progress,
+                "ts": now - age * 1000,
+                **extra,
+            }
+            raw.xadd(f"workflow:progress:{wtype}", fields)
+    for last in ("map-coast-03", "char-orc-11", "quest-13"):
+        wait_until(lambda last=last: session_exists(gateway, last), what=f"{last} to be read")
+    post_json(f"{gateway.url}/api/workflows/sessions/quest-12/cancel", {})
+
+    open_dashboard(page, gateway)
+    expect(page.locator(".session")).to_have_count(7)
+    expect(page.locator('[data-session="quest-12"] .status')).to_have_text("cancelling")
+    page.locator('[data-session="char-elf-07"] .name').click()
+    expect(page.locator("#timeline li[data-id]")).to_have_count(2)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard.png")
