@@ -62,15 +62,25 @@ def test_docker_compose_config_validates() -> None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
         pytest.skip("docker-compose is not installed")
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config", "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    secrets = {"RELAY_API_KEYS": "a-publisher-key", "RELAY_TOKEN_SECRET": "a-long-secret"}
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "-f", str(COMPOSE_FILE), "config", "--quiet"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+    plain = {k: v for k, v in os.environ.items() if k not in secrets}
+    result = config({**plain, **secrets})
     assert result.returncode == 0, result.stderr
+    unlocked = config(plain)  # the deployment refuses to start open
+    assert unlocked.returncode != 0
+    assert "RELAY_API_KEYS" in unlocked.stderr or "RELAY_TOKEN_SECRET" in unlocked.stderr
 
 
 def test_gateway_command_uses_real_serve_flags(services: dict[str, Any]) -> None:
@@ -88,7 +98,14 @@ def test_gateway_environment_names_settings_fields(services: dict[str, Any]) -> 
     env = _environment(services["gateway"])
     fields = {f"RELAY_{name.upper()}" for name in Settings.model_fields}
     relay_vars = {name for name in env if name.startswith("RELAY_")}
-    assert relay_vars >= {"RELAY_REDIS_URL", "RELAY_HOST", "RELAY_PORT", "RELAY_LOG_LEVEL"}
+    assert relay_vars >= {
+        "RELAY_REDIS_URL",
+        "RELAY_HOST",
+        "RELAY_PORT",
+        "RELAY_LOG_LEVEL",
+        "RELAY_API_KEYS",
+        "RELAY_TOKEN_SECRET",
+    }
     unknown = sorted(relay_vars - fields)
     assert not unknown, f"not fields of relay.settings.Settings: {unknown}"
 
