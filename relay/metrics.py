@@ -60,7 +60,7 @@ class RelayCollector(Collector):
         )
         yield _labelled(
             "relay_requests_rejected",
-            "HTTP requests answered with an error, by error code.",
+            "Requests and client frames answered with an error, by error code.",
             "reason",
             stats.rejected_by_reason,
         )

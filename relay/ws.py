@@ -69,7 +69,9 @@ class Connection:
         await self.ws.close(code=code, message=reason.encode())
 
     def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
-        """Send an error frame; the connection stays open."""
+        """Send an error frame (counted like HTTP rejections); the connection stays open."""
+        stats = self.relay.stats
+        stats.bump(stats.rejected_by_reason, code)
         self.subscriber.deliver(error_frame(code, message, detail))
 
     def authenticate(self, token: str) -> bool:
