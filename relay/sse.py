@@ -85,6 +85,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         send_timeout=settings.send_timeout,
         name=f"sse:{request.remote}",
         render=sse_text,
+        join="".join,
     )
     relay.hub.attach(subscriber)
     relay.event_streams.add(subscriber)

@@ -43,11 +43,20 @@ class ReplayMark:
 
 Item = Envelope | str | ReplayMark
 Render = Callable[[Envelope | str], str]
+Join = Callable[[list[str]], str]
+
+# Most rendered items sent in one message when a backlog has built up.
+MAX_BATCH = 100
 
 
 def websocket_text(item: Envelope | str) -> str:
     """Events as their JSON frame; control frames are JSON text already."""
     return item if isinstance(item, str) else item.frame
+
+
+def websocket_batch(frames: list[str]) -> str:
+    """One frame as it is; several as one JSON array, so a backlog costs one send."""
+    return frames[0] if len(frames) == 1 else "[" + ",".join(frames) + "]"
 
 
 class Subscriber:
@@ -58,6 +67,7 @@ class Subscriber:
         "_closing",
         "_limit",
         "_queue",
+        "_join",
         "_render",
         "_send",
         "_send_timeout",
@@ -80,9 +90,11 @@ class Subscriber:
         send_timeout: float = 30.0,
         name: str = "",
         render: Render = websocket_text,
+        join: Join = websocket_batch,
     ) -> None:
         self._send = send
         self._render = render
+        self._join = join
         self._close = close
         self._limit = limit
         self._send_timeout = send_timeout
@@ -212,12 +224,13 @@ class Subscriber:
                     await self._wakeup
                     self._wakeup = None
                     continue
-                for frame in frames:
+                for start in range(0, len(frames), MAX_BATCH):
                     if self._closing is not None:
                         break
+                    chunk = frames[start : start + MAX_BATCH]
                     async with asyncio.timeout(self._send_timeout):
-                        await self._send(frame)
-                    self.delivered += 1
+                        await self._send(self._join(chunk))
+                    self.delivered += len(chunk)
         except TimeoutError:
             logger.info(
                 "closing %s: socket accepted nothing for %ss", self.name, self._send_timeout

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 import urllib.request
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -142,11 +144,24 @@ def event(session_id: str = "s1", workflow_type: str = "map", **fields: Any) -> 
     return body
 
 
+# Items of array frames not yet handed out, per socket.
+_UNREAD: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, deque[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """The next text frame, decoded."""
+    """The next message, decoded; a frame holding an array is handed out item by item."""
+    unread = _UNREAD.setdefault(ws, deque())
+    if unread:
+        return unread.popleft()
     message = await asyncio.wait_for(ws.receive(), timeout)
     assert message.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {message}"
-    return orjson.loads(message.data)
+    decoded = orjson.loads(message.data)
+    if isinstance(decoded, list):
+        unread.extend(decoded[1:])
+        return decoded[0]
+    return decoded
 
 
 async def receive_events(
@@ -156,10 +171,9 @@ async def receive_events(
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(events) < count:
-        frame = await receive(ws, max(deadline - time.monotonic(), 0.01))
-        for item in frame if isinstance(frame, list) else [frame]:
-            if "event" in item:
-                events.append(item)
+        item = await receive(ws, max(deadline - time.monotonic(), 0.01))
+        if "event" in item:
+            events.append(item)
     return events
 
 

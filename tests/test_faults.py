@@ -19,6 +19,7 @@ from tests.helpers import (
     StalledClient,
     event,
     eventually,
+    receive,
     receive_events,
     state_when,
     subscribe,
@@ -41,14 +42,11 @@ async def follow(
                 answer = await subscribe(ws, **subscription, **since)
                 if since:
                     recoveries.append(answer["recovered"])
-                async for message in ws:
-                    if message.type is not aiohttp.WSMsgType.TEXT:
-                        break
-                    frame = message.json()
-                    for item in frame if isinstance(frame, list) else [frame]:
-                        if "event" in item:
-                            received.append(item["id"])
-        except (aiohttp.ClientError, OSError, AssertionError):
+                while not stop.is_set():
+                    item = await receive(ws, timeout=60)
+                    if "event" in item:
+                        received.append(item["id"])
+        except (aiohttp.ClientError, OSError, AssertionError, TimeoutError):
             pass
         await asyncio.sleep(0.05)
     return recoveries

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RedisServer
-from tests.helpers import Gateway, event
+from tests.helpers import Gateway, event, receive
 
 DOCUMENTED = {400, 413, 415, 422}
 EXAMPLES = settings(
@@ -98,9 +98,7 @@ async def _ws_round(gateway: Gateway, frames: list[str | bytes]) -> None:
                 await ws.send_str(frame)
         await ws.send_json({"action": "ping"})
         while True:  # every frame gets an answer; the ping's pong comes last
-            message = await ws.receive(timeout=10)
-            assert message.type is aiohttp.WSMsgType.TEXT, message
-            answer = orjson.loads(message.data)
+            answer = await receive(ws)
             if answer == {"type": "pong"}:
                 return
             assert answer["type"] in {"error", "subscribed", "unsubscribed", "cancel_requested"}
@@ -158,7 +156,7 @@ def test_the_reader_carries_on_after_raw_garbage(
                     "workflow:progress:garbage", {"session_id": "ok", "step": "a", "progress": "1"}
                 )
             while True:
-                frame = orjson.loads((await ws.receive(timeout=10)).data)
+                frame = await receive(ws)
                 if frame.get("id") == good:
                     return
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from relay.models import Envelope
-from relay.subscriber import CLOSE_SLOW_CONSUMER, Subscriber
+from relay.subscriber import CLOSE_SLOW_CONSUMER, Subscriber, websocket_batch
 from tests.helpers import eventually
+
+
+def make(sock: FakeSocket, **options: float) -> Subscriber:
+    """A subscriber writing to ``sock``; batched frames are joined by newlines to count them."""
+    limit = int(options.pop("limit"))
+    return Subscriber(sock.send, sock.close, limit=limit, join="\n".join, **options)
 
 
 def envelope(n: int, session: str = "s1", *, terminal: bool = False) -> Envelope:
@@ -22,9 +28,9 @@ class FakeSocket:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def send(self, frame: str) -> None:
+    async def send(self, message: str) -> None:
         await self.gate.wait()
-        self.sent.append(frame)
+        self.sent.extend(message.split("\n"))  # see make(): batches are joined by newlines
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -32,7 +38,7 @@ class FakeSocket:
 
 async def test_frames_are_sent_in_order() -> None:
     sock = FakeSocket()
-    sub = Subscriber(sock.send, sock.close, limit=100)
+    sub = make(sock, limit=100)
     sub.start()
     for n in range(10):
         sub.deliver(envelope(n))
@@ -44,7 +50,7 @@ async def test_frames_are_sent_in_order() -> None:
 async def test_overflow_keeps_newest_per_session_and_every_terminal() -> None:
     sock = FakeSocket()
     sock.gate.clear()
-    sub = Subscriber(sock.send, sock.close, limit=20)
+    sub = make(sock, limit=20)
     sub.start()
     sub.deliver(envelope(0, "a"))
     await eventually(lambda: sub.queued == 0)  # the writer holds item 0, blocked on send
@@ -65,7 +71,7 @@ async def test_overflow_keeps_newest_per_session_and_every_terminal() -> None:
 async def test_subscriber_too_far_behind_is_closed_with_slow_consumer_code() -> None:
     sock = FakeSocket()
     sock.gate.clear()
-    sub = Subscriber(sock.send, sock.close, limit=10)
+    sub = make(sock, limit=10)
     sub.start()
     for n in range(12):
         sub.deliver(envelope(n, f"s{n}"))  # all different sessions: nothing to conflate
@@ -80,7 +86,7 @@ async def test_subscriber_too_far_behind_is_closed_with_slow_consumer_code() -> 
 async def test_socket_that_accepts_nothing_is_closed_after_send_timeout() -> None:
     sock = FakeSocket()
     sock.gate.clear()
-    sub = Subscriber(sock.send, sock.close, limit=10, send_timeout=0.05)
+    sub = make(sock, limit=10, send_timeout=0.05)
     sub.start()
     sub.deliver(envelope(1))
     await eventually(lambda: sock.closed is not None)
@@ -91,7 +97,7 @@ async def test_socket_that_accepts_nothing_is_closed_after_send_timeout() -> Non
 async def test_a_stalled_subscriber_does_not_delay_another() -> None:
     stalled, healthy = FakeSocket(), FakeSocket()
     stalled.gate.clear()
-    subs = [Subscriber(s.send, s.close, limit=50) for s in (stalled, healthy)]
+    subs = [make(s, limit=50) for s in (stalled, healthy)]
     for sub in subs:
         sub.start()
     for n in range(200):
@@ -104,3 +110,8 @@ async def test_a_stalled_subscriber_does_not_delay_another() -> None:
     assert subs[0].queued <= 50
     for sub in subs:
         await sub.stop()
+
+
+def test_websocket_batches_are_json_arrays_in_order() -> None:
+    assert websocket_batch(['{"a":1}']) == '{"a":1}'
+    assert websocket_batch(['{"a":1}', '{"b":2}']) == '[{"a":1},{"b":2}]'
