@@ -65,9 +65,9 @@ class Subscriber:
     __slots__ = (
         "_close",
         "_closing",
+        "_join",
         "_limit",
         "_queue",
-        "_join",
         "_render",
         "_send",
         "_send_timeout",
