@@ -30,6 +30,7 @@ class Config:
     w2_subscribers: int
     w2_seconds: float
     w2_rates: tuple[int, ...]
+    w2_fallback_rates: tuple[int, ...]
     drain_seconds: float
     w3_idle: int
     w3_big: int
@@ -51,6 +52,7 @@ class Config:
             w2_subscribers=200,
             w2_seconds=3.0 if quick else 10.0,
             w2_rates=(500, 2000) if quick else (500, 1000, 2000, 4000, 8000, 16000),
+            w2_fallback_rates=(250,) if quick else (250, 125),
             drain_seconds=3.0 if quick else 5.0,
             w3_idle=2000,
             w3_big=10_000,
@@ -58,6 +60,6 @@ class Config:
             w4_batch_size=100,
             w4_batch_clients=8,
             w4_reporter_tasks=256,
-            w5_seconds=4.0 if quick else 10.0,
+            w5_seconds=4.0 if quick else 40.0,
             w5_stalled_share=0.1,
         )

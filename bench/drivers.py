@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 import shutil
 import sys
 import time
@@ -91,9 +92,10 @@ class Subscribers:
         self.proc.send({"cmd": "resume"})
         await self.proc.expect("resumed", within=10)
 
-    async def collect(self, drain_seconds: float) -> dict[str, Any]:
-        """Wait until every event arrived (or the drain time passed); the counts."""
-        self.proc.send({"cmd": "collect", "drainMs": int(drain_seconds * 1000)})
+    async def collect(self, drain_seconds: float, rejected: list[int]) -> dict[str, Any]:
+        """Wait until every accepted event arrived (or the drain time passed); the counts."""
+        command = {"cmd": "collect", "drainMs": int(drain_seconds * 1000), "rejected": rejected}
+        self.proc.send(command)
         return await self.proc.expect("stats", within=drain_seconds + RUN_SLACK_SECONDS)
 
     async def stop(self) -> None:
@@ -179,6 +181,7 @@ async def run_wrk(url: str, cfg: Config) -> dict[str, Any]:
         raise RuntimeError("wrk is not installed (run the setup: python bench/run.py --setup)")
     argv = [binary, "-t1", f"-c{cfg.w1_connections}", f"-d{cfg.w1_seconds}s", "--latency"]
     argv += ["-s", str(LOADGEN_DIR / "post.lua"), url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -189,4 +192,6 @@ async def run_wrk(url: str, cfg: Config) -> dict[str, Any]:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    return parse_wrk(output.decode())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {**parse_wrk(output.decode()), "wrk_cpu_ms": round(used * 1000, 1)}

@@ -39,13 +39,18 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-def cpu_ms(pid: int) -> float:
-    """User plus system CPU time of ``pid`` so far, from /proc/<pid>/stat."""
+def proc_stat(pid: int) -> tuple[int, str, float]:
+    """Parent pid, command name and CPU ms (utime + stime) of ``pid``, from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces: fields are counted after its closing parenthesis.
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) * 1000 / CLOCK_TICKS
+    return int(fields[1]), name, (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
+
+
+def cpu_ms(pid: int) -> float:
+    """CPU time ``pid`` has used so far."""
+    return proc_stat(pid)[2]
 
 
 def rss_kib(pid: int) -> int:

@@ -65,7 +65,8 @@ def _rows(
 
 def w1_table(results: Results) -> str:
     """W1: ingest throughput and cost."""
-    headers = ["system", "req/s", "p50 ms", "p99 ms", "CPU ms/1k req", "non-2xx", "ref req/s"]
+    headers = ["system", "req/s", "p50 ms", "p99 ms", "CPU ms/1k req", "non-2xx", "busy %"]
+    headers += ["ref req/s"]
 
     def build(system: str, r: dict[str, Any]) -> list[Any]:
         return [
@@ -75,6 +76,7 @@ def w1_table(results: Results) -> str:
             r.get("p99_ms"),
             r["cpu_ms_per_1k_req"],
             r["non_2xx"],
+            r["machine_busy_pct"],
             REFERENCE["W1"].get(system),
         ]
 
@@ -88,6 +90,7 @@ def _step_row(system: str, s: dict[str, Any]) -> list[Any]:
         s["rate"],
         s["achieved_rate"],
         s["deliveries_per_s"],
+        s["rejected"],
         s["loss"],
         s["dups"],
         lat["p50"],
@@ -96,14 +99,16 @@ def _step_row(system: str, s: dict[str, Any]) -> list[Any]:
         lat["max"],
         s["server_cpu_ms_per_1k"],
         s["loadgen_cpu_ms_per_1k"],
+        s["machine_busy_pct"],
         s["ok"],
     ]
 
 
 def w2_table(results: Results) -> str:
     """W2: one row per system and rate."""
-    headers = ["system", "ev/s", "achieved", "deliv/s", "loss", "dups", "p50 ms", "p90 ms"]
-    headers += ["p99 ms", "max ms", "srv CPU ms/1k deliv", "loadgen CPU ms/1k", "ok"]
+    headers = ["system", "ev/s", "achieved", "deliv/s", "rejected", "loss", "dups", "p50 ms"]
+    headers += ["p90 ms"]
+    headers += ["p99 ms", "max ms", "srv CPU ms/1k deliv", "loadgen CPU ms/1k", "busy %", "ok"]
     rows: list[list[Any]] = []
     for system, result in results.get("W2", {}).items():
         error = _error_row(system, result, len(headers))
@@ -156,7 +161,16 @@ def w4_table(results: Results) -> str:
 
 def w5_table(results: Results) -> str:
     """W5: healthy subscribers beside stalled ones."""
-    headers = ["system", "healthy p50", "healthy p99", "W2 p99", "ratio", "loss", "dups"]
+    headers = [
+        "system",
+        "healthy p50",
+        "healthy p99",
+        "W2 p99",
+        "ratio",
+        "rejected",
+        "loss",
+        "dups",
+    ]
     headers += ["RSS growth MiB", "stalled closed", "stalled frames", "terminal sessions (min)"]
     headers += ["newest sessions (min)"]
 
@@ -170,6 +184,7 @@ def w5_table(results: Results) -> str:
             lat["p99"],
             base,
             ratio,
+            r["rejected"],
             r["loss"],
             r["dups"],
             r["rss_growth_mib"],
@@ -222,10 +237,10 @@ def targets(results: Results) -> list[list[Any]]:
     if step is not None:
         rows.append(
             [
-                "W2 @500 loss / dups",
-                f"{step['loss']} / {step['dups']}",
+                "W2 @500 loss (+ refused POSTs) / dups",
+                f"{step['loss']} (+{step['rejected']}) / {step['dups']}",
                 "0 / 0",
-                step["loss"] == 0 and step["dups"] == 0,
+                step["loss"] + step["rejected"] == 0 and step["dups"] == 0,
             ]
         )
         p99 = step["latency_ms"]["p99"]
@@ -314,7 +329,38 @@ def targets(results: Results) -> list[list[Any]]:
     return [[check, figure, target, _verdict(met)] for check, figure, target, met in rows]
 
 
-def render(results: Results, header: str) -> str:
+DISTURBED_SHARE = 0.15
+
+
+def _measured(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every measured interval under ``node``, with where it is."""
+    if isinstance(node, list):
+        return [m for i, item in enumerate(node) for m in _measured(item, f"{path}[{i}]")]
+    if not isinstance(node, dict):
+        return []
+    found = [(path, node)] if "unattributed_cpu_ms" in node else []
+    for key, value in node.items():
+        found += _measured(value, f"{path}.{key}")
+    return found
+
+
+def disturbances(results: Results, cores: int) -> list[str]:
+    """Intervals where CPU went to something other than the processes measured."""
+    notes = []
+    for path, interval in _measured(results, "results"):
+        capacity = interval["wall_ms"] * cores
+        share = interval["unattributed_cpu_ms"] / capacity if capacity else 0
+        if share > DISTURBED_SHARE:
+            seen = ", ".join(
+                f"{name} {ms:,.0f} ms" for name, ms in interval["foreign_cpu_ms"].items()
+            )
+            notes.append(
+                f"{path}: {share:.0%} of the machine's CPU went elsewhere ({seen or 'short-lived'})"
+            )
+    return notes
+
+
+def render(results: Results, header: str, cores: int) -> str:
     """The whole printed report."""
     sections = [header]
     titles = {
@@ -327,6 +373,11 @@ def render(results: Results, header: str) -> str:
     for workload, (title, build) in titles.items():
         if workload in results:
             sections.append(f"### {title}\n\n{build(results)}")
+    notes = disturbances(results, cores)
+    if notes:
+        sections.append(
+            "### disturbed intervals (figures there are less reliable)\n\n- " + "\n- ".join(notes)
+        )
     check_rows = targets(results)
     if check_rows:
         sections.append(

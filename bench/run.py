@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['cpu_model']}, {m['cores']} cores; Python {m['python']}, Node {m['node']}, "
         f"{m['redis']}; relay {m['relay_commit']}{' (modified)' if m['relay_tree_dirty'] else ''}"
     )
-    print(report.render(results, header))
-    print(f"record: {path}\nlogs: {log_dir}")
+    text = report.render(results, header, m["cores"] or 1)
+    path.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"record: {path} (and .md)\nlogs: {log_dir}")
     return 0
 
 

@@ -105,10 +105,6 @@ class Deployment:
         """One subscriber URL per instance; subscribers are spread over them in turn."""
         return [self.subscribe_url(i) for i in range(len(self.instances))]
 
-    def server_rss_kib(self) -> int:
-        """Resident memory of the instances (Redis excluded)."""
-        return sum(instance.proc.rss_kib() for instance in self.instances)
-
 
 async def _start_redis(cfg: Config, tag: str) -> tuple[Proc, str]:
     binary = shutil.which("redis-server")

@@ -104,4 +104,4 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-module.exports = { nowUs, eventBody, scheduledEvent, Histogram, cpuMs, say, listen, sleep };
+module.exports = { nowUs, scheduledEvent, Histogram, cpuMs, say, listen, sleep };

@@ -5,7 +5,8 @@
 //
 // argv[2] is JSON: {kind: "ws"|"sio", urls: [...], count, event, stalled, connectConcurrency}
 // stdin commands (JSON lines): begin {run, events, sessions} | pause | resume |
-// collect {drainMs}; closing stdin closes every connection and exits.
+// collect {drainMs, rejected}; closing stdin closes every connection and exits.
+// Events the server refused (`rejected` seqs) are not expected, so not lost.
 const WebSocket = require('ws');
 const { io } = require('socket.io-client');
 const { nowUs, Histogram, cpuMs, say, listen, sleep } = require('./common');
@@ -13,18 +14,26 @@ const { nowUs, Histogram, cpuMs, say, listen, sleep } = require('./common');
 const opts = JSON.parse(process.argv[2]);
 const CONNECT_TIMEOUT_MS = 30000;
 
-const state = { run: -1, events: 0, sessions: 0, latency: new Histogram(), stray: 0 };
+const state = {
+  run: -1,
+  events: 0,
+  expected: 0,
+  sessions: 0,
+  rejected: new Uint8Array(0),
+  latency: new Histogram(),
+  stray: 0,
+};
 const subs = [];
 
 function newSub(index) {
   return {
-    index,
     stalled: index < opts.stalled,
     closed: false,
     socket: null,
     counts: new Uint8Array(0),
     received: 0,
     unique: 0,
+    dups: 0,
     lastStatus: [],
     terminals: 0,
   };
@@ -39,7 +48,8 @@ function onEvent(sub, data) {
   const before = sub.counts[meta.seq];
   sub.counts[meta.seq] = before === 255 ? 255 : before + 1;
   sub.received += 1;
-  if (before === 0) sub.unique += 1;
+  if (before > 0) sub.dups += 1;
+  else if (!state.rejected[meta.seq]) sub.unique += 1;
   if (sub.stalled) {
     if (data.status === 'completed' && before === 0) sub.terminals += 1;
     sub.lastStatus[meta.session] = data.status || 'running';
@@ -158,6 +168,8 @@ async function connectAll() {
 function begin(command) {
   state.run = command.run;
   state.events = command.events;
+  state.expected = command.events;
+  state.rejected = new Uint8Array(command.events);
   state.sessions = command.sessions;
   state.latency = new Histogram();
   state.stray = 0;
@@ -165,6 +177,7 @@ function begin(command) {
     sub.counts = new Uint8Array(command.events);
     sub.received = 0;
     sub.unique = 0;
+    sub.dups = 0;
     sub.lastStatus = [];
     sub.terminals = 0;
   }
@@ -173,7 +186,7 @@ function begin(command) {
 
 function settled(sub) {
   if (sub.closed) return true;
-  return sub.stalled ? sub.terminals === state.sessions : sub.unique === state.events;
+  return sub.stalled ? sub.terminals === state.sessions : sub.unique === state.expected;
 }
 
 function summarize() {
@@ -190,7 +203,7 @@ function summarize() {
     const group = sub.stalled ? stalled : healthy;
     group.subs += 1;
     group.received += sub.received;
-    group.dups += sub.received - sub.unique;
+    group.dups += sub.dups;
     if (sub.closed) group.closed += 1;
     if (sub.stalled) {
       let newest = 0;
@@ -198,19 +211,34 @@ function summarize() {
       stalled.minTerminalSessions = Math.min(stalled.minTerminalSessions ?? Infinity, sub.terminals);
       stalled.minNewestSessions = Math.min(stalled.minNewestSessions ?? Infinity, newest);
     } else {
-      healthy.lost += state.events - sub.unique;
+      healthy.lost += state.expected - sub.unique;
     }
   }
   return { healthy, stalled };
 }
 
+// Refused events leave the expected set; counts already taken are redone without them.
+function exclude(rejected) {
+  for (const seq of rejected) state.rejected[seq] = 1;
+  state.expected = state.events - rejected.length;
+  for (const sub of subs) {
+    let unique = 0;
+    for (let seq = 0; seq < state.events; seq++) {
+      if (sub.counts[seq] > 0 && !state.rejected[seq]) unique += 1;
+    }
+    sub.unique = unique;
+  }
+}
+
 async function collect(command) {
+  if (command.rejected.length > 0) exclude(command.rejected);
   const deadline = Date.now() + command.drainMs;
   while (Date.now() < deadline && !subs.every(settled)) await sleep(20);
   const { healthy, stalled } = summarize();
   say({
     type: 'stats',
     events: state.events,
+    expected: state.expected,
     sessions: state.sessions,
     healthy,
     stalled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from config import P99_LIMIT_MS, Config
@@ -24,8 +25,8 @@ async def fanout_step(
 ) -> dict[str, Any]:
     """Publish ``rate`` events/s for ``seconds`` to instance A; figures of what subscribers got.
 
-    With ``stall`` the stalled subscribers stop reading for the whole publish and
-    read again afterwards; their figures are reported apart from the healthy ones.
+    With ``stall`` the stalled subscribers stop reading for the publish schedule
+    and read again when it ends; their figures are reported apart from the healthy ones.
     """
     events = round(rate * seconds)
     loadgen_cpu_start = await subs.begin(run, events)
@@ -33,12 +34,20 @@ async def fanout_step(
         await subs.pause()
     meter = CpuMeter(dep.servers)
     with RssPeak(proc for proc in dep.servers if proc is not dep.redis_proc) as rss:
-        published = await publish_open_loop(
-            dep.publish_url(), rate, seconds, run, cfg, f"{dep.system}-pub-{run}"
+        publisher = asyncio.create_task(
+            publish_open_loop(dep.publish_url(), rate, seconds, run, cfg, f"{dep.system}-pub-{run}")
         )
-    if stall:
-        await subs.resume()
-    stats = await subs.collect(cfg.drain_seconds)
+        try:
+            if stall:
+                # Read again when the schedule ends, not when the last answer came back.
+                await asyncio.sleep(seconds)
+                await subs.resume()
+            published = await publisher
+        finally:
+            if not publisher.done():
+                publisher.cancel()
+                await asyncio.wait([publisher])
+    stats = await subs.collect(cfg.drain_seconds, published["rejected"])
     cpu = meter.read()
     healthy, stalled, latency = stats["healthy"], stats["stalled"], stats["latency"]
     deliveries = healthy["received"] + stalled["received"]
@@ -59,7 +68,10 @@ async def fanout_step(
         "events": events,
         "sessions": stats["sessions"],
         "achieved_rate": round(published["sendRate"], 1),
-        "publish": {k: published[k] for k in ("sent", "ok", "failed", "errors", "firstError")},
+        "publish": {
+            k: published[k] for k in ("sent", "ok", "failed", "errors", "deferred", "firstError")
+        },
+        "rejected": len(published["rejected"]),
         "publish_lag_ms": published["lagMs"],
         "publish_answer_ms": published["answerMs"],
         "deliveries": deliveries,
@@ -72,6 +84,7 @@ async def fanout_step(
         "stalled": stalled,
         "server_cpu_ms_per_1k": server_cpu,
         "loadgen_cpu_ms_per_1k": loadgen_cpu * 1000 / deliveries if deliveries else None,
+        "unattributed_cpu_ms": round(cpu.unattributed_ms(loadgen_cpu), 1),
         "rss_growth_mib": round(rss.growth_mib, 1),
         "ok": ok,
         **cpu.as_dict(),

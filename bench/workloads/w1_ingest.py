@@ -18,4 +18,9 @@ async def run(system: str, cfg: Config) -> dict[str, Any]:
         meter = CpuMeter(dep.servers)
         figures = await run_wrk(dep.publish_url(), cfg)
         cpu = meter.read()
-    return {**figures, "cpu_ms_per_1k_req": cpu.per_thousand(figures["requests"]), **cpu.as_dict()}
+    return {
+        **figures,
+        "cpu_ms_per_1k_req": cpu.per_thousand(figures["requests"]),
+        "unattributed_cpu_ms": round(cpu.unattributed_ms(figures["wrk_cpu_ms"]), 1),
+        **cpu.as_dict(),
+    }

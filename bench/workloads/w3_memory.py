@@ -40,7 +40,7 @@ async def idle_rss(dep: Deployment, cfg: Config, count: int, *, broadcast: bool)
         if broadcast:
             await subs.begin(run=0, events=1, sessions=1)
             status = await post_event(dep.publish_url(), event_body(run=0, seq=0, session=0))
-            stats = await subs.collect(BROADCAST_DRAIN_SECONDS)
+            stats = await subs.collect(BROADCAST_DRAIN_SECONDS, rejected=[])
             result["broadcast"] = {
                 "status": status,
                 "received": stats["healthy"]["received"],
