@@ -1,4 +1,4 @@
-"""The ``relay`` command: serve, publish, watch."""
+"""The ``relay`` command: serve, publish, watch, demo, token."""
 
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ def _serve_parser(commands: Any) -> None:
     serve.add_argument(
         "--stream-maxlen", type=int, help="entries kept per type stream (RELAY_STREAM_MAXLEN)"
     )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (RELAY_LOG_FORMAT, default text)",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="also publish simulated sessions, to see the dashboard move (RELAY_DEMO)",
+    )
 
 
 def _publish_parser(commands: Any) -> None:
@@ -64,12 +75,42 @@ def _publish_parser(commands: Any) -> None:
 
 
 def _watch_parser(commands: Any) -> None:
-    watch = commands.add_parser("watch", help="print events as they arrive")
+    watch = commands.add_parser(
+        "watch",
+        help="show events as they arrive",
+        description="Live progress bars on a terminal (or with --bars), one JSON event per "
+        "line with --json, plain lines when the output is not a terminal.",
+    )
     watch.add_argument("--type", dest="workflow_type", default="*", help="workflow type or *")
     watch.add_argument("--session", dest="session_id", help="only this session")
     watch.add_argument("--url", help=f"gateway (RELAY_URL, default {DEFAULT_GATEWAY})")
-    watch.add_argument("--json", action="store_true", help="one JSON event per line")
+    view = watch.add_mutually_exclusive_group()
+    view.add_argument("--json", action="store_true", help="one JSON event per line")
+    view.add_argument(
+        "--bars", action="store_true", help="live progress bars even when not on a terminal"
+    )
     watch.add_argument("--token", help="subscriber token (RELAY_TOKEN)")
+
+
+def _demo_parser(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="publish simulated map, character and encounter sessions",
+        description="Publish simulated sessions (some fail, some are cancelled) until "
+        "interrupted or --duration passes; sessions still running then end cancelled.",
+    )
+    target = demo.add_mutually_exclusive_group()
+    target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
+    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+    demo.add_argument("--rate", type=float, default=1.0, help="new sessions a second (default 1)")
+    demo.add_argument(
+        "--duration", type=parse_duration, help="stop after this long: 30, 30s, 5m (default never)"
+    )
+    demo.add_argument(
+        "--max-sessions", type=int, default=12, help="sessions running at once (default 12)"
+    )
+    demo.add_argument("--seed", type=int, help="seed of the random choices, for repeatable runs")
+    demo.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
 
 
 def _token_parser(commands: Any) -> None:
@@ -105,21 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _publish_parser(commands)
     _watch_parser(commands)
+    _demo_parser(commands)
     _token_parser(commands)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with every flag given on the command line winning."""
-    names = ("host", "port", "redis_url", "log_level", "stream_prefix", "stream_maxlen")
+    names = (
+        "host",
+        "port",
+        "redis_url",
+        "log_level",
+        "log_format",
+        "stream_prefix",
+        "stream_maxlen",
+        "demo",
+    )
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return Settings(**overrides)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from relay.logs import configure_logging
+
+    configure_logging(level, log_format)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -129,7 +180,7 @@ def serve(args: argparse.Namespace) -> int:
     from relay.gateway import create_app
 
     settings = settings_from_args(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:
@@ -137,6 +188,8 @@ def serve(args: argparse.Namespace) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     where = "embedded in-process store" if settings.embedded else "Redis"
+    if settings.demo:
+        where += ", publishing demo sessions"
     logger.info("relay gateway on http://%s:%d (%s)", settings.host, settings.port, where)
     web.run_app(
         create_app(settings),
@@ -182,21 +235,63 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Print events of a type or session until interrupted."""
-    from relay.watch import watch_events
+    """Show events of a type or session until interrupted."""
+    from relay.watch import choose_mode, watch_bars, watch_events
 
+    gateway = _gateway_url(args)
+    token = args.token or os.environ.get("RELAY_TOKEN")
+    mode = choose_mode(as_json=args.json, bars=args.bars, is_terminal=sys.stdout.isatty())
     try:
+        if mode == "bars":
+            return asyncio.run(
+                watch_bars(gateway, args.workflow_type, args.session_id, token=token)
+            )
         return asyncio.run(
             watch_events(
-                _gateway_url(args),
+                gateway,
                 args.workflow_type,
                 args.session_id,
-                as_json=args.json,
-                token=args.token or os.environ.get("RELAY_TOKEN"),
+                as_json=mode == "json",
+                token=token,
             )
         )
     except KeyboardInterrupt:
         return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Publish simulated sessions until interrupted or ``--duration`` passes."""
+    import aiohttp
+    from redis.exceptions import RedisError
+
+    from relay.demo import DemoOptions, describe_end, run_demo
+
+    if args.rate < 0 or args.max_sessions < 1:
+        print("relay demo: --rate must be 0 or more, --max-sessions 1 or more", file=sys.stderr)
+        return 2
+    logging.basicConfig(level="WARNING", format="relay demo: %(message)s")
+    url = None if args.redis_url else _gateway_url(args)
+    where = args.redis_url or url
+    until = f" for {args.duration:g}s" if args.duration else "; Ctrl-C stops"
+    print(f"relay demo: publishing simulated sessions to {where}{until}", file=sys.stderr)
+    options = DemoOptions(rate=args.rate, max_sessions=args.max_sessions, seed=args.seed)
+    try:
+        asyncio.run(
+            run_demo(
+                url=url,
+                redis_url=args.redis_url,
+                api_key=args.api_key or os.environ.get("RELAY_API_KEY"),
+                options=options,
+                duration=args.duration,
+                on_end=lambda ended: print(describe_end(ended), flush=True),
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, aiohttp.ClientError, RedisError) as exc:
+        print(f"relay demo: cannot reach {where}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def token(args: argparse.Namespace) -> int:
@@ -230,7 +325,13 @@ def token(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` command."""
     args = build_parser().parse_args(argv)
-    handlers = {"serve": serve, "publish": publish, "watch": watch, "token": token}
+    handlers = {
+        "serve": serve,
+        "publish": publish,
+        "watch": watch,
+        "demo": demo,
+        "token": token,
+    }
     try:
         return handlers[args.command](args)
     except ValidationError as exc:

@@ -14,6 +14,7 @@ from relay.access import cors_middleware
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
+from relay.demo import run_in_gateway
 from relay.errors import error_middleware
 from relay.hub import Hub
 from relay.ingest import Ingest
@@ -89,6 +90,8 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.cleanup_ctx.append(_run_reader)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
+    if settings.demo:
+        app.cleanup_ctx.append(run_in_gateway)
     app.on_shutdown.append(_close_sockets)
     return app
 

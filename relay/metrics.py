@@ -94,6 +94,15 @@ class RelayCollector(Collector):
         yield _gauge("relay_sessions", "Sessions in the session view.", len(relay.view))
         yield _gauge("relay_streams", "Type streams the reader follows.", len(reader.positions))
         yield _gauge("relay_reader_ready", "1 while the reader follows the streams.", reader.ready)
+        lag = GaugeMetricFamily(
+            "relay_reader_lag_ms",
+            "How far the reader's position was behind each stream's newest entry, in ms of "
+            "stream id time, at its last scan.",
+            labels=["workflow_type"],
+        )
+        for workflow_type, value in sorted(reader.lag_ms.items()):
+            lag.add_metric([workflow_type], value)
+        yield lag
 
 
 def registry_for(relay: Relay) -> CollectorRegistry:

@@ -63,6 +63,9 @@ class StreamReader:
         # Per stream, the newest entry that existed at start: up to it is history.
         self._history_ends: dict[str, tuple[int, int]] = {}
         self.positions: dict[str, str] = {}
+        # Per workflow type, how far behind the newest entry the reader was at
+        # the last discovery, in milliseconds of stream id time.
+        self.lag_ms: dict[str, int] = {}
         self.ready = False
         self.entries_read = 0
         self.redis_errors = 0
@@ -97,17 +100,39 @@ class StreamReader:
         self._server_id = server_id
         found = await self._store.discover()
         new = sorted(found - self.positions.keys())
+        # One pipelined call gives every stream's newest id: the end of the
+        # history of new streams at start, and how far behind the reader is.
+        heads = await self._store.last_ids(sorted(found | self.positions.keys()))
+        self._measure_lag(heads)
         if not new:
             return
         if at_start:
-            heads = await self._store.last_ids(new)
             self._history_ends.update(
-                (key, parse_stream_id(head)) for key, head in heads.items() if head != "0-0"
+                (key, parse_stream_id(heads[key])) for key in new if heads[key] != "0-0"
             )
         # A stream is read from its first retained entry: at start that is the
         # history the session view is rebuilt from; later it is all news.
         self.positions.update(dict.fromkeys(new, "0-0"))
         logger.info("following %d new stream(s): %s", len(new), ", ".join(new))
+
+    def _measure_lag(self, heads: dict[str, str]) -> None:
+        """Milliseconds (of stream id time) between our position and each stream's newest entry.
+
+        A stream not read at all yet (position ``0-0``) has no meaningful lag
+        until its first read, unless it is empty.
+        """
+        lag: dict[str, int] = {}
+        for key, head in heads.items():
+            workflow_type = self._store.keys.workflow_type(key)
+            position = self.positions.get(key, "0-0")
+            if workflow_type is None or (position == "0-0" and head != "0-0"):
+                continue
+            try:
+                head_ms, position_ms = parse_stream_id(head)[0], parse_stream_id(position)[0]
+            except ValueError:
+                continue
+            lag[workflow_type] = max(head_ms - position_ms, 0)
+        self.lag_ms = lag
 
     async def _restart_streams_that_went_back(self) -> None:
         """After an outage, start over any stream whose newest id is behind our position."""

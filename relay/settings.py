@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
     log_level: LogLevel = Field(default="info", description="Logging threshold.")
+    log_format: LogFormat = Field(
+        default="text", description="Log lines as plain text, or one JSON object per line."
+    )
+    demo: bool = Field(
+        default=False,
+        description="Publish simulated map, character and encounter sessions (for trying out).",
+    )
 
     api_keys: str = Field(
         default="",

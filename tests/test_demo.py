@@ -1,0 +1,292 @@
+"""``relay demo`` and ``relay serve --demo``, and the reader lag gauge they make visible."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.context import RELAY
+from relay.demo import (
+    WORKFLOWS,
+    DemoOptions,
+    GatewayPublisher,
+    HttpPublisher,
+    Simulation,
+    run_demo,
+)
+from relay.gateway import create_app
+from relay.keys import Keys
+from relay.reader import StreamReader
+from relay.settings import Settings
+from relay.streams import StreamStore
+from tests.conftest import free_port
+from tests.helpers import Gateway, env_without_relay, eventually, until
+
+TYPES = set(WORKFLOWS)
+# Quick sessions for tests: the command's own pauses are 0.3 s to 2 s.
+QUICK = ((0.02, 0.05),)
+
+
+async def sessions(http: aiohttp.ClientSession, base: str) -> list[dict[str, Any]]:
+    async with http.get(f"{base}/api/workflows/sessions?limit=1000") as response:
+        assert response.status == 200
+        found: list[dict[str, Any]] = await response.json()
+        return found
+
+
+async def history(http: aiohttp.ClientSession, base: str, session_id: str) -> list[str]:
+    async with http.get(f"{base}/api/workflows/sessions/{session_id}/events") as response:
+        assert response.status == 200
+        return [frame["data"]["status"] for frame in await response.json()]
+
+
+async def lag_samples(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    async with http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    return {
+        sample.labels["workflow_type"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "relay_reader_lag_ms"
+        for sample in family.samples
+    }
+
+
+async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url)
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "demo",
+        "--url",
+        gateway.url,
+        "--duration",
+        "6",
+        "--rate",
+        "3",
+        "--seed",
+        "7",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env_without_relay(),
+    )
+    out, err = await asyncio.wait_for(demo.communicate(), 30)
+    assert demo.returncode == 0, err.decode()
+    assert "publishing simulated sessions" in err.decode()
+    assert "completed" in out.decode()
+    found: list[dict[str, Any]] = []
+
+    async def all_ended() -> bool:
+        # the demo stopped every session it started: none is left running
+        found[:] = await sessions(http, gateway.url)
+        return {s["status"] for s in found} <= {"completed", "failed", "cancelled"}
+
+    await until(all_ended, what="every demo session ended")
+    assert {s["workflow_type"] for s in found} == TYPES
+    assert len(found) > len(TYPES)
+    completed = [s for s in found if s["status"] == "completed"]
+    assert completed
+    assert all(s["progress"] == 100 for s in completed)
+    with_eta = 0
+    for state in completed:
+        url = f"{gateway.url}/api/workflows/sessions/{state['session_id']}/events"
+        async with http.get(url) as response:
+            steps = [frame["data"] for frame in await response.json()][:-1]
+        assert len(steps) >= 4
+        assert all(0 < step["progress"] < 100 for step in steps)
+        with_eta += all(step["metadata"].get("estimated_time_remaining", -1) >= 0 for step in steps)
+    assert with_eta  # the first sessions always say how long they have left
+
+
+def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "demo", "--url", "http://127.0.0.1:9", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env_without_relay(),
+    )
+    assert result.returncode == 1
+    assert "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdown(
+    redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+    args += ["--redis-url", redis_url, "--demo"]
+    gateway = Gateway(args, port, tmp_path / "gateway.log", env_without_relay())
+    gateway.start()
+    try:
+        found: list[dict[str, Any]] = []
+
+        async def three_types_and_a_completion() -> bool:
+            found[:] = await sessions(http, gateway.url)
+            types = {s["workflow_type"] for s in found}
+            return types == TYPES and any(s["status"] == "completed" for s in found)
+
+        await until(three_types_and_a_completion, timeout=15, what="demo sessions")
+        running = [s for s in found if s["status"] == "running"]
+        assert any(s["metadata"].get("estimated_time_remaining") is not None for s in found)
+        lag = await lag_samples(http, gateway.url)
+        assert set(lag) == TYPES
+        assert all(value >= 0 for value in lag.values())
+    finally:
+        code = await asyncio.to_thread(gateway.stop)
+    assert code == 0, gateway.logs()
+    # sessions still running at shutdown were reported cancelled, not left hanging
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        last: dict[str, str] = {}
+        for workflow_type in TYPES:
+            for _, fields in await client.xrange(f"workflow:progress:{workflow_type}"):
+                last[fields["session_id"]] = fields.get("status", "running")
+    finally:
+        await client.aclose()
+    assert set(last.values()) <= {"completed", "failed", "cancelled"}, last
+    for state in running:
+        assert last[state["session_id"]] in {"completed", "failed", "cancelled"}
+
+
+async def test_demo_setting_from_the_environment(
+    start_gateway: Callable[..., Gateway], http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(RELAY_DEMO="true")  # embedded store, no Redis needed
+    await until(
+        lambda: _has_sessions(http, gateway.url), timeout=10, what="sessions from RELAY_DEMO"
+    )
+    assert "publishing demo sessions" in gateway.logs()
+
+
+async def _has_sessions(http: aiohttp.ClientSession, base: str) -> bool:
+    return bool(await sessions(http, base))
+
+
+@asynccontextmanager
+async def gateway_app(settings: Settings) -> AsyncIterator[tuple[str, Any]]:
+    app = create_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), app[RELAY]
+    finally:
+        await server.close()
+
+
+async def run_until_ended(simulation: Simulation, count: int) -> None:
+    task = asyncio.create_task(simulation.run())
+    try:
+        await eventually(lambda: len(simulation.ended) >= count, timeout=20, what="ended sessions")
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+
+
+@pytest.mark.parametrize("through", ["http", "gateway"])
+async def test_cancelled_sessions_go_through_the_cancel_flow(
+    redis_url: str, http: aiohttp.ClientSession, through: str
+) -> None:
+    options = DemoOptions(
+        rate=5, max_sessions=3, fail_chance=0, cancel_chance=1, safe_start=0, pace=QUICK, seed=1
+    )
+    settings = Settings(redis_url=redis_url, read_block_ms=100, discovery_interval=0.1)
+    async with gateway_app(settings) as (base, relay):
+        publisher = HttpPublisher(base, http) if through == "http" else GatewayPublisher(relay)
+        simulation = Simulation(publisher, options)
+        await run_until_ended(simulation, 3)
+        for ended in list(simulation.ended)[:3]:
+            assert ended.status == "cancelled"
+            statuses = await history(http, base, ended.session_id)
+            # asked to stop, the worker's next report learned of it, then it stopped
+            assert statuses[-1] == "cancelled"
+            assert "cancel_requested" in statuses
+            assert statuses.index("cancel_requested") < len(statuses) - 2
+            assert statuses[-2] == "running"
+
+
+async def test_failed_sessions_report_their_error(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    options = DemoOptions(
+        rate=5, max_sessions=3, fail_chance=1, cancel_chance=0, safe_start=0, pace=QUICK, seed=2
+    )
+    settings = Settings(redis_url=redis_url, read_block_ms=100)
+    async with gateway_app(settings) as (base, _):
+        simulation = Simulation(HttpPublisher(base, http), options)
+        await run_until_ended(simulation, 2)
+        for ended in list(simulation.ended)[:2]:
+            assert ended.status == "failed"
+            assert ended.error is not None
+            assert ended.error.split(":")[0] in {"TimeoutError", "ValueError", "RuntimeError"}
+
+            async def failed(session_id: str = ended.session_id) -> bool:
+                async with http.get(f"{base}/api/workflows/sessions/{session_id}") as response:
+                    state = await response.json() if response.status == 200 else {}
+                return bool(state.get("status") == "failed")
+
+            await until(failed, what=f"{ended.session_id} failed")
+            async with http.get(f"{base}/api/workflows/sessions/{ended.session_id}") as response:
+                assert (await response.json())["error"] == ended.error
+
+
+async def test_demo_straight_to_redis(redis_url: str) -> None:
+    options = DemoOptions(
+        rate=5, max_sessions=4, fail_chance=0.3, cancel_chance=0.3, pace=QUICK, seed=3
+    )
+    ended = await run_demo(redis_url=redis_url, options=options, duration=3)
+    assert {e.workflow_type for e in ended} == TYPES
+    assert any(e.status == "completed" for e in ended)
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries = await client.xrange("workflow:progress:map")
+        assert entries
+        assert all(orjson.loads(fields.get("metadata", "{}")) is not None for _, fields in entries)
+        for cancelled in (e for e in ended if e.status == "cancelled"):
+            stream = f"workflow:progress:{cancelled.workflow_type}"
+            statuses = [
+                fields.get("status", "running")
+                for _, fields in await client.xrange(stream)
+                if fields["session_id"] == cancelled.session_id
+            ]
+            assert "cancel_requested" in statuses
+            assert statuses[-1] == "cancelled"
+    finally:
+        await client.aclose()
+
+
+async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = Keys()
+        store = StreamStore(client, keys, maxlen=1000)
+        reader = StreamReader(
+            store, client, lambda *_: None, count=10, block_ms=10, discovery_interval=0.1
+        )
+        entry = {"session_id": "s", "step": "a", "progress": "1"}
+        await client.xadd(keys.stream("map"), entry, id="1000-0")
+        await client.xadd(keys.stream("caught-up"), entry, id="2000-0")
+        await reader._discover(at_start=True)
+        assert reader.lag_ms == {}  # not read yet: no meaningful lag
+        reader.positions[keys.stream("map")] = "1000-0"
+        reader.positions[keys.stream("caught-up")] = "2000-0"
+        await client.xadd(keys.stream("map"), entry, id="5500-3")
+        await reader._discover(at_start=False)
+        assert reader.lag_ms == {"map": 4500, "caught-up": 0}
+    finally:
+        await client.aclose()

@@ -1,0 +1,255 @@
+"""``relay watch``: the progress board, and the command's live bars and plain lines end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from rich.console import Console
+
+from relay.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
+from tests.helpers import Gateway, event
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def frame(session_id: str, progress: float, **fields: Any) -> dict[str, Any]:
+    data = {
+        "session_id": session_id,
+        "workflow_type": "map",
+        "step": "analyzing",
+        "progress": progress,
+        "status": "running",
+        "metadata": {},
+        "ts": 1_700_000_000_000,
+    }
+    data.update(fields)
+    return {"event": f"workflow:progress:{data['workflow_type']}", "id": "1-0", "data": data}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rendered(board: ProgressBoard, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
+    console.print(board)
+    return console.export_text()
+
+
+def test_board_rows_statuses_and_percentages() -> None:
+    board = ProgressBoard(clock=Clock())
+    board.update(frame("m-1", 40, step="rendering tiles"))
+    board.update(frame("m-1", 100, step="rendering tiles", status="completed"))
+    board.update(frame("c-2", 30, workflow_type="character", step="portrait"))
+    board.update(frame("c-2", 30, workflow_type="character", status="failed", error="OOM: gpu"))
+    board.update(frame("e-3", 45.5, workflow_type="encounter", status="cancel_requested"))
+    board.update(frame("e-4", 12, workflow_type="encounter", status="cancelled"))
+    board.set_connection("live")
+    text = rendered(board)
+    lines = {line.split()[1]: line for line in text.splitlines() if len(line.split()) > 1}
+    assert "100%" in lines["m-1"]
+    assert "completed" in lines["m-1"]
+    assert "rendering tiles" in lines["m-1"]
+    assert "character" in lines["c-2"]
+    assert "failed: OOM: gpu" in lines["c-2"]
+    assert "45.5%" in lines["e-3"]
+    assert "cancel_requested" in lines["e-3"]
+    assert "cancelled" in lines["e-4"]
+    assert "live" in text
+    assert "1 cancel_requested, 1 cancelled, 1 completed, 1 failed" in text
+    # first seen first
+    assert [row.session_id for row in board.rows()] == ["m-1", "c-2", "e-3", "e-4"]
+
+
+def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    board.update(frame("s1", 20, metadata={"estimated_time_remaining": 30}))
+    assert board.remaining(board.rows()[0]) == 30
+    clock.now += 10
+    assert board.remaining(board.rows()[0]) == 20
+    assert " 20s " in rendered(board)
+    clock.now += 60
+    assert board.remaining(board.rows()[0]) == 0  # never negative
+
+    # no figure from the worker: 10% to 30% in 10 s of event time is 2%/s, 70% left
+    board.update(frame("s2", 10, ts=1_700_000_000_000))
+    assert board.remaining(board.get("s2")) is None  # type: ignore[arg-type]
+    board.update(frame("s2", 30, ts=1_700_000_010_000))
+    assert board.remaining(board.get("s2")) == pytest.approx(35)
+    board.update(frame("s2", 100, status="completed"))
+    assert board.remaining(board.get("s2")) == 0  # type: ignore[arg-type]
+    board.update(frame("s3", 50, status="failed", error="x"))
+    assert board.remaining(board.get("s3")) is None  # type: ignore[arg-type]
+
+
+def test_board_keeps_at_most_max_rows_dropping_ended_sessions_first() -> None:
+    board = ProgressBoard(clock=Clock(), max_rows=3)
+    board.update(frame("done", 100, status="completed"))
+    board.update(frame("run-1", 10))
+    board.update(frame("run-2", 20))
+    board.update(frame("run-3", 30))
+    assert [row.session_id for row in board.rows()] == ["run-1", "run-2", "run-3"]
+    board.update(frame("run-4", 40))
+    assert [row.session_id for row in board.rows()] == ["run-2", "run-3", "run-4"]
+
+
+def test_formats_and_mode_choice() -> None:
+    assert format_percent(45) == "45%"
+    assert format_percent(45.0) == "45%"
+    assert format_percent(45.25) == "45.2%"
+    assert format_eta(None) == ""
+    assert format_eta(4.4) == "4s"
+    assert format_eta(185) == "3m05s"
+    assert format_eta(3720) == "1h02m"
+    assert choose_mode(as_json=True, bars=False, is_terminal=True) == "json"
+    assert choose_mode(as_json=False, bars=True, is_terminal=False) == "bars"
+    assert choose_mode(as_json=False, bars=False, is_terminal=True) == "bars"
+    assert choose_mode(as_json=False, bars=False, is_terminal=False) == "plain"
+    batch = '[{"event": "e", "id": "1-0", "data": {}}, {"type": "pong"}]'
+    assert [f["id"] for f in event_frames(batch)] == ["1-0"]
+
+
+class Output:
+    """Collects a subprocess's stdout as it comes."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.raw = b""
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self.raw += chunk
+
+    @property
+    def text(self) -> str:
+        return ANSI.sub("", self.raw.decode(errors="replace"))
+
+    async def wait_for(self, *wanted: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(w in self.text for w in wanted):
+            if time.monotonic() > deadline:
+                missing = [w for w in wanted if w not in self.text]
+                raise AssertionError(f"output lacks {missing}:\n{self.text[-3000:]}")
+            await asyncio.sleep(0.05)
+
+    async def finish(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._task, 5)
+
+
+async def start_watch(gateway: Gateway, *args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(COLUMNS="120", LINES="40", TERM="xterm")
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "watch",
+        "--url",
+        gateway.url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+
+
+async def post(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) -> None:
+    async with http.post(f"{gateway.url}/api/workflows/progress", json=event(**fields)) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def test_watch_bars_draws_sessions_percentages_and_final_statuses(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url)
+    watcher = await start_watch(gateway, "--type", "map", "--bars")
+    assert watcher.stdout is not None
+    output = Output(watcher.stdout)
+    try:
+        await output.wait_for("live")  # the gateway confirmed the subscription
+        await post(http, gateway, session_id="bar-done", step="texturing", progress=40)
+        await post(
+            http, gateway, session_id="bar-done", step="texturing", progress=100, status="completed"
+        )
+        await post(http, gateway, session_id="bar-fail", step="carving", progress=30)
+        await post(
+            http,
+            gateway,
+            session_id="bar-fail",
+            step="carving",
+            progress=30,
+            status="failed",
+            error="disk full",
+        )
+        await post(
+            http,
+            gateway,
+            session_id="bar-run",
+            step="placing towns",
+            progress=45.5,
+            metadata={"estimated_time_remaining": 90},
+        )
+        await output.wait_for(
+            "bar-done",
+            "100%",
+            "completed",
+            "bar-fail",
+            "30%",
+            "failed: disk full",
+            "bar-run",
+            "45.5%",
+            "placing towns",
+            "running",
+        )
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(watcher.wait(), 15)
+        await output.finish()
+    assert code == 0
+    assert output.raw.endswith(b"\x1b[?25h")  # the cursor is given back on the way out
+    last_frame = output.text[output.text.rfind("relay watch map") :]
+    for wanted in ("bar-done", "completed", "failed: disk full", "45.5%"):
+        assert wanted in last_frame
+
+
+async def test_watch_without_a_terminal_prints_plain_lines(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url)
+    watcher = await start_watch(gateway, "--type", "map")
+    assert watcher.stdout is not None
+    try:
+        # post until the watcher shows one: its subscription is then in place
+        line = b""
+        for attempt in range(100):
+            await post(http, gateway, session_id="plain-1", progress=attempt)
+            with contextlib.suppress(TimeoutError):
+                line = await asyncio.wait_for(watcher.stdout.readline(), 0.2)
+                break
+        assert line
+        await post(http, gateway, session_id="plain-1", progress=100, status="completed")
+        while b"completed" not in line:
+            line = await asyncio.wait_for(watcher.stdout.readline(), 10)
+        text = line.decode()
+        assert "\x1b" not in text  # no terminal codes in a pipe
+        assert text.split() == ["map", "plain-1", "100%", "completed", "analyzing"]
+    finally:
+        watcher.terminate()
+        await watcher.wait()
