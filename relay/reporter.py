@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, Self
 
@@ -61,7 +62,35 @@ def build_event(
     )
 
 
-class Reporter:
+class BlockingReporter(ABC):
+    """What the blocking reporters share: ``report`` and ``session`` over ``publish``."""
+
+    @abstractmethod
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+
+    def report(
+        self,
+        session_id: str,
+        workflow_type: str,
+        step: str,
+        progress: float,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        error: str | None = None,
+    ) -> str:
+        """Publish one event and return its stream id."""
+        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
+        return self.publish(event).id
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> ReportingSession:
+        """A context manager reporting one session's steps and its end."""
+        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
+
+
+class Reporter(BlockingReporter):
     """Publishes progress straight to Redis, blocking.
 
     >>> with Reporter("redis://localhost:6379/0") as reporter:
@@ -86,20 +115,6 @@ class Reporter:
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
 
-    def report(
-        self,
-        session_id: str,
-        workflow_type: str,
-        step: str,
-        progress: float,
-        metadata: dict[str, Any] | None = None,
-        status: Status | None = None,
-        error: str | None = None,
-    ) -> str:
-        """Publish one event and return its stream id."""
-        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
-        return self.publish(event).id
-
     def publish(self, event: ProgressEvent) -> Receipt:
         """Publish a validated event; raises ReportError once retrying is over."""
         (receipt,) = send_with_retry(self._send, [event.stamped()], self._retry, self.pending)
@@ -112,12 +127,6 @@ class Reporter:
                 return receipts(pipe.execute(), len(events))
         except UNREACHABLE as exc:
             raise TransientError(f"Redis unreachable: {exc}") from None
-
-    def session(
-        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
-    ) -> ReportingSession:
-        """A context manager reporting one session's steps and its end."""
-        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
 
     def close(self) -> None:
         """Release the Redis connections."""
@@ -216,7 +225,7 @@ class AsyncReporter:
         await self.aclose()
 
 
-class HttpReporter:
+class HttpReporter(BlockingReporter):
     """Publishes progress through a gateway's HTTP API, blocking."""
 
     def __init__(
@@ -232,20 +241,6 @@ class HttpReporter:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
-
-    def report(
-        self,
-        session_id: str,
-        workflow_type: str,
-        step: str,
-        progress: float,
-        metadata: dict[str, Any] | None = None,
-        status: Status | None = None,
-        error: str | None = None,
-    ) -> str:
-        """Publish one event and return its stream id."""
-        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
-        return self.publish(event).id
 
     def publish(self, event: ProgressEvent) -> Receipt:
         """Publish a validated event; raises ReportError once retrying is over."""
@@ -282,9 +277,3 @@ class HttpReporter:
             raise ReportError(message) from None
         except (urllib.error.URLError, OSError) as exc:
             raise TransientError(f"gateway unreachable at {url}: {exc}") from None
-
-    def session(
-        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
-    ) -> ReportingSession:
-        """A context manager reporting one session's steps and its end."""
-        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
