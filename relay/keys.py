@@ -33,6 +33,11 @@ class Keys:
         """The set of workflow types publishers have announced."""
         return self.prefix + "workflow:types"
 
+    @property
+    def announcements(self) -> str:
+        """A short stream where publishers note new types, so readers follow them at once."""
+        return self.prefix + "workflow:announcements"
+
     def cancel(self, session_id: str) -> str:
         """Present while a cancellation of ``session_id`` is pending."""
         return f"{self.prefix}workflow:cancel:{session_id}"

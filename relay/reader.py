@@ -63,6 +63,9 @@ class StreamReader:
         # Per stream, the newest entry that existed at start: up to it is history.
         self._history_ends: dict[str, tuple[int, int]] = {}
         self.positions: dict[str, str] = {}
+        # Publishers note new types here; reading it wakes discovery at once.
+        self._announcements = store.keys.announcements
+        self._announced = "0-0"
         # Per workflow type, how far behind the newest entry the reader was at
         # the last discovery, in milliseconds of stream id time.
         self.lag_ms: dict[str, int] = {}
@@ -174,13 +177,13 @@ class StreamReader:
         if self._check_positions:
             await self._restart_streams_that_went_back()
             self._check_positions = False
-        if not self.positions:
-            await asyncio.sleep(self._discovery_interval)
-            return
-        positions: Any = self.positions
-        response: Any = await self._redis.xread(positions, count=self._count, block=self._block_ms)
+        streams: Any = {**self.positions, self._announcements: self._announced}
+        response: Any = await self._redis.xread(streams, count=self._count, block=self._block_ms)
         for stream, entries in response or ():
-            if entries:
+            if stream == self._announcements:
+                self._announced = entries[-1][0]
+                self._next_discovery = 0.0
+            elif entries:
                 self.positions[stream] = entries[-1][0]
                 self.entries_read += len(entries)
                 self._hand_on(stream, entries)
@@ -192,6 +195,8 @@ class StreamReader:
             try:
                 if not self.started.is_set():
                     await self._discover(at_start=True)
+                    latest = await self._store.last_ids([self._announcements])
+                    self._announced = latest[self._announcements]
                     self.started.set()
                 else:
                     await self._read_once()

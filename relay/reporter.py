@@ -33,7 +33,14 @@ from relay.retry import (
     send_with_retry,
     send_with_retry_async,
 )
-from relay.streams import Receipt, queue_publish, receipts
+from relay.streams import (
+    ANNOUNCEMENTS_MAXLEN,
+    Receipt,
+    StreamStore,
+    announcement,
+    queue_publish,
+    receipts,
+)
 from relay.worker_session import AsyncReportingSession, ReportingSession
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -124,7 +131,13 @@ class Reporter(BlockingReporter):
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 queue_publish(pipe, self._keys, events, self._maxlen)
-                return receipts(pipe.execute(), len(events))
+                results = pipe.execute()
+            note = announcement(results, events)
+            if note is not None:
+                self._redis.xadd(
+                    self._keys.announcements, note, maxlen=ANNOUNCEMENTS_MAXLEN, approximate=True
+                )
+            return receipts(results, len(events))
         except UNREACHABLE as exc:
             raise TransientError(f"Redis unreachable: {exc}") from None
 
@@ -164,8 +177,7 @@ class AsyncReporter:
         self._redis = client or redis.asyncio.Redis.from_url(
             redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
         )
-        self._keys = Keys(prefix)
-        self._maxlen = maxlen
+        self._store = StreamStore(self._redis, Keys(prefix), maxlen=maxlen)
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
         self._batcher: Batcher[Receipt] = Batcher(self._send_retrying, max_batch=max_batch)
@@ -194,9 +206,7 @@ class AsyncReporter:
 
     async def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                queue_publish(pipe, self._keys, events, self._maxlen)
-                return receipts(await pipe.execute(), len(events))
+            return await self._store.write(events)
         except UNREACHABLE as exc:
             raise TransientError(f"Redis unreachable: {exc}") from None
 

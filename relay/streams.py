@@ -83,6 +83,21 @@ def queue_publish(
     pipe.sadd(keys.types, *{event.workflow_type for event in events})
 
 
+ANNOUNCEMENTS_MAXLEN = 100
+
+
+def announcement(results: Sequence[Any], events: Sequence[ProgressEvent]) -> dict[Any, Any] | None:
+    """What to add to the announcements stream when this publish brought new types.
+
+    The registry's SADD (the pipeline's last command) says whether any type is
+    new; only then, about once per type ever, does a publisher pay the extra
+    XADD that wakes every gateway's reader to follow the new stream at once.
+    """
+    if not results or not results[-1]:
+        return None
+    return {"types": ",".join(sorted({event.workflow_type for event in events}))}
+
+
 def receipts(results: Sequence[Any], count: int) -> list[Receipt]:
     """The receipts of the ``count`` events a :func:`queue_publish` pipeline published."""
     ids, flags = results[:count], results[count : 2 * count]
@@ -99,7 +114,7 @@ class StreamStore:
         self.keys = keys
         self.maxlen = maxlen
         self.cancel_ttl = cancel_ttl
-        self._batcher: Batcher[Receipt] = Batcher(self._publish_now, max_batch=PUBLISH_BATCH)
+        self._batcher: Batcher[Receipt] = Batcher(self.write, max_batch=PUBLISH_BATCH)
 
     async def publish(self, events: Sequence[ProgressEvent]) -> list[Receipt]:
         """Write ``events`` atomically and return their receipts.
@@ -111,10 +126,16 @@ class StreamStore:
             return []
         return await self._batcher.submit(list(events))
 
-    async def _publish_now(self, events: list[ProgressEvent]) -> list[Receipt]:
+    async def write(self, events: list[ProgressEvent]) -> list[Receipt]:
+        """Write ``events`` in one MULTI/EXEC now, without waiting for others to join."""
         async with self.redis.pipeline(transaction=True) as pipe:
             queue_publish(pipe, self.keys, events, self.maxlen, self.cancel_ttl)
             results = await pipe.execute()
+        note = announcement(results, events)
+        if note is not None:
+            await self.redis.xadd(
+                self.keys.announcements, note, maxlen=ANNOUNCEMENTS_MAXLEN, approximate=True
+            )
         return receipts(results, len(events))
 
     async def server_id(self) -> str:

@@ -104,3 +104,12 @@ async def test_gateway_trims_entries_older_than_the_age_limit(
             async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
                 assert response.status == 202
             assert client.xlen("workflow:progress:map") == 1
+
+
+async def test_new_types_are_announced_once(aredis: Redis) -> None:
+    store = StreamStore(aredis, Keys(), maxlen=100)
+    await store.publish([make(wtype="map")])
+    await store.publish([make(wtype="map"), make(wtype="encounter")])
+    await store.publish([make(wtype="encounter")])
+    notes = await aredis.xrange("workflow:announcements")
+    assert [fields["types"] for _, fields in notes] == ["map", "encounter,map"]
