@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import weakref
@@ -279,3 +280,21 @@ class StalledClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def start_watch(gateway: Gateway, *args: str) -> asyncio.subprocess.Process:
+    """A `relay watch` process against ``gateway``, its output on a pipe."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(COLUMNS="120", LINES="40", TERM="xterm")
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "watch",
+        "--url",
+        gateway.url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )

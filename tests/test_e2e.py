@@ -14,7 +14,7 @@ import pytest
 
 from relay.reporter import Reporter
 from tests.conftest import RedisServer
-from tests.helpers import Gateway, event, receive, receive_events, subscribe
+from tests.helpers import Gateway, event, receive, receive_events, start_watch, subscribe
 
 
 async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: object) -> str:
@@ -128,19 +128,7 @@ async def test_cli_publish_over_http_and_redis_and_watch_json(
     start_gateway: Callable[..., Gateway], redis_url: str, tmp_path: pytest.TempPathFactory
 ) -> None:
     gateway = start_gateway(redis_url)
-    watcher = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "watch",
-        "--type",
-        "map",
-        "--url",
-        gateway.url,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    watcher = await start_watch(gateway, "--type", "map", "--json")
     try:
         # publish until the watcher shows the first event: its subscription is then in place
         assert watcher.stdout is not None

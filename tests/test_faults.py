@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.helpers import (
     eventually,
     receive,
     receive_events,
+    start_watch,
     state_when,
     subscribe,
 )
@@ -196,19 +196,7 @@ async def test_relay_watch_reconnects_and_resumes_after_a_gateway_kill(
     start_gateway: Callable[..., Gateway], redis_url: str
 ) -> None:
     gateway = start_gateway(redis_url)
-    watcher = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "watch",
-        "--type",
-        "map",
-        "--url",
-        gateway.url,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    watcher = await start_watch(gateway, "--type", "map", "--json")
     assert watcher.stdout is not None
     try:
         published: list[str] = []

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from relay.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
-from tests.helpers import Gateway, event
+from tests.helpers import Gateway, event, start_watch
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -151,23 +149,6 @@ class Output:
     async def finish(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._task, 5)
-
-
-async def start_watch(gateway: Gateway, *args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update(COLUMNS="120", LINES="40", TERM="xterm")
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "watch",
-        "--url",
-        gateway.url,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
 
 
 async def post(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) -> None:
