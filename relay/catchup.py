@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from relay.frames import Subscribe, error_frame, subscribed_frame
 from relay.hub import ANY_TYPE, Hub
-from relay.ingest import Ingest
+from relay.ingest import decode
 from relay.keys import Keys
 from relay.models import Envelope, parse_stream_id
 from relay.reader import StreamReader
@@ -41,7 +41,6 @@ class CatchUp:
         keys: Keys,
         reader: StreamReader,
         view: SessionView,
-        ingest: Ingest,
         replay_limit: int,
     ) -> None:
         self._hub = hub
@@ -49,7 +48,6 @@ class CatchUp:
         self._keys = keys
         self._reader = reader
         self._view = view
-        self._ingest = ingest
         self._replay_limit = replay_limit
         self.replays = 0
         self.unrecovered = 0
@@ -124,7 +122,7 @@ class CatchUp:
             else:
                 replayed = [
                     envelope
-                    for envelope, _ in self._ingest.valid(frame.workflow_type, entries)
+                    for envelope, _ in decode(frame.workflow_type, entries)
                     if frame.session_id in (None, envelope.session_id)
                 ]
         if not recovered:

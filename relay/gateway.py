@@ -56,7 +56,6 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
         keys=keys,
         reader=reader,
         view=view,
-        ingest=ingest,
         replay_limit=settings.replay_limit,
     )
     limits = PublisherLimits(settings.publish_rate, settings.publish_burst)

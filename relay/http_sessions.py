@@ -12,6 +12,7 @@ from relay.access import require_grant, require_publisher, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.frames import STREAM_ID_PATTERN
+from relay.ingest import decode
 from relay.keys import event_name
 from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
 from relay.publishing import request_cancel
@@ -117,7 +118,7 @@ async def session_events(request: web.Request) -> web.Response:
         after = entries[-1][0]
         frames.extend(
             envelope.frame
-            for envelope, _ in relay.ingest.valid(state.workflow_type, entries)
+            for envelope, _ in decode(state.workflow_type, entries)
             if envelope.session_id == session_id
         )
     return _json_array(frames[: query.limit])

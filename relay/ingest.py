@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from relay.hub import Hub
 from relay.keys import Keys
@@ -12,6 +12,26 @@ from relay.sessions import SessionView
 from relay.streams import StreamEntry
 
 logger = logging.getLogger(__name__)
+
+
+def decode(
+    workflow_type: str,
+    entries: list[StreamEntry],
+    on_invalid: Callable[[EntryError], None] | None = None,
+) -> Iterator[tuple[Envelope, ProgressEvent]]:
+    """Valid entries with their envelopes; invalid ones are skipped.
+
+    Only the reader passes ``on_invalid``, so an entry is counted and logged
+    once, when first read, not again by every replay or history request.
+    """
+    for entry_id, fields in entries:
+        try:
+            event = event_from_entry(workflow_type, entry_id, fields)
+        except EntryError as exc:
+            if on_invalid is not None:
+                on_invalid(exc)
+            continue
+        yield Envelope.of(entry_id, event), event
 
 
 class Ingest:
@@ -24,18 +44,9 @@ class Ingest:
         self.accepted_by_type: dict[str, int] = {}
         self.invalid = 0
 
-    def valid(
-        self, workflow_type: str, entries: list[StreamEntry]
-    ) -> Iterator[tuple[Envelope, ProgressEvent]]:
-        """Valid entries with their envelopes; invalid ones are logged, counted and skipped."""
-        for entry_id, fields in entries:
-            try:
-                event = event_from_entry(workflow_type, entry_id, fields)
-            except EntryError as exc:
-                self.invalid += 1
-                logger.warning("skipping invalid stream entry: %s", exc)
-                continue
-            yield Envelope.of(entry_id, event), event
+    def _skipped(self, exc: EntryError) -> None:
+        self.invalid += 1
+        logger.warning("skipping invalid stream entry: %s", exc)
 
     def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
         workflow_type = self._keys.workflow_type(stream_key)
@@ -43,7 +54,7 @@ class Ingest:
             return
         apply, route = self._view.apply, self._hub.route
         accepted = 0
-        for envelope, event in self.valid(workflow_type, entries):
+        for envelope, event in decode(workflow_type, entries, self._skipped):
             accepted += 1
             apply(envelope, event)
             if live:

@@ -6,6 +6,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.settings import Settings
+from tests.conftest import RedisServer
 from tests.helpers import event, receive_events, serving, subscribe
 
 
@@ -39,3 +40,27 @@ async def test_counts_after_known_traffic(redis_url: str, http: aiohttp.ClientSe
     assert found[("relay_sessions", ())] == 1
     assert found[("relay_reader_ready", ())] == 1
     assert found[("relay_invalid_entries_total", ())] == 0
+
+
+async def test_an_invalid_entry_is_counted_once_however_often_history_is_read(
+    redis_url: str, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    settings = Settings(redis_url=redis_url, read_block_ms=100)
+    async with serving(settings) as base, http.ws_connect(f"{base}/ws") as ws:
+        await subscribe(ws, workflow_type="map")
+        async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
+            first = (await response.json())["id"]
+        with redis_server.client() as raw:
+            raw.xadd("workflow:progress:map", {"session_id": "s1", "step": "a", "progress": "x"})
+        async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
+            last = (await response.json())["id"]
+        assert [f["id"] for f in await receive_events(ws, 2)] == [first, last]
+        for _ in range(2):
+            async with http.get(f"{base}/api/workflows/sessions/s1/events") as response:
+                assert [e["id"] for e in await response.json()] == [first, last]
+        async with http.ws_connect(f"{base}/ws") as resumed:
+            await subscribe(resumed, workflow_type="map", since=first)
+            assert [f["id"] for f in await receive_events(resumed, 1)] == [last]
+        async with http.get(f"{base}/metrics") as response:
+            found = samples(await response.text())
+    assert found[("relay_invalid_entries_total", ())] == 1
