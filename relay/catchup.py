@@ -24,7 +24,7 @@ from relay.keys import Keys
 from relay.models import Envelope, parse_stream_id
 from relay.reader import StreamReader
 from relay.sessions import SessionView
-from relay.streams import NO_ID, StreamStore
+from relay.streams import StreamStore
 from relay.subscriber import ReplayMark, Subscriber
 
 logger = logging.getLogger(__name__)
@@ -92,42 +92,47 @@ class CatchUp:
         upto: str | None,
     ) -> None:
         self.replays += 1
+        floor: tuple[str, tuple[int, int]] | None = None
         try:
-            items = await self._history(subscriber, frame, since, upto)
+            recovered, replayed = await self._history(frame, since, upto)
         except (RedisError, OSError) as exc:
             logger.warning("replay for %s failed: %s", subscriber.name, exc)
-            items = [
+            items: list[Envelope | str] = [
                 subscribed_frame(frame, recovered=False),
                 error_frame("unavailable", "history could not be read; refetch the state"),
             ]
-        subscriber.release(mark, items)
+        else:
+            items = [subscribed_frame(frame, recovered=recovered), *replayed]
+            since_key = parse_stream_id(since)
+            if recovered and (upto is None or parse_stream_id(upto) < since_key):
+                # The reader has not got as far as the client: what it reads
+                # next arrives live, so what the client already has is held back.
+                floor = (frame.workflow_type, since_key)
+        subscriber.release(mark, items, floor)
 
     async def _history(
-        self, subscriber: Subscriber, frame: Subscribe, since: str, upto: str | None
-    ) -> list[Envelope | str]:
+        self, frame: Subscribe, since: str, upto: str | None
+    ) -> tuple[bool, list[Envelope]]:
+        """Whether history reaches back to ``since``, and what to send in its place."""
         stream = self._keys.stream(frame.workflow_type)
-        since_key = parse_stream_id(since)
         recovered = await self._store.reaches_back_to(stream, since)
-        replayed: list[Envelope] = []
         if upto is None:
-            # Not followed here yet: once discovered, the whole stream arrives
-            # live, so only what the client already has must be held back.
-            if recovered:
-                subscriber.floors[frame.workflow_type] = since_key
-        elif recovered and since_key < parse_stream_id(upto):
+            # Not followed here yet: the whole stream will arrive live.
+            self.unrecovered += not recovered
+            return recovered, []
+        if recovered and parse_stream_id(since) < parse_stream_id(upto):
             limit = self._replay_limit
             entries = await self._store.history(stream, since, upto, limit + 1)
-            if len(entries) > limit:
-                recovered = False
-            else:
-                replayed = [
+            if len(entries) <= limit:
+                return True, [
                     envelope
                     for envelope, _ in decode(frame.workflow_type, entries)
                     if frame.session_id in (None, envelope.session_id)
                 ]
-        if not recovered:
-            self.unrecovered += 1
-            # The current state instead, as of what was routed before the mark.
-            upto_key = parse_stream_id(upto) if upto else NO_ID
-            replayed = [e for e in self.current_state(frame) if upto and e.key <= upto_key]
-        return [subscribed_frame(frame, recovered=recovered), *replayed]
+            recovered = False
+        if recovered:
+            return True, []
+        self.unrecovered += 1
+        # The current state instead, as of what was routed before the mark.
+        upto_key = parse_stream_id(upto)
+        return False, [e for e in self.current_state(frame) if e.key <= upto_key]

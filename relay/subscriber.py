@@ -157,9 +157,37 @@ class Subscriber:
         self._queue.append(mark)
         return mark
 
-    def release(self, mark: ReplayMark, items: list[Envelope | str]) -> None:
-        """Fill a reserved place; the writer sends these items, then what queued behind."""
+    def release(
+        self,
+        mark: ReplayMark,
+        items: list[Envelope | str],
+        floor: tuple[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Fill a reserved place; the writer sends these items, then what queued behind.
+
+        With ``floor`` (a workflow type and a stream id) the client already has
+        that type's events up to the id: those queued behind the mark are
+        dropped, and so are any delivered later.
+        """
         mark.items = items
+        if floor is not None:
+            workflow_type, key = floor
+            self.floors[workflow_type] = key
+            queue = self._queue
+            if mark in queue:
+                behind = queue.index(mark) + 1
+                kept = [
+                    item
+                    for item in list(queue)[behind:]
+                    if not (
+                        isinstance(item, Envelope)
+                        and item.workflow_type == workflow_type
+                        and item.key <= key
+                    )
+                ]
+                for _ in range(len(queue) - behind):
+                    queue.pop()
+                queue.extend(kept)
         self._wake()
 
     def close_later(self, code: int, reason: str) -> None:

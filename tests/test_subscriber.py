@@ -115,3 +115,19 @@ async def test_a_stalled_subscriber_does_not_delay_another() -> None:
 def test_websocket_batches_are_json_arrays_in_order() -> None:
     assert websocket_batch(['{"a":1}']) == '{"a":1}'
     assert websocket_batch(['{"a":1}', '{"b":2}']) == '[{"a":1},{"b":2}]'
+
+
+async def test_replay_floor_drops_what_the_client_has_only_behind_the_mark() -> None:
+    sock = FakeSocket()
+    sub = make(sock, limit=100)
+    sub.deliver(envelope(1))  # queued before the replay: another subscription's
+    mark = sub.hold()
+    for n in (2, 3, 4, 5):  # routed live while the history was being read
+        sub.deliver(envelope(n))
+    sub.release(mark, ["subscribed"], ("map", (3, 0)))
+    sub.deliver(envelope(3, "s2"))  # the reader catching up, still below the floor
+    sub.deliver(envelope(6))
+    sub.start()
+    await eventually(lambda: len(sock.sent) == 5)
+    assert sock.sent == ["frame-s1-1", "subscribed", "frame-s1-4", "frame-s1-5", "frame-s1-6"]
+    await sub.stop()
