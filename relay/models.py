@@ -93,8 +93,11 @@ class ProgressEvent(BaseModel):
         stamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         return self.model_copy(update={"ts": stamp})
 
-    def stream_fields(self) -> dict[str, str]:
-        """The flat stream entry; the workflow type is carried by the stream key."""
+    def stream_fields(self, now_ms: int | None = None) -> dict[str, str]:
+        """The flat stream entry; the workflow type is carried by the stream key.
+
+        ``now_ms`` stamps an event that has no ``ts`` yet (see :meth:`stamped`).
+        """
         fields = {
             "session_id": self.session_id,
             "step": self.step,
@@ -105,8 +108,9 @@ class ProgressEvent(BaseModel):
             fields["error"] = self.error
         if self.metadata:
             fields["metadata"] = orjson.dumps(self.metadata).decode()
-        if self.ts is not None:
-            fields["ts"] = str(self.ts)
+        ts = self.ts if self.ts is not None else now_ms
+        if ts is not None:
+            fields["ts"] = str(ts)
         return fields
 
     def data(self) -> dict[str, Any]:

@@ -33,14 +33,7 @@ from relay.retry import (
     send_with_retry,
     send_with_retry_async,
 )
-from relay.streams import (
-    ANNOUNCEMENTS_MAXLEN,
-    Receipt,
-    StreamStore,
-    announcement,
-    queue_publish,
-    receipts,
-)
+from relay.streams import PUBLISH_SCRIPT, Receipt, StreamStore, now_ms, publish_args, receipts
 from relay.worker_session import AsyncReportingSession, ReportingSession
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -58,8 +51,11 @@ def build_event(
     status: Status | None = None,
     error: str | None = None,
 ) -> ProgressEvent:
-    """Validate reporter arguments with the same rules as every other edge."""
-    fields: dict[str, Any] = {"metadata": metadata or {}}
+    """Validate reporter arguments with the same rules as every other edge.
+
+    The event is stamped with the time of the report, not of a later retry.
+    """
+    fields: dict[str, Any] = {"metadata": metadata or {}, "ts": now_ms()}
     if status is not None:
         fields["status"] = status
     if error is not None:
@@ -117,6 +113,7 @@ class Reporter(BlockingReporter):
         self._redis = client or redis.Redis.from_url(
             redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
         )
+        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._retry = retry or RetryPolicy()
@@ -129,15 +126,10 @@ class Reporter(BlockingReporter):
 
     def _send(self, events: list[ProgressEvent]) -> list[Receipt]:
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                queue_publish(pipe, self._keys, events, self._maxlen)
-                results = pipe.execute()
-            note = announcement(results, events)
-            if note is not None:
-                self._redis.xadd(
-                    self._keys.announcements, note, maxlen=ANNOUNCEMENTS_MAXLEN, approximate=True
-                )
-            return receipts(results, len(events))
+            answer = self._publish_script(
+                keys=[], args=publish_args(self._keys, events, self._maxlen)
+            )
+            return receipts(answer, len(events))
         except UNREACHABLE as exc:
             raise TransientError(f"Redis unreachable: {exc}") from None
 
@@ -160,7 +152,7 @@ class Reporter(BlockingReporter):
 class AsyncReporter:
     """Publishes progress straight to Redis from asyncio code.
 
-    Reports made concurrently share one pipelined MULTI/EXEC, so many
+    Reports made concurrently share one script call, so many
     coroutines reporting at once cost few round trips.
     """
 

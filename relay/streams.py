@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from importlib.resources import files
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -22,20 +24,6 @@ DEFAULT_CANCEL_TTL = 86_400
 PUBLISH_BATCH = 1_000
 
 
-class PipelineLike(Protocol):
-    """The commands the publish path queues; satisfied by sync and async redis pipelines."""
-
-    def xadd(self, name: Any, fields: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-    def exists(self, *names: Any) -> Any: ...
-
-    def set(self, name: Any, value: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-    def delete(self, *names: Any) -> Any: ...
-
-    def sadd(self, name: Any, *values: Any) -> Any: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """What publishing one event answered: its stream id, and whether a cancel is pending."""
@@ -49,58 +37,60 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def queue_publish(
-    pipe: PipelineLike,
+# Every publisher runs this one script (see the file for what it does), so an
+# entry has the same shape whoever wrote it, and a batch is written atomically.
+PUBLISH_SCRIPT = (files("relay") / "publish.lua").read_text(encoding="utf-8")
+ANNOUNCEMENTS_MAXLEN = 100
+
+
+def publish_args(
     keys: Keys,
     events: Sequence[ProgressEvent],
     maxlen: int,
     cancel_ttl: int = DEFAULT_CANCEL_TTL,
-) -> None:
-    """Queue the commands that publish ``events``; shared by every publisher.
+) -> list[int | str | bytes]:
+    """The arguments of :data:`PUBLISH_SCRIPT` that publish ``events``.
 
     The gateway's HTTP path and the Python reporters (sync and async) all call
-    this, so an entry has the same shape whoever wrote it. Besides the XADDs it
-    keeps each session's pending-cancel flag: set by a ``cancel_requested``
-    event, cleared by a terminal one, and read back for every event so the
-    publisher learns of a cancellation from its next report. Run the pipeline
-    and hand its results to :func:`receipts`.
+    this, so an entry has the same shape whoever wrote it. Besides the XADDs
+    the script keeps each session's pending-cancel flag: set by a
+    ``cancel_requested`` event, cleared by a terminal one, and read back for
+    every event so the publisher learns of a cancellation from its next
+    report. Hand the script's answer to :func:`receipts`.
     """
     stamp = now_ms()
+    batch = []
     for event in events:
-        pipe.xadd(
-            keys.stream(event.workflow_type),
-            event.stamped(stamp).stream_fields(),
-            maxlen=maxlen,
-            approximate=True,
-        )
-    for event in events:
-        pipe.exists(keys.cancel(event.session_id))
-    for event in events:
+        fields = event.stream_fields(stamp)
         if event.status == "cancel_requested":
-            pipe.set(keys.cancel(event.session_id), "1", ex=cancel_ttl)
+            action = "set"
         elif event.terminal:
-            pipe.delete(keys.cancel(event.session_id))
-    pipe.sadd(keys.types, *{event.workflow_type for event in events})
+            action = "del"
+        else:
+            action = ""
+        batch.append(
+            (
+                keys.stream(event.workflow_type),
+                keys.cancel(event.session_id),
+                action,
+                [item for pair in fields.items() for item in pair],
+            )
+        )
+    types = sorted({event.workflow_type for event in events})
+    return [
+        maxlen,
+        cancel_ttl,
+        keys.types,
+        keys.announcements,
+        ANNOUNCEMENTS_MAXLEN,
+        orjson.dumps(batch),
+        orjson.dumps(types),
+    ]
 
 
-ANNOUNCEMENTS_MAXLEN = 100
-
-
-def announcement(results: Sequence[Any], events: Sequence[ProgressEvent]) -> dict[Any, Any] | None:
-    """What to add to the announcements stream when this publish brought new types.
-
-    The registry's SADD (the pipeline's last command) says whether any type is
-    new; only then, about once per type ever, does a publisher pay the extra
-    XADD that wakes every gateway's reader to follow the new stream at once.
-    """
-    if not results or not results[-1]:
-        return None
-    return {"types": ",".join(sorted({event.workflow_type for event in events}))}
-
-
-def receipts(results: Sequence[Any], count: int) -> list[Receipt]:
-    """The receipts of the ``count`` events a :func:`queue_publish` pipeline published."""
-    ids, flags = results[:count], results[count : 2 * count]
+def receipts(answer: Sequence[Any], count: int) -> list[Receipt]:
+    """The receipts of the ``count`` events :data:`PUBLISH_SCRIPT` published."""
+    ids, flags = answer[:count], answer[count : 2 * count]
     return [Receipt(str(entry_id), bool(flag)) for entry_id, flag in zip(ids, flags, strict=True)]
 
 
@@ -114,12 +104,13 @@ class StreamStore:
         self.keys = keys
         self.maxlen = maxlen
         self.cancel_ttl = cancel_ttl
+        self._publish_script = redis.register_script(PUBLISH_SCRIPT)
         self._batcher: Batcher[Receipt] = Batcher(self.write, max_batch=PUBLISH_BATCH)
 
     async def publish(self, events: Sequence[ProgressEvent]) -> list[Receipt]:
         """Write ``events`` atomically and return their receipts.
 
-        Concurrent calls share one MULTI/EXEC (see :mod:`relay.batching`), so
+        Concurrent calls share one script call (see :mod:`relay.batching`), so
         each call's events are written together, with others' or on their own.
         """
         if not events:
@@ -127,16 +118,10 @@ class StreamStore:
         return await self._batcher.submit(list(events))
 
     async def write(self, events: list[ProgressEvent]) -> list[Receipt]:
-        """Write ``events`` in one MULTI/EXEC now, without waiting for others to join."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            queue_publish(pipe, self.keys, events, self.maxlen, self.cancel_ttl)
-            results = await pipe.execute()
-        note = announcement(results, events)
-        if note is not None:
-            await self.redis.xadd(
-                self.keys.announcements, note, maxlen=ANNOUNCEMENTS_MAXLEN, approximate=True
-            )
-        return receipts(results, len(events))
+        """Write ``events`` in one script call now, without waiting for others to join."""
+        args = publish_args(self.keys, events, self.maxlen, self.cancel_ttl)
+        answer = await self._publish_script(keys=[], args=args)
+        return receipts(answer, len(events))
 
     async def server_id(self) -> str:
         """The Redis server's run id, which changes whenever it restarts."""
