@@ -23,18 +23,21 @@ SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
 WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
 
 
-def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+_CONTAINERS = (dict, list)
+
+
+def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
     """Whether a JSON object nests more than ``limit`` levels (the object itself is 1).
 
-    Walks containers only, and stops at the first one past the limit.
+    Descends into containers only, and stops at the first one past the limit;
+    recursion is bounded by ``limit``.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if level > limit:
+    if limit < 1:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    for child in children:
+        if isinstance(child, _CONTAINERS) and _deeper_than(child, limit - 1):
             return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
@@ -219,20 +222,57 @@ def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class Envelope:
-    """One event as the hub routes it: its routing keys and its encoded frame."""
+    """One event as the hub routes it: its routing keys and its encoded frame.
 
-    __slots__ = ("_sse", "frame", "id", "key", "session_id", "terminal", "workflow_type")
+    The frame is encoded on first use, once, and then shared by every
+    subscriber: an event nobody watches is never encoded.
+    """
+
+    __slots__ = (
+        "_event",
+        "_frame",
+        "_key",
+        "_sse",
+        "id",
+        "session_id",
+        "terminal",
+        "workflow_type",
+    )
 
     def __init__(
-        self, entry_id: str, workflow_type: str, session_id: str, terminal: bool, frame: str
+        self,
+        entry_id: str,
+        workflow_type: str,
+        session_id: str,
+        terminal: bool,
+        frame: str | None = None,
+        event: ProgressEvent | None = None,
     ) -> None:
+        if frame is None and event is None:
+            raise ValueError("an envelope needs its frame or its event")
         self.id = entry_id
-        self.key = parse_stream_id(entry_id)
         self.workflow_type = workflow_type
         self.session_id = session_id
         self.terminal = terminal
-        self.frame = frame
+        self._event = event
+        self._frame = frame
+        self._key: tuple[int, int] | None = None
         self._sse: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The stream id as a sortable pair."""
+        if self._key is None:
+            self._key = parse_stream_id(self.id)
+        return self._key
+
+    @property
+    def frame(self) -> str:
+        """The WebSocket text frame, encoded on first use."""
+        if self._frame is None:
+            assert self._event is not None  # guaranteed by __init__
+            self._frame = encode_event_frame(self.id, self._event)
+        return self._frame
 
     @property
     def sse(self) -> str:
@@ -245,11 +285,5 @@ class Envelope:
 
     @classmethod
     def of(cls, entry_id: str, event: ProgressEvent) -> Envelope:
-        """Wrap a validated event, encoding its frame once."""
-        return cls(
-            entry_id,
-            event.workflow_type,
-            event.session_id,
-            event.terminal,
-            encode_event_frame(entry_id, event),
-        )
+        """Wrap a validated event; its frame is encoded when first needed."""
+        return cls(entry_id, event.workflow_type, event.session_id, event.terminal, event=event)
