@@ -2,7 +2,8 @@
 
 The hub hands every matching event to :meth:`Subscriber.deliver`, which never
 waits. A writer task per subscriber drains the outbox at whatever pace the
-client reads, so one slow socket cannot delay the others. When the outbox
+client reads, so one slow socket cannot delay the others. The writer runs
+only while there is something to send: an idle connection holds no task. When the outbox
 overflows it is conflated: only the newest event per session survives, and
 terminal events and control frames are always kept. A subscriber that stays
 behind even then, or whose socket accepts nothing for ``send_timeout``
@@ -65,13 +66,15 @@ class Subscriber:
     __slots__ = (
         "_close",
         "_closing",
+        "_ended",
         "_join",
         "_limit",
+        "_over",
         "_queue",
         "_render",
         "_send",
         "_send_timeout",
-        "_wakeup",
+        "_sending",
         "_writer",
         "conflated",
         "delivered",
@@ -99,9 +102,13 @@ class Subscriber:
         self._limit = limit
         self._send_timeout = send_timeout
         self._queue: deque[Item] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: tuple[int, str] | None = None
+        # Sending is allowed between start() and the end; _ended is only made
+        # for those who wait for the end (see finished()).
+        self._sending = False
+        self._over = False
+        self._ended: asyncio.Future[None] | None = None
         self.name = name
         self.subscriptions: set[SubscriptionKey] = set()
         # Per workflow type, the id at and below which live events were already seen.
@@ -116,25 +123,35 @@ class Subscriber:
         return len(self._queue)
 
     def start(self) -> None:
-        """Start the writer task."""
-        self._writer = asyncio.get_running_loop().create_task(self._write())
+        """Start sending: what is queued now, and whatever is delivered later."""
+        self._sending = True
+        if self._queue or self._closing is not None:
+            self._wake()
 
     async def finished(self, within: float) -> bool:
-        """Wait up to ``within`` seconds for the writer to end; True once it has."""
-        writer = self._writer
-        if writer is None:
-            return True
-        await asyncio.wait([writer], timeout=within)
-        return writer.done()
+        """Wait up to ``within`` seconds for the connection to be over; True once it is."""
+        if not self._over:
+            if self._ended is None:
+                self._ended = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._ended], timeout=within)
+        return self._over
 
     async def stop(self) -> None:
-        """Stop the writer task and drop whatever is still queued."""
-        writer, self._writer = self._writer, None
+        """Stop sending and drop whatever is still queued."""
+        self._end()
+        writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
             # wait() never raises the writer's CancelledError, only our own.
             await asyncio.wait([writer])
         self._queue.clear()
+
+    def _end(self) -> None:
+        """Nothing more is sent: the connection was closed, broke or is stopped."""
+        self._sending = False
+        self._over = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     def deliver(self, item: Envelope | str) -> None:
         """Queue an event or a control frame; never blocks."""
@@ -198,9 +215,8 @@ class Subscriber:
             self._wake()
 
     def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        if self._writer is None and self._sending:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def _conflate(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -240,18 +256,15 @@ class Subscriber:
         return frames
 
     async def _write(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Send until the outbox is empty or held at a replay mark, then end."""
         try:
             while True:
                 if self._closing is not None:
-                    await self._close(*self._closing)
+                    await self._close_now(*self._closing)
                     return
                 frames = self._take()
                 if not frames:
-                    self._wakeup = loop.create_future()
-                    await self._wakeup
-                    self._wakeup = None
-                    continue
+                    return
                 for start in range(0, len(frames), MAX_BATCH):
                     if self._closing is not None:
                         break
@@ -264,7 +277,16 @@ class Subscriber:
                 "closing %s: socket accepted nothing for %ss", self.name, self._send_timeout
             )
             self.dropped_slow = True
-            await self._close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            await self._close_now(CLOSE_SLOW_CONSUMER, "slow consumer")
         except (ConnectionError, RuntimeError) as exc:
             # The peer went away mid-send; the connection handler cleans up.
             logger.debug("writer for %s stopped: %s", self.name, exc)
+            self._end()
+        finally:
+            self._writer = None
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            await self._close(code, reason)
+        finally:
+            self._end()

@@ -131,3 +131,22 @@ async def test_replay_floor_drops_what_the_client_has_only_behind_the_mark() -> 
     await eventually(lambda: len(sock.sent) == 5)
     assert sock.sent == ["frame-s1-1", "subscribed", "frame-s1-4", "frame-s1-5", "frame-s1-6"]
     await sub.stop()
+
+
+async def test_an_idle_subscriber_holds_no_task_and_finished_means_closed() -> None:
+    sock = FakeSocket()
+    sub = make(sock, limit=100)
+    baseline = len(asyncio.all_tasks())
+    sub.start()
+    assert len(asyncio.all_tasks()) == baseline
+    sub.deliver(envelope(1))
+    assert len(asyncio.all_tasks()) == baseline + 1  # a writer, only while there is work
+    await eventually(lambda: sock.sent == ["frame-s1-1"])
+    await eventually(lambda: len(asyncio.all_tasks()) == baseline)
+    assert not await sub.finished(0.01)  # idle is not over
+    sub.close_later(1001, "bye")
+    assert await sub.finished(5)
+    assert sock.closed == (1001, "bye")
+    sub.deliver(envelope(2))
+    assert len(asyncio.all_tasks()) == baseline
+    await sub.stop()
