@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from relay.auth import OPEN, AuthError, Grant, bearer, key_matches, read_token
 from relay.context import RELAY
-from relay.errors import ApiError, Handler
+from relay.errors import ApiError
+from relay.frames import Subscribe, parse_query_subscription
+from relay.models import validation_detail
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CORS_METHODS = "GET, POST, OPTIONS"
@@ -37,6 +40,22 @@ def limit_publisher(request: web.Request, events: int) -> None:
     if wait > 0:
         retry = str(max(1, math.ceil(wait)))
         raise ApiError(429, "publish rate exceeded, slow down", headers={"Retry-After": retry})
+
+
+def refusal(request: web.Request, error: ApiError) -> web.Response:
+    """A streaming handler's refusal, answered and counted as the error middleware would."""
+    stats = request.app[RELAY].stats
+    stats.bump(stats.rejected_by_reason, error.code)
+    return error.response()
+
+
+def query_subscription(query: dict[str, str]) -> Subscribe | None:
+    """The subscription a streaming request names in its query string; 422 if invalid."""
+    try:
+        return parse_query_subscription(query)
+    except ValidationError as exc:
+        detail = validation_detail(exc)
+        raise ApiError(422, "invalid subscription in query", detail=detail) from None
 
 
 def check_capacity(request: web.Request) -> None:
@@ -99,14 +118,17 @@ def cors_headers(request: web.Request) -> dict[str, str]:
     }
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS headers on every answer to an allowed origin, and answers to its preflights."""
-    headers = cors_headers(request)
-    preflight = "Access-Control-Request-Method" in request.headers
-    if headers and request.method == "OPTIONS" and preflight:
-        return web.Response(status=204, headers=headers)
-    response = await handler(request)
-    if not response.prepared:  # streams set their own before they start
-        response.headers.update(headers)
-    return response
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """CORS headers on every answer to an allowed origin (an ``on_response_prepare`` hook).
+
+    A hook rather than a middleware: a middleware's frame would stay alive for
+    as long as each WebSocket is open.
+    """
+    response.headers.update(cors_headers(request))
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    """Answer a CORS preflight from an allowed origin; any other OPTIONS is refused."""
+    if "Access-Control-Request-Method" in request.headers and cors_headers(request):
+        return web.Response(status=204)
+    raise ApiError(405, "OPTIONS is only answered as a CORS preflight from an allowed origin")

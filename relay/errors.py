@@ -101,8 +101,7 @@ def error_middleware(
         logger.exception("%s %s failed", request.method, request.path, exc_info=exc)
         return ApiError(500, "internal error")
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except Exception as exc:
@@ -112,7 +111,28 @@ def error_middleware(
             on_error(error.code)
             return error.response()
 
+    @web.middleware
+    def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if getattr(request.match_info.handler, _STREAMING, False):
+            return handler(request)
+        return guarded(request, handler)
+
     return middleware
+
+
+_STREAMING = "relay_streaming"
+
+
+def streaming(handler: Handler) -> Handler:
+    """Mark a long-lived handler (WebSocket, SSE) that answers its own errors.
+
+    The error middleware hands such a request straight to the handler, so no
+    middleware frame stays alive (and in memory) for as long as the
+    connection is open. The handler must answer its refusals itself, with
+    :func:`relay.access.refusal`.
+    """
+    setattr(handler, _STREAMING, True)
+    return handler
 
 
 def _passed_headers(exc: web.HTTPException) -> dict[str, str]:

@@ -10,7 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from relay import http_api, http_sessions, metrics, openapi, sse, static_files, ws
-from relay.access import cors_middleware
+from relay.access import add_cors_headers, preflight
 from relay.backend import Connections, connect
 from relay.catchup import CatchUp
 from relay.context import RELAY, Relay
@@ -69,7 +69,6 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
-            cors_middleware,
             error_middleware(
                 max_body=settings.max_body_bytes,
                 retry_after=settings.retry_after_seconds,
@@ -86,6 +85,10 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(static_files.routes)
     app.add_routes(ws.routes)
     app.add_routes(sse.routes)
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):  # static files need no preflight
+            resource.add_route("OPTIONS", preflight)
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_run_reader)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)

@@ -13,13 +13,19 @@ import logging
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
-from relay.access import check_capacity, check_origin, cors_headers, require_grant, subscriber_grant
+from relay.access import (
+    check_capacity,
+    check_origin,
+    query_subscription,
+    refusal,
+    require_grant,
+    subscriber_grant,
+)
 from relay.context import RELAY
-from relay.errors import ApiError
-from relay.frames import parse_query_subscription
-from relay.models import Envelope, validation_detail
+from relay.errors import ApiError, streaming
+from relay.frames import Subscribe
+from relay.models import Envelope
 from relay.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -40,10 +46,8 @@ def sse_text(item: Envelope | str) -> str:
     return f"event: {kind}\ndata: {item}\n\n"
 
 
-@routes.get("/api/workflows/events")
-async def events(request: web.Request) -> web.StreamResponse:
-    """Stream events of a type (``*`` by default), optionally of one session."""
-    relay = request.app[RELAY]
+def _admit(request: web.Request) -> Subscribe:
+    """Checks before the stream starts; the subscription the request names."""
     check_origin(request)
     check_capacity(request)
     grant = subscriber_grant(request)
@@ -52,20 +56,27 @@ async def events(request: web.Request) -> web.StreamResponse:
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id and "since" not in query and query["workflow_type"] != "*":
         query["since"] = last_event_id
-    try:
-        subscription = parse_query_subscription(query)
-    except ValidationError as exc:
-        detail = validation_detail(exc)
-        raise ApiError(422, "invalid subscription in query", detail=detail) from None
+    subscription = query_subscription(query)
     assert subscription is not None  # the query always names a type here
     require_grant(grant, subscription.workflow_type, subscription.session_id)
+    return subscription
+
+
+@routes.get("/api/workflows/events")
+@streaming
+async def events(request: web.Request) -> web.StreamResponse:
+    """Stream events of a type (``*`` by default), optionally of one session."""
+    relay = request.app[RELAY]
+    try:
+        subscription = _admit(request)
+    except ApiError as error:
+        return refusal(request, error)
 
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            **cors_headers(request),
         }
     )
     await response.prepare(request)

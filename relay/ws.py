@@ -10,10 +10,10 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from relay.access import check_capacity, check_origin, token_of
+from relay.access import check_capacity, check_origin, query_subscription, refusal, token_of
 from relay.auth import OPEN, AuthError, Grant, read_token
 from relay.context import RELAY, Relay
-from relay.errors import ApiError
+from relay.errors import ApiError, streaming
 from relay.frames import (
     PONG_FRAME,
     Auth,
@@ -25,7 +25,6 @@ from relay.frames import (
     cancel_requested_frame,
     error_frame,
     parse_client_frame,
-    parse_query_subscription,
     unsubscribed_frame,
 )
 from relay.limits import TokenBucket
@@ -48,10 +47,13 @@ routes = web.RouteTableDef()
 class Connection:
     """One WebSocket client's session with the hub."""
 
+    __slots__ = ("_dropped", "_expiry", "_rate", "grant", "relay", "subscriber", "tasks", "ws")
+
     def __init__(self, relay: Relay, ws: web.WebSocketResponse, name: str) -> None:
         self.relay = relay
         self.ws = ws
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Cancel requests in flight; made on first use, most connections never have one.
+        self.tasks: set[asyncio.Task[None]] | None = None
         # None until a token is accepted, when the gateway requires one.
         self.grant: Grant | None = OPEN if relay.settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
@@ -145,6 +147,8 @@ class Connection:
             self.subscriber.deliver(PONG_FRAME)
 
     def _track(self, task: asyncio.Task[None]) -> None:
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -152,9 +156,9 @@ class Connection:
         """Cancel work still running for this connection and stop its writer."""
         if self._expiry is not None:
             self._expiry.cancel()
-        for task in list(self.tasks):
-            task.cancel()
         if self.tasks:
+            for task in self.tasks:
+                task.cancel()
             await asyncio.wait(self.tasks)
         await self.subscriber.stop()
 
@@ -198,18 +202,22 @@ class Connection:
             self.error("not_subscribed", "there is no such subscription on this connection")
 
 
+def _admit(request: web.Request) -> Subscribe | None:
+    """Checks before the upgrade; the subscription in the query string, if any."""
+    check_origin(request)
+    check_capacity(request)
+    return query_subscription({k: v for k, v in request.query.items() if k != "token"})
+
+
 @routes.get("/ws")
+@streaming
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
     relay = request.app[RELAY]
-    check_origin(request)
-    check_capacity(request)
-    query = {k: v for k, v in request.query.items() if k != "token"}
     try:
-        initial = parse_query_subscription(query)
-    except ValidationError as exc:
-        detail = validation_detail(exc)
-        raise ApiError(422, "invalid subscription in query", detail=detail) from None
+        initial = _admit(request)
+    except ApiError as error:
+        return refusal(request, error)
     settings = relay.settings
     ws = web.WebSocketResponse(
         compress=False, max_msg_size=settings.max_ws_frame_bytes, heartbeat=settings.ws_heartbeat

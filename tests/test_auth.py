@@ -198,6 +198,10 @@ async def test_origins_and_cors(base: str, http: aiohttp.ClientSession) -> None:
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
         assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    headers["Origin"] = "https://evil.example"
+    async with http.options(f"{base}/api/workflows/progress", headers=headers) as response:
+        assert response.status == 405
+        assert "Access-Control-Allow-Origin" not in response.headers
     async with http.get(f"{base}/healthz", headers={"Origin": ORIGIN}) as response:
         assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     async with http.get(f"{base}/healthz", headers={"Origin": "https://evil.example"}) as r:
