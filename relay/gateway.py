@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -90,6 +91,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
             resource.add_route("OPTIONS", preflight)
     app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_run_reader)
+    app.cleanup_ctx.append(_watch_sends)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
     if settings.demo:
@@ -135,18 +137,44 @@ async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
     # Often enough that entries outlive the limit by a tenth at most, at most once a minute.
     interval = min(max(relay.settings.stream_max_age / 10, 0.1), 60.0)
 
-    async def trim_forever() -> None:
+    async def trim() -> None:
+        try:
+            await relay.store.trim_older_than(list(relay.reader.positions), age_ms)
+        except (RedisError, OSError) as exc:
+            logger.warning("trimming streams by age failed: %s", exc)
+
+    async with _periodically(interval, trim, "relay-age-trim"):
+        yield
+
+
+async def _watch_sends(app: web.Application) -> AsyncIterator[None]:
+    relay = app[RELAY]
+    clock = asyncio.get_running_loop().time
+
+    async def check() -> None:
+        relay.hub.check_sends(clock())
+
+    async with _periodically(min(1.0, relay.settings.send_timeout / 2), check, "relay-sends"):
+        yield
+
+
+@asynccontextmanager
+async def _periodically(
+    interval: float, action: Callable[[], Awaitable[None]], name: str
+) -> AsyncIterator[None]:
+    """Run ``action`` every ``interval`` seconds while the context is open."""
+
+    async def forever() -> None:
         while True:
             await asyncio.sleep(interval)
-            try:
-                await relay.store.trim_older_than(list(relay.reader.positions), age_ms)
-            except (RedisError, OSError) as exc:
-                logger.warning("trimming streams by age failed: %s", exc)
+            await action()
 
-    task = asyncio.create_task(trim_forever(), name="relay-age-trim")
-    yield
-    task.cancel()
-    await asyncio.wait([task])
+    task = asyncio.create_task(forever(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
 
 
 async def _close_sockets(app: web.Application) -> None:

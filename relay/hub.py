@@ -41,6 +41,11 @@ class Hub:
         """Register a connection (before it subscribes to anything)."""
         self._subscribers.add(subscriber)
 
+    def check_sends(self, now: float) -> None:
+        """Close every connection whose send has been stuck too long (see Subscriber.check_send)."""
+        for subscriber in self._subscribers:
+            subscriber.check_send(now)
+
     def detach(self, subscriber: Subscriber) -> None:
         """Forget a connection and every subscription it held."""
         for key in subscriber.subscriptions:

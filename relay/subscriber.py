@@ -7,7 +7,9 @@ only while there is something to send: an idle connection holds no task. When th
 overflows it is conflated: only the newest event per session survives, and
 terminal events and control frames are always kept. A subscriber that stays
 behind even then, or whose socket accepts nothing for ``send_timeout``
-seconds, is closed with :data:`CLOSE_SLOW_CONSUMER`.
+seconds, is closed with :data:`CLOSE_SLOW_CONSUMER`; the gateway looks for
+such stuck sends once a second (:meth:`Subscriber.check_send`), which costs
+far less than a timeout around every send.
 
 A replay (a subscription with ``since``) holds a :class:`ReplayMark` in the
 outbox: live events queue up behind it while the history is fetched, and the
@@ -72,8 +74,10 @@ class Subscriber:
         "_queue",
         "_render",
         "_send",
+        "_send_started",
         "_send_timeout",
         "_sending",
+        "_stalled",
         "_writer",
         "conflated",
         "delivered",
@@ -108,6 +112,8 @@ class Subscriber:
         # Sending is allowed between start() and the end; _ended is only made
         # for those who wait for the end (see finished()).
         self._sending = False
+        self._send_started = 0.0
+        self._stalled = False
         self._over = False
         self._ended: asyncio.Future[None] | None = None
         self.name = name
@@ -254,8 +260,22 @@ class Subscriber:
         del queue[:taken]
         return frames
 
+    def check_send(self, now: float) -> None:
+        """Close the connection if its current send has waited ``send_timeout`` seconds.
+
+        ``now`` is the event loop's clock; the gateway calls this periodically
+        for every subscriber.
+        """
+        started, writer = self._send_started, self._writer
+        if writer is None or not started or self._stalled:
+            return
+        if now - started >= self._send_timeout:
+            self._stalled = True
+            writer.cancel()
+
     async def _write(self) -> None:
         """Send until the outbox is empty or held at a replay mark, then end."""
+        clock = asyncio.get_running_loop().time
         try:
             while True:
                 if self._closing is not None:
@@ -268,10 +288,13 @@ class Subscriber:
                     if self._closing is not None:
                         break
                     chunk = frames[start : start + MAX_BATCH]
-                    async with asyncio.timeout(self._send_timeout):
-                        await self._send(self._join(chunk))
+                    self._send_started = clock()
+                    await self._send(self._join(chunk))
+                    self._send_started = 0.0
                     self.delivered += len(chunk)
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not self._stalled or self._over:
+                raise
             logger.info(
                 "closing %s: socket accepted nothing for %ss", self.name, self._send_timeout
             )
@@ -282,6 +305,7 @@ class Subscriber:
             logger.debug("writer for %s stopped: %s", self.name, exc)
             self._end()
         finally:
+            self._send_started = 0.0
             self._writer = None
 
     async def _close_now(self, code: int, reason: str) -> None:

@@ -23,6 +23,7 @@ from tests.helpers import (
     start_watch,
     state_when,
     subscribe,
+    until,
 )
 
 
@@ -190,6 +191,34 @@ async def test_stalled_socket_beside_healthy_ones(
         stalled.close()
     state = await state_when(http, gateway.url, "job0", status="completed")
     assert state["last_event_id"] == terminal["job0"]
+
+
+async def test_socket_that_accepts_nothing_is_closed_after_the_send_timeout(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_SEND_TIMEOUT="1")
+    stalled = StalledClient(gateway.port, "/ws?workflow_type=map")
+    try:
+        async with http.ws_connect(gateway.ws_url) as healthy:
+            await subscribe(healthy, workflow_type="map")
+            padding = {"pad": "x" * 12_000}
+            published = []
+            async with AsyncReporter(redis_url) as reporter:
+                # about 7 MB: more than the kernel (up to 4 MB) and transport buffers hold
+                for n in range(600):
+                    published.append(await reporter.report("s1", "map", "work", n % 100, padding))
+            frames = await receive_events(healthy, len(published), timeout=30)
+            assert [f["id"] for f in frames] == published
+
+        await eventually(lambda: "accepted nothing" in gateway.logs(), what="the send timeout")
+    finally:
+        stalled.close()
+
+    async def counted() -> bool:
+        async with http.get(f"{gateway.url}/metrics") as response:
+            return "relay_slow_consumers_closed_total 1.0" in await response.text()
+
+    await until(counted, what="the closed slow consumer counted")
 
 
 async def test_relay_watch_reconnects_and_resumes_after_a_gateway_kill(

@@ -86,11 +86,18 @@ async def test_subscriber_too_far_behind_is_closed_with_slow_consumer_code() -> 
 async def test_socket_that_accepts_nothing_is_closed_after_send_timeout() -> None:
     sock = FakeSocket()
     sock.gate.clear()
-    sub = make(sock, limit=10, send_timeout=0.05)
+    sub = make(sock, limit=10, send_timeout=30)
     sub.start()
     sub.deliver(envelope(1))
+    await eventually(lambda: sub.queued == 0)  # the writer holds item 1, blocked on send
+    now = asyncio.get_running_loop().time()
+    sub.check_send(now + 29)
+    await asyncio.sleep(0)
+    assert sock.closed is None
+    sub.check_send(now + 31)
     await eventually(lambda: sock.closed is not None)
     assert sock.closed == (CLOSE_SLOW_CONSUMER, "slow consumer")
+    assert sub.dropped_slow
     await sub.stop()
 
 
