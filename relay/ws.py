@@ -35,6 +35,7 @@ from relay.subscriber import Subscriber
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOKEN_EXPIRED = 4002
 
@@ -247,6 +248,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 connection.handle_text(message.data)
             elif message.type is WSMsgType.BINARY:
                 connection.error("invalid_message", "binary frames are not accepted, use text")
+            elif message.type is WSMsgType.ERROR:
+                # aiohttp has already closed the socket (1009 for an oversize frame).
+                too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
+                stats = relay.stats
+                stats.bump(stats.rejected_by_reason, "frame_too_large" if too_big else "bad_frame")
     finally:
         # Forget the connection before awaiting anything: the handler may be
         # cancelled here when the peer has already gone.

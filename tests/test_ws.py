@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from relay.settings import Settings
-from tests.helpers import event, receive, receive_events, serving, subscribe
+from tests.helpers import event, receive, receive_events, serving, subscribe, until
 
 
 @pytest.fixture
@@ -139,3 +139,10 @@ async def test_oversize_frame_closes_with_1009(redis_url: str, http: aiohttp.Cli
         message = await ws.receive(timeout=10)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 1009
+
+        async def counted() -> bool:
+            async with http.get(f"{url}/metrics") as response:
+                text = await response.text()
+            return 'relay_requests_rejected_total{reason="frame_too_large"} 1.0' in text
+
+        await until(counted, what="the oversize frame counted")
