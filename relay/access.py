@@ -44,8 +44,7 @@ def limit_publisher(request: web.Request, events: int) -> None:
 
 def refusal(request: web.Request, error: ApiError) -> web.Response:
     """A streaming handler's refusal, answered and counted as the error middleware would."""
-    stats = request.app[RELAY].stats
-    stats.bump(stats.rejected_by_reason, error.code)
+    request.app[RELAY].stats.reject(error.code)
     return error.response()
 
 

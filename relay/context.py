@@ -31,6 +31,10 @@ class Stats:
         """Add ``by`` to one counter of ``counts``."""
         counts[key] = counts.get(key, 0) + by
 
+    def reject(self, code: str) -> None:
+        """Count one request or client frame answered with the error ``code``."""
+        self.bump(self.rejected_by_reason, code)
+
 
 @dataclass(slots=True)
 class Relay:

@@ -66,14 +66,13 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
 def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
     """The gateway application for ``settings``."""
     relay = build_relay(settings, connections)
-    rejected = relay.stats.rejected_by_reason
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             error_middleware(
                 max_body=settings.max_body_bytes,
                 retry_after=settings.retry_after_seconds,
-                on_error=lambda code: relay.stats.bump(rejected, code),
+                on_error=relay.stats.reject,
             ),
         ],
     )

@@ -3,9 +3,9 @@
 The hub hands every matching event to :meth:`Subscriber.deliver`, which never
 waits. A writer task per subscriber drains the outbox at whatever pace the
 client reads, so one slow socket cannot delay the others. The writer runs
-only while there is something to send: an idle connection holds no task. When the outbox
-overflows it is conflated: only the newest event per session survives, and
-terminal events and control frames are always kept. A subscriber that stays
+only while there is something to send: an idle connection holds no task.
+When the outbox overflows it is conflated: only the newest event per
+session survives, and terminal events and control frames are always kept. A subscriber that stays
 behind even then, or whose socket accepts nothing for ``send_timeout``
 seconds, is closed with :data:`CLOSE_SLOW_CONSUMER`; the gateway looks for
 such stuck sends once a second (:meth:`Subscriber.check_send`), which costs

@@ -73,8 +73,7 @@ class Connection:
 
     def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
         """Send an error frame (counted like HTTP rejections); the connection stays open."""
-        stats = self.relay.stats
-        stats.bump(stats.rejected_by_reason, code)
+        self.relay.stats.reject(code)
         self.subscriber.deliver(error_frame(code, message, detail))
 
     def authenticate(self, token: str) -> bool:
@@ -251,8 +250,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif message.type is WSMsgType.ERROR:
                 # aiohttp has already closed the socket (1009 for an oversize frame).
                 too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
-                stats = relay.stats
-                stats.bump(stats.rejected_by_reason, "frame_too_large" if too_big else "bad_frame")
+                relay.stats.reject("frame_too_large" if too_big else "bad_frame")
     finally:
         # Forget the connection before awaiting anything: the handler may be
         # cancelled here when the peer has already gone.
