@@ -7,11 +7,23 @@ import math
 from aiohttp import web
 from pydantic import ValidationError
 
-from relay.auth import OPEN, AuthError, Grant, bearer, key_matches, read_token
+from relay.auth import (
+    OPEN,
+    WATCH_ALL,
+    AuthError,
+    Grant,
+    bearer,
+    key_matches,
+    looks_like_token,
+    read_token,
+)
 from relay.context import RELAY
 from relay.errors import ApiError
 from relay.frames import Subscribe, parse_query_subscription
 from relay.models import validation_detail
+from relay.publishing import unknown_session
+from relay.sessions import SessionState
+from relay.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CORS_METHODS = "GET, POST, OPTIONS"
@@ -33,9 +45,19 @@ def require_publisher(request: web.Request) -> None:
 
 
 def limit_publisher(request: web.Request, events: int) -> None:
-    """Raise 429 with Retry-After when this publisher is over its event rate."""
+    """Raise 429 with Retry-After when this publisher is over its event rate.
+
+    A publisher is its API key when it presents a configured one, otherwise its
+    address: any other bearer value is made up at will, and must not buy a
+    fresh bucket.
+    """
     relay = request.app[RELAY]
-    publisher = bearer(request.headers.get("Authorization")) or request.remote or "?"
+    keys = relay.settings.publisher_keys
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is not None and keys and key_matches(presented, keys):
+        publisher = f"key:{presented}"
+    else:
+        publisher = f"address:{request.remote or '?'}"
     wait = relay.publisher_limits.take(publisher, events)
     if wait > 0:
         retry = str(max(1, math.ceil(wait)))
@@ -73,20 +95,83 @@ def token_of(request: web.Request) -> str | None:
     return request.query.get("token") or bearer(request.headers.get("Authorization"))
 
 
-def subscriber_grant(request: web.Request) -> Grant:
-    """What the request's token grants; everything when no secret is configured."""
-    secret = request.app[RELAY].settings.secret
+def anonymous_grant(settings: Settings) -> Grant:
+    """What a client holds without a token, when the gateway needs none to watch.
+
+    Everything, cancelling included, in development (no keys, no secret);
+    watching only once publisher keys are configured.
+    """
+    return OPEN if settings.development else WATCH_ALL
+
+
+def verify_token(settings: Settings, token: str) -> Grant:
+    """Read a subscriber token under the gateway's secret and lifetime limit; raises AuthError."""
+    secret = settings.secret
     if secret is None:
-        return OPEN
+        raise AuthError("this gateway accepts no tokens")
+    return read_token(token, secret, max_lifetime=settings.max_token_lifetime)
+
+
+def _token_grant(settings: Settings, token: str) -> Grant:
+    try:
+        return verify_token(settings, token)
+    except AuthError as exc:
+        raise ApiError(401, str(exc), headers=CHALLENGE) from None
+
+
+def subscriber_grant(request: web.Request) -> Grant:
+    """What the request's token grants; see :func:`anonymous_grant` without a secret."""
+    settings = request.app[RELAY].settings
+    if settings.secret is None:
+        return anonymous_grant(settings)
     token = token_of(request)
     if token is None:
         raise ApiError(
             401, "a token is required: ?token= or Authorization: Bearer", headers=CHALLENGE
         )
-    try:
-        return read_token(token, secret)
-    except AuthError as exc:
-        raise ApiError(401, str(exc), headers=CHALLENGE) from None
+    return _token_grant(settings, token)
+
+
+def check_cancel(grant: Grant, state: SessionState | None, session_id: str) -> None:
+    """Raise unless ``grant`` may cancel the session.
+
+    A session the grant may not watch answers 404 like an unknown one, so
+    that refusals tell nothing about which sessions exist; one it may watch
+    but not cancel answers 403.
+    """
+    if state is None or not grant.allows_session(state.workflow_type, session_id):
+        raise unknown_session(session_id)
+    if not grant.allows_cancel(state.workflow_type, session_id):
+        raise ApiError(403, "the token does not grant cancelling this session", code="forbidden")
+
+
+def require_canceller(request: web.Request, session_id: str) -> None:
+    """Raise unless the request may cancel ``session_id`` (open in development).
+
+    A configured publisher key may cancel any session. Otherwise a token (when
+    a secret is configured) must carry the cancel claim and cover the session
+    (see :func:`check_cancel`). A bearer value that is neither a key nor
+    shaped like a token answers 403 like a wrong key; a bad token 401.
+    """
+    relay = request.app[RELAY]
+    settings = relay.settings
+    if settings.development:
+        return
+    keys = settings.publisher_keys
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is not None and keys and key_matches(presented, keys):
+        return
+    token = token_of(request) if settings.secret is not None else None
+    if token is None and presented is None:
+        raise ApiError(
+            401,
+            "an API key or a token that may cancel is required: Authorization: Bearer",
+            headers=CHALLENGE,
+        )
+    if token is None or (keys and not looks_like_token(token)):
+        raise ApiError(403, "the API key is not valid")
+    grant = _token_grant(settings, token)
+    check_cancel(grant, relay.view.get(session_id), session_id)
 
 
 def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> None:

@@ -6,6 +6,9 @@
   secret, whose claims grant whole workflow types (``workflow_types``, ``*``
   for all) and/or single sessions (``sessions``, in any type). No secret
   configured: everyone may watch everything.
+- Cancelling is a right of its own: a publisher key, or a token whose
+  ``cancel`` claim is true, for the sessions that token may watch. Watching
+  alone never allows it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jwt
 
@@ -37,6 +40,8 @@ class Grant:
     workflow_types: frozenset[str]
     sessions: frozenset[str]
     expires_at: float | None
+    # Whether the holder may also cancel what it may watch.
+    cancel: bool = False
 
     def allows(self, workflow_type: str, session_id: str | None) -> bool:
         """Whether a subscription to ``workflow_type`` (or ``*``), maybe narrowed, is granted."""
@@ -50,8 +55,17 @@ class Grant:
         """Whether one session (of a known type) may be read."""
         return self.allows(workflow_type, session_id)
 
+    def allows_cancel(self, workflow_type: str, session_id: str) -> bool:
+        """Whether one session (of a known type) may be cancelled."""
+        return self.cancel and self.allows_session(workflow_type, session_id)
 
-OPEN = Grant(subject="", workflow_types=frozenset({ANY}), sessions=frozenset(), expires_at=None)
+
+# Development mode: no credentials configured, everyone may watch and cancel.
+OPEN = Grant(
+    subject="", workflow_types=frozenset({ANY}), sessions=frozenset(), expires_at=None, cancel=True
+)
+# Watching is open, cancelling is not: publisher keys are configured, tokens are not.
+WATCH_ALL = replace(OPEN, cancel=False)
 
 
 def key_matches(presented: str, keys: Iterable[str]) -> bool:
@@ -80,8 +94,37 @@ def _strings(value: object, claim: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def read_token(token: str, secret: str) -> Grant:
-    """Verify a subscriber token and return what it grants; raises AuthError."""
+def looks_like_token(credential: str) -> bool:
+    """Whether a credential has the shape of a JWT (three dot-separated parts)."""
+    return credential.count(".") == 2
+
+
+def _cancel_claim(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise AuthError("claim 'cancel' must be true or false")
+    return value
+
+
+def _check_lifetime(claims: dict[str, object], expires_at: float, max_lifetime: float) -> None:
+    """Refuse a token meant to live longer than ``max_lifetime`` seconds (0: no limit)."""
+    if max_lifetime <= 0:
+        return
+    now = time.time()
+    issued = claims.get("iat")
+    # A missing, malformed or future iat cannot shorten the lifetime.
+    start = min(float(issued), now) if isinstance(issued, int | float) else now
+    if expires_at - start > max_lifetime:
+        raise AuthError(f"token lifetime exceeds the gateway's limit of {max_lifetime:g}s")
+
+
+def read_token(token: str, secret: str, *, max_lifetime: float = 0) -> Grant:
+    """Verify a subscriber token and return what it grants; raises AuthError.
+
+    With ``max_lifetime`` (seconds), a token whose ``exp`` lies further than
+    that from its ``iat`` (or from now, without one) is refused too.
+    """
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
@@ -95,9 +138,11 @@ def read_token(token: str, secret: str) -> Grant:
         workflow_types=_strings(claims.get("workflow_types"), "workflow_types"),
         sessions=_strings(claims.get("sessions"), "sessions"),
         expires_at=float(claims["exp"]),
+        cancel=_cancel_claim(claims.get("cancel")),
     )
     if not grant.workflow_types and not grant.sessions:
         raise AuthError("token grants neither workflow_types nor sessions")
+    _check_lifetime(claims, grant.expires_at or 0, max_lifetime)
     return grant
 
 
@@ -108,12 +153,18 @@ def mint_token(
     workflow_types: Sequence[str] = (),
     sessions: Sequence[str] = (),
     ttl_seconds: float = 3600,
+    cancel: bool = False,
 ) -> str:
-    """A signed subscriber token, as an application backend would mint one per user."""
+    """A signed subscriber token, as an application backend would mint one per user.
+
+    With ``cancel`` the token may also cancel the sessions it may watch.
+    """
     now = int(time.time())
     claims: dict[str, object] = {"sub": subject, "iat": now, "exp": now + int(ttl_seconds)}
     if workflow_types:
         claims["workflow_types"] = list(workflow_types)
     if sessions:
         claims["sessions"] = list(sessions)
+    if cancel:
+        claims["cancel"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

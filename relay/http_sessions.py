@@ -8,14 +8,14 @@ from typing import Annotated, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from relay.access import require_grant, require_publisher, subscriber_grant
+from relay.access import require_canceller, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.frames import STREAM_ID_PATTERN
 from relay.ingest import decode
 from relay.keys import event_name
 from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
-from relay.publishing import request_cancel
+from relay.publishing import request_cancel, unknown_session
 from relay.sessions import SessionState
 
 MAX_LIST = 1_000
@@ -64,13 +64,16 @@ def _session_id(request: web.Request) -> str:
 
 
 def _readable_state(request: web.Request) -> SessionState:
-    """The session the path names, if it exists and the caller's token covers it."""
+    """The session the path names, if it exists and the caller's token covers it.
+
+    Both misses answer the same 404: a token must not learn which sessions
+    outside its grant exist.
+    """
     session_id = _session_id(request)
     grant = subscriber_grant(request)
     state = request.app[RELAY].view.get(session_id)
-    if state is None:
-        raise ApiError(404, f"no recent session {session_id!r}")
-    require_grant(grant, state.workflow_type, session_id)
+    if state is None or not grant.allows_session(state.workflow_type, session_id):
+        raise unknown_session(session_id)
     return state
 
 
@@ -126,10 +129,13 @@ async def session_events(request: web.Request) -> web.Response:
 
 @routes.post("/api/workflows/sessions/{session_id}/cancel")
 async def cancel_session(request: web.Request) -> web.Response:
-    """Ask the worker running a session to stop; it learns so from its next report."""
+    """Ask the worker running a session to stop; it learns so from its next report.
+
+    Needs a publisher key, or a token with the cancel claim covering the session.
+    """
     relay = request.app[RELAY]
-    require_publisher(request)
     session_id = _session_id(request)
+    require_canceller(request, session_id)
     receipt, workflow_type = await request_cancel(relay, session_id)
     return json_response(
         {

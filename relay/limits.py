@@ -56,3 +56,29 @@ class PublisherLimits:
         if bucket.take(units):
             return 0.0
         return max(bucket.wait_for(units), 0.001)
+
+
+class FloodWindow:
+    """Counts frames dropped within a window of ``seconds`` that opens at the first drop.
+
+    A count of drops in a row would start over each time the bucket lets one
+    frame through, which a client flooding faster than the refill triggers
+    again and again; this count only starts over once the window has passed.
+    """
+
+    __slots__ = ("_count", "_opened", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._opened = 0.0
+        self._count = 0
+
+    def drop(self, now: float | None = None) -> int:
+        """Count one dropped frame; answers the drops so far in its window (1 opens one)."""
+        if now is None:
+            now = time.monotonic()
+        if self._count == 0 or now - self._opened >= self._seconds:
+            self._opened = now
+            self._count = 0
+        self._count += 1
+        return self._count

@@ -26,6 +26,11 @@ async def publish_events(relay: Relay, events: Sequence[ProgressEvent]) -> list[
     return receipts
 
 
+def unknown_session(session_id: str) -> ApiError:
+    """The 404 for a session that is not known, or that the caller may not see: alike on purpose."""
+    return ApiError(404, f"no recent session {session_id!r}")
+
+
 async def request_cancel(relay: Relay, session_id: str) -> tuple[Receipt, str]:
     """Publish a ``cancel_requested`` event for a running session; answers its type too.
 
@@ -34,7 +39,7 @@ async def request_cancel(relay: Relay, session_id: str) -> tuple[Receipt, str]:
     """
     state = relay.view.get(session_id)
     if state is None:
-        raise ApiError(404, f"no recent session {session_id!r}")
+        raise unknown_session(session_id)
     if state.terminal:
         raise ApiError(
             409, f"session {session_id!r} has already ended ({state.status})", code="session_ended"

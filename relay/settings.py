@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default=None,
         description="HS256 secret of subscriber tokens; when set, watching needs a token.",
     )
+    max_token_lifetime: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds a subscriber token may be valid for at most, from its iat "
+        "(or from now without one); longer-lived tokens are refused. 0: no limit.",
+    )
     allowed_origins: str = Field(
         default="",
         description="Comma-separated browser origins allowed to connect; empty allows any.",
@@ -146,6 +152,11 @@ class Settings(BaseSettings):
     def publisher_keys(self) -> tuple[str, ...]:
         """The configured API keys."""
         return _split(self.api_keys)
+
+    @property
+    def development(self) -> bool:
+        """True when neither publisher keys nor a token secret is configured: all is open."""
+        return not self.publisher_keys and self.secret is None
 
     @property
     def origins(self) -> tuple[str, ...]:

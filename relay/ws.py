@@ -6,12 +6,21 @@ import asyncio
 import logging
 import time
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from relay.access import check_capacity, check_origin, query_subscription, refusal, token_of
-from relay.auth import OPEN, AuthError, Grant, read_token
+from relay.access import (
+    anonymous_grant,
+    check_cancel,
+    check_capacity,
+    check_origin,
+    query_subscription,
+    refusal,
+    token_of,
+    verify_token,
+)
+from relay.auth import AuthError, Grant
 from relay.context import RELAY, Relay
 from relay.errors import ApiError, streaming
 from relay.frames import (
@@ -20,6 +29,7 @@ from relay.frames import (
     Cancel,
     Ping,
     Subscribe,
+    SubscriptionTarget,
     Unsubscribe,
     authenticated_frame,
     cancel_requested_frame,
@@ -27,7 +37,7 @@ from relay.frames import (
     parse_client_frame,
     unsubscribed_frame,
 )
-from relay.limits import TokenBucket
+from relay.limits import FloodWindow, TokenBucket
 from relay.models import MalformedJson, validation_detail
 from relay.publishing import request_cancel
 from relay.subscriber import Subscriber
@@ -39,8 +49,13 @@ CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOKEN_EXPIRED = 4002
 
-# Frames dropped in a row, in bursts' worth, before a flooding client is closed.
-FLOOD_CLOSE_AFTER = 10
+# Seconds over which dropped frames are counted. A client is closed once it
+# has had more frames dropped within one window than it may send in that time
+# (RELAY_WS_RATE times the window, plus RELAY_WS_BURST): it sends more than
+# twice its allowance. It gets one rate_limited error frame per window.
+FLOOD_WINDOW = 5.0
+# Seconds a close the gateway starts may take: our close frame out, the client's back.
+CLOSE_TIMEOUT = 5.0
 
 routes = web.RouteTableDef()
 
@@ -48,18 +63,32 @@ routes = web.RouteTableDef()
 class Connection:
     """One WebSocket client's session with the hub."""
 
-    __slots__ = ("_dropped", "_expiry", "_rate", "grant", "relay", "subscriber", "tasks", "ws")
+    __slots__ = (
+        "_expiry",
+        "_flood",
+        "_rate",
+        "closing",
+        "grant",
+        "relay",
+        "subscriber",
+        "tasks",
+        "ws",
+    )
 
     def __init__(self, relay: Relay, ws: web.WebSocketResponse, name: str) -> None:
         self.relay = relay
         self.ws = ws
         # Cancel requests in flight; made on first use, most connections never have one.
         self.tasks: set[asyncio.Task[None]] | None = None
+        settings = relay.settings
         # None until a token is accepted, when the gateway requires one.
-        self.grant: Grant | None = OPEN if relay.settings.secret is None else None
+        self.grant: Grant | None = anonymous_grant(settings) if settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
-        self._rate = TokenBucket(relay.settings.ws_rate, relay.settings.ws_burst)
-        self._dropped = 0
+        self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
+        # Made on the first dropped frame; most connections never have one.
+        self._flood: FloodWindow | None = None
+        # Set once the gateway decided to close; nothing the client sends counts after.
+        self.closing = False
         self.subscriber = Subscriber(
             ws.send_str,
             self._close,
@@ -71,32 +100,51 @@ class Connection:
     async def _close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode())
 
+    def close_later(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``; frames the client sends from now on are ignored."""
+        self.closing = True
+        self.subscriber.close_later(code, reason)
+
     def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
         """Send an error frame (counted like HTTP rejections); the connection stays open."""
         self.relay.stats.reject(code)
         self.subscriber.deliver(error_frame(code, message, detail))
 
     def authenticate(self, token: str) -> bool:
-        """Accept a token, or close the connection with a clear code; True if accepted."""
-        secret = self.relay.settings.secret
-        if secret is None:
+        """Accept a token, or close the connection with a clear code; True if accepted.
+
+        A token presented again replaces the grant: subscriptions outside the
+        new one are dropped, each with an ``unsubscribed`` frame.
+        """
+        settings = self.relay.settings
+        if settings.secret is None:
             return True
         try:
-            grant = read_token(token, secret)
+            grant = verify_token(settings, token)
         except AuthError as exc:
             code = CLOSE_TOKEN_EXPIRED if exc.expired else CLOSE_UNAUTHORIZED
-            self.subscriber.close_later(code, str(exc)[:120])
+            self.close_later(code, str(exc)[:120])
             return False
         self.grant = grant
+        self._narrow_to(grant)
         if self._expiry is not None:
             self._expiry.cancel()
         if grant.expires_at is not None:
             # The connection lives no longer than its token.
             delay = max(grant.expires_at - time.time(), 0)
             self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.subscriber.close_later, CLOSE_TOKEN_EXPIRED, "token expired"
+                delay, self.close_later, CLOSE_TOKEN_EXPIRED, "token expired"
             )
         return True
+
+    def _narrow_to(self, grant: Grant) -> None:
+        subscriber = self.subscriber
+        for workflow_type, session_id in list(subscriber.subscriptions):
+            if grant.allows(workflow_type, session_id):
+                continue
+            self.relay.hub.unsubscribe(subscriber, (workflow_type, session_id))
+            target = SubscriptionTarget(workflow_type=workflow_type, session_id=session_id)
+            subscriber.deliver(unsubscribed_frame(target))
 
     def expect_token(self, within: float) -> None:
         """Close the connection unless a token is accepted ``within`` seconds from now."""
@@ -105,19 +153,49 @@ class Connection:
 
     def _auth_deadline(self) -> None:
         if self.grant is None:
-            self.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication timed out")
+            self.close_later(CLOSE_UNAUTHORIZED, "authentication timed out")
 
     def admit(self) -> bool:
-        """Whether the client is within its frame rate; a flood gets one error, then a close."""
+        """Whether the client is within its frame rate; see FLOOD_WINDOW for a flood."""
         if self._rate.take():
-            self._dropped = 0
             return True
-        self._dropped += 1
-        if self._dropped == 1:
+        if self._flood is None:
+            self._flood = FloodWindow(FLOOD_WINDOW)
+        dropped = self._flood.drop()
+        settings = self.relay.settings
+        if dropped == 1:
             self.error("rate_limited", "too many frames; this one and those after it are dropped")
-        elif self._dropped > FLOOD_CLOSE_AFTER * self.relay.settings.ws_burst:
-            self.subscriber.close_later(CLOSE_POLICY, "message rate exceeded")
+        elif dropped > settings.ws_rate * FLOOD_WINDOW + settings.ws_burst:
+            self.close_later(CLOSE_POLICY, "message rate exceeded")
         return False
+
+    async def run(self) -> None:
+        """Act on client frames until either side closes the connection.
+
+        Once the gateway decides to close, reading stops here: the close
+        handshake (our close frame out, the client's back) is then the only
+        reader, so whatever the client sends meanwhile cannot race the close
+        code, and the handler waits for that handshake to end.
+        """
+        if not self.closing:
+            async for message in self.ws:
+                if self.admit():
+                    self.receive(message)
+                if self.closing:
+                    break
+        if self.closing:
+            await self.subscriber.finished(CLOSE_TIMEOUT)
+
+    def receive(self, message: WSMessage) -> None:
+        """Act on one message from the client."""
+        if message.type is WSMsgType.TEXT:
+            self.handle_text(message.data)
+        elif message.type is WSMsgType.BINARY:
+            self.error("invalid_message", "binary frames are not accepted, use text")
+        elif message.type is WSMsgType.ERROR:
+            # aiohttp has already closed the socket (1009 for an oversize frame).
+            too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
+            self.relay.stats.reject("frame_too_large" if too_big else "bad_frame")
 
     def handle_text(self, text: str) -> None:
         """Act on one client frame."""
@@ -135,14 +213,15 @@ class Connection:
                 self.subscriber.deliver(authenticated_frame(self.grant.subject))
             return
         if self.grant is None:
-            self.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication required")
+            self.close_later(CLOSE_UNAUTHORIZED, "authentication required")
             return
         if isinstance(frame, Subscribe):
             self.subscribe(frame)
         elif isinstance(frame, Unsubscribe):
             self.unsubscribe(frame)
         elif isinstance(frame, Cancel):
-            self._track(asyncio.get_running_loop().create_task(self.cancel(frame.session_id)))
+            cancel = self.cancel(self.grant, frame.session_id)
+            self._track(asyncio.get_running_loop().create_task(cancel))
         elif isinstance(frame, Ping):
             self.subscriber.deliver(PONG_FRAME)
 
@@ -162,13 +241,14 @@ class Connection:
             await asyncio.wait(self.tasks)
         await self.subscriber.stop()
 
-    async def cancel(self, session_id: str) -> None:
-        """Publish a cancellation request and tell the client how it went."""
-        state = self.relay.view.get(session_id)
-        if state is not None and not self._granted(state.workflow_type, session_id):
-            self.error("forbidden", "the token does not grant this session")
-            return
+    async def cancel(self, grant: Grant, session_id: str) -> None:
+        """Publish a cancellation request if ``grant`` allows it; tell the client how it went.
+
+        See relay.access.check_cancel: a token with the cancel claim covering
+        the session, or development mode.
+        """
         try:
+            check_cancel(grant, self.relay.view.get(session_id), session_id)
             receipt, _ = await request_cancel(self.relay, session_id)
         except ApiError as exc:
             self.error(exc.code, exc.message)
@@ -220,7 +300,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return refusal(request, error)
     settings = relay.settings
     ws = web.WebSocketResponse(
-        compress=False, max_msg_size=settings.max_ws_frame_bytes, heartbeat=settings.ws_heartbeat
+        timeout=CLOSE_TIMEOUT,
+        compress=False,
+        max_msg_size=settings.max_ws_frame_bytes,
+        heartbeat=settings.ws_heartbeat,
     )
     await ws.prepare(request)
     name = f"ws:{request.remote}"
@@ -234,23 +317,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if token is not None:
             connection.authenticate(token)
         connection.expect_token(settings.auth_timeout)
-        if initial is not None:
+        if initial is not None and not connection.closing:
             if connection.grant is None:
                 # A subscription in the query needs the token in the query too.
-                connection.subscriber.close_later(CLOSE_UNAUTHORIZED, "authentication required")
+                connection.close_later(CLOSE_UNAUTHORIZED, "authentication required")
             else:
                 connection.subscribe(initial)
-        async for message in ws:
-            if not connection.admit():
-                continue
-            if message.type is WSMsgType.TEXT:
-                connection.handle_text(message.data)
-            elif message.type is WSMsgType.BINARY:
-                connection.error("invalid_message", "binary frames are not accepted, use text")
-            elif message.type is WSMsgType.ERROR:
-                # aiohttp has already closed the socket (1009 for an oversize frame).
-                too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
-                relay.stats.reject("frame_too_large" if too_big else "bad_frame")
+        await connection.run()
     finally:
         # Forget the connection before awaiting anything: the handler may be
         # cancelled here when the peer has already gone.

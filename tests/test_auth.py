@@ -110,8 +110,8 @@ async def test_session_endpoints_honour_the_token(base: str, http: aiohttp.Clien
     async with http.get(f"{url}/events?token={mine_only}") as response:
         assert response.status == 200
     async with http.get(f"{base}/api/workflows/sessions/theirs", headers=bearer(mine_only)) as r:
-        assert r.status == 403
-        assert (await r.json())["error"] == "forbidden"
+        assert r.status == 404  # as for an unknown session: existence is not revealed
+        assert (await r.json())["error"] == "not_found"
     async with http.get(f"{base}/api/workflows/sessions", headers=bearer(mine_only)) as response:
         assert [s["session_id"] for s in await response.json()] == ["mine"]
     typed = bearer(token(workflow_types=["map"]))
