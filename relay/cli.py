@@ -122,6 +122,11 @@ def _token_parser(commands: Any) -> None:
     token.add_argument(
         "--session", dest="sessions", action="append", default=[], help="grant one session"
     )
+    token.add_argument(
+        "--cancel",
+        action="store_true",
+        help="also allow cancelling what the token may watch (watching alone never does)",
+    )
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 90s, 15m, 1h or 2d (default 1h)")
     token.add_argument("--secret", help="signing secret (RELAY_TOKEN_SECRET)")
 
@@ -317,6 +322,7 @@ def token(args: argparse.Namespace) -> int:
             workflow_types=args.workflow_types,
             sessions=args.sessions,
             ttl_seconds=ttl,
+            cancel=args.cancel,
         )
     )
     return 0

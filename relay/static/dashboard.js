@@ -9,9 +9,17 @@
  */
 import { compareIds, watchWorkflow } from "./relay-client.js";
 
+// A gateway that needs a token gets it from the page address: `/#token=...`
+// (kept out of server logs and Referer headers) or `/?token=...`. The watcher
+// sends it on the socket and on every HTTP request, cancelling included, so
+// the Cancel buttons work once the token carries the cancel claim.
+const token =
+  new URLSearchParams(location.hash.slice(1)).get("token") ??
+  new URLSearchParams(location.search).get("token");
+
 // Every type, starting from the current state; the watcher also loads the
 // 200 most recent sessions over HTTP so ended ones show too.
-const watcher = watchWorkflow({ workflowType: "*", snapshot: true, limit: 200 });
+const watcher = watchWorkflow({ workflowType: "*", snapshot: true, limit: 200, token });
 
 const byId = (id) => document.getElementById(id);
 const groupsEl = byId("groups");

@@ -172,7 +172,11 @@ class Watcher {
     this.#statusListeners.clear();
   }
 
-  /** Ask the worker running a session to stop; resolves to the gateway's answer. */
+  /**
+   * Ask the worker running a session to stop; resolves to the gateway's answer.
+   * A gateway with credentials wants a `token` with the cancel claim (watching
+   * alone is refused with 403) or a publisher key.
+   */
   cancel(sessionId = this.#sessionId) {
     if (!sessionId) return Promise.reject(new TypeError("cancel() needs a session id"));
     return this.#request(`api/workflows/sessions/${encodeURIComponent(sessionId)}/cancel`, {
