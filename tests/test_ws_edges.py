@@ -25,6 +25,7 @@ from tests.helpers import (
     receive_events,
     serving,
     subscribe,
+    wait_until,
 )
 
 SECRET = "ws-edges-secret-with-enough-length-x"
@@ -157,6 +158,12 @@ async def test_the_token_close_code_wins_over_a_frame_sent_at_once(
             await ws.send_json({"action": "ping"})
             codes[await close_code_after(ws)] += 1
     assert codes == Counter({4002: 300})
+    # Each close finished its handshake (the client's close frame came back)
+    # before the gateway let go of the connection, rather than being cut short.
+    wait_until(
+        lambda: gateway.logs().count("disconnected (close code 1000)") == 300,
+        what="every close handshake to complete",
+    )
 
 
 def test_the_close_code_reaches_a_client_that_keeps_sending(
