@@ -142,7 +142,7 @@ def read_token(token: str, secret: str, *, max_lifetime: float = 0) -> Grant:
     )
     if not grant.workflow_types and not grant.sessions:
         raise AuthError("token grants neither workflow_types nor sessions")
-    _check_lifetime(claims, grant.expires_at or 0, max_lifetime)
+    _check_lifetime(claims, float(claims["exp"]), max_lifetime)
     return grant
 
 

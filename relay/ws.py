@@ -138,6 +138,7 @@ class Connection:
         return True
 
     def _narrow_to(self, grant: Grant) -> None:
+        # A swapped token must not keep what only the previous one covered.
         subscriber = self.subscriber
         for workflow_type, session_id in list(subscriber.subscriptions):
             if grant.allows(workflow_type, session_id):
