@@ -119,6 +119,14 @@ class ProgressEvent(BaseModel):
     error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     ts: int | None = Field(default=None, ge=0, le=2**53)
 
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _whole_number(cls, ts: Any) -> Any:
+        # JSON does not tell 1700000000000.0 from 1700000000000 (nor does JSON Schema).
+        if isinstance(ts, float) and ts.is_integer():
+            return int(ts)
+        return ts
+
     @field_validator("step")
     @classmethod
     def _printable(cls, step: str) -> str:
