@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 StreamKey = tuple[int, int]
 
+# Ids remembered per session unless configured otherwise (RELAY_SESSION_HISTORY).
+DEFAULT_HISTORY_LIMIT = 100
+
 
 class RecentIds:
     """The last ``limit`` stream ids remembered, oldest first.

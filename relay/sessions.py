@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay.models import Envelope, ProgressEvent, format_number
-from relay.recent_ids import RecentIds
+from relay.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 from relay.streams import now_ms
 
 ETA_METADATA_KEY = "estimated_time_remaining"
-DEFAULT_HISTORY_LIMIT = 100
 
 
 class SessionState:

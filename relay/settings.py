@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.recent_ids import DEFAULT_HISTORY_LIMIT
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 
@@ -69,7 +71,7 @@ class Settings(BaseSettings):
         default=20_000, ge=1, description="Sessions one gateway remembers at most."
     )
     session_history: int = Field(
-        default=100,
+        default=DEFAULT_HISTORY_LIMIT,
         ge=1,
         le=10_000,
         description="Latest event ids remembered per session; its history lists those events.",
