@@ -203,6 +203,9 @@ def serve(args: argparse.Namespace) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=5,
+        # aiohttp closes a connection that has not sent complete headers within its
+        # keep-alive timeout (idle or not), which makes it the header timeout too.
+        keepalive_timeout=settings.header_timeout,
         loop=(loop_factory() if loop_factory else None),
     )
     return 0

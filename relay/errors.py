@@ -24,6 +24,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
@@ -54,6 +55,7 @@ class ApiError(Exception):
         code: str | None = None,
         detail: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        hang_up: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -61,6 +63,8 @@ class ApiError(Exception):
         self.message = message
         self.detail = detail or []
         self.headers = headers or {}
+        # Close the connection once answered, instead of reading what is left of the request.
+        self.hang_up = hang_up
 
     def response(self) -> web.Response:
         """The JSON answer for this error."""
@@ -109,7 +113,10 @@ def error_middleware(
             if error is None:
                 raise
             on_error(error.code)
-            return error.response()
+            response = error.response()
+            if error.hang_up:
+                await _answer_and_close(request, response)
+            return response
 
     @web.middleware
     def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
@@ -133,6 +140,22 @@ def streaming(handler: Handler) -> Handler:
     """
     setattr(handler, _STREAMING, True)
     return handler
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` and close the connection.
+
+    aiohttp would otherwise keep reading (and discarding) the rest of the
+    body for a while, which is exactly what a client that sends too slowly
+    must not be given.
+    """
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left first; there is nothing left to close politely
+    request.protocol.force_close()
 
 
 def _passed_headers(exc: web.HTTPException) -> dict[str, str]:

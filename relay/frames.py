@@ -8,10 +8,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from relay.hub import ANY_TYPE
-from relay.models import WORKFLOW_TYPE_PATTERN, SessionId, decode_json
+from relay.models import WORKFLOW_TYPE_PATTERN, SessionId, StreamId, decode_json
 from relay.subscriber import SubscriptionKey
-
-STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 
 TypeOrAny = Annotated[str, Field(pattern=rf"^\*$|{WORKFLOW_TYPE_PATTERN}")]
 
@@ -36,7 +34,7 @@ class Subscribe(SubscriptionTarget):
     """Start receiving events for a type or one session."""
 
     action: Literal["subscribe"]
-    since: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | None = None
+    since: StreamId | None = None
     snapshot: bool = False
 
     @model_validator(mode="after")

@@ -41,7 +41,11 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
         connections.commands, keys, maxlen=settings.stream_maxlen, cancel_ttl=session_ttl
     )
     hub = Hub()
-    view = SessionView(ttl_ms=session_ttl * 1000, max_sessions=settings.max_sessions)
+    view = SessionView(
+        ttl_ms=session_ttl * 1000,
+        max_sessions=settings.max_sessions,
+        history_limit=settings.session_history,
+    )
     ingest = Ingest(keys, hub, view)
     reader = StreamReader(
         store,

@@ -21,11 +21,28 @@ routes = web.RouteTableDef()
 
 
 async def read_json_body(request: web.Request) -> bytes:
-    """The raw body of a JSON request; 415 for another content type, 400 when empty."""
+    """The raw body of a JSON request.
+
+    415 for another content type or a charset other than UTF-8, 400 when
+    empty, 408 when the body takes longer than ``body_timeout`` to arrive.
+    """
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, f"expected content-type application/json, got {content_type!r}")
-    body = await request.read()
+    charset = request.charset
+    if charset is not None and charset.lower() != "utf-8":
+        raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
+    timeout = request.app[RELAY].settings.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            body = await request.read()
+    except TimeoutError:
+        message = f"the request body did not arrive within {timeout:g} seconds"
+        raise ApiError(408, message, hang_up=True) from None
+    except ConnectionError:
+        # The client went away mid-upload: nothing to do with the store.
+        message = "the client disconnected before sending the whole body"
+        raise ApiError(400, message, code="client_disconnected") from None
     if not body.strip():
         raise ApiError(400, "request body is empty", code="malformed_json")
     return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import islice
 from typing import Annotated, TypeVar
 
 from aiohttp import web
@@ -11,15 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from relay.access import require_canceller, subscriber_grant
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
-from relay.frames import STREAM_ID_PATTERN
 from relay.ingest import decode
 from relay.keys import event_name
-from relay.models import SESSION_ID_PATTERN, Status, WorkflowType
+from relay.models import SESSION_ID_PATTERN, Status, StreamId, WorkflowType, parse_stream_id
 from relay.publishing import request_cancel, unknown_session
 from relay.sessions import SessionState
 
 MAX_LIST = 1_000
-HISTORY_CHUNK = 1_000
 
 routes = web.RouteTableDef()
 
@@ -40,7 +39,7 @@ class SessionsQuery(_Query):
 class HistoryQuery(_Query):
     """Where a session's history starts (exclusive) and how much of it to return."""
 
-    since: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | None = None
+    since: StreamId | None = None
 
 
 Q = TypeVar("Q", bound=_Query)
@@ -105,26 +104,26 @@ async def get_session(request: web.Request) -> web.Response:
 
 @routes.get("/api/workflows/sessions/{session_id}/events")
 async def session_events(request: web.Request) -> web.Response:
-    """A session's retained events, oldest first, in the WebSocket frame shape."""
+    """A session's latest events, oldest first, in the WebSocket frame shape.
+
+    The session view remembers the ids of each session's latest events
+    (``session_history`` of them), and exactly those entries are read: the
+    cost depends on the session, never on the length of its type's stream.
+    """
     relay = request.app[RELAY]
     query = _query(HistoryQuery, request)
     state = _readable_state(request)
     session_id = state.session_id
-    stream = relay.keys.stream(state.workflow_type)
-    after = query.since or "0-0"
-    frames: list[str] = []
-    # The type stream is bounded by MAXLEN, so this scan is too.
-    while len(frames) < query.limit:
-        entries = await relay.store.history(stream, after, None, HISTORY_CHUNK)
-        if not entries:
-            break
-        after = entries[-1][0]
-        frames.extend(
-            envelope.frame
-            for envelope, _ in decode(state.workflow_type, entries)
-            if envelope.session_id == session_id
-        )
-    return _json_array(frames[: query.limit])
+    since = None if query.since is None else parse_stream_id(query.since)
+    entry_ids = [f"{ms}-{seq}" for ms, seq in islice(state.history.after(since), query.limit)]
+    entries = await relay.store.entries(relay.keys.stream(state.workflow_type), entry_ids)
+    # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
+    frames = [
+        envelope.frame
+        for envelope, _ in decode(state.workflow_type, entries)
+        if envelope.session_id == session_id
+    ]
+    return _json_array(frames)
 
 
 @routes.post("/api/workflows/sessions/{session_id}/cancel")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from relay.keys import event_name
 
@@ -21,6 +30,52 @@ MAX_ERROR_CHARS = 4096
 
 SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
 WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
+
+# Both parts of a Redis stream id are unsigned 64-bit integers.
+STREAM_ID_PART_MAX = 2**64 - 1
+
+
+def decimal_at_most(limit: int) -> str:
+    """A regular expression matching exactly the decimal numbers 0 to ``limit`` (``limit`` >= 10).
+
+    Leading zeros are refused, so every number has one spelling; a bound in
+    the pattern itself lets the OpenAPI document state exactly what is valid.
+    """
+    digits = str(limit)
+    # [0-9] rather than \d, which also matches other scripts' digits.
+    choices = ["0", f"[1-9][0-9]{{0,{len(digits) - 2}}}"]
+    for position, digit in enumerate(digits):
+        lowest, highest = (1 if position == 0 else 0), int(digit) - 1
+        if highest >= lowest:
+            below = str(lowest) if highest == lowest else f"[{lowest}-{highest}]"
+            rest = len(digits) - position - 1
+            tail = "" if rest == 0 else "[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"
+            choices.append(digits[:position] + below + tail)
+    choices.append(digits)
+    return f"(?:{'|'.join(choices)})"
+
+
+_ID_PART = decimal_at_most(STREAM_ID_PART_MAX)
+STREAM_ID_PATTERN = f"^{_ID_PART}-{_ID_PART}$"
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+
+def _stream_id(value: str) -> str:
+    # fullmatch: re's "$" would also let a trailing newline through.
+    if not _STREAM_ID.fullmatch(value):
+        raise ValueError(
+            f"not a stream id: two whole numbers from 0 to {STREAM_ID_PART_MAX} "
+            "joined by '-', like 1700000000000-0"
+        )
+    return value
+
+
+# A validator rather than Field(pattern=...): the pattern is long, the message says the rule.
+StreamId = Annotated[str, AfterValidator(_stream_id)]
+
+# A 422 answer or error frame lists this many problems at most, then how many were left out.
+MAX_DETAIL_ITEMS = 20
+MAX_DETAIL_FIELD_CHARS = 200
 
 
 _CONTAINERS = (dict, list)
@@ -63,6 +118,14 @@ class ProgressEvent(BaseModel):
     status: Status = "running"
     error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     ts: int | None = Field(default=None, ge=0, le=2**53)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _whole_number(cls, ts: Any) -> Any:
+        # JSON does not tell 1700000000000.0 from 1700000000000 (nor does JSON Schema).
+        if isinstance(ts, float) and ts.is_integer():
+            return int(ts)
+        return ts
 
     @field_validator("step")
     @classmethod
@@ -214,11 +277,28 @@ def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
 
 
 def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
-    """One ``{"field", "message"}`` item per problem, for 422 answers and error frames."""
-    return [
-        {"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
-        for err in exc.errors(include_url=False)
+    """One ``{"field", "message"}`` item per problem, for 422 answers and error frames.
+
+    At most :data:`MAX_DETAIL_ITEMS` problems are listed, followed by an item
+    of field ``...`` counting the rest, so a body full of mistakes cannot
+    earn an answer many times its own size. Field names are shortened too.
+    """
+    problems = exc.errors(include_url=False, include_input=False, include_context=False)
+    detail = [
+        {"field": _field_name(problem["loc"]), "message": problem["msg"]}
+        for problem in problems[:MAX_DETAIL_ITEMS]
     ]
+    hidden = len(problems) - MAX_DETAIL_ITEMS
+    if hidden > 0:
+        detail.append({"field": "...", "message": f"{hidden} more problems not listed"})
+    return detail
+
+
+def _field_name(location: tuple[int | str, ...]) -> str:
+    name = ".".join(str(part) for part in location) or "body"
+    if len(name) > MAX_DETAIL_FIELD_CHARS:
+        return name[:MAX_DETAIL_FIELD_CHARS] + "..."
+    return name
 
 
 class Envelope:

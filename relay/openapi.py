@@ -6,13 +6,23 @@ cannot drift from what the gateway accepts.
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any, get_args
 
 import orjson
 from aiohttp import web
 
-from relay.frames import STREAM_ID_PATTERN
-from relay.models import SESSION_ID_PATTERN, WORKFLOW_TYPE_PATTERN, ProgressEvent, Status
+from relay.context import RELAY
+from relay.http_sessions import MAX_LIST
+from relay.models import (
+    SESSION_ID_PATTERN,
+    STREAM_ID_PATTERN,
+    WORKFLOW_TYPE_PATTERN,
+    ProgressEvent,
+    Status,
+)
+from relay.settings import Settings
 
 REF = "#/components/schemas/{model}"
 
@@ -33,9 +43,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "A credential is required or was not valid.",
         403: "The credential does not allow this.",
         404: "No such session.",
+        408: "The body took longer than RELAY_BODY_TIMEOUT to arrive; the connection is closed.",
         409: "The session has already ended.",
         413: "The body or batch is too large.",
-        415: "The content type is not JSON.",
+        415: "The content type is not JSON, or its charset is not UTF-8.",
         422: "The input breaks a rule; detail names each field.",
         429: "Over the publish rate; see Retry-After.",
         503: "Redis is unavailable; see Retry-After.",
@@ -51,13 +62,39 @@ SESSION_PATH = _param(
     "session_id", "path", {"type": "string", "pattern": SESSION_ID_PATTERN}, required=True
 )
 TOKEN = _param("token", "query", {"type": "string"})
-LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000})
+LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIST})
 STATUS = {"type": "string", "enum": list(get_args(Status))}
-PUBLISH_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429, 503)
+STREAM_ID = {"type": "string", "pattern": STREAM_ID_PATTERN}
+PUBLISH_ERRORS = (400, 401, 403, 408, 409, 413, 415, 422, 429, 503)
+
+
+@functools.cache
+def printable_pattern() -> str:
+    """A pattern of exactly the strings :meth:`str.isprintable` accepts, which ``step`` must be.
+
+    Built from Python's own character database, so it states the rule the
+    gateway applies. ASCII punctuation is written as ``\\xHH``, which every
+    regular expression dialect reads the same inside a character class.
+    """
+    spans: list[tuple[int, int]] = []
+    first: int | None = None
+    for code in range(sys.maxunicode + 2):
+        printable = code <= sys.maxunicode and chr(code).isprintable()
+        if printable and first is None:
+            first = code
+        elif not printable and first is not None:
+            spans.append((first, code - 1))
+            first = None
+
+    def char(code: int) -> str:
+        return f"\\x{code:02x}" if code < 128 and not chr(code).isalnum() else chr(code)
+
+    return "^[" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in spans) + "]*$"
 
 
 def _schemas() -> dict[str, Any]:
     event = ProgressEvent.model_json_schema(ref_template=REF)
+    event["properties"]["step"]["pattern"] = printable_pattern()
     return {
         "ProgressEvent": event,
         "Error": {
@@ -79,7 +116,7 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["id", "event", "cancel_requested"],
             "properties": {
-                "id": {"type": "string", "pattern": STREAM_ID_PATTERN},
+                "id": STREAM_ID,
                 "event": {"type": "string"},
                 "cancel_requested": {"type": "boolean"},
             },
@@ -120,8 +157,8 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document of the gateway's HTTP API."""
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of the HTTP API of a gateway with ``settings``."""
     type_filter = {"type": "string", "pattern": WORKFLOW_TYPE_PATTERN}
     return {
         "openapi": "3.1.0",
@@ -160,7 +197,7 @@ def document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "array",
                                     "items": _ref("ProgressEvent"),
-                                    "maxItems": 1000,
+                                    "maxItems": settings.max_batch,
                                 }
                             }
                         },
@@ -203,7 +240,7 @@ def document() -> dict[str, Any]:
                     "summary": "A session's retained events, oldest first",
                     "parameters": [
                         SESSION_PATH,
-                        _param("since", "query", {"type": "string", "pattern": STREAM_ID_PATTERN}),
+                        _param("since", "query", STREAM_ID),
                         LIMIT,
                         TOKEN,
                     ],
@@ -230,7 +267,8 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         _param("workflow_type", "query", {"type": "string"}),
                         _param("session_id", "query", {"type": "string"}),
-                        _param("since", "query", {"type": "string"}),
+                        _param("since", "query", STREAM_ID),
+                        # Read as since when one workflow type is named, else ignored.
                         _param("Last-Event-ID", "header", {"type": "string"}),
                         TOKEN,
                     ],
@@ -266,4 +304,5 @@ def document() -> dict[str, Any]:
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     """This API as an OpenAPI document."""
-    return web.Response(body=orjson.dumps(document()), content_type="application/json")
+    body = orjson.dumps(document(request.app[RELAY].settings))
+    return web.Response(body=body, content_type="application/json")

@@ -5,7 +5,8 @@ session queries without a Redis round trip. It is rebuilt from the retained
 stream tail when a gateway starts, and since a session's state depends only
 on its events, every gateway answers the same for the same session. Memory
 stays bounded: a session is forgotten ``ttl_ms`` after its last event, and
-only the ``max_sessions`` most recently updated are kept.
+only the ``max_sessions`` most recently updated are kept, each with the ids
+of at most its ``history_limit`` latest events (what its history lists).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay.models import Envelope, ProgressEvent, format_number
+from relay.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 from relay.streams import now_ms
 
 ETA_METADATA_KEY = "estimated_time_remaining"
@@ -26,6 +28,7 @@ class SessionState:
     __slots__ = (
         "error",
         "first_progress",
+        "history",
         "last",
         "latest",
         "metadata",
@@ -38,15 +41,27 @@ class SessionState:
         "workflow_type",
     )
 
-    def __init__(self, envelope: Envelope, event: ProgressEvent) -> None:
+    def __init__(
+        self,
+        envelope: Envelope,
+        event: ProgressEvent,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
         self.session_id = event.session_id
         self.started_at = event.ts or 0
         self.first_progress = event.progress
+        self.workflow_type = event.workflow_type
+        # The ids of its latest events, all in the stream of its workflow type.
+        self.history = RecentIds(history_limit)
         self.apply(envelope, event)
 
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
         """Take ``event`` as the session's latest."""
-        self.workflow_type = event.workflow_type
+        if event.workflow_type != self.workflow_type:
+            # A session id reused in another type: history follows the latest type's stream.
+            self.history.clear()
+            self.workflow_type = event.workflow_type
+        self.record(envelope)
         self.step = event.step
         self.progress = event.progress
         self.status = event.status
@@ -54,6 +69,11 @@ class SessionState:
         self.metadata = event.metadata
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
+
+    def record(self, envelope: Envelope) -> None:
+        """Add the event to the session's history, without changing its state."""
+        if envelope.workflow_type == self.workflow_type:
+            self.history.add(envelope.key)
 
     @property
     def terminal(self) -> bool:
@@ -96,10 +116,16 @@ class SessionView:
     """Latest state per session, bounded by age and count."""
 
     def __init__(
-        self, *, ttl_ms: int, max_sessions: int, clock: Callable[[], int] = now_ms
+        self,
+        *,
+        ttl_ms: int,
+        max_sessions: int,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self._ttl_ms = ttl_ms
         self._max = max_sessions
+        self._history_limit = history_limit
         self._clock = clock
         # Ordered by last update, oldest first, so eviction pops from the front.
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
@@ -123,9 +149,11 @@ class SessionView:
         sessions = self._sessions
         state = sessions.get(event.session_id)
         if state is None:
-            sessions[event.session_id] = SessionState(envelope, event)
+            sessions[event.session_id] = SessionState(envelope, event, self._history_limit)
         elif state.terminal and not event.terminal:
-            # An ended session stays ended; a stray late report does not revive it.
+            # An ended session stays ended; a stray late report does not revive it,
+            # though it is still one of its events.
+            state.record(envelope)
             return
         else:
             state.apply(envelope, event)

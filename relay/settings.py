@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.recent_ids import DEFAULT_HISTORY_LIMIT
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 
@@ -74,6 +76,12 @@ class Settings(BaseSettings):
     max_sessions: int = Field(
         default=20_000, ge=1, description="Sessions one gateway remembers at most."
     )
+    session_history: int = Field(
+        default=DEFAULT_HISTORY_LIMIT,
+        ge=1,
+        le=10_000,
+        description="Latest event ids remembered per session; its history lists those events.",
+    )
     replay_limit: int = Field(
         default=1_000,
         ge=1,
@@ -93,6 +101,18 @@ class Settings(BaseSettings):
         default=1_048_576, ge=1024, description="Largest HTTP request body accepted."
     )
     max_batch: int = Field(default=1_000, ge=1, description="Most events in one batch request.")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers, counted from "
+        "when it opened or got its previous answer; an idle keep-alive connection is closed "
+        "after as long.",
+    )
+    body_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client may take to send a request body; slower ones get 408.",
+    )
     max_ws_frame_bytes: int = Field(
         default=65_536, ge=1024, description="Largest WebSocket frame a client may send."
     )
