@@ -278,6 +278,7 @@ class Watcher {
     for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
       if (frame && "event" in frame) this.#onEvent(frame);
       else if (frame?.type === "subscribed") this.#onSubscribed(frame);
+      else if (frame?.type === "reset") this.#onReset(frame);
       else if (frame?.type === "error") console.warn(`relay: ${frame.code}: ${frame.message}`);
     }
   }
@@ -293,6 +294,16 @@ class Watcher {
     // sessions ended while we were away).
     const fromState = !this.#resumed && (this.#sessionId || this.#snapshot || !firstTime);
     if (frame.recovered === false || fromState) this.#refetch();
+  }
+
+  /** The gateway found a type's history lost or rewritten: treat it like `recovered: false`. */
+  #onReset(frame) {
+    const type =
+      this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
+    if (type && frame.workflow_type !== type) return;
+    // Ids from before the reset mean nothing now; the next event sets the resume point.
+    this.#resumeFrom = null;
+    this.#refetch();
   }
 
   #onEvent(frame) {
