@@ -287,7 +287,12 @@ class StreamReader:
 
     def _reset(self, key: str, state: StreamState, epoch: str, why: str) -> None:
         """Read ``key`` again from its start as history; news only past what was read before."""
-        floor = max(parse_stream_id(self.positions[key]), self._floors.get(key, NO_ID))
+        # Entries up to here were delivered, or were history never to be news.
+        floor = max(
+            parse_stream_id(self.positions[key]),
+            self._floors.get(key, NO_ID),
+            self._history_ends.get(key, NO_ID),
+        )
         logger.warning(
             "stream %s lost or rewrote its history (%s): new epoch %s; rebuilding from what "
             "it retains",
