@@ -301,8 +301,13 @@ class Watcher {
     const type =
       this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
     if (type && frame.workflow_type !== type) return;
-    // Ids from before the reset mean nothing now; the next event sets the resume point.
+    // Ids from before the reset mean nothing now, and what we built from them
+    // may be wrong: drop it and take the gateway's rebuilt state instead.
     this.#resumeFrom = null;
+    for (const [sessionId, record] of this.#records) {
+      if (record.state.workflowType === frame.workflow_type) this.#records.delete(sessionId);
+    }
+    this.#emit(null, null);
     this.#refetch();
   }
 
