@@ -97,17 +97,19 @@ class StreamChecks:
             results = await pipe.execute()
         return {key: valid_epoch(results[2 * n + 1]) for n, key in enumerate(stream_keys)}
 
-    async def bump_epoch(self, stream_key: str, known: str | None) -> str:
-        """Replace the epoch ``known`` with a new one, unless another gateway already did.
+    async def bump_epochs(self, known: Mapping[str, str | None]) -> dict[str, str]:
+        """Replace each stream's ``known`` epoch with a new one, unless another gateway did.
 
-        Returns the epoch in force afterwards, the same for every gateway.
+        Returns the epochs in force afterwards, the same for every gateway;
+        one round trip however many streams.
         """
-        answer = await self._bump_epoch_script(
-            keys=[self.keys.epoch(stream_key)], args=[known or "", new_epoch()]
-        )
-        epoch = valid_epoch(str(answer))
-        assert epoch is not None  # the script only ever leaves a valid epoch
-        return epoch
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, epoch in known.items():
+                args = [epoch or "", new_epoch()]
+                await self._bump_epoch_script(keys=[self.keys.epoch(key)], args=args, client=pipe)
+            answers = await pipe.execute()
+        # The script only ever leaves a valid epoch behind.
+        return {key: str(answer) for key, answer in zip(known, answers, strict=True)}
 
     async def stream_states(self, positions: Mapping[str, str]) -> dict[str, StreamState]:
         """What each stream holds now, against the reader's ``positions``, in one round trip."""

@@ -272,14 +272,16 @@ class StreamReader:
     async def _verify(self) -> None:
         """After an outage: reset every stream whose history was lost or rewritten."""
         states = await self._checks.stream_states(self.positions) if self.positions else {}
+        lost: dict[str, str] = {}
         for key, state in states.items():
             if state.kind not in STREAM_KINDS:
                 self._drop(key, f"a {state.kind}, not a stream")
-                continue
-            why = self._lost_history(key, state)
-            if why is not None:
-                epoch = await self._checks.bump_epoch(key, self.epochs.get(key))
-                self._reset(key, state, epoch, why)
+            elif (why := self._lost_history(key, state)) is not None:
+                lost[key] = why
+        if lost:
+            epochs = await self._checks.bump_epochs({key: self.epochs.get(key) for key in lost})
+            for key, why in lost.items():
+                self._reset(key, states[key], epochs[key], why)
         latest = (await self._store.last_ids([self._announcements]))[self._announcements]
         if parse_stream_id(latest) < parse_stream_id(self._announced):
             self._announced = latest

@@ -209,19 +209,22 @@ async def test_an_entry_rewritten_while_the_reader_was_away_is_noticed(redis_url
 
 async def test_every_gateway_agrees_on_one_new_epoch(redis_url: str) -> None:
     clients = [redis.asyncio.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
+    epoch_key = "{workflow:progress:map}:epoch"
     try:
         one, other = (StreamChecks(client, Keys()) for client in clients)
         (first,) = (await one.ensure_epochs([STREAM])).values()
         assert await other.ensure_epochs([STREAM]) == {STREAM: first}
-        second = await one.bump_epoch(STREAM, first)
+        (second,) = (await one.bump_epochs({STREAM: first})).values()
         assert second not in (None, first)
-        assert await other.bump_epoch(STREAM, first) == second
-        await clients[0].delete("{workflow:progress:map}:epoch")  # lost with the data
-        third = await other.bump_epoch(STREAM, second)
-        assert await one.bump_epoch(STREAM, second) == third != second
-        await clients[0].set("{workflow:progress:map}:epoch", "caf\u00e9")  # not an epoch
+        assert await other.bump_epochs({STREAM: first}) == {STREAM: second}
+        await clients[0].delete(epoch_key)  # lost with the data
+        (third,) = (await other.bump_epochs({STREAM: second})).values()
+        assert await one.bump_epochs({STREAM: second}) == {STREAM: third} != {STREAM: second}
+        await clients[0].set(epoch_key, "caf\u00e9")  # not an epoch
         assert (await one.ensure_epochs([STREAM])) == {STREAM: None}
-        assert await one.bump_epoch(STREAM, None) not in (None, third)
+        (fourth,) = (await one.bump_epochs({STREAM: None})).values()
+        assert fourth != third
+        assert await clients[0].get(epoch_key) == fourth
     finally:
         for client in clients:
             await client.aclose()
