@@ -111,6 +111,16 @@ class StreamChecks:
         # The script only ever leaves a valid epoch behind.
         return {key: str(answer) for key, answer in zip(known, answers, strict=True)}
 
+    async def holding(self, entries: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each ``(stream key, entry id)``, whether the stream still holds that entry."""
+        if not entries:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, entry_id in entries:
+                pipe.xrange(key, min=entry_id, max=entry_id, count=1)
+            results = await pipe.execute(raise_on_error=False)
+        return [bool(found) and not isinstance(found, Exception) for found in results]
+
     async def stream_states(self, positions: Mapping[str, str]) -> dict[str, StreamState]:
         """What each stream holds now, against the reader's ``positions``, in one round trip."""
         keys = list(positions)

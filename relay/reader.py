@@ -111,6 +111,10 @@ class StreamReader:
         # Streams whose last read filled a whole batch: the only ones whose
         # lag is worth a look at the next tick.
         self._behind: set[str] = set()
+        # Per stream, the positions it was read from since Redis's run id was
+        # last seen unchanged: a replaced Redis may answer XREADs before the
+        # run id check, so the check looks at each of them.
+        self._moved_from: dict[str, list[str]] = {}
         self._ignored: set[str] = set()
         self.positions: dict[str, str] = {}
         self.epochs: dict[str, str | None] = {}
@@ -172,6 +176,7 @@ class StreamReader:
         for state in (self.positions, self.epochs, self._history_ends, self._floors):
             state.pop(key, None)
         self._resetting.pop(key, None)
+        self._moved_from.pop(key, None)
         self._behind.discard(key)
         workflow_type = self._keys.workflow_type(key)
         if workflow_type is not None:
@@ -229,6 +234,8 @@ class StreamReader:
         if self._server_id is not None and server_id != self._server_id:
             logger.warning("Redis restarted or was replaced; checking every stream")
             self._check_streams = True
+        elif not self._check_streams:
+            self._moved_from.clear()
         self._server_id = server_id
         self._scan_cursor, found = await self._store.scan_step(self._scan_cursor, SCAN_COUNT)
         await self._follow(found, at_start=False)
@@ -256,27 +263,46 @@ class StreamReader:
             if head <= parse_stream_id(position):
                 self._behind.discard(key)
 
-    def _lost_history(self, key: str, state: StreamState) -> str | None:
-        """Why ``key`` no longer holds the history we read, or None when it still does."""
+    def _lost_history(self, key: str, state: StreamState, gone: list[str]) -> str | None:
+        """Why ``key`` no longer holds the history we read, or None when it still does.
+
+        ``gone`` are earlier positions of this stream whose entries are missing.
+        """
         if state.epoch != self.epochs.get(key):
             return "its epoch vanished" if state.epoch is None else "its epoch changed"
-        position = parse_stream_id(self.positions[key])
-        if position == NO_ID:
-            return None
-        if parse_stream_id(state.generated) < position:
-            return f"its ids went back from {self.positions[key]} to {state.generated}"
-        if not state.holds_position and NO_ID < parse_stream_id(state.first) < position:
-            return f"entry {self.positions[key]} is gone while older ones are retained"
+        position = self.positions[key]
+        if parse_stream_id(state.generated) < parse_stream_id(position):
+            return f"its ids went back from {position} to {state.generated}"
+        if not state.holds_position:
+            gone = [position, *gone]
+        first = parse_stream_id(state.first)
+        for missing in gone:
+            # Trimming removes the oldest entries first: one missing while
+            # older ones are retained was not trimmed, it never existed here.
+            if NO_ID < first < parse_stream_id(missing):
+                return f"entry {missing} is gone while older ones are retained"
         return None
 
     async def _verify(self) -> None:
         """After an outage: reset every stream whose history was lost or rewritten."""
-        states = await self._checks.stream_states(self.positions) if self.positions else {}
+        positions = self.positions
+        states = await self._checks.stream_states(positions) if positions else {}
+        earlier = [
+            (key, at)
+            for key, ats in self._moved_from.items()
+            if key in positions
+            for at in ats
+            if at != "0-0"
+        ]
+        gone: dict[str, list[str]] = {}
+        for (key, at), there in zip(earlier, await self._checks.holding(earlier), strict=True):
+            if not there:
+                gone.setdefault(key, []).append(at)
         lost: dict[str, str] = {}
         for key, state in states.items():
             if state.kind not in STREAM_KINDS:
                 self._drop(key, f"a {state.kind}, not a stream")
-            elif (why := self._lost_history(key, state)) is not None:
+            elif (why := self._lost_history(key, state, gone.get(key, []))) is not None:
                 lost[key] = why
         if lost:
             epochs = await self._checks.bump_epochs({key: self.epochs.get(key) for key in lost})
@@ -285,6 +311,7 @@ class StreamReader:
         latest = (await self._store.last_ids([self._announcements]))[self._announcements]
         if parse_stream_id(latest) < parse_stream_id(self._announced):
             self._announced = latest
+        self._moved_from.clear()
         self._check_streams = False
 
     def _reset(self, key: str, state: StreamState, epoch: str, why: str) -> None:
@@ -378,6 +405,7 @@ class StreamReader:
                 self._announced = entries[-1][0]
                 announced.extend(self._announced_streams(entries))
             elif entries and stream in self.positions:
+                self._moved_from.setdefault(stream, []).append(self.positions[stream])
                 self.positions[stream] = entries[-1][0]
                 self.entries_read += len(entries)
                 self._note_read(stream, len(entries))

@@ -207,6 +207,47 @@ async def test_an_entry_rewritten_while_the_reader_was_away_is_noticed(redis_url
         assert found.relay.reader.resets == 1
 
 
+async def test_a_redis_replaced_under_a_live_reader_is_noticed_by_its_run_id(
+    redis_url: str,
+) -> None:
+    settings = Settings(redis_url=redis_url, read_block_ms=50, discovery_interval=0.05)
+    async with following(settings) as found:
+        commands, store = found.relay.connections.commands, found.relay.store
+        reader = found.relay.reader
+
+        def fields(n: int) -> dict[str, str]:
+            return {"session_id": f"s{n}", "step": "a", "progress": str(n)}
+
+        read = [await commands.xadd(STREAM, fields(n)) for n in range(6)]
+        await eventually(lambda: found.events() == read)
+        # Another Redis, restored from an older snapshot, that publishers
+        # already wrote to. The client reconnects by itself, so the first the
+        # reader sees of it is an XREAD answer; the run id check comes after.
+        old_world = {"0-0", *read}
+        real_server_id = store.server_id
+
+        async def server_id() -> str:
+            if reader.positions.get(STREAM) in old_world:
+                return await real_server_id()
+            return "another run id"
+
+        store.server_id = server_id  # type: ignore[method-assign]
+        retained = await commands.xrange(STREAM, max=read[2])
+        async with commands.pipeline(transaction=True) as pipe:
+            pipe.delete(STREAM)
+            for entry_id, entry in retained:
+                pipe.xadd(STREAM, entry, id=entry_id)
+            pipe.xadd(STREAM, fields(7))
+            pipe.xadd(STREAM, fields(8))
+            new = (await pipe.execute())[-2:]
+        await eventually(lambda: found.controls("reset"))
+        await eventually(lambda: reader.caught_up)
+        assert found.events() == read + new
+        view = found.relay.view
+        assert view.get("s4") is None
+        assert [view.get(f"s{n}") is not None for n in (0, 1, 2, 7, 8)] == [True] * 5
+
+
 async def test_every_gateway_agrees_on_one_new_epoch(redis_url: str) -> None:
     clients = [redis.asyncio.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
     epoch_key = "{workflow:progress:map}:epoch"
