@@ -13,6 +13,11 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
+# Workers write whatever bytes they like. Decoding strictly would make one
+# non-UTF-8 byte raise inside the client and lose the whole reply; escaping
+# keeps every byte (and lets a key be sent back as it was), and the entry
+# decoder refuses any string that holds an escaped byte.
+ENCODING_ERRORS = "surrogateescape"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,7 @@ def connect(settings: Settings) -> Connections:
     commands = Redis.from_url(
         settings.redis_url,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         health_check_interval=30,
@@ -43,6 +49,7 @@ def connect(settings: Settings) -> Connections:
     reader = Redis.from_url(
         settings.redis_url,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
         single_connection_client=True,
@@ -54,6 +61,10 @@ def _embedded() -> Connections:
     import fakeredis
 
     server = fakeredis.FakeServer()
-    commands = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-    reader = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+    commands = fakeredis.FakeAsyncRedis(
+        server=server, decode_responses=True, encoding_errors=ENCODING_ERRORS
+    )
+    reader = fakeredis.FakeAsyncRedis(
+        server=server, decode_responses=True, encoding_errors=ENCODING_ERRORS
+    )
     return Connections(commands, reader)

@@ -135,4 +135,14 @@ def authenticated_frame(subject: str) -> str:
     return _frame(type="authenticated", sub=subject)
 
 
+def reset_frame(workflow_type: str, epoch: str) -> str:
+    """Tells subscribers of ``workflow_type`` that its history was lost or rewritten."""
+    return _frame(
+        type="reset",
+        workflow_type=workflow_type,
+        epoch=epoch,
+        message="history was reset; refetch state",
+    )
+
+
 PONG_FRAME = _frame(type="pong")

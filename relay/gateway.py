@@ -122,7 +122,8 @@ async def _run_reader(app: web.Application) -> AsyncIterator[None]:
             "no Redis configured: running on the embedded in-process store "
             "(one instance, nothing kept across restarts)"
         )
-    task = asyncio.create_task(relay.reader.run(), name="relay-stream-reader")
+    # Supervised: if the reader's task ever ends, readiness says so and it is started again.
+    task = asyncio.create_task(relay.reader.supervise(), name="relay-reader-supervisor")
     try:
         # Publishes accepted once we serve must not be taken for history.
         async with asyncio.timeout(READER_START_TIMEOUT):

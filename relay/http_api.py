@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay.access import limit_publisher, require_publisher
 from relay.context import RELAY
@@ -15,7 +15,8 @@ from relay.keys import event_name
 from relay.models import parse_event_json, parse_event_list_json
 from relay.publishing import publish_events
 
-READY_PING_TIMEOUT = 1.0
+READY_PROBE_TIMEOUT = 1.0
+READY_PROBE_TTL_MS = 10_000
 
 routes = web.RouteTableDef()
 
@@ -98,18 +99,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store answers and the stream reader is following the streams."""
+    """Ready when the store accepts writes and the stream reader is following the streams."""
     relay = request.app[RELAY]
     problems = []
     try:
-        async with asyncio.timeout(READY_PING_TIMEOUT):
-            await relay.connections.commands.ping()
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            # A write, not a PING: a Redis out of memory or read-only answers
+            # PING yet refuses every publish.
+            await relay.store.probe_write(READY_PROBE_TTL_MS)
+    except ResponseError as exc:
+        problems.append(f"store refuses writes: {exc}")
     except (RedisError, OSError, TimeoutError) as exc:
         problems.append(f"store unreachable: {exc or type(exc).__name__}")
-    if not relay.reader.ready:
-        problems.append("stream reader is not following the streams")
-    elif not relay.reader.caught_up:
-        problems.append("stream reader is still reading the history")
+    if (problem := relay.reader.problem) is not None:
+        problems.append(problem)
     if problems:
         body = {"status": "not ready", "problems": problems}
         retry = str(relay.settings.retry_after_seconds)

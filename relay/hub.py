@@ -85,6 +85,22 @@ class Hub:
         """A snapshot of every attached connection."""
         return list(self._subscribers)
 
+    def broadcast(self, workflow_type: str, frame: str) -> int:
+        """Hand a control frame once to every subscriber with a subscription in ``workflow_type``.
+
+        Subscriptions to ``*`` count too, whatever their session. Walks the
+        whole index, so it is for rare events only.
+        """
+        targets = {
+            subscriber
+            for (wtype, _), group in self._index.items()
+            if wtype in (workflow_type, ANY_TYPE)
+            for subscriber in group
+        }
+        for subscriber in targets:
+            subscriber.deliver(frame)
+        return len(targets)
+
     def route(self, envelope: Envelope) -> int:
         """Hand one event to every matching subscriber, once each."""
         index = self._index

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
+from relay.frames import reset_frame
 from relay.hub import Hub
 from relay.keys import Keys
 from relay.models import EntryError, Envelope, ProgressEvent, event_from_entry
@@ -47,6 +48,19 @@ class Ingest:
     def _skipped(self, exc: EntryError) -> None:
         self.invalid += 1
         logger.warning("skipping invalid stream entry: %s", exc)
+
+    def forget(self, stream_key: str) -> None:
+        """Drop the sessions of the stream's type: its history is about to be read again."""
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is not None:
+            self._view.forget_type(workflow_type)
+
+    def reset(self, stream_key: str, epoch: str) -> None:
+        """Tell every subscriber of the stream's type that its history was reset."""
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is not None:
+            told = self._hub.broadcast(workflow_type, reset_frame(workflow_type, epoch))
+            logger.info("told %d subscriber(s) of %s that its history was reset", told, stream_key)
 
     def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
         workflow_type = self._keys.workflow_type(stream_key)

@@ -38,6 +38,19 @@ class Keys:
         """A short stream where publishers note new types, so readers follow them at once."""
         return self.prefix + "workflow:announcements"
 
+    def epoch(self, stream_key: str) -> str:
+        """The epoch of one stream: changes whenever its history was lost or rewritten.
+
+        The stream key in braces is a hash tag, so the epoch lives in the
+        stream's cluster slot; the name does not match :attr:`stream_pattern`.
+        """
+        return f"{self.prefix}{{{stream_key}}}:epoch"
+
+    @property
+    def ready_probe(self) -> str:
+        """A short-lived key readiness checks write, to learn whether the store accepts writes."""
+        return self.prefix + "workflow:ready-probe"
+
     def cancel(self, session_id: str) -> str:
         """Present while a cancellation of ``session_id`` is pending."""
         return f"{self.prefix}workflow:cancel:{session_id}"

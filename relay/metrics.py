@@ -77,11 +77,28 @@ class RelayCollector(Collector):
             "Subscribers closed because they could not keep up.",
             hub.slow_closed,
         )
-        yield _counter("relay_redis_errors", "Errors the stream reader met.", reader.redis_errors)
         yield _counter(
-            "relay_stream_restarts",
-            "Streams read again because their ids went back.",
+            "relay_redis_errors", "Redis errors the stream reader met.", reader.redis_errors
+        )
+        yield _counter(
+            "relay_reader_failures",
+            "Other errors the stream reader met and carried on after.",
+            reader.failures,
+        )
+        yield _counter(
+            "relay_reader_restarts",
+            "Times the stream reader's task ended and was started again.",
             reader.restarts,
+        )
+        yield _counter(
+            "relay_stream_resets",
+            "Streams found to have lost or rewritten their history, then read again.",
+            reader.resets,
+        )
+        yield _counter(
+            "relay_ignored_keys",
+            "Keys named like type streams that are not followed (bad name, or not a stream).",
+            reader.ignored_keys,
         )
         yield _counter("relay_replays", "Subscriptions resumed with since.", relay.catchup.replays)
         yield _counter(

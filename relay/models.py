@@ -235,12 +235,25 @@ def parse_stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq) if sep else 0
 
 
+def _utf8(text: str) -> bool:
+    """False for a string holding bytes that were not UTF-8 (kept as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) -> ProgressEvent:
     """Read an event back from a stream entry written by any publisher.
 
     Raw ``XADD`` entries carry strings only, so numbers and metadata are parsed
     here; an entry with no ``ts`` takes the time from its stream id.
     """
+    for name, value in fields.items():
+        # isascii() is a flag check, so valid ASCII entries cost next to nothing.
+        if not (name.isascii() and value.isascii()) and not (_utf8(name) and _utf8(value)):
+            raise EntryError(f"entry {entry_id} of {workflow_type!r}: field {name!r} is not UTF-8")
     # Unknown fields are ignored and the key names the type: workers in other
     # languages may add fields of their own without losing their events.
     raw: dict[str, Any] = {k: v for k, v in fields.items() if k in _ENTRY_FIELDS}

@@ -160,6 +160,13 @@ class SessionView:
             sessions.move_to_end(event.session_id)
         self.evict()
 
+    def forget_type(self, workflow_type: str) -> int:
+        """Forget every session of ``workflow_type`` (before rebuilding them from its stream)."""
+        doomed = [k for k, state in self._sessions.items() if state.workflow_type == workflow_type]
+        for session_id in doomed:
+            del self._sessions[session_id]
+        return len(doomed)
+
     def evict(self) -> None:
         """Forget expired sessions and the oldest beyond the count limit."""
         sessions = self._sessions

@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         default=500, ge=1, description="How long one XREAD waits for new entries."
     )
     discovery_interval: float = Field(
-        default=0.5, gt=0, description="Seconds between scans for new workflow type streams."
+        default=0.5,
+        gt=0,
+        description="Seconds between discovery ticks: a run id check and one bounded SCAN step.",
     )
 
     max_body_bytes: int = Field(

@@ -141,6 +141,21 @@ class StreamStore:
             found.add(str(key))
         return {key for key in found if self.keys.workflow_type(key)}
 
+    async def scan_step(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One SCAN call for type streams: the next cursor (0 after a full pass) and the keys found.
+
+        Continuing the cursor tick after tick makes every call cost the same,
+        however many keys Redis holds.
+        """
+        next_cursor, keys = await self.redis.scan(
+            cursor, match=self.keys.stream_pattern, count=count, _type="stream"
+        )
+        return int(next_cursor), [str(key) for key in keys]
+
+    async def probe_write(self, ttl_ms: int) -> None:
+        """Write a tiny short-lived key: raises when the store does not accept writes."""
+        await self.redis.set(self.keys.ready_probe, "1", px=ttl_ms)
+
     async def last_ids(self, stream_keys: Sequence[str]) -> dict[str, str]:
         """The newest entry id of each stream, ``0-0`` for a stream that does not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -8,7 +8,9 @@ Three views of the same subscription:
 - one plain line per event otherwise (stdout is a pipe or a file).
 
 :func:`follow` is the network loop shared by all three: it resumes after each
-reconnect from the last event id seen, so nothing is missed or repeated.
+reconnect from the last event id seen, so nothing is missed or repeated. When
+the gateway says a type's history was reset, ids seen before mean nothing any
+more: the resume point is dropped and the state is loaded again.
 """
 
 from __future__ import annotations
@@ -175,6 +177,11 @@ class ProgressBoard:
         """Say whether the subscription is live: ``connecting``, ``live``, ``disconnected``."""
         self.connection = f"{state}, retrying in {delay:.1f}s" if delay is not None else state
 
+    def forget_type(self, workflow_type: str) -> None:
+        """Drop every row of ``workflow_type``: its history was reset, the rows may be wrong."""
+        for key in [k for k, row in self._rows.items() if row.workflow_type == workflow_type]:
+            del self._rows[key]
+
     def update(self, frame: dict[str, Any]) -> None:
         """Take one event frame as its session's latest."""
         data = frame["data"]
@@ -307,6 +314,7 @@ async def follow(
     *,
     on_frame: FrameHandler,
     on_state: StateHandler | None = None,
+    on_reset: FrameHandler | None = None,
     token: str | None = None,
     snapshot: bool = False,
 ) -> None:
@@ -316,14 +324,21 @@ async def follow(
     gateway confirmed the subscription) and ``disconnected`` with the delay
     before the next attempt; the default prints disconnections to stderr.
     With ``snapshot``, a subscription that does not resume starts with the
-    latest event of every session still running.
+    latest event of every session still running. ``on_reset(frame)`` hears a
+    ``reset`` frame (the default prints it to stderr); with ``snapshot`` the
+    latest events are then asked for again, from what the gateway now holds.
     """
 
     def default_state(state: str, delay: float | None) -> None:
         if state == "disconnected":
             print(f"# disconnected, reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
 
+    def default_reset(frame: dict[str, Any]) -> None:
+        message = f"{frame.get('workflow_type')}: {frame.get('message', 'history was reset')}"
+        print(f"# {message}", file=sys.stderr, flush=True)
+
     state_changed = on_state or default_state
+    was_reset = on_reset or default_reset
     last_id: str | None = None
     delay = RECONNECT_START
     async with aiohttp.ClientSession() as http:
@@ -353,6 +368,14 @@ async def follow(
                                 on_frame(item)
                             elif item.get("type") == "subscribed":
                                 state_changed("live", None)
+                            elif item.get("type") == "reset":
+                                # Like recovered: false: ids from before mean nothing now.
+                                last_id = None
+                                was_reset(item)
+                                if snapshot:
+                                    again = {**subscribe, "snapshot": True}
+                                    again.pop("since", None)
+                                    await ws.send_str(orjson.dumps(again).decode())
                             elif item.get("type") == "error":
                                 state_changed(f"error: {item.get('message', '')}", None)
             except (aiohttp.ClientError, OSError) as exc:
@@ -411,6 +434,7 @@ async def watch_bars(
                 session_id,
                 on_frame=board.update,
                 on_state=board.set_connection,
+                on_reset=lambda frame: board.forget_type(str(frame.get("workflow_type"))),
                 token=token,
                 snapshot=True,
             )

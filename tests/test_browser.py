@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from relay.reporter import Reporter
+from tests.conftest import RedisServer
 from tests.helpers import Gateway, wait_until
 
 try:
@@ -336,3 +337,31 @@ def test_dashboard_screenshot(page: Page, gateway: Gateway, redis_url: str) -> N
     expect(page.locator("#timeline li[data-id]")).to_have_count(2)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard.png")
+
+
+def test_client_drops_what_a_reset_history_told_it_and_reloads(
+    page: Page, start_gateway: Callable[..., Gateway], own_redis: RedisServer
+) -> None:
+    gateway = start_gateway(own_redis.url)
+    load_client(page, gateway)
+    page.evaluate(
+        """(url) => {
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map" });
+        }""",
+        gateway.url,
+    )
+    page.wait_for_function("watcher.status === 'live'")
+    with Reporter(own_redis.url) as publisher:
+        kept = publisher.report("s1", "map", "step 1", 10)
+        with own_redis.client() as client:
+            client.save()
+        publisher.report("s1", "map", "step 2", 20)
+        page.wait_for_function("watcher.get('s1')?.step === 'step 2'")
+        own_redis.stop(kill=True)
+        own_redis.start()  # from the snapshot: step 2 never happened
+        # The gateway's reset frame makes the client take the rebuilt state.
+        page.wait_for_function("watcher.get('s1')?.step === 'step 1'", timeout=20_000)
+        assert page.evaluate("watcher.get('s1').lastEventId") == kept
+        later = publisher.report("s1", "map", "step 3", 30)
+    page.wait_for_function("watcher.get('s1')?.step === 'step 3'")
+    assert page.evaluate("watcher.get('s1').lastEventId") == later

@@ -281,12 +281,12 @@ async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: st
         entry = {"session_id": "s", "step": "a", "progress": "1"}
         await client.xadd(keys.stream("map"), entry, id="1000-0")
         await client.xadd(keys.stream("caught-up"), entry, id="2000-0")
-        await reader._discover(at_start=True)
+        await reader._start()
         assert reader.lag_ms == {}  # not read yet: no meaningful lag
         reader.positions[keys.stream("map")] = "1000-0"
         reader.positions[keys.stream("caught-up")] = "2000-0"
         await client.xadd(keys.stream("map"), entry, id="5500-3")
-        await reader._discover(at_start=False)
+        await reader._tick()
         assert reader.lag_ms == {"map": 4500, "caught-up": 0}
     finally:
         await client.aclose()

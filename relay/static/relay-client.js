@@ -282,6 +282,7 @@ class Watcher {
     for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
       if (frame && "event" in frame) this.#onEvent(frame);
       else if (frame?.type === "subscribed") this.#onSubscribed(frame);
+      else if (frame?.type === "reset") this.#onReset(frame);
       else if (frame?.type === "error") console.warn(`relay: ${frame.code}: ${frame.message}`);
     }
   }
@@ -297,6 +298,21 @@ class Watcher {
     // sessions ended while we were away).
     const fromState = !this.#resumed && (this.#sessionId || this.#snapshot || !firstTime);
     if (frame.recovered === false || fromState) this.#refetch();
+  }
+
+  /** The gateway found a type's history lost or rewritten: treat it like `recovered: false`. */
+  #onReset(frame) {
+    const type =
+      this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
+    if (type && frame.workflow_type !== type) return;
+    // Ids from before the reset mean nothing now, and what we built from them
+    // may be wrong: drop it and take the gateway's rebuilt state instead.
+    this.#resumeFrom = null;
+    for (const [sessionId, record] of this.#records) {
+      if (record.state.workflowType === frame.workflow_type) this.#records.delete(sessionId);
+    }
+    this.#emit(null, null);
+    this.#refetch();
   }
 
   #onEvent(frame) {
