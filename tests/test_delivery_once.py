@@ -1,0 +1,188 @@
+"""Each event reaches a connection once, however its subscriptions, replays and states overlap."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from relay.coverage import Coverage
+from relay.models import Envelope
+from tests.helpers import event, eventually, receive, receive_events, serving, state_when, subscribe
+from tests.test_catchup import fast, post
+from tests.test_subscriber import FakeSocket, make
+
+SESSIONS = ("s1", "s2", "s3")
+
+
+async def publish_batch(http: aiohttp.ClientSession, base: str, events: list[Any]) -> list[str]:
+    async with http.post(f"{base}/api/workflows/progress/batch", json=events) as response:
+        assert response.status == 202, await response.text()
+        ids = [str(entry_id) for entry_id in (await response.json())["ids"]]
+    last = events[-1]
+    await state_when(http, base, last["session_id"], last_event_id=ids[-1])
+    return ids
+
+
+async def thirty(http: aiohttp.ClientSession, base: str) -> list[str]:
+    """30 running events, ten per session, interleaved."""
+    return await publish_batch(
+        http, base, [event(session_id=SESSIONS[n % 3], progress=n) for n in range(30)]
+    )
+
+
+async def ask(ws: aiohttp.ClientWebSocketResponse, **fields: Any) -> None:
+    """Send a subscribe action without waiting for its answer."""
+    await ws.send_json({"action": "subscribe", **fields})
+
+
+async def collect(
+    ws: aiohttp.ClientWebSocketResponse, count: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The next ``count`` event ids, and the control frames that came with them."""
+    controls: list[dict[str, Any]] = []
+    ids: list[str] = []
+    while len(ids) < count:
+        item = await receive(ws)
+        if "event" in item:
+            ids.append(item["id"])
+        else:
+            controls.append(item)
+    return controls, ids
+
+
+async def nothing_more(
+    ws: aiohttp.ClientWebSocketResponse, http: aiohttp.ClientSession, base: str
+) -> list[dict[str, Any]]:
+    """The next event the connection gets is a new live one: nothing else was queued.
+
+    Returns the control frames that came before it.
+    """
+    live = await post(http, base, session_id="s1", progress=99)
+    controls, got = await collect(ws, 1)
+    assert got == [live]
+    return controls
+
+
+async def test_overlapping_replays_deliver_each_event_once(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        ids = await thirty(http, base)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ask(ws, workflow_type="map", since="0-0")
+            await ask(ws, workflow_type="map", since="0-0")
+            await ask(ws, workflow_type="map", session_id="s1", since="0-0")
+            controls, got = await collect(ws, 30)
+            assert got == ids
+            controls += await nothing_more(ws, http, base)
+        assert [c["recovered"] for c in controls if c["type"] == "subscribed"] == [True] * 3
+
+
+async def test_a_replay_skips_what_a_live_subscription_already_sent(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        before = await thirty(http, base)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await subscribe(ws, workflow_type="map")
+            during = await publish_batch(
+                http, base, [event(session_id=SESSIONS[n % 3], progress=n) for n in range(9)]
+            )
+            assert [f["id"] for f in await receive_events(ws, 9)] == during
+            await subscribe(ws, workflow_type="map", session_id="s2", since="0-0")
+            _, replayed = await collect(ws, 10)
+            # s2's events from before the type subscription; the later ones came live
+            assert replayed == before[1::3]
+            await nothing_more(ws, http, base)
+
+
+async def test_repeated_snapshots_and_late_joiners_send_each_state_once(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        ids = await thirty(http, base)
+        latest = ids[-3:]  # one per session
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ask(ws, workflow_type="map", snapshot=True)
+            await ask(ws, workflow_type="map", snapshot=True)
+            await ask(ws, workflow_type="map", session_id="s1")
+            await ask(ws, workflow_type="*", snapshot=True)
+            _, got = await collect(ws, 3)
+            assert sorted(got) == sorted(latest)
+            await nothing_more(ws, http, base)
+
+
+async def test_a_replay_after_a_snapshot_skips_the_states_already_sent(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        ids = await thirty(http, base)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ask(ws, workflow_type="map", snapshot=True)
+            await ask(ws, workflow_type="map", since="0-0")
+            _, got = await collect(ws, 30)
+            counts = Counter(got)
+            assert sorted(counts) == sorted(ids)
+            assert set(counts.values()) == {1}
+            await nothing_more(ws, http, base)
+
+
+async def test_a_late_joiner_gets_the_state_a_type_subscription_did_not_send(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        ids = await thirty(http, base)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await subscribe(ws, workflow_type="map")
+            await subscribe(ws, workflow_type="map", session_id="s3")
+            # s3's latest predates the type subscription, so only the late join sends it
+            assert [f["id"] for f in await receive_events(ws, 1)] == [ids[-1]]
+            await nothing_more(ws, http, base)
+
+
+async def test_after_unsubscribing_a_replay_is_sent_again(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with serving(fast(redis_url)) as base:
+        ids = await thirty(http, base)
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ask(ws, workflow_type="map", since=ids[19])
+            assert (await collect(ws, 10))[1] == ids[20:]
+            await ws.send_json({"action": "unsubscribe", "workflow_type": "map"})
+            assert (await receive(ws))["type"] == "unsubscribed"
+            await ask(ws, workflow_type="map", since=ids[24])
+            assert (await collect(ws, 5))[1] == ids[25:]
+            await nothing_more(ws, http, base)
+
+
+def envelope(n: int, session: str = "s1", *, terminal: bool = False) -> Envelope:
+    return Envelope(f"{n}-0", "map", session, terminal, f"frame-{session}-{n}")
+
+
+async def test_a_mark_is_filtered_when_the_writer_reaches_it_not_when_it_is_filled() -> None:
+    """Two replays filled in the opposite order still send everything, each once."""
+    sock = FakeSocket()
+    sub = make(sock, limit=100)
+    whole, one = ("map", None), ("map", "s1")
+    first = sub.hold(whole)
+    sub.cover(whole, (4, 0))
+    second = sub.hold(one)
+    sub.cover(one, (4, 0))
+    history = [envelope(n, "s1" if n % 2 else "s2") for n in range(1, 5)]
+    # The later mark is filled first: it must not count as delivered before the earlier one.
+    sub.release(second, ["s1 replayed", *history[0::2]], lower_to=(0, 0))
+    sub.release(first, ["map replayed", *history], lower_to=(0, 0))
+    sub.start()
+    await eventually(lambda: "s1 replayed" in sock.sent)
+    assert sock.sent == [
+        "map replayed",
+        "frame-s1-1",
+        "frame-s2-2",
+        "frame-s1-3",
+        "frame-s2-4",
+        "s1 replayed",
+    ]
+    assert isinstance(sub.subscriptions[one], Coverage)
+    await sub.stop()
