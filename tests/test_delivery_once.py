@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from relay.coverage import Coverage
+from relay.frames import Subscribe
+from relay.gateway import build_relay
 from relay.models import Envelope
-from tests.helpers import event, eventually, receive, receive_events, serving, state_when, subscribe
+from relay.reporter import AsyncReporter
+from relay.settings import Settings
+from tests.conftest import RedisServer
+from tests.helpers import (
+    Gateway,
+    event,
+    eventually,
+    receive,
+    receive_events,
+    serving,
+    state_when,
+    subscribe,
+)
 from tests.test_catchup import fast, post
 from tests.test_subscriber import FakeSocket, make
 
@@ -186,3 +202,44 @@ async def test_a_mark_is_filtered_when_the_writer_reaches_it_not_when_it_is_fill
     ]
     assert isinstance(sub.subscriptions[one], Coverage)
     await sub.stop()
+
+
+async def test_a_resume_before_the_reader_starts_waits_for_it(
+    own_redis: RedisServer,
+    start_gateway: Callable[..., Gateway],
+    http: aiohttp.ClientSession,
+) -> None:
+    own_redis.stop()
+    own_redis.start(appendonly=True)  # the entries must survive the restart below
+    async with AsyncReporter(own_redis.url) as reporter:
+        ids = [await reporter.report(f"s{n % 5}", "map", "step", n) for n in range(50)]
+    own_redis.stop()
+    gateway = start_gateway(own_redis.url, ready=False, RELAY_READ_BLOCK_MS="100")
+    own_redis.start(appendonly=True)
+    async with http.get(f"{gateway.url}/readyz") as response:
+        assert response.status == 503  # the reader has not started yet
+    async with http.ws_connect(gateway.ws_url) as ws:
+        answer = await subscribe(ws, workflow_type="map", since=ids[9])
+        assert answer["recovered"] is True
+        assert [f["id"] for f in await receive_events(ws, 40, timeout=20)] == ids[10:]
+        await nothing_more(ws, http, gateway.url)
+
+
+async def test_a_resume_answers_not_recovered_when_the_reader_never_starts(
+    own_redis: RedisServer,
+) -> None:
+    own_redis.stop()  # nothing to read from: the reader cannot start
+    relay = build_relay(Settings(redis_url=own_redis.url, replay_wait=0.2))
+    sock = FakeSocket()
+    sub = make(sock, limit=100)
+    sub.start()
+    frame = Subscribe(action="subscribe", workflow_type="map", since="1-0")
+    replay = relay.catchup.subscribe(sub, frame)
+    assert replay is not None
+    await replay
+    await eventually(lambda: sock.sent != [])
+    assert [orjson.loads(text) for text in sock.sent] == [
+        {"type": "subscribed", "workflow_type": "map", "session_id": None, "recovered": False}
+    ]
+    await sub.stop()
+    await relay.connections.aclose()
