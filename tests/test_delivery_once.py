@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
+from relay.context import Relay
 from relay.coverage import Coverage
 from relay.frames import Subscribe
 from relay.gateway import build_relay
-from relay.models import Envelope
+from relay.models import Envelope, ProgressEvent
 from relay.reporter import AsyncReporter
 from relay.settings import Settings
 from tests.conftest import RedisServer
@@ -243,3 +246,88 @@ async def test_a_resume_answers_not_recovered_when_the_reader_never_starts(
     ]
     await sub.stop()
     await relay.connections.aclose()
+
+
+class CountedReads:
+    """Stands in for a store's history reads: counts those in progress, holds them at a gate."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.read = relay.store.history
+        self.active = 0
+        self.most = 0
+        self.gate = asyncio.Event()
+        relay.store.history = self
+
+    async def __call__(self, *args: Any) -> Any:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            await self.gate.wait()
+            return await self.read(*args)
+        finally:
+            self.active -= 1
+
+
+@pytest.fixture
+async def running(redis_url: str) -> AsyncIterator[Relay]:
+    """A gateway's parts with its reader running, two replays allowed at once."""
+    relay = build_relay(Settings(redis_url=redis_url, max_concurrent_replays=2))
+    task = asyncio.create_task(relay.reader.run())
+    await asyncio.wait_for(relay.reader.started.wait(), 10)
+    yield relay
+    await relay.reader.stop(task)
+    await relay.connections.aclose()
+
+
+async def resume_all(relay: Relay, count: int) -> tuple[list[str], list[FakeSocket], Any]:
+    receipts = await relay.store.publish(
+        [
+            ProgressEvent(
+                session_id=f"s{n % 7}", workflow_type="map", step="step", progress=n % 100
+            )
+            for n in range(300)
+        ]
+    )
+    ids = [receipt.id for receipt in receipts]
+    await eventually(lambda: relay.reader.live_from(relay.keys.stream("map")) == ids[-1])
+    socks = [FakeSocket() for _ in range(count)]
+    subs = [make(sock, limit=1_000) for sock in socks]
+    frame = Subscribe(action="subscribe", workflow_type="map", since=ids[0])
+    replays = [relay.catchup.subscribe(sub, frame) for sub in subs]
+    return ids, socks, (subs, replays)
+
+
+async def test_concurrent_replays_are_bounded_and_all_complete(running: Relay) -> None:
+    reads = CountedReads(running)
+    ids, socks, (subs, replays) = await resume_all(running, 10)
+    for sub in subs:
+        sub.start()
+    await eventually(lambda: reads.active == 2 and running.catchup.replays == 10)
+    reads.gate.set()
+    await asyncio.gather(*replays)
+    for sock in socks:
+        await eventually(lambda sock=sock: len(sock.sent) == len(ids))
+        assert [orjson.loads(text)["id"] for text in sock.sent[1:]] == ids[1:]
+    assert reads.most == 2
+    for sub in subs:
+        await sub.stop()
+
+
+async def test_a_replay_permit_is_held_until_the_writer_takes_it_or_the_subscriber_stops(
+    running: Relay,
+) -> None:
+    reads = CountedReads(running)
+    reads.gate.set()
+    ids, socks, (subs, replays) = await resume_all(running, 3)
+    # Nobody is sending yet: two filled replays keep their permits, the third waits.
+    await asyncio.gather(*replays[:2])
+    await eventually(lambda: running.catchup.replays == 3)
+    assert not replays[2].done()
+    await subs[0].stop()
+    await replays[2]
+    subs[1].start()
+    subs[2].start()
+    await eventually(lambda: len(socks[1].sent) == len(socks[2].sent) == len(ids))
+    assert socks[0].sent == []
+    for sub in subs[1:]:
+        await sub.stop()
