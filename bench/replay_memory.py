@@ -7,7 +7,7 @@ gateway A at once, each resuming from the first event (so each replays
 the replays ran, and after every client had its history::
 
     python bench/replay_memory.py
-    python bench/replay_memory.py --max-replays 1000   # effectively unbounded
+    python bench/replay_memory.py --max-replays 64   # the highest bound allowed
 """
 
 from __future__ import annotations

@@ -76,9 +76,10 @@ class CatchUp:
         self._start_cuts: dict[str, Cut] = {}
         self._start: asyncio.Task[None] | None = None
         self._followed_cache: tuple[tuple[int, int, int], Mapping[str, Cut]] | None = None
+        # The last position parsed: subscriptions made at the same place share it.
+        self._parsed: tuple[str, Cut] = ("0-0", NO_ID)
         self.replays = 0
         self.unrecovered = 0
-        self.replays_waiting = 0
 
     def subscribe(self, subscriber: Subscriber, frame: Subscribe) -> asyncio.Task[None] | None:
         """Subscribe; returns the replay task when history has to be fetched first."""
@@ -124,7 +125,11 @@ class CatchUp:
         if workflow_type == ANY_TYPE:
             return self._followed()
         upto = reader.live_from(self._keys.stream(workflow_type))
-        return NO_ID if upto is None else parse_stream_id(upto)
+        if upto is None:
+            return NO_ID
+        if self._parsed[0] != upto:
+            self._parsed = (upto, parse_stream_id(upto))
+        return self._parsed[1]
 
     def _followed(self) -> Mapping[str, Cut]:
         """Per followed type, where live routing is now; shared until the reader moves."""
@@ -153,13 +158,10 @@ class CatchUp:
         start = self._start
         if start is None or start.done():
             return True
-        self.replays_waiting += 1
         try:
             await asyncio.wait_for(asyncio.shield(start), self._replay_wait)
         except TimeoutError:
             return False
-        finally:
-            self.replays_waiting -= 1
         return True
 
     async def _replay(
