@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from relay.coverage import NO_ID, Cut, Cuts, cut_for, format_id
+from relay.coverage import BEYOND, NO_ID, Cut, Cuts, cut_for, format_id
 from relay.frames import Subscribe, error_frame, subscribed_frame
 from relay.hub import ANY_TYPE, Hub
 from relay.ingest import decode
@@ -46,6 +46,29 @@ class Replayed(NamedTuple):
     floor: Cut | None = None
     # ``items`` hold the latest events as of this id instead of the history.
     state: Cut | None = None
+
+
+class StartCuts(Mapping[str, Cut]):
+    """Per workflow type, where live routing began when the reader started.
+
+    Until that is known every type answers :data:`BEYOND`, which claims nothing.
+    """
+
+    def __init__(self) -> None:
+        self._cuts: dict[str, Cut] | None = None
+
+    def fill(self, cuts: Mapping[str, Cut]) -> None:
+        """Record the cuts, once the reader has started."""
+        self._cuts = dict(cuts)
+
+    def __getitem__(self, workflow_type: str) -> Cut:
+        return BEYOND if self._cuts is None else self._cuts[workflow_type]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cuts or ())
+
+    def __len__(self) -> int:
+        return len(self._cuts or ())
 
 
 class CatchUp:
@@ -73,7 +96,7 @@ class CatchUp:
         self._permits = asyncio.Semaphore(max_replays)
         # Per workflow type, where live routing started when the reader started;
         # filled at that moment for the subscriptions made before it.
-        self._start_cuts: dict[str, Cut] = {}
+        self._start_cuts = StartCuts()
         self._start: asyncio.Task[None] | None = None
         self._followed_cache: tuple[tuple[int, int, int], Mapping[str, Cut]] | None = None
         # The last position parsed: subscriptions made at the same place share it.
@@ -151,7 +174,7 @@ class CatchUp:
         # Woken as the reader starts, before its first read comes back: what
         # live_from says now is exactly where live routing begins.
         await self._reader.started.wait()
-        self._start_cuts.update(self._followed())
+        self._start_cuts.fill(self._followed())
 
     async def _started(self) -> bool:
         """Wait (bounded) until the reader has started and the start cuts are known."""

@@ -26,6 +26,8 @@ from relay.models import Envelope
 
 ANY_TYPE = "*"
 NO_ID = (0, 0)
+# Above every stream id: a cut that claims nothing.
+BEYOND = (1 << 64, 0)
 
 Cut = tuple[int, int]
 Cuts = Cut | Mapping[str, Cut]
