@@ -331,3 +331,20 @@ async def test_a_replay_permit_is_held_until_the_writer_takes_it_or_the_subscrib
     assert socks[0].sent == []
     for sub in subs[1:]:
         await sub.stop()
+
+
+async def test_a_floor_holds_back_only_the_events_of_its_own_subscription() -> None:
+    sock = FakeSocket()
+    sub = make(sock, limit=100)
+    other, resumed = ("map", "s2"), ("map", "s1")
+    sub.cover(other, (1, 0))
+    mark = sub.hold(resumed)
+    sub.cover(resumed, (1, 0))  # the reader is behind the client's since (5-0)
+    sub.release(mark, ["resumed"], lower_to=(5, 0), floor=(5, 0))
+    for n in (3, 4, 6):
+        sub.deliver(envelope(n, "s1"))
+        sub.deliver(envelope(n, "s2"))
+    sub.start()
+    await eventually(lambda: "frame-s2-6" in sock.sent)
+    assert sock.sent == ["resumed", "frame-s2-3", "frame-s2-4", "frame-s1-6", "frame-s2-6"]
+    await sub.stop()
