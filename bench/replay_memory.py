@@ -23,7 +23,8 @@ from typing import Any
 
 import aiohttp
 from config import WORKFLOW_TYPE, Config
-from procs import Proc, raise_nofile_limit
+from meters import RssPeak
+from procs import raise_nofile_limit
 from systems import Deployment, deploy
 
 BATCH = 1_000
@@ -78,15 +79,6 @@ async def resume(http: aiohttp.ClientSession, url: str, since: str, expected: in
     return got
 
 
-async def peak_rss(proc: Proc, done: asyncio.Event) -> int:
-    """The highest RSS of ``proc`` sampled until ``done`` is set."""
-    peak = proc.rss_kib()
-    while not done.is_set():
-        peak = max(peak, proc.rss_kib())
-        await asyncio.sleep(SAMPLE_SECONDS)
-    return max(peak, proc.rss_kib())
-
-
 async def measure(clients: int, entries: int, max_replays: int | None) -> dict[str, Any]:
     if max_replays is not None:
         os.environ["RELAY_MAX_CONCURRENT_REPLAYS"] = str(max_replays)
@@ -96,31 +88,25 @@ async def measure(clients: int, entries: int, max_replays: int | None) -> dict[s
         ids = await publish(dep, entries + 1)
         gateway = dep.instances[0].proc
         await asyncio.sleep(1.0)  # let the gateway settle after the publish
-        before = gateway.rss_kib()
-        done = asyncio.Event()
-        sampler = asyncio.create_task(peak_rss(gateway, done))
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=0)
-        try:
+        with RssPeak([gateway], interval=SAMPLE_SECONDS) as rss:
             async with aiohttp.ClientSession(connector=connector) as http:
                 url = dep.subscribe_url(0)
                 counts = await asyncio.wait_for(
                     asyncio.gather(*(resume(http, url, ids[0], entries) for _ in range(clients))),
                     REPLAY_TIMEOUT,
                 )
-                elapsed = time.monotonic() - started
-                after = gateway.rss_kib()
-        finally:
-            done.set()
-            peak = await sampler
+            elapsed = time.monotonic() - started
+            after = gateway.rss_kib()
     return {
         "clients": clients,
         "entries_each": entries,
         "max_concurrent_replays": max_replays or "default",
         "clients_with_full_history": sum(count >= entries for count in counts),
         "seconds": round(elapsed, 2),
-        "rss_before_mib": round(before / 1024, 1),
-        "rss_peak_mib": round(peak / 1024, 1),
+        "rss_before_mib": round(rss.start_kib / 1024, 1),
+        "rss_peak_mib": round(rss.peak_kib / 1024, 1),
         "rss_after_mib": round(after / 1024, 1),
     }
 
