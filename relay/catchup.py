@@ -222,7 +222,7 @@ class CatchUp:
     async def _items(
         self, subscriber: Subscriber, frame: Subscribe, since: str, upto: Cut
     ) -> Replayed:
-        """What to put in the mark's place, from where the history must start, and the floor."""
+        """What to put in the mark's place, and what that guarantees (see :class:`Replayed`)."""
         try:
             recovered, replayed = await self._history(frame, since, upto)
         except (RedisError, OSError) as exc:
@@ -247,6 +247,8 @@ class CatchUp:
         """Whether history reaches back to ``since``, and what to send in its place."""
         stream = self._keys.stream(frame.workflow_type)
         recovered = await self._store.reaches_back_to(stream, since)
+        # With upto at 0-0 the stream is not followed here yet: all of it will
+        # arrive live, so there is no history to read.
         if recovered and parse_stream_id(since) < upto:
             limit = self._replay_limit
             entries = await self._store.history(stream, since, format_id(upto), limit + 1)

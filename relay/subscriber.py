@@ -27,13 +27,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from relay.coverage import (
-    Coverage,
-    Cut,
-    Cuts,
-    below_floors,
-    uncovered,
-)
+from relay.coverage import Coverage, Cut, Cuts, below_floors, uncovered
 from relay.coverage import SubscriptionKey as SubscriptionKey
 from relay.models import Envelope
 
@@ -184,19 +178,21 @@ class Subscriber:
         self._drop_queue()
 
     def _drop_queue(self) -> None:
-        """Forget the outbox; marks in it will never be sent."""
+        """Forget the outbox."""
+        self._settle_marks()
+        self._queue.clear()
+
+    def _settle_marks(self) -> None:
+        """The marks in the outbox will never be sent."""
         for item in self._queue:
             if isinstance(item, ReplayMark):
                 item.settled()
-        self._queue.clear()
 
     def _end(self) -> None:
         """Nothing more is sent: the connection was closed, broke or is stopped."""
         self._sending = False
         self._over = True
-        for item in self._queue:
-            if isinstance(item, ReplayMark):
-                item.settled()
+        self._settle_marks()
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 
@@ -347,7 +343,6 @@ class Subscriber:
                 coverage.lower(mark.lower_to, mark.key[0])
             if mark.state is not None:
                 coverage.state = mark.state
-        mark.items = None
         mark.settled()
         return fresh
 
