@@ -10,9 +10,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.context import Relay
-from relay.coverage import Coverage
+from relay.coverage import Coverage, matches
 from relay.frames import Subscribe
 from relay.gateway import build_relay
 from relay.models import Envelope, ProgressEvent
@@ -348,3 +350,103 @@ async def test_a_floor_holds_back_only_the_events_of_its_own_subscription() -> N
     await eventually(lambda: "frame-s2-6" in sock.sent)
     assert sock.sent == ["resumed", "frame-s2-3", "frame-s2-4", "frame-s1-6", "frame-s2-6"]
     await sub.stop()
+
+
+class Connection:
+    """One connection driven the way the hub and catch-up drive it, over a model stream."""
+
+    def __init__(self) -> None:
+        self.sock = FakeSocket()
+        self.sub = make(self.sock, limit=10_000)
+        self.stream: list[Envelope] = []
+        self.keys: set[tuple[str, str | None]] = set()
+        self.pending: list[tuple[Any, list[Envelope | str], tuple[int, int]]] = []
+        self.required: set[str] = set()
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.stream[-1].key if self.stream else (0, 0)
+
+    def publish(self, session: str, terminal: bool) -> None:
+        envelope = Envelope(f"{len(self.stream) + 1}-0", "map", session, terminal, "")
+        envelope._frame = envelope.id  # the frame is the id, to tell them apart
+        self.stream.append(envelope)
+        if any(matches(key, envelope) for key in self.keys):
+            self.sub.deliver(envelope)  # the hub routes an event to a connection once
+            self.required.add(envelope.id)
+
+    def subscribe(self, session: str | None, since: int | None, snapshot: bool) -> None:
+        key = ("map", session)
+        live = self.position
+        if since is not None:
+            since_key = (min(since, len(self.stream)), 0)
+            history: list[Envelope | str] = [
+                e for e in self.stream if since_key < e.key and matches(key, e)
+            ]
+            self.required |= {e.id for e in history if isinstance(e, Envelope)}
+            self.pending.append((self.sub.hold(key), ["subscribed", *history], since_key))
+        else:
+            latest: dict[str, Envelope] = {}
+            for e in self.stream:
+                if matches(key, e):
+                    latest[e.session_id] = e
+            state = [
+                e for e in latest.values() if session is not None or (snapshot and not e.terminal)
+            ]
+            self.required |= {e.id for e in state}
+            if state:
+                self.sub.place(key, ["subscribed", *sorted(state, key=lambda e: e.key)], live)
+            else:
+                self.sub.deliver("subscribed")
+        self.keys.add(key)
+        self.sub.cover(key, live)
+
+    def fill(self, which: int) -> None:
+        if self.pending:
+            mark, items, since_key = self.pending.pop(which % len(self.pending))
+            self.sub.release(mark, items, lower_to=since_key)
+
+
+# Two sessions and early resume points, so that subscriptions overlap often.
+OPERATION = st.one_of(
+    st.tuples(st.just("publish"), st.sampled_from(SESSIONS[:2]), st.booleans()),
+    st.tuples(
+        st.just("subscribe"),
+        st.sampled_from([None, *SESSIONS[:2]]),
+        st.one_of(st.none(), st.integers(0, 3)),
+        st.booleans(),
+    ),
+    st.tuples(st.just("fill"), st.integers(0, 5)),
+    st.tuples(st.just("send")),
+)
+
+
+@settings(max_examples=400)
+@given(operations=st.lists(OPERATION, max_size=30))
+def test_any_mix_of_subscriptions_gets_every_event_it_wants_once(
+    operations: list[tuple[Any, ...]],
+) -> None:
+    async def run() -> None:
+        conn = Connection()
+        for operation in operations:
+            kind, *args = operation
+            if kind == "publish":
+                conn.publish(*args)
+            elif kind == "subscribe":
+                conn.subscribe(*args)
+            elif kind == "fill":
+                conn.fill(*args)
+            else:
+                conn.sub.start()
+                await asyncio.sleep(0)
+        while conn.pending:
+            conn.fill(0)
+        conn.sub.start()
+        await eventually(lambda: conn.sub.queued == 0)
+        await asyncio.sleep(0)  # the writer's last send
+        sent = [frame for frame in conn.sock.sent if frame != "subscribed"]
+        assert len(sent) == len(set(sent)), sent
+        assert conn.required <= set(sent), sorted(conn.required - set(sent))
+        await conn.sub.stop()
+
+    asyncio.run(run())
