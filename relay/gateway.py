@@ -62,6 +62,8 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
         reader=reader,
         view=view,
         replay_limit=settings.replay_limit,
+        max_replays=settings.max_concurrent_replays,
+        replay_wait=settings.replay_wait,
     )
     limits = PublisherLimits(settings.publish_rate, settings.publish_burst)
     return Relay(settings, connections, keys, store, hub, view, ingest, reader, catchup, limits)

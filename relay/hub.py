@@ -8,10 +8,10 @@ whatever the number of other subscribers.
 
 from __future__ import annotations
 
+from relay.coverage import ANY_TYPE as ANY_TYPE
+from relay.coverage import Cuts
 from relay.models import Envelope
 from relay.subscriber import Subscriber, SubscriptionKey
-
-ANY_TYPE = "*"
 
 
 class Hub:
@@ -61,16 +61,21 @@ class Hub:
         """Events conflated away across every subscriber, past and present."""
         return self.conflated_closed + sum(s.conflated for s in self._subscribers)
 
-    def subscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> None:
-        """Route events matching ``key`` to ``subscriber`` from now on."""
+    def subscribe(
+        self, subscriber: Subscriber, key: SubscriptionKey, live: Cuts | None = None
+    ) -> None:
+        """Route events matching ``key`` to ``subscriber`` from now on.
+
+        ``live``: the stream position(s) above which events are routed live
+        from here (see :mod:`relay.coverage`); None claims nothing.
+        """
         self._index.setdefault(key, set()).add(subscriber)
-        subscriber.subscriptions.add(key)
+        subscriber.cover(key, live)
 
     def unsubscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> bool:
         """Stop routing ``key`` to ``subscriber``; False if it was not subscribed."""
-        if key not in subscriber.subscriptions:
+        if subscriber.subscriptions.pop(key, None) is None:
             return False
-        subscriber.subscriptions.discard(key)
         self._discard(key, subscriber)
         return True
 

@@ -87,6 +87,22 @@ class Settings(BaseSettings):
         ge=1,
         description="Most stream entries scanned to replay a resumed subscription.",
     )
+    # Each replay holds a connection of the command pool (100 by default in
+    # redis-py) while it reads, beside publishes and session reads.
+    max_concurrent_replays: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Resumed subscriptions whose history is read or held at once; others wait.",
+    )
+    replay_wait: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a resumed subscription waits for the stream reader to start "
+            "before answering recovered false."
+        ),
+    )
     read_count: int = Field(
         default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
     )

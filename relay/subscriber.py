@@ -13,7 +13,12 @@ far less than a timeout around every send.
 
 A replay (a subscription with ``since``) holds a :class:`ReplayMark` in the
 outbox: live events queue up behind it while the history is fetched, and the
-writer sends nothing past the mark until the history has taken its place.
+writer sends nothing past the mark until the history has taken its place. The
+current state a subscription starts with (a session's latest event, a
+snapshot) travels in a mark too, filled at once: however large, it counts as
+one item of the outbox, and the writer sends it in messages of
+:data:`MAX_BATCH`. When the writer reaches a mark it drops the events the
+connection's other subscriptions already deliver (see :mod:`relay.coverage`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from relay.coverage import Coverage, Cut, Cuts, below_floors, uncovered
+from relay.coverage import SubscriptionKey as SubscriptionKey
 from relay.models import Envelope
 
 logger = logging.getLogger(__name__)
@@ -31,16 +38,32 @@ CLOSE_SLOW_CONSUMER = 4008
 
 SendText = Callable[[str], Awaitable[object]]
 CloseConnection = Callable[[int, str], Awaitable[object]]
-SubscriptionKey = tuple[str, str | None]
+Settle = Callable[[], object]
 
 
 class ReplayMark:
-    """A place in the outbox that history will fill; nothing after it is sent before."""
+    """A place in the outbox for what is not a live event; nothing after it is sent before.
 
-    __slots__ = ("items",)
+    ``items`` stays None until they are known (a replay being read).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("items", "key", "lower_to", "settle", "state")
+
+    def __init__(self, key: SubscriptionKey) -> None:
+        self.key = key
         self.items: list[Envelope | str] | None = None
+        # Once placed: the subscription's events above this id are all delivered.
+        self.lower_to: Cut | None = None
+        # Once placed: the latest event of each of its sessions as of this id was sent.
+        self.state: Cuts | None = None
+        # Called once, when the writer takes the items or they will never be sent.
+        self.settle: Settle | None = None
+
+    def settled(self) -> None:
+        """Run the ``settle`` callback, once."""
+        settle, self.settle = self.settle, None
+        if settle is not None:
+            settle()
 
 
 Item = Envelope | str | ReplayMark
@@ -68,6 +91,7 @@ class Subscriber:
         "_close",
         "_closing",
         "_ended",
+        "_floored",
         "_join",
         "_limit",
         "_over",
@@ -82,7 +106,6 @@ class Subscriber:
         "conflated",
         "delivered",
         "dropped_slow",
-        "floors",
         "name",
         "subscriptions",
     )
@@ -117,9 +140,10 @@ class Subscriber:
         self._over = False
         self._ended: asyncio.Future[None] | None = None
         self.name = name
-        self.subscriptions: set[SubscriptionKey] = set()
-        # Per workflow type, the id at and below which live events were already seen.
-        self.floors: dict[str, tuple[int, int]] = {}
+        # Every subscription and what it guarantees (see relay.coverage).
+        self.subscriptions: dict[SubscriptionKey, Coverage] = {}
+        # Whether any subscription ever had a floor: only then is delivery checked.
+        self._floored = False
         self.conflated = 0
         self.delivered = 0
         self.dropped_slow = False
@@ -151,63 +175,112 @@ class Subscriber:
             writer.cancel()
             # wait() never raises the writer's CancelledError, only our own.
             await asyncio.wait([writer])
+        self._drop_queue()
+
+    def _drop_queue(self) -> None:
+        """Forget the outbox."""
+        self._settle_marks()
         self._queue.clear()
+
+    def _settle_marks(self) -> None:
+        """The marks in the outbox will never be sent."""
+        for item in self._queue:
+            if isinstance(item, ReplayMark):
+                item.settled()
 
     def _end(self) -> None:
         """Nothing more is sent: the connection was closed, broke or is stopped."""
         self._sending = False
         self._over = True
+        self._settle_marks()
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
+
+    def cover(self, key: SubscriptionKey, live: Cuts | None) -> None:
+        """Record a subscription; events above ``live`` will be routed to it live.
+
+        Subscribing again keeps the guarantee made first, which still holds.
+        """
+        coverage = self.subscriptions.get(key)
+        if coverage is None:
+            self.subscriptions[key] = Coverage(live)
+        elif coverage.live is None:
+            coverage.live = live
 
     def deliver(self, item: Envelope | str) -> None:
         """Queue an event or a control frame; never blocks."""
         if self._closing is not None:
             return
-        floors = self.floors
-        if floors and isinstance(item, Envelope):
-            floor = floors.get(item.workflow_type)
-            if floor is not None and item.key <= floor:
-                return
+        if self._floored and isinstance(item, Envelope) and below_floors(self.subscriptions, item):
+            return
         queue = self._queue
         queue.append(item)
         if len(queue) > self._limit:
             self._conflate()
         self._wake()
 
-    def hold(self) -> ReplayMark:
-        """Reserve the current end of the outbox for frames that are not known yet."""
-        mark = ReplayMark()
+    def hold(self, key: SubscriptionKey) -> ReplayMark:
+        """Reserve the current end of the outbox for frames of ``key`` not known yet."""
+        mark = ReplayMark(key)
         self._queue.append(mark)
         return mark
+
+    def place(self, key: SubscriptionKey, items: list[Envelope | str], state: Cuts) -> None:
+        """Queue a subscription's current state (latest events as of ``state``) as one item."""
+        if self._closing is not None:
+            return
+        mark = ReplayMark(key)
+        mark.items = items
+        mark.state = state
+        self._queue.append(mark)
+        self._wake()
 
     def release(
         self,
         mark: ReplayMark,
         items: list[Envelope | str],
-        floor: tuple[str, tuple[int, int]] | None = None,
+        *,
+        lower_to: Cut | None = None,
+        floor: Cut | None = None,
+        state: Cut | None = None,
+        settle: Settle | None = None,
     ) -> None:
         """Fill a reserved place; the writer sends these items, then what queued behind.
 
-        With ``floor`` (a workflow type and a stream id) the client already has
-        that type's events up to the id: those queued behind the mark are
-        dropped, and so are any delivered later.
+        ``lower_to``: the items are the subscription's whole history after that
+        id. ``floor``: the client already has the subscription's events up to
+        that id, so those queued behind the mark are dropped, and so are any
+        delivered later (unless another subscription wants them). ``state``:
+        the items are the latest events as of that id instead. ``settle`` is
+        called once the writer has taken the items, or once they will never be
+        sent.
         """
         mark.items = items
-        if floor is not None:
-            workflow_type, key = floor
-            self.floors[workflow_type] = key
-            queue = self._queue
+        mark.lower_to = lower_to
+        mark.state = state
+        mark.settle = settle
+        queue = self._queue
+        if self._over or self._closing is not None:
+            mark.settled()
+            return
+        if settle is not None and mark in queue:
+            # Items held behind another mark still being filled must not keep
+            # their permit: that mark may be waiting for it.
+            for item in queue[: queue.index(mark)]:
+                if isinstance(item, ReplayMark) and item.items is None:
+                    mark.settled()
+                    break
+        coverage = self.subscriptions.get(mark.key)
+        if floor is not None and coverage is not None:
+            coverage.floor = floor
+            self._floored = True
             if mark in queue:
                 behind = queue.index(mark) + 1
+                subscriptions = self.subscriptions
                 queue[behind:] = [
                     item
                     for item in queue[behind:]
-                    if not (
-                        isinstance(item, Envelope)
-                        and item.workflow_type == workflow_type
-                        and item.key <= key
-                    )
+                    if not (isinstance(item, Envelope) and below_floors(subscriptions, item))
                 ]
         self._wake()
 
@@ -215,7 +288,7 @@ class Subscriber:
         """Ask the writer to close the connection once it gets to it."""
         if self._closing is None:
             self._closing = (code, reason)
-            self._queue.clear()
+            self._drop_queue()
             self._wake()
 
     def _wake(self) -> None:
@@ -253,12 +326,25 @@ class Subscriber:
             if isinstance(item, ReplayMark):
                 if item.items is None:
                     break
-                frames.extend(render(replayed) for replayed in item.items)
+                frames.extend(render(placed) for placed in self._placed(item, item.items))
             else:
                 frames.append(render(item))
             taken += 1
         del queue[:taken]
         return frames
+
+    def _placed(self, mark: ReplayMark, items: list[Envelope | str]) -> list[Envelope | str]:
+        """A mark's items the connection does not have yet; its guarantees count from here."""
+        subscriptions = self.subscriptions
+        fresh = uncovered(items, subscriptions)
+        coverage = subscriptions.get(mark.key)
+        if coverage is not None:
+            if mark.lower_to is not None:
+                coverage.lower(mark.lower_to, mark.key[0])
+            if mark.state is not None:
+                coverage.state = mark.state
+        mark.settled()
+        return fresh
 
     def check_send(self, now: float) -> None:
         """Close the connection if its current send has waited ``send_timeout`` seconds.

@@ -119,10 +119,13 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """Start real ``relay serve`` processes; all are stopped after the test."""
+    """Start real ``relay serve`` processes; all are stopped after the test.
+
+    Each is waited for until ready, or with ``ready=False`` until it serves at all.
+    """
     started: list[Gateway] = []
 
-    def start(redis_url: str | None = None, **env: str) -> Gateway:
+    def start(redis_url: str | None = None, *, ready: bool = True, **env: str) -> Gateway:
         port = free_port()
         args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
         if redis_url:
@@ -132,7 +135,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         environment.pop("RELAY_REDIS_URL", None)
         gateway = Gateway(args, port, log, environment)
         started.append(gateway)
-        gateway.start()
+        gateway.start(ready=ready)
         return gateway
 
     yield start

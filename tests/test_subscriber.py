@@ -127,11 +127,12 @@ def test_websocket_batches_are_json_arrays_in_order() -> None:
 async def test_replay_floor_drops_what_the_client_has_only_behind_the_mark() -> None:
     sock = FakeSocket()
     sub = make(sock, limit=100)
+    sub.cover(("map", None), None)
     sub.deliver(envelope(1))  # queued before the replay: another subscription's
-    mark = sub.hold()
+    mark = sub.hold(("map", None))
     for n in (2, 3, 4, 5):  # routed live while the history was being read
         sub.deliver(envelope(n))
-    sub.release(mark, ["subscribed"], ("map", (3, 0)))
+    sub.release(mark, ["subscribed"], floor=(3, 0))
     sub.deliver(envelope(3, "s2"))  # the reader catching up, still below the floor
     sub.deliver(envelope(6))
     sub.start()
