@@ -22,6 +22,8 @@ import orjson
 import redis
 import redis.asyncio
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relay.batching import Batcher
 from relay.idempotency import DEFAULT_IDEMPOTENCY_TTL, IDEMPOTENCY_HEADER, REUSED, KeyReused
@@ -55,6 +57,14 @@ from relay.worker_session import AsyncReportingSession, ReportingSession
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAXLEN = 10_000
+# The reporters retry on their own terms (RetryPolicy), so the client must not
+# retry each command again underneath: a stalled Redis would take a minute per try.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "retry": Retry(NoBackoff(), 0),
+}
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 # Answers that say nothing about the events: retried. Other 4xx refuse them for good.
 RETRYABLE_HTTP = frozenset({408, 429})
@@ -156,9 +166,7 @@ class Reporter(BlockingReporter):
         client: redis.Redis | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
-        self._redis = client or redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis = client or redis.Redis.from_url(redis_url, **CLIENT_OPTIONS)
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._keys = Keys(prefix)
         self._maxlen = maxlen
@@ -214,9 +222,7 @@ class AsyncReporter:
         client: redis.asyncio.Redis | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
-        self._redis = client or redis.asyncio.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis = client or redis.asyncio.Redis.from_url(redis_url, **CLIENT_OPTIONS)
         self._store = StreamStore(
             self._redis, Keys(prefix), maxlen=maxlen, idempotency_ttl=idempotency_ttl
         )
