@@ -12,7 +12,9 @@ import orjson
 from aiohttp import web
 
 from relay.frames import STREAM_ID_PATTERN
+from relay.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_CHARS, REPLAYED_HEADER
 from relay.models import SESSION_ID_PATTERN, WORKFLOW_TYPE_PATTERN, ProgressEvent, Status
+from relay.settings import DEFAULT_MAX_BATCH
 
 REF = "#/components/schemas/{model}"
 
@@ -36,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "The session has already ended.",
         413: "The body or batch is too large.",
         415: "The content type is not JSON.",
-        422: "The input breaks a rule; detail names each field.",
+        422: "The input breaks a rule (detail names each field), or the idempotency key "
+        "was used for other events (idempotency_key_reused).",
         429: "Over the publish rate; see Retry-After.",
         503: "Redis is unavailable; see Retry-After.",
     }
@@ -54,6 +57,25 @@ TOKEN = _param("token", "query", {"type": "string"})
 LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000})
 STATUS = {"type": "string", "enum": list(get_args(Status))}
 PUBLISH_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429, 503)
+IDEMPOTENCY_KEY = {
+    **_param(
+        IDEMPOTENCY_HEADER,
+        "header",
+        {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[ -~]+$"},
+    ),
+    "description": "Names this publish: a retry under the same key within the idempotency "
+    "window writes nothing and answers the first answer's ids.",
+}
+REPLAYED = {
+    REPLAYED_HEADER: {
+        "description": "true when the answer is the recorded one of an earlier publish.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
+def _published(schema: str, description: str) -> dict[str, Any]:
+    return {**_json(_ref(schema), description), "headers": REPLAYED}
 
 
 def _schemas() -> dict[str, Any]:
@@ -139,12 +161,13 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Publish one event",
                     "security": [{"bearer": []}, {}],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("ProgressEvent")}},
                     },
                     "responses": {
-                        "202": _json(_ref("Published"), "Written to the type's stream."),
+                        "202": _published("Published", "Written to the type's stream."),
                         **_errors(*PUBLISH_ERRORS),
                     },
                 }
@@ -153,6 +176,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Publish events, all or none",
                     "security": [{"bearer": []}, {}],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -160,13 +184,13 @@ def document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "array",
                                     "items": _ref("ProgressEvent"),
-                                    "maxItems": 1000,
+                                    "maxItems": DEFAULT_MAX_BATCH,
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "202": _json(_ref("PublishedBatch"), "All written."),
+                        "202": _published("PublishedBatch", "All written."),
                         **_errors(*PUBLISH_ERRORS),
                     },
                 }

@@ -224,3 +224,12 @@ async def test_http_reporter_retries_through_a_stalled_redis_and_writes_once(
     with own_redis.client() as raw:
         entries = raw.xrange(STREAM)
     assert [entry_id for entry_id, _ in entries] == result
+
+
+async def test_the_api_document_names_the_header(base: str, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{base}/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    for path in ("/api/workflows/progress", "/api/workflows/progress/batch"):
+        operation = paths[path]["post"]
+        assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
+        assert "Idempotent-Replayed" in operation["responses"]["202"]["headers"]
