@@ -44,6 +44,9 @@ local function recorded_ids(record, fingerprint, n)
   end
   local ids = {}
   for id in string.gmatch(string.sub(record, #head + 1), '%S+') do
+    if not string.match(id, '^%d+%-%d+$') then
+      return nil
+    end
     ids[#ids + 1] = id
   end
   if #ids ~= n then

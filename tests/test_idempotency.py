@@ -15,6 +15,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from relay.idempotency import fingerprint
+from relay.models import ProgressEvent
 from relay.reporter import CLIENT_OPTIONS, AsyncReporter, HttpReporter, Reporter
 from relay.retry import RetryPolicy
 from relay.settings import Settings
@@ -233,3 +235,18 @@ async def test_the_api_document_names_the_header(base: str, http: aiohttp.Client
         operation = paths[path]["post"]
         assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
         assert "Idempotent-Replayed" in operation["responses"]["202"]["headers"]
+
+
+@pytest.mark.parametrize("record", ["garbage", "{fp} not-an-id", "{fp} 1-0 2-0", "{fp}"])
+async def test_a_record_someone_else_wrote_is_not_trusted(
+    base: str, redis_server: RedisServer, http: aiohttp.ClientSession, record: str
+) -> None:
+    body = event()
+    stored = record.format(fp=fingerprint([ProgressEvent.model_validate(body)]))
+    with redis_server.client() as client:
+        client.set("workflow:idempotency:planted", stored)
+        client.hset("workflow:idempotency:a-hash", "f", "v")
+    for key in ("planted", "a-hash"):
+        status, answer, _ = await post(http, f"{base}/api/workflows/progress", body, key=key)
+        assert (status, answer["error"]) == (422, "idempotency_key_reused")
+    assert length(redis_server) == 0
