@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from relay.models import ProgressEvent
 from relay.reporter import HttpReporter, Reporter
-from relay.retry import ReportError, RetryPolicy
+from relay.retry import Parcel, PendingBuffer, ReportError, RetryPolicy
 from tests.conftest import RedisServer
 from tests.helpers import Gateway
 
@@ -108,3 +109,21 @@ def test_buffered_events_of_a_session_ended_meanwhile_are_dropped_and_counted(
         reporter.report("ended", "map", "late", 70)  # a report's own refusal is raised
     assert steps(redis_server)[-1] == "a4"
     assert len(reporter.pending) == 0
+
+
+def test_an_overflowing_buffer_drops_a_group_that_may_have_been_written_whole() -> None:
+    def events(first: int, count: int) -> list[ProgressEvent]:
+        return [
+            ProgressEvent(session_id="s1", workflow_type="map", step=f"e{n}", progress=1)
+            for n in range(first, first + count)
+        ]
+
+    buffer = PendingBuffer(4)
+    sealed = Parcel(events(0, 3), sealed=True)
+    buffer.keep([sealed, Parcel(events(3, 2))])
+    # Cut short and sent again, it could be written a second time: all or nothing.
+    assert [e.step for p in buffer.take() for e in p.events] == ["e3", "e4"]
+    assert buffer.dropped == 3
+    buffer.keep([Parcel(events(5, 3)), Parcel(events(8, 2))])
+    assert [e.step for p in buffer.take() for e in p.events] == ["e6", "e7", "e8", "e9"]
+    assert buffer.dropped == 4
