@@ -27,7 +27,7 @@ from relay.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 
 
 def require_publisher(request: web.Request) -> None:

@@ -1,38 +1,43 @@
 """Coalescing concurrent publishes into one Redis round trip.
 
-Every caller hands in its events and waits; one flusher task sends whatever
-has gathered as a single batch, then the next, so N concurrent publishers cost
-about one pipelined MULTI/EXEC instead of N. Under no load a publish is sent
-on the next turn of the event loop, so nothing waits on a timer.
+Every caller hands in its submission and waits; one flusher task sends
+whatever has gathered as a single batch, then the next, so N concurrent
+publishers cost about one script call instead of N. Under no load a publish
+is sent on the next turn of the event loop, so nothing waits on a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from relay.models import ProgressEvent
-
+S = TypeVar("S")
 R = TypeVar("R")
 
-Flush = Callable[[list[ProgressEvent]], Awaitable[list[R]]]
+# One answer per submission, in order; an exception fails that submission alone.
+Flush = Callable[[list[S]], Awaitable[Sequence[R | BaseException]]]
 
 
-class Batcher(Generic[R]):
-    """Sends concurrent submissions together through ``flush``, one answer per event."""
+class Batcher(Generic[S, R]):
+    """Sends concurrent submissions together through ``flush``, one answer each.
 
-    def __init__(self, flush: Flush[R], *, max_batch: int) -> None:
+    ``size`` tells how many events a submission holds; a batch holds at most
+    ``max_batch`` of them, unless one submission alone is larger.
+    """
+
+    def __init__(self, flush: Flush[S, R], *, max_batch: int, size: Callable[[S], int]) -> None:
         self._flush = flush
         self._max_batch = max_batch
-        self._waiting: list[tuple[list[ProgressEvent], asyncio.Future[list[R]]]] = []
+        self._size = size
+        self._waiting: list[tuple[S, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, events: list[ProgressEvent]) -> list[R]:
-        """Send ``events`` with whatever else is waiting; answers in the same order."""
+    async def submit(self, submission: S) -> R:
+        """Send ``submission`` with whatever else is waiting; answers its own answer."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[R]] = loop.create_future()
-        self._waiting.append((events, future))
+        future: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((submission, future))
         if self._flusher is None:
             self._flusher = loop.create_task(self._run())
         return await future
@@ -42,13 +47,14 @@ class Batcher(Generic[R]):
         if self._flusher is not None:
             await asyncio.wait([self._flusher])
 
-    def _take(self) -> list[tuple[list[ProgressEvent], asyncio.Future[list[R]]]]:
+    def _take(self) -> list[tuple[S, asyncio.Future[R]]]:
         taken, size = 0, 0
-        for events, _ in self._waiting:
-            if taken and size + len(events) > self._max_batch:
+        for submission, _ in self._waiting:
+            grows = self._size(submission)
+            if taken and size + grows > self._max_batch:
                 break
             taken += 1
-            size += len(events)
+            size += grows
         batch = self._waiting[:taken]
         del self._waiting[:taken]
         return batch
@@ -57,18 +63,19 @@ class Batcher(Generic[R]):
         try:
             while self._waiting:
                 batch = self._take()
-                events = [event for group, _ in batch for event in group]
                 try:
-                    answers = await self._flush(events)
+                    answers = await self._flush([submission for submission, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                start = 0
-                for group, future in batch:
-                    if not future.done():
-                        future.set_result(answers[start : start + len(group)])
-                    start += len(group)
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(answer, BaseException):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
         finally:
             self._flusher = None

@@ -123,18 +123,23 @@ class CatchUp:
         return None
 
     def current_state(self, frame: Subscribe) -> list[Envelope]:
-        """The latest event of the session, or of every active session with ``snapshot``."""
+        """The latest event of the session, or of every active session with ``snapshot``.
+
+        Only events the reader has routed already: one this gateway published
+        a moment ago is in the view before the reader reads it back, and
+        would reach the new subscriber a second time, live.
+        """
         wtype = frame.workflow_type
         if frame.session_id is not None:
             state = self._view.get(frame.session_id)
             if state is None or wtype not in (ANY_TYPE, state.workflow_type):
                 return []
-            return [state.latest]
+            return [state.latest] if self._routed(state.latest) else []
         if not frame.snapshot:
             return []
         active = self._view.sessions(workflow_type=None if wtype == ANY_TYPE else wtype)
         return sorted(
-            (state.latest for state in active if not state.terminal),
+            (state.latest for state in active if not state.terminal and self._routed(state.latest)),
             key=lambda envelope: envelope.key,
         )
 
@@ -186,6 +191,10 @@ class CatchUp:
         except TimeoutError:
             return False
         return True
+
+    def _routed(self, envelope: Envelope) -> bool:
+        position = self._reader.live_from(self._keys.stream(envelope.workflow_type))
+        return position is not None and envelope.key <= parse_stream_id(position)
 
     async def _replay(
         self,

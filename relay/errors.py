@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from relay.models import MalformedJson, validation_detail
+from relay.store_errors import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ def raise_validation(exc: ValidationError) -> NoReturn:
 def error_middleware(
     *, max_body: int, retry_after: int, on_error: Callable[[str], None]
 ) -> Middleware:
-    """Every failure becomes a JSON error; Redis trouble becomes 503 with Retry-After.
+    """Every failure becomes a JSON error; transient Redis trouble becomes 503 with Retry-After.
+
+    A Redis failure that would happen again on a retry (see
+    :func:`relay.store_errors.is_transient`) is a 500 like any other fault.
 
     ``on_error`` is told the code of every error answered, for the metrics.
     """
@@ -98,7 +102,7 @@ def error_middleware(
             if exc.status < 400:
                 return None
             return ApiError(exc.status, exc.reason, headers=_passed_headers(exc))
-        if isinstance(exc, RedisError | OSError):
+        if isinstance(exc, RedisError | OSError) and is_transient(exc):
             logger.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
             headers = {"Retry-After": str(retry_after)}
             return ApiError(503, "the store is unavailable, try again", headers=headers)

@@ -38,7 +38,11 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> R
     keys = Keys(settings.stream_prefix)
     session_ttl = int(settings.session_ttl)
     store = StreamStore(
-        connections.commands, keys, maxlen=settings.stream_maxlen, cancel_ttl=session_ttl
+        connections.commands,
+        keys,
+        maxlen=settings.stream_maxlen,
+        cancel_ttl=session_ttl,
+        idempotency_ttl=settings.idempotency_ttl,
     )
     hub = Hub()
     view = SessionView(

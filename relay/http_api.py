@@ -11,9 +11,11 @@ from redis.exceptions import RedisError, ResponseError
 from relay.access import limit_publisher, require_publisher
 from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
+from relay.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, check_key
 from relay.keys import event_name
 from relay.models import parse_event_json, parse_event_list_json
 from relay.publishing import publish_events
+from relay.streams import Published
 
 READY_PROBE_TIMEOUT = 1.0
 READY_PROBE_TTL_MS = 10_000
@@ -49,24 +51,42 @@ async def read_json_body(request: web.Request) -> bytes:
     return body
 
 
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key``, if it sent one; 422 when it breaks the rules."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    try:
+        return check_key(key)
+    except ValueError as exc:
+        detail = [{"field": IDEMPOTENCY_HEADER, "message": f"the key {exc}"}]
+        raise ApiError(422, f"invalid header: {IDEMPOTENCY_HEADER}", detail=detail) from None
+
+
+def _published_headers(published: Published) -> dict[str, str] | None:
+    return {REPLAYED_HEADER: "true"} if published.replayed else None
+
+
 @routes.post("/api/workflows/progress")
 async def publish_one(request: web.Request) -> web.Response:
     """Publish one event; answers its stream id and event name."""
     relay = request.app[RELAY]
     require_publisher(request)
+    key = idempotency_key(request)
     body = await read_json_body(request)
     try:
         event = parse_event_json(body)
     except ValidationError as exc:
         raise_validation(exc)
     limit_publisher(request, 1)
-    (receipt,) = await publish_events(relay, [event])
+    published = await publish_events(relay, [event], key)
+    (receipt,) = published.receipts
     answer = {
         "id": receipt.id,
         "event": event_name(event.workflow_type),
         "cancel_requested": receipt.cancel_requested,
     }
-    return json_response(answer, status=202)
+    return json_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.post("/api/workflows/progress/batch")
@@ -74,6 +94,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     """Publish a JSON array of events: every one is valid and written, or none is."""
     relay = request.app[RELAY]
     require_publisher(request)
+    key = idempotency_key(request)
     body = await read_json_body(request)
     try:
         events = parse_event_list_json(body)
@@ -83,12 +104,11 @@ async def publish_batch(request: web.Request) -> web.Response:
     if len(events) > limit:
         raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
     limit_publisher(request, len(events))
-    receipts = await publish_events(relay, events)
-    pairs = zip(events, receipts, strict=True)
+    published = await publish_events(relay, events, key)
+    pairs = zip(events, published.receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
-    return json_response(
-        {"ids": [r.id for r in receipts], "cancel_requested": cancelled}, status=202
-    )
+    answer = {"ids": [r.id for r in published.receipts], "cancel_requested": cancelled}
+    return json_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.get("/healthz")

@@ -55,6 +55,14 @@ class Keys:
         """Present while a cancellation of ``session_id`` is pending."""
         return f"{self.prefix}workflow:cancel:{session_id}"
 
+    def idempotency(self, key: str) -> str:
+        """The record of the publication a client named ``key``: its fingerprint and ids.
+
+        One publication may span several type streams, so the record cannot
+        share a hash slot with all of them; it is named by the key alone.
+        """
+        return f"{self.prefix}workflow:idempotency:{key}"
+
     def workflow_type(self, stream_key: str) -> str | None:
         """The workflow type a stream key belongs to, or None for a foreign key."""
         if not stream_key.startswith(self._stream_prefix):

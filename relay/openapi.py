@@ -15,6 +15,7 @@ from aiohttp import web
 
 from relay.context import RELAY
 from relay.http_sessions import MAX_LIST
+from relay.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_CHARS, REPLAYED_HEADER
 from relay.models import (
     SESSION_ID_PATTERN,
     STREAM_ID_PATTERN,
@@ -47,7 +48,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "The session has already ended.",
         413: "The body or batch is too large.",
         415: "The content type is not JSON, or its charset is not UTF-8.",
-        422: "The input breaks a rule; detail names each field.",
+        422: "The input breaks a rule (detail names each field), or the idempotency key "
+        "was used for other events (idempotency_key_reused).",
         429: "Over the publish rate; see Retry-After.",
         503: "Redis is unavailable; see Retry-After.",
     }
@@ -66,6 +68,21 @@ LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MA
 STATUS = {"type": "string", "enum": list(get_args(Status))}
 STREAM_ID = {"type": "string", "pattern": STREAM_ID_PATTERN}
 PUBLISH_ERRORS = (400, 401, 403, 408, 409, 413, 415, 422, 429, 503)
+IDEMPOTENCY_KEY = {
+    **_param(
+        IDEMPOTENCY_HEADER,
+        "header",
+        {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[ -~]+$"},
+    ),
+    "description": "Names this publish: a retry under the same key within the idempotency "
+    "window writes nothing and answers the first answer's ids.",
+}
+REPLAYED = {
+    REPLAYED_HEADER: {
+        "description": "true when the answer is the recorded one of an earlier publish.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 @functools.cache
@@ -90,6 +107,10 @@ def printable_pattern() -> str:
         return f"\\x{code:02x}" if code < 128 and not chr(code).isalnum() else chr(code)
 
     return "^[" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in spans) + "]*$"
+
+
+def _published(schema: str, description: str) -> dict[str, Any]:
+    return {**_json(_ref(schema), description), "headers": REPLAYED}
 
 
 def _schemas() -> dict[str, Any]:
@@ -176,12 +197,13 @@ def document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Publish one event",
                     "security": [{"bearer": []}, {}],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("ProgressEvent")}},
                     },
                     "responses": {
-                        "202": _json(_ref("Published"), "Written to the type's stream."),
+                        "202": _published("Published", "Written to the type's stream."),
                         **_errors(*PUBLISH_ERRORS),
                     },
                 }
@@ -190,6 +212,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Publish events, all or none",
                     "security": [{"bearer": []}, {}],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -203,7 +226,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "202": _json(_ref("PublishedBatch"), "All written."),
+                        "202": _published("PublishedBatch", "All written."),
                         **_errors(*PUBLISH_ERRORS),
                     },
                 }

@@ -1,4 +1,10 @@
-"""Publishing on behalf of clients: the checks that need the session view, and cancellation."""
+"""Publishing on behalf of clients: the checks that need the session view, and cancellation.
+
+The gateway that accepts a publish answers for it at once: the events are
+applied to its session view with the ids and ``ts`` written, so a ``GET`` or
+a cancel right after the publish finds the session. Routing them to
+subscribers stays the reader's job, so nobody receives an event twice.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +12,56 @@ from collections.abc import Sequence
 
 from relay.context import Relay
 from relay.errors import ApiError
-from relay.models import ProgressEvent
-from relay.streams import Receipt
+from relay.idempotency import REUSED, KeyReused
+from relay.models import Envelope, ProgressEvent
+from relay.streams import Publication, Published, Receipt, now_ms
 
 
-async def publish_events(relay: Relay, events: Sequence[ProgressEvent]) -> list[Receipt]:
-    """Publish unless a session among ``events`` has already ended (409)."""
+async def publish_events(
+    relay: Relay, events: Sequence[ProgressEvent], idempotency_key: str | None = None
+) -> Published:
+    """Publish unless a session among ``events`` has already ended (409).
+
+    With ``idempotency_key``, a publication already made under that key is
+    answered as it was first (``replayed``) and not written again; the key
+    used for other events answers 422 ``idempotency_key_reused``.
+    """
+    stamp = now_ms()
+    publication = Publication([event.stamped(stamp) for event in events], idempotency_key)
+    try:
+        ended = _ended_session(relay, publication.events)
+        if ended is not None:
+            # A retry of the publication that ended the session is no conflict.
+            replay = await relay.store.recorded(publication) if idempotency_key else None
+            if replay is None:
+                raise ended
+            return replay
+        published = await relay.store.submit(publication)
+    except KeyReused as exc:
+        raise ApiError(422, str(exc), code=REUSED) from None
+    if not published.replayed:
+        _applied(relay, publication.events, published.receipts)
+        for event in publication.events:
+            relay.stats.bump(relay.stats.published_by_type, event.workflow_type)
+    return published
+
+
+def _ended_session(relay: Relay, events: Sequence[ProgressEvent]) -> ApiError | None:
     for event in events:
         state = relay.view.get(event.session_id)
         if state is not None and state.terminal:
-            raise ApiError(
+            return ApiError(
                 409,
                 f"session {event.session_id!r} has already ended ({state.status})",
                 code="session_ended",
             )
-    receipts = await relay.store.publish(events)
-    for event in events:
-        relay.stats.bump(relay.stats.published_by_type, event.workflow_type)
-    return receipts
+    return None
+
+
+def _applied(relay: Relay, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
+    """Fold what was just written into the view, as the reader will when it reads it back."""
+    for event, receipt in zip(events, receipts, strict=True):
+        relay.view.apply(Envelope.of(receipt.id, event), event)
 
 
 def unknown_session(session_id: str) -> ApiError:
@@ -53,6 +91,8 @@ async def request_cancel(relay: Relay, session_id: str) -> tuple[Receipt, str]:
         progress=state.progress,
         metadata=state.metadata,
         status="cancel_requested",
+        ts=now_ms(),
     )
     (receipt,) = await relay.store.publish([event])
+    _applied(relay, [event], [receipt])
     return receipt, state.workflow_type

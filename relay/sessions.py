@@ -150,6 +150,10 @@ class SessionView:
         state = sessions.get(event.session_id)
         if state is None:
             sessions[event.session_id] = SessionState(envelope, event, self._history_limit)
+        elif envelope.key <= state.latest.key:
+            # Already applied: the gateway that published an event applies it
+            # at once, and its reader reads the same entry back later.
+            return
         elif state.terminal and not event.terminal:
             # An ended session stays ended; a stray late report does not revive it,
             # though it is still one of its events.

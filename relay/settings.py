@@ -7,7 +7,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.idempotency import DEFAULT_IDEMPOTENCY_TTL
 from relay.recent_ids import DEFAULT_HISTORY_LIMIT
+
+# Publish limits the HTTP reporter also needs to know, so they are named here once.
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_MAX_BATCH = 1_000
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -116,9 +121,16 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, description="Largest HTTP request body accepted."
+        default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest HTTP request body accepted."
     )
-    max_batch: int = Field(default=1_000, ge=1, description="Most events in one batch request.")
+    max_batch: int = Field(
+        default=DEFAULT_MAX_BATCH, ge=1, description="Most events in one batch request."
+    )
+    idempotency_ttl: int = Field(
+        default=DEFAULT_IDEMPOTENCY_TTL,
+        ge=1,
+        description="Seconds an idempotency key is remembered: a retry within it writes nothing.",
+    )
     header_timeout: float = Field(
         default=10.0,
         gt=0,

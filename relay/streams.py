@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay.batching import Batcher
+from relay.idempotency import DEFAULT_IDEMPOTENCY_TTL, KeyReused, fingerprint
 from relay.keys import Keys
 from relay.models import ProgressEvent, parse_stream_id
 
@@ -23,6 +24,9 @@ NO_ID = (0, 0)
 DEFAULT_CANCEL_TTL = 86_400
 PUBLISH_BATCH = 1_000
 
+# What the publish script answers for each publication (see the script).
+WRITTEN, REPLAYED, REUSED = 0, 1, 2  # and 3: no record, answered to a lookup only
+
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
@@ -30,6 +34,22 @@ class Receipt:
 
     id: str
     cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """Events published together, and the idempotency key naming them, if any."""
+
+    events: Sequence[ProgressEvent]
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A publication's receipts; ``replayed`` when its key had been used for it already."""
+
+    receipts: list[Receipt]
+    replayed: bool = False
 
 
 def now_ms() -> int:
@@ -45,38 +65,44 @@ ANNOUNCEMENTS_MAXLEN = 100
 
 def publish_args(
     keys: Keys,
-    events: Sequence[ProgressEvent],
+    publications: Sequence[Publication],
     maxlen: int,
     cancel_ttl: int = DEFAULT_CANCEL_TTL,
+    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+    *,
+    lookup_only: bool = False,
 ) -> list[int | str | bytes]:
-    """The arguments of :data:`PUBLISH_SCRIPT` that publish ``events``.
+    """The arguments of :data:`PUBLISH_SCRIPT` that publish ``publications``.
 
     The gateway's HTTP path and the Python reporters (sync and async) all call
     this, so an entry has the same shape whoever wrote it. Besides the XADDs
     the script keeps each session's pending-cancel flag: set by a
     ``cancel_requested`` event, cleared by a terminal one, and read back for
     every event so the publisher learns of a cancellation from its next
-    report. Hand the script's answer to :func:`receipts`.
+    report. A publication with a key is written only if the key has no
+    record yet (see :mod:`relay.idempotency`); with ``lookup_only`` nothing is
+    written at all. Hand the script's answer to :func:`receipts`.
     """
     stamp = now_ms()
     batch = []
-    for event in events:
-        fields = event.stream_fields(stamp)
-        if event.status == "cancel_requested":
-            action = "set"
-        elif event.terminal:
-            action = "del"
-        else:
-            action = ""
-        batch.append(
-            (
-                keys.stream(event.workflow_type),
-                keys.cancel(event.session_id),
-                action,
-                [item for pair in fields.items() for item in pair],
+    for publication in publications:
+        for event in publication.events:
+            fields = event.stream_fields(stamp)
+            if event.status == "cancel_requested":
+                action = "set"
+            elif event.terminal:
+                action = "del"
+            else:
+                action = ""
+            batch.append(
+                (
+                    keys.stream(event.workflow_type),
+                    keys.cancel(event.session_id),
+                    action,
+                    [item for pair in fields.items() for item in pair],
+                )
             )
-        )
-    types = sorted({event.workflow_type for event in events})
+    types = sorted({event.workflow_type for p in publications for event in p.events})
     return [
         maxlen,
         cancel_ttl,
@@ -85,43 +111,142 @@ def publish_args(
         ANNOUNCEMENTS_MAXLEN,
         orjson.dumps(batch),
         orjson.dumps(types),
+        idempotency_ttl,
+        _publication_args(keys, publications, lookup_only),
+        "1" if lookup_only else "",
     ]
 
 
-def receipts(answer: Sequence[Any], count: int) -> list[Receipt]:
-    """The receipts of the ``count`` events :data:`PUBLISH_SCRIPT` published."""
-    ids, flags = answer[:count], answer[count : 2 * count]
-    return [Receipt(str(entry_id), bool(flag)) for entry_id, flag in zip(ids, flags, strict=True)]
+def _publication_args(
+    keys: Keys, publications: Sequence[Publication], lookup_only: bool
+) -> bytes | str:
+    # One publication without a key is the common case: the script then
+    # looks nothing up, and no fingerprint is computed.
+    if len(publications) == 1 and publications[0].key is None and not lookup_only:
+        return ""
+    return orjson.dumps(
+        [
+            (
+                len(p.events),
+                keys.idempotency(p.key) if p.key is not None else "",
+                fingerprint(p.events) if p.key is not None else "",
+            )
+            for p in publications
+        ]
+    )
+
+
+def receipts(
+    answer: Sequence[Any], publications: Sequence[Publication]
+) -> list[Published | KeyReused]:
+    """What :data:`PUBLISH_SCRIPT` answered for each publication it was to write, in order.
+
+    A publication whose key was used for other events is answered with
+    :class:`~relay.idempotency.KeyReused`.
+    """
+    return [
+        KeyReused(publication.key or "")
+        if outcome == REUSED
+        else Published(found, replayed=outcome == REPLAYED)
+        for publication, (outcome, found) in zip(
+            publications, _outcomes(answer, publications), strict=True
+        )
+    ]
+
+
+def _outcomes(
+    answer: Sequence[Any], publications: Sequence[Publication]
+) -> list[tuple[int, list[Receipt]]]:
+    count = sum(len(p.events) for p in publications)
+    ids, flags, outcomes = answer[:count], answer[count : 2 * count], answer[2 * count :]
+    results = []
+    start = 0
+    for index, publication in enumerate(publications):
+        end = start + len(publication.events)
+        # With no publications listed, the script answers one outcome for the lot.
+        outcome = int(outcomes[index]) if index < len(outcomes) else WRITTEN
+        found = [
+            Receipt(str(entry_id), bool(flag))
+            for entry_id, flag in zip(ids[start:end], flags[start:end], strict=True)
+        ]
+        results.append((outcome, found))
+        start = end
+    return results
+
+
+def _size(publication: Publication) -> int:
+    return len(publication.events)
 
 
 class StreamStore:
     """Publishing and reading the type streams over an asyncio Redis client."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, *, maxlen: int, cancel_ttl: int = DEFAULT_CANCEL_TTL
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        maxlen: int,
+        cancel_ttl: int = DEFAULT_CANCEL_TTL,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
         self.cancel_ttl = cancel_ttl
+        self.idempotency_ttl = idempotency_ttl
         self._publish_script = redis.register_script(PUBLISH_SCRIPT)
-        self._batcher: Batcher[Receipt] = Batcher(self.write, max_batch=PUBLISH_BATCH)
+        self._batcher: Batcher[Publication, Published] = Batcher(
+            self.write, max_batch=PUBLISH_BATCH, size=_size
+        )
 
-    async def publish(self, events: Sequence[ProgressEvent]) -> list[Receipt]:
-        """Write ``events`` atomically and return their receipts.
+    async def publish(
+        self, events: Sequence[ProgressEvent], *, key: str | None = None
+    ) -> list[Receipt]:
+        """Write ``events`` atomically and return their receipts (see :meth:`submit`)."""
+        return (await self.submit(Publication(events, key))).receipts
+
+    async def submit(self, publication: Publication) -> Published:
+        """Write a publication atomically and return its receipts.
 
         Concurrent calls share one script call (see :mod:`relay.batching`), so
         each call's events are written together, with others' or on their own.
+        Raises :class:`~relay.idempotency.KeyReused` when its key was used for
+        other events.
         """
-        if not events:
-            return []
-        return await self._batcher.submit(list(events))
+        if not publication.events:
+            return Published([])
+        return await self._batcher.submit(publication)
 
-    async def write(self, events: list[ProgressEvent]) -> list[Receipt]:
-        """Write ``events`` in one script call now, without waiting for others to join."""
-        args = publish_args(self.keys, events, self.maxlen, self.cancel_ttl)
+    async def write(self, publications: list[Publication]) -> list[Published | KeyReused]:
+        """Write ``publications`` in one script call now, without waiting for others to join."""
+        answer = await self._publish_script(keys=[], args=self._args(publications))
+        return receipts(answer, publications)
+
+    async def recorded(self, publication: Publication) -> Published | None:
+        """The answer a keyed publication was first given, if it is on record; writes nothing.
+
+        Raises :class:`~relay.idempotency.KeyReused` when the key was used for
+        other events.
+        """
+        args = self._args([publication], lookup_only=True)
         answer = await self._publish_script(keys=[], args=args)
-        return receipts(answer, len(events))
+        ((outcome, found),) = _outcomes(answer, [publication])
+        if outcome == REUSED:
+            raise KeyReused(publication.key or "")
+        return Published(found, replayed=True) if outcome == REPLAYED else None
+
+    def _args(
+        self, publications: list[Publication], *, lookup_only: bool = False
+    ) -> list[int | str | bytes]:
+        return publish_args(
+            self.keys,
+            publications,
+            self.maxlen,
+            self.cancel_ttl,
+            self.idempotency_ttl,
+            lookup_only=lookup_only,
+        )
 
     async def server_id(self) -> str:
         """The Redis server's run id, which changes whenever it restarts."""

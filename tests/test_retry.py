@@ -6,7 +6,14 @@ import pytest
 
 from relay.models import ProgressEvent
 from relay.reporter import Reporter
-from relay.retry import PendingBuffer, ReportError, RetryPolicy, TransientError, send_with_retry
+from relay.retry import (
+    Parcel,
+    PendingBuffer,
+    ReportError,
+    RetryPolicy,
+    TransientError,
+    send_with_retry,
+)
 from tests.conftest import RedisServer
 
 
@@ -21,12 +28,12 @@ class FlakyTarget:
         self.failures = failures
         self.received: list[list[str]] = []
 
-    def send(self, events: list[ProgressEvent]) -> list[str]:
+    def send(self, parcels: list[Parcel]) -> list[list[str]]:
         if self.failures > 0:
             self.failures -= 1
             raise TransientError("down")
-        self.received.append([e.step for e in events])
-        return [f"id-{e.step}" for e in events]
+        self.received.append([e.step for parcel in parcels for e in parcel.events])
+        return [[f"id-{e.step}" for e in parcel.events] for parcel in parcels]
 
 
 def test_transient_failures_are_retried_within_the_budget() -> None:
