@@ -84,21 +84,26 @@ async def state_when(
     return found
 
 
+async def events_read(http: aiohttp.ClientSession, base: str, workflow_type: str = "map") -> float:
+    """How many events of ``workflow_type`` the gateway's reader has read so far."""
+    line = f'relay_events_read_total{{workflow_type="{workflow_type}"}} '
+    async with http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    return float(found[0][len(line) :]) if found else 0.0
+
+
 async def read_back(
-    http: aiohttp.ClientSession, base: str, count: int, workflow_type: str = "map"
+    http: aiohttp.ClientSession, base: str, count: float, workflow_type: str = "map"
 ) -> None:
     """Wait until the gateway's reader has read ``count`` events of ``workflow_type``.
 
     The session view answers for a publish at once, so it cannot tell whether
     the reader (which routes to subscribers) got as far; its counter can.
     """
-    line = f'relay_events_read_total{{workflow_type="{workflow_type}"}} '
 
     async def check() -> bool:
-        async with http.get(f"{base}/metrics") as response:
-            text = await response.text()
-        found = [row for row in text.splitlines() if row.startswith(line)]
-        return bool(found) and float(found[0][len(line) :]) >= count
+        return await events_read(http, base, workflow_type) >= count
 
     await until(check, what=f"the reader to read {count} {workflow_type} events")
 

@@ -24,11 +24,12 @@ from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,
     event,
+    events_read,
     eventually,
+    read_back,
     receive,
     receive_events,
     serving,
-    state_when,
     subscribe,
 )
 from tests.test_catchup import fast, post
@@ -38,11 +39,12 @@ SESSIONS = ("s1", "s2", "s3")
 
 
 async def publish_batch(http: aiohttp.ClientSession, base: str, events: list[Any]) -> list[str]:
+    """Publish ``events`` of type map, and wait until the gateway's reader has read them."""
+    before = await events_read(http, base)
     async with http.post(f"{base}/api/workflows/progress/batch", json=events) as response:
         assert response.status == 202, await response.text()
         ids = [str(entry_id) for entry_id in (await response.json())["ids"]]
-    last = events[-1]
-    await state_when(http, base, last["session_id"], last_event_id=ids[-1])
+    await read_back(http, base, before + len(events))
     return ids
 
 
