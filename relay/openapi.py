@@ -45,11 +45,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "The credential does not allow this.",
         404: "No such session.",
         408: "The body took longer than RELAY_BODY_TIMEOUT to arrive; the connection is closed.",
-        409: "The session has already ended.",
+        409: "The session has already ended, or the idempotency key was used for other "
+        "events (idempotency_key_reused).",
         413: "The body or batch is too large.",
         415: "The content type is not JSON, or its charset is not UTF-8.",
-        422: "The input breaks a rule (detail names each field), or the idempotency key "
-        "was used for other events (idempotency_key_reused).",
+        422: "The input breaks a rule; detail names each field.",
         429: "Over the publish rate; see Retry-After.",
         503: "Redis is unavailable; see Retry-After.",
     }

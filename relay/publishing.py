@@ -24,7 +24,8 @@ async def publish_events(
 
     With ``idempotency_key``, a publication already made under that key is
     answered as it was first (``replayed``) and not written again; the key
-    used for other events answers 422 ``idempotency_key_reused``.
+    used for other events answers 409 ``idempotency_key_reused``: the request
+    is sound in itself, it conflicts with what is recorded under its key.
     """
     stamp = now_ms()
     publication = Publication([event.stamped(stamp) for event in events], idempotency_key)
@@ -38,7 +39,7 @@ async def publish_events(
             return replay
         published = await relay.store.submit(publication)
     except KeyReused as exc:
-        raise ApiError(422, str(exc), code=REUSED) from None
+        raise ApiError(409, str(exc), code=REUSED) from None
     if not published.replayed:
         _applied(relay, publication.events, published.receipts)
         for event in publication.events:

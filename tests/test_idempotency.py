@@ -84,10 +84,10 @@ async def test_a_key_reused_for_other_events_is_refused(
     url = f"{base}/api/workflows/progress"
     await post(http, url, event(progress=10), key="k")
     status, answer, _ = await post(http, url, event(progress=11), key="k")
-    assert status == 422
+    assert status == 409
     assert answer["error"] == "idempotency_key_reused"
     status, answer, _ = await post(http, f"{url}/batch", [event(progress=10)] * 2, key="k")
-    assert (status, answer["error"]) == (422, "idempotency_key_reused")
+    assert (status, answer["error"]) == (409, "idempotency_key_reused")
     assert length(redis_server) == 1
 
 
@@ -248,5 +248,5 @@ async def test_a_record_someone_else_wrote_is_not_trusted(
         client.hset("workflow:idempotency:a-hash", "f", "v")
     for key in ("planted", "a-hash"):
         status, answer, _ = await post(http, f"{base}/api/workflows/progress", body, key=key)
-        assert (status, answer["error"]) == (422, "idempotency_key_reused")
+        assert (status, answer["error"]) == (409, "idempotency_key_reused")
     assert length(redis_server) == 0
