@@ -153,7 +153,7 @@ async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
         except (RedisError, OSError) as exc:
             logger.warning("trimming streams by age failed: %s", exc)
 
-    async with _periodically(interval, trim, "relay-age-trim"):
+    async with periodically(interval, trim, "relay-age-trim"):
         yield
 
 
@@ -164,20 +164,28 @@ async def _watch_sends(app: web.Application) -> AsyncIterator[None]:
     async def check() -> None:
         relay.hub.check_sends(clock())
 
-    async with _periodically(min(1.0, relay.settings.send_timeout / 2), check, "relay-sends"):
+    async with periodically(min(1.0, relay.settings.send_timeout / 2), check, "relay-sends"):
         yield
 
 
 @asynccontextmanager
-async def _periodically(
+async def periodically(
     interval: float, action: Callable[[], Awaitable[None]], name: str
 ) -> AsyncIterator[None]:
-    """Run ``action`` every ``interval`` seconds while the context is open."""
+    """Run ``action`` every ``interval`` seconds while the context is open.
+
+    A failing run is logged with its traceback and the next one goes ahead:
+    one bug must not silently end a task the gateway relies on for as long as
+    it serves.
+    """
 
     async def forever() -> None:
         while True:
             await asyncio.sleep(interval)
-            await action()
+            try:
+                await action()
+            except Exception:
+                logger.exception("%s failed; running it again in %.1fs", name, interval)
 
     task = asyncio.create_task(forever(), name=name)
     try:
