@@ -22,12 +22,12 @@ from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from relay.coverage import BEYOND, NO_ID, Cut, Cuts, cut_for, format_id
+from relay.coverage import BEYOND, Cut, Cuts, cut_for
 from relay.frames import Subscribe, error_frame, subscribed_frame
 from relay.hub import ANY_TYPE, Hub
 from relay.ingest import decode
 from relay.keys import Keys
-from relay.models import Envelope, parse_stream_id
+from relay.models import NO_ID, Envelope, format_stream_id, parse_stream_id
 from relay.reader import StreamReader
 from relay.sessions import SessionView
 from relay.streams import StreamStore
@@ -260,7 +260,7 @@ class CatchUp:
         # arrive live, so there is no history to read.
         if recovered and parse_stream_id(since) < upto:
             limit = self._replay_limit
-            entries = await self._store.history(stream, since, format_id(upto), limit + 1)
+            entries = await self._store.history(stream, since, format_stream_id(upto), limit + 1)
             if len(entries) <= limit:
                 return True, [
                     envelope

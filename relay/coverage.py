@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from relay.models import Envelope
+from relay.models import NO_ID, Envelope, StreamKey
 
 ANY_TYPE = "*"
-NO_ID = (0, 0)
 # Above every stream id: a cut that claims nothing.
 BEYOND = (1 << 64, 0)
 
-Cut = tuple[int, int]
+Cut = StreamKey
 Cuts = Cut | Mapping[str, Cut]
 SubscriptionKey = tuple[str, str | None]
 
@@ -37,11 +36,6 @@ SubscriptionKey = tuple[str, str | None]
 def cut_for(cuts: Cuts, workflow_type: str) -> Cut:
     """The id of ``cuts`` that applies to events of ``workflow_type``."""
     return cuts if isinstance(cuts, tuple) else cuts.get(workflow_type, NO_ID)
-
-
-def format_id(cut: Cut) -> str:
-    """A cut as a stream id, ``"1700000000000-0"``."""
-    return f"{cut[0]}-{cut[1]}"
 
 
 def matches(key: SubscriptionKey, envelope: Envelope) -> bool:

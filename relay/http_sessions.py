@@ -14,7 +14,14 @@ from relay.context import RELAY
 from relay.errors import ApiError, json_response, raise_validation
 from relay.ingest import decode
 from relay.keys import event_name
-from relay.models import SESSION_ID_PATTERN, Status, StreamId, WorkflowType, parse_stream_id
+from relay.models import (
+    SESSION_ID_PATTERN,
+    Status,
+    StreamId,
+    WorkflowType,
+    format_stream_id,
+    parse_stream_id,
+)
 from relay.publishing import request_cancel, unknown_session
 from relay.sessions import SessionState
 
@@ -115,7 +122,7 @@ async def session_events(request: web.Request) -> web.Response:
     state = _readable_state(request)
     session_id = state.session_id
     since = None if query.since is None else parse_stream_id(query.since)
-    entry_ids = [f"{ms}-{seq}" for ms, seq in islice(state.history.after(since), query.limit)]
+    entry_ids = [format_stream_id(key) for key in islice(state.history.after(since), query.limit)]
     entries = await relay.store.entries(relay.keys.stream(state.workflow_type), entry_ids)
     # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
     frames = [

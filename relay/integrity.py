@@ -18,8 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from relay.keys import Keys
-from relay.models import parse_stream_id
-from relay.streams import NO_ID
+from relay.models import NO_ID, parse_stream_id
 
 # An epoch is a hex token; anything else found in its key is no epoch at all.
 EPOCH_PATTERN = re.compile(r"[0-9a-f]{1,64}")

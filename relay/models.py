@@ -227,12 +227,23 @@ class EntryError(ValueError):
 _ENTRY_FIELDS = frozenset({"session_id", "step", "progress", "metadata", "status", "error", "ts"})
 
 
-def parse_stream_id(entry_id: str) -> tuple[int, int]:
+# A stream id parsed for ordering: (milliseconds, sequence).
+StreamKey = tuple[int, int]
+# Below every entry: "from the very start", or "nothing read yet".
+NO_ID: StreamKey = (0, 0)
+
+
+def parse_stream_id(entry_id: str) -> StreamKey:
     """``"1700000000000-3"`` as ``(1700000000000, 3)`` for ordering; ValueError if malformed."""
     ms, sep, seq = entry_id.partition("-")
     if not ms.isdigit() or (sep and not seq.isdigit()):
         raise ValueError(f"not a stream id: {entry_id!r}")
     return int(ms), int(seq) if sep else 0
+
+
+def format_stream_id(key: StreamKey) -> str:
+    """A parsed id as stream id text again: ``(1700000000000, 3)`` as ``"1700000000000-3"``."""
+    return f"{key[0]}-{key[1]}"
 
 
 def _utf8(text: str) -> bool:
@@ -349,11 +360,11 @@ class Envelope:
         self.terminal = terminal
         self._event = event
         self._frame = frame
-        self._key: tuple[int, int] | None = None
+        self._key: StreamKey | None = None
         self._sse: str | None = None
 
     @property
-    def key(self) -> tuple[int, int]:
+    def key(self) -> StreamKey:
         """The stream id as a sortable pair."""
         if self._key is None:
             self._key = parse_stream_id(self.id)

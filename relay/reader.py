@@ -34,8 +34,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from relay.integrity import StreamChecks, StreamState
-from relay.models import WORKFLOW_TYPE_PATTERN, parse_stream_id
-from relay.streams import NO_ID, StreamEntry, StreamStore
+from relay.models import NO_ID, WORKFLOW_TYPE_PATTERN, StreamKey, format_stream_id, parse_stream_id
+from relay.streams import StreamEntry, StreamStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ STOP_GRACE = 1.0
 SCAN_COUNT = 1000
 STREAM_KINDS = frozenset({"stream", "none"})
 _TYPE_NAME = re.compile(WORKFLOW_TYPE_PATTERN)
-
-StreamId = tuple[int, int]
 
 
 class StreamHandler(Protocol):
@@ -61,10 +59,6 @@ class StreamHandler(Protocol):
 
     def reset(self, stream_key: str, epoch: str) -> None:
         """What the stream retains was read again: tell its subscribers to refetch."""
-
-
-def _text(key: StreamId) -> str:
-    return f"{key[0]}-{key[1]}"
 
 
 class StreamReader:
@@ -101,10 +95,10 @@ class StreamReader:
         self._server_id: str | None = None
         # Per stream, the newest entry that existed at start (or at a reset):
         # up to it is history.
-        self._history_ends: dict[str, StreamId] = {}
+        self._history_ends: dict[str, StreamKey] = {}
         # Per stream reset, the newest id read before the reset: entries up to
         # it may have been delivered already, so they are never news again.
-        self._floors: dict[str, StreamId] = {}
+        self._floors: dict[str, StreamKey] = {}
         # Streams being read again after a reset, with their new epoch; the
         # subscribers hear of it once the view is rebuilt.
         self._resetting: dict[str, str] = {}
@@ -163,7 +157,7 @@ class StreamReader:
             self._history_ends.get(stream_key, NO_ID),
             self._floors.get(stream_key, NO_ID),
         )
-        return _text(max(marks))
+        return format_stream_id(max(marks))
 
     def _ignore(self, key: str, why: str) -> None:
         if key not in self._ignored:

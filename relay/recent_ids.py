@@ -5,7 +5,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
-StreamKey = tuple[int, int]
+from relay.models import StreamKey
 
 # Ids remembered per session unless configured otherwise (RELAY_SESSION_HISTORY).
 DEFAULT_HISTORY_LIMIT = 100

@@ -15,10 +15,9 @@ from redis.exceptions import ResponseError
 from relay.batching import Batcher
 from relay.idempotency import DEFAULT_IDEMPOTENCY_TTL, KeyReused, fingerprint
 from relay.keys import Keys
-from relay.models import ProgressEvent, parse_stream_id
+from relay.models import NO_ID, ProgressEvent, parse_stream_id
 
 StreamEntry = tuple[str, dict[str, str]]
-NO_ID = (0, 0)
 
 
 DEFAULT_CANCEL_TTL = 86_400
