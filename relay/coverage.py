@@ -9,8 +9,10 @@ subscriptions have delivered before that point or will deliver live after it:
 - ``live``: events of the subscription above this id are routed live, behind
   the point where it was made; once its replay is placed, everything above its
   ``since`` is in the outbox before the current point or will come live.
-- ``state``: the latest event of each session the subscription matches, as of
-  this id, was sent (a snapshot sends running sessions only).
+- ``states``: for each of these ids, the latest event of each session the
+  subscription matches, as of that id, was sent (a snapshot sends running
+  sessions only). Subscribing again adds one: every such guarantee stays
+  true, and neither implies the other.
 - ``floor``: the client said it already has the subscription's events up to
   this id, so live events at or below it are not sent again.
 
@@ -50,13 +52,18 @@ def matches(key: SubscriptionKey, envelope: Envelope) -> bool:
 class Coverage:
     """One subscription's guarantees to its connection (see the module docstring)."""
 
-    __slots__ = ("floor", "live", "state")
+    __slots__ = ("floor", "live", "states")
 
     def __init__(self, live: Cuts | None) -> None:
         # None claims nothing: nothing is ever dropped on this subscription's account.
         self.live = live
-        self.state: Cuts | None = None
+        self.states: tuple[Cuts, ...] = ()
         self.floor: Cut | None = None
+
+    def add_state(self, state: Cuts) -> None:
+        """The subscription's current state as of ``state`` has just been sent."""
+        if state not in self.states:
+            self.states += (state,)
 
     def lower(self, since: Cut, workflow_type: str) -> None:
         """The subscription's replay from ``since`` (exclusive) has just been placed."""
@@ -74,14 +81,16 @@ def _covers(
     wtype = envelope.workflow_type
     if coverage.live is not None and envelope.key > cut_for(coverage.live, wtype):
         return True
-    if coverage.state is None:
-        return False
-    state = cut_for(coverage.state, wtype)
-    # Within a batch complete up to ``state`` (a history read that far, or the
-    # latest event of each session), the last event of a session at or below
-    # the state cut was that session's latest then, and so already sent.
-    latest_then = envelope.key <= state and (following is None or following > state)
-    return latest_then and (key[1] is not None or not envelope.terminal)
+    if key[1] is None and envelope.terminal:
+        return False  # a snapshot sends running sessions only
+    for states in coverage.states:
+        state = cut_for(states, wtype)
+        # Within a batch complete up to ``state`` (a history read that far, or
+        # the latest event of each session), the last event of a session at or
+        # below the state cut was that session's latest then, and so already sent.
+        if envelope.key <= state and (following is None or following > state):
+            return True
+    return False
 
 
 def _following_ids(items: Sequence[Envelope | str]) -> list[Cut | None]:
@@ -104,12 +113,12 @@ def uncovered(
     relevant = [
         (key, coverage)
         for key, coverage in coverages.items()
-        if coverage.live is not None or coverage.state is not None
+        if coverage.live is not None or coverage.states
     ]
     if not relevant:
         return items
     following: list[Cut | None] | None = None
-    if any(coverage.state is not None for _, coverage in relevant):
+    if any(coverage.states for _, coverage in relevant):
         following = _following_ids(items)
     kept: list[Envelope | str] = []
     for index, item in enumerate(items):

@@ -342,7 +342,7 @@ class Subscriber:
             if mark.lower_to is not None:
                 coverage.lower(mark.lower_to, mark.key[0])
             if mark.state is not None:
-                coverage.state = mark.state
+                coverage.add_state(mark.state)
         mark.settled()
         return fresh
 
