@@ -14,6 +14,7 @@ from relay.context import Relay
 from relay.errors import ApiError
 from relay.idempotency import REUSED, KeyReused
 from relay.models import Envelope, ProgressEvent
+from relay.sessions import SessionState
 from relay.streams import Publication, Published, Receipt, now_ms
 
 
@@ -51,12 +52,17 @@ def _ended_session(relay: Relay, events: Sequence[ProgressEvent]) -> ApiError | 
     for event in events:
         state = relay.view.get(event.session_id)
         if state is not None and state.terminal:
-            return ApiError(
-                409,
-                f"session {event.session_id!r} has already ended ({state.status})",
-                code="session_ended",
-            )
+            return _session_ended(state)
     return None
+
+
+def _session_ended(state: SessionState) -> ApiError:
+    """The 409 for a publish or cancel that comes after the session ended."""
+    return ApiError(
+        409,
+        f"session {state.session_id!r} has already ended ({state.status})",
+        code="session_ended",
+    )
 
 
 def _applied(relay: Relay, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
@@ -80,9 +86,7 @@ async def request_cancel(relay: Relay, session_id: str) -> tuple[Receipt, str]:
     if state is None:
         raise unknown_session(session_id)
     if state.terminal:
-        raise ApiError(
-            409, f"session {session_id!r} has already ended ({state.status})", code="session_ended"
-        )
+        raise _session_ended(state)
     if state.status == "cancel_requested":
         return Receipt(state.latest.id, True), state.workflow_type
     event = ProgressEvent(
