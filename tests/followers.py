@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relay.models import parse_stream_id
+from relay.protocol.stream_ids import parse_stream_id
 from tests.helpers import Gateway
 
 RECONNECT_DELAY = 0.05

@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
-from relay.gateway import create_app
-from relay.settings import Settings
+from relay.server.app import create_app
+from relay.server.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
 

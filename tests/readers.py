@@ -9,16 +9,16 @@ from typing import Any
 
 import orjson
 
-from relay.context import Relay
-from relay.gateway import build_relay
-from relay.settings import Settings
-from relay.subscriber import Subscriber
+from relay.server.app import build_relay
+from relay.server.gateway import Gateway
+from relay.server.settings import Settings
+from relay.server.subscriber import Subscriber
 
 
 class Following:
     """What one subscriber to ``*`` received, and the gateway parts feeding it."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Gateway) -> None:
         self.relay = relay
         self.frames: list[Any] = []
         self.task: asyncio.Task[None] | None = None

@@ -14,8 +14,8 @@ import aiohttp
 import jwt
 import pytest
 
-from relay.auth import mint_token, read_token
-from relay.settings import Settings
+from relay.server.auth import mint_token, read_token
+from relay.server.settings import Settings
 from tests.helpers import event, receive, receive_events, serving, state_when
 
 SECRET = "test-secret-with-enough-length-for-hs256"

@@ -10,8 +10,8 @@ import aiohttp
 import jwt
 import pytest
 
-from relay.auth import AuthError, mint_token, read_token
-from relay.settings import Settings
+from relay.server.auth import AuthError, mint_token, read_token
+from relay.server.settings import Settings
 from tests.helpers import event, receive, serving
 
 SECRET = "auth-edges-secret-with-enough-length"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from relay.reporter import Reporter
+from relay.client.reporters import Reporter
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, wait_until
 

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from playwright.sync_api import Page, expect
 
-from relay.auth import mint_token, read_token
-from relay.reporter import Reporter
+from relay.client.reporters import Reporter
+from relay.server.auth import mint_token, read_token
 from tests import test_browser
 from tests.helpers import Gateway, env_without_relay, receive, state_when
 

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.reporter import AsyncReporter
-from relay.settings import Settings
+from relay.client.reporters import AsyncReporter
+from relay.server.settings import Settings
 from tests.helpers import (
     event,
     read_back,

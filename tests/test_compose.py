@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from relay.cli import build_parser, settings_from_args
-from relay.settings import Settings
+from relay.cli.main import build_parser, settings_from_args
+from relay.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.context import Relay
-from relay.coverage import Coverage, matches
-from relay.frames import Subscribe
-from relay.gateway import build_relay
-from relay.models import Envelope, ProgressEvent
-from relay.reporter import AsyncReporter
-from relay.settings import Settings
+from relay.client.reporters import AsyncReporter
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope, Subscribe
+from relay.server.app import build_relay
+from relay.server.coverage import Coverage, matches
+from relay.server.gateway import Gateway as GatewayParts
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,
@@ -255,7 +255,7 @@ async def test_a_resume_answers_not_recovered_when_the_reader_never_starts(
 class CountedReads:
     """Stands in for a store's history reads: counts those in progress, holds them at a gate."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: GatewayParts) -> None:
         self.read = relay.store.history
         self.active = 0
         self.most = 0
@@ -273,7 +273,7 @@ class CountedReads:
 
 
 @pytest.fixture
-async def running(redis_url: str) -> AsyncIterator[Relay]:
+async def running(redis_url: str) -> AsyncIterator[GatewayParts]:
     """A gateway's parts with its reader running, two replays allowed at once."""
     relay = build_relay(Settings(redis_url=redis_url, max_concurrent_replays=2))
     task = asyncio.create_task(relay.reader.run())
@@ -283,7 +283,7 @@ async def running(redis_url: str) -> AsyncIterator[Relay]:
     await relay.connections.aclose()
 
 
-async def resume_all(relay: Relay, count: int) -> tuple[list[str], list[FakeSocket], Any]:
+async def resume_all(relay: GatewayParts, count: int) -> tuple[list[str], list[FakeSocket], Any]:
     receipts = await relay.store.publish(
         [
             ProgressEvent(
@@ -301,7 +301,7 @@ async def resume_all(relay: Relay, count: int) -> tuple[list[str], list[FakeSock
     return ids, socks, (subs, replays)
 
 
-async def test_concurrent_replays_are_bounded_and_all_complete(running: Relay) -> None:
+async def test_concurrent_replays_are_bounded_and_all_complete(running: GatewayParts) -> None:
     reads = CountedReads(running)
     ids, socks, (subs, replays) = await resume_all(running, 10)
     for sub in subs:
@@ -318,7 +318,7 @@ async def test_concurrent_replays_are_bounded_and_all_complete(running: Relay) -
 
 
 async def test_a_replay_permit_is_held_until_the_writer_takes_it_or_the_subscriber_stops(
-    running: Relay,
+    running: GatewayParts,
 ) -> None:
     reads = CountedReads(running)
     reads.gate.set()

@@ -16,8 +16,7 @@ import redis.asyncio
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.context import RELAY
-from relay.demo import (
+from relay.cli.demo import (
     WORKFLOWS,
     DemoOptions,
     GatewayPublisher,
@@ -25,11 +24,12 @@ from relay.demo import (
     Simulation,
     run_demo,
 )
-from relay.gateway import create_app
-from relay.keys import Keys
-from relay.reader import StreamReader
-from relay.settings import Settings
-from relay.streams import StreamStore
+from relay.protocol.keys import Keys
+from relay.server.app import create_app
+from relay.server.gateway import GATEWAY
+from relay.server.reader import StreamReader
+from relay.server.settings import Settings
+from relay.server.stream_store import StreamStore
 from tests.conftest import free_port
 from tests.helpers import Gateway, env_without_relay, eventually, until
 
@@ -184,7 +184,7 @@ async def gateway_app(settings: Settings) -> AsyncIterator[tuple[str, Any]]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield str(server.make_url("")).rstrip("/"), app[RELAY]
+        yield str(server.make_url("")).rstrip("/"), app[GATEWAY]
     finally:
         await server.close()
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from relay.reporter import Reporter
+from relay.client.reporters import Reporter
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, receive, receive_events, start_watch, subscribe
 

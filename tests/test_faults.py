@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from relay.reporter import AsyncReporter
-from relay.retry import RetryPolicy
-from relay.streams import now_ms
+from relay.client.reporters import AsyncReporter
+from relay.client.retry import RetryPolicy
+from relay.protocol.entries import now_ms
 from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,

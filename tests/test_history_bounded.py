@@ -9,11 +9,12 @@ import aiohttp
 import pytest
 import redis
 
-from relay.models import Envelope, ProgressEvent
-from relay.recent_ids import RecentIds
-from relay.sessions import SessionView
-from relay.settings import Settings
-from relay.streams import now_ms
+from relay.protocol.entries import now_ms
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope
+from relay.server.recent_ids import RecentIds
+from relay.server.session_view import SessionView
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import serving, state_when
 

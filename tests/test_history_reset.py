@@ -17,10 +17,10 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.integrity import StreamChecks
-from relay.keys import Keys
-from relay.settings import Settings
-from relay.watch import follow
+from relay.cli.watch import follow
+from relay.protocol.keys import Keys
+from relay.server.settings import Settings
+from relay.server.stream_checks import StreamChecks
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, eventually, receive, subscribe, until
 from tests.readers import following

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import event, serving
 

@@ -13,13 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.models import (
-    MAX_DETAIL_FIELD_CHARS,
-    MAX_DETAIL_ITEMS,
-    STREAM_ID_PART_MAX,
-    STREAM_ID_PATTERN,
-)
-from relay.settings import Settings
+from relay.protocol.event import MAX_DETAIL_FIELD_CHARS, MAX_DETAIL_ITEMS
+from relay.protocol.stream_ids import STREAM_ID_PART_MAX, STREAM_ID_PATTERN
+from relay.server.settings import Settings
 from tests.helpers import Gateway, event, receive, serving, state_when, wait_until
 
 OUT_OF_RANGE_IDS = [

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.reporter import AsyncReporter, HttpReporter, Reporter
-from relay.settings import Settings
-from relay.worker_session import CancelRequested
+from relay.client.reporters import AsyncReporter, HttpReporter, Reporter
+from relay.client.reporting_session import CancelRequested
+from relay.server.settings import Settings
 from tests.helpers import event, receive, receive_events, serving, state_when, until
 
 

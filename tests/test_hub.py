@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from relay.hub import ANY_TYPE, Hub
-from relay.models import Envelope
-from relay.subscriber import Subscriber
+from relay.protocol.frames import ANY_TYPE, Envelope
+from relay.server.hub import Hub
+from relay.server.subscriber import Subscriber
 
 
 async def _noop(*_: object) -> None:

@@ -15,11 +15,11 @@ import pytest
 import redis
 import redis.asyncio
 
-from relay.idempotency import fingerprint
-from relay.models import ProgressEvent
-from relay.reporter import CLIENT_OPTIONS, AsyncReporter, HttpReporter, Reporter
-from relay.retry import RetryPolicy
-from relay.settings import Settings
+from relay.client.reporters import CLIENT_OPTIONS, AsyncReporter, HttpReporter, Reporter
+from relay.client.retry import RetryPolicy
+from relay.protocol.event import ProgressEvent
+from relay.protocol.idempotency import fingerprint
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, eventually, serving, wait_until
 
@@ -175,7 +175,7 @@ def in_thread(work: Callable[[], str]) -> tuple[threading.Thread, list[str]]:
 def test_reporter_retries_through_a_stalled_redis_and_writes_once(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="relay.retry")
+    caplog.set_level(logging.DEBUG, logger="relay.client.retry")
     client = redis.Redis.from_url(own_redis.url, **{**CLIENT_OPTIONS, "socket_timeout": 0.3})
     with Reporter(client=client, retry=PATIENT) as reporter:
         warm = reporter.report("s1", "map", "warm", 1)  # the script is loaded now
@@ -193,7 +193,7 @@ def test_reporter_retries_through_a_stalled_redis_and_writes_once(
 async def test_async_reporter_retries_through_a_stalled_redis_and_writes_once(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="relay.retry")
+    caplog.set_level(logging.DEBUG, logger="relay.client.retry")
     options = {**CLIENT_OPTIONS, "socket_timeout": 0.3}
     client = redis.asyncio.Redis.from_url(own_redis.url, **options)
     async with AsyncReporter(client=client, retry=PATIENT) as reporter:
@@ -215,7 +215,7 @@ async def test_http_reporter_retries_through_a_stalled_redis_and_writes_once(
     own_redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="relay.retry")
+    caplog.set_level(logging.DEBUG, logger="relay.client.retry")
     gateway = start_gateway(own_redis.url)
     reporter = HttpReporter(gateway.url, timeout=0.3, retry=PATIENT)
     with stopped(own_redis) as resume:

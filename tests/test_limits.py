@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.helpers import event, receive, receive_events, serving, subscribe
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.cli import build_parser, settings_from_args
-from relay.logs import JsonFormatter, configure_logging
+from relay.cli.logs import JsonFormatter, configure_logging
+from relay.cli.main import build_parser, settings_from_args
 from tests.conftest import free_port
 from tests.helpers import Gateway, env_without_relay, event, receive_events, subscribe
 
@@ -101,7 +101,7 @@ async def test_serve_logs_json_lines_from_the_environment(
         assert {"ts", "level", "logger", "message"} <= set(record)
     messages = [r["message"] for r in records]
     assert any(m.startswith("relay gateway on http://") for m in messages)
-    assert any(r["logger"] == "relay.ws" and "connected" in r["message"] for r in records)
+    assert any(r["logger"] == "relay.server.websocket" and "connected" in r["message"] for r in records)
     assert {r["level"] for r in records} >= {"INFO", "WARNING"}
     assert MARKER not in gateway.logs()  # event payloads are never logged
 
@@ -119,5 +119,5 @@ async def test_serve_log_format_flag(
     finally:
         assert await asyncio.to_thread(gateway.stop) == 0
     records = json_lines(gateway.logs())
-    assert any(r["logger"] == "relay.cli" for r in records)
+    assert any(r["logger"] == "relay.cli.main" for r in records)
     assert MARKER not in gateway.logs()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import event, receive_events, serving, subscribe
 

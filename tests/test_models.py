@@ -11,15 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from relay.models import (
-    EntryError,
-    Envelope,
+from relay.protocol.entries import EntryError, event_from_entry
+from relay.protocol.event import (
     MalformedJson,
     ProgressEvent,
-    event_from_entry,
     parse_event_json,
     parse_event_list_json,
 )
+from relay.protocol.frames import Envelope
 from tests.helpers import event
 
 

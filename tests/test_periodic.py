@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from relay.gateway import periodically
+from relay.server.app import periodically
 from tests.helpers import eventually
 
 
@@ -20,7 +20,7 @@ async def test_a_failing_run_is_logged_and_the_next_one_goes_ahead(
         if len(runs) == 1:
             raise RuntimeError("a bug in one run")
 
-    with caplog.at_level(logging.ERROR, logger="relay.gateway"):
+    with caplog.at_level(logging.ERROR, logger="relay.server.app"):
         async with periodically(0.01, action, "test-task"):
             await eventually(lambda: len(runs) >= 3, what="runs after the failure")
     assert "test-task failed" in caplog.text

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.context import RELAY
-from relay.gateway import create_app
-from relay.settings import Settings
+from relay.server.app import create_app
+from relay.server.gateway import GATEWAY
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,
@@ -36,7 +36,7 @@ async def app_without_reader(redis_url: str) -> AsyncIterator[tuple[str, web.App
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     [task] = [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK]
-    await app[RELAY].reader.stop(task)
+    await app[GATEWAY].reader.stop(task)
     try:
         yield str(server.make_url("")).rstrip("/"), app
     finally:

@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from relay.hub import Hub
-from relay.ingest import Ingest
-from relay.keys import Keys
-from relay.models import Envelope, ProgressEvent
-from relay.reader import StreamReader
-from relay.sessions import SessionView
-from relay.streams import StreamStore
-from relay.subscriber import Subscriber
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope
+from relay.protocol.keys import Keys
+from relay.server.hub import Hub
+from relay.server.ingest import Ingest
+from relay.server.reader import StreamReader
+from relay.server.session_view import SessionView
+from relay.server.stream_store import StreamStore
+from relay.server.subscriber import Subscriber
 from tests.conftest import RedisServer
 from tests.helpers import eventually
 

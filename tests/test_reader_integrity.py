@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import redis
 
-from relay.reader import StreamReader
-from relay.settings import Settings
+from relay.server.reader import StreamReader
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,

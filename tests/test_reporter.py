@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from relay.reporter import AsyncReporter, HttpReporter, Reporter
-from relay.retry import ReportError, RetryPolicy
-from relay.settings import Settings
+from relay.client.reporters import AsyncReporter, HttpReporter, Reporter
+from relay.client.retry import ReportError, RetryPolicy
+from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import receive_events, serving, subscribe
 

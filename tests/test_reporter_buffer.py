@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from relay.models import ProgressEvent
-from relay.reporter import HttpReporter, Reporter
-from relay.retry import Parcel, PendingBuffer, ReportError, RetryPolicy
+from relay.client.reporters import HttpReporter, Reporter
+from relay.client.retry import Parcel, PendingBuffer, ReportError, RetryPolicy
+from relay.protocol.event import ProgressEvent
 from tests.conftest import RedisServer
 from tests.helpers import Gateway
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.models import ProgressEvent
-from relay.reporter import Reporter
-from relay.retry import (
+from relay.client.reporters import Reporter
+from relay.client.retry import (
     Parcel,
     PendingBuffer,
     ReportError,
@@ -14,6 +13,7 @@ from relay.retry import (
     TransientError,
     send_with_retry,
 )
+from relay.protocol.event import ProgressEvent
 from tests.conftest import RedisServer
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from relay.models import Envelope, ProgressEvent
-from relay.sessions import SessionView
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope
+from relay.server.session_view import SessionView
 
 NOW = 1_700_000_000_000
 

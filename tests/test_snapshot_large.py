@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import orjson
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.helpers import event, receive_events, serving, subscribe
 from tests.test_catchup import post
 from tests.test_delivery_once import publish_batch

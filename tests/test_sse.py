@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.helpers import event, serving
 
 

@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from redis import exceptions
 
-from relay.reporter import AsyncReporter, Reporter
-from relay.retry import ReportError, RetryPolicy
-from relay.store_errors import is_transient
+from relay.client.reporters import AsyncReporter, Reporter
+from relay.client.retry import ReportError, RetryPolicy
+from relay.protocol.store_errors import is_transient
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event
 

@@ -8,10 +8,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from relay.keys import Keys
-from relay.models import ProgressEvent, event_from_entry, parse_stream_id
-from relay.settings import Settings
-from relay.streams import StreamStore
+from relay.protocol.entries import event_from_entry
+from relay.protocol.event import ProgressEvent
+from relay.protocol.keys import Keys
+from relay.protocol.stream_ids import parse_stream_id
+from relay.server.settings import Settings
+from relay.server.stream_store import StreamStore
 from tests.conftest import RedisServer
 from tests.helpers import event, eventually, serving
 

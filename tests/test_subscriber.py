@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.models import Envelope
-from relay.subscriber import CLOSE_SLOW_CONSUMER, Subscriber, websocket_batch
+from relay.protocol.frames import Envelope
+from relay.server.subscriber import CLOSE_SLOW_CONSUMER, Subscriber, websocket_batch
 from tests.helpers import eventually
 
 

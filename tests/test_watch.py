@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from relay.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
+from relay.cli.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
 from tests.helpers import Gateway, event, start_watch
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

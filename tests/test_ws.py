@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.settings import Settings
+from relay.server.settings import Settings
 from tests.helpers import event, receive, receive_events, serving, subscribe, until
 
 

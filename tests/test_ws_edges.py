@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.auth import mint_token
-from relay.limits import FloodWindow
-from relay.reporter import Reporter
-from relay.settings import Settings
+from relay.client.reporters import Reporter
+from relay.server.auth import mint_token
+from relay.server.rate_limits import FloodWindow
+from relay.server.settings import Settings
 from tests.helpers import (
     Gateway,
     StalledClient,

@@ -1,0 +1,461 @@
+"""Simulated workflows, so that a new user sees progress move at once.
+
+``relay demo`` publishes them to a gateway (or straight to Redis) and ``relay
+serve --demo`` runs them inside the gateway. Either way several map, character
+and encounter sessions run at the same time, at different speeds, through
+realistic steps, with ``metadata.estimated_time_remaining`` most of the time.
+Now and then one fails with an error, and now and then someone asks for one
+to stop: the simulated worker then learns so from its next report and ends
+``cancelled``, exactly as a real worker using ``raise_on_cancel=True`` does.
+
+Every session is reported with the project's own reporting sessions
+(:class:`relay.worker_session.AsyncReportingSession`), so the events are
+exactly what a real worker would publish. At most ``max_sessions`` run at
+once; whatever is still running when the simulation stops is reported
+``cancelled`` (the worker was interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import redis.asyncio
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from relay.client.reporters import AsyncReporter, HttpReporter
+from relay.client.reporting_session import AsyncReportingSession, describe
+from relay.client.retry import ReportError, RetryPolicy
+from relay.protocol.entries import Receipt
+from relay.protocol.event import ProgressEvent
+from relay.server.errors import ApiError
+from relay.server.gateway import GATEWAY, Gateway
+from relay.server.publishing import request_cancel
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 5.0
+ENDED_KEPT = 1_000
+CANCEL_ATTEMPTS = 10
+CANCEL_RETRY_PAUSE = 0.2
+BACKEND_ERRORS = (ReportError, RedisError, OSError, aiohttp.ClientError)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a simulated workflow: its name, its share of the work, what it reports."""
+
+    name: str
+    weight: float
+    details: tuple[str, ...]
+
+
+WORKFLOWS: dict[str, tuple[Step, ...]] = {
+    "map": (
+        Step("generating heightmap", 2, ("octave 1 of 4", "octave 3 of 4", "erosion pass")),
+        Step("placing biomes", 2, ("forests", "deserts", "tundra", "wetlands")),
+        Step("carving rivers", 1, ("tracing watersheds", "cutting valleys")),
+        Step("analyzing forests", 2, ("oak groves", "pine ridges", "undergrowth")),
+        Step("placing settlements", 1, ("villages", "a port town", "ruins")),
+        Step("rendering tiles", 3, ("zoom level 1", "zoom level 2", "zoom level 3")),
+    ),
+    "character": (
+        Step("rolling attributes", 1, ("strength", "dexterity", "wisdom")),
+        Step("choosing class and background", 1, ("ranger", "sage", "folk hero")),
+        Step("writing backstory", 3, ("childhood", "the first adventure", "a dark secret")),
+        Step("generating portrait", 3, ("sketching", "colouring", "lighting")),
+        Step("equipping gear", 1, ("weapons", "armour", "a trusty lantern")),
+    ),
+    "encounter": (
+        Step("selecting monsters", 2, ("goblins", "an owlbear", "cultists")),
+        Step("balancing difficulty", 1, ("party of 4, level 5", "adjusting hit points")),
+        Step("placing terrain", 2, ("cover", "difficult terrain", "a collapsing bridge")),
+        Step("writing tactics", 2, ("ambush", "retreat at half health")),
+        Step("assigning loot", 1, ("coins", "a potion of healing", "a cursed ring")),
+    ),
+}
+
+FAILURES: dict[str, tuple[tuple[type[Exception], str], ...]] = {
+    "map": (
+        (TimeoutError, "tile renderer did not answer within 30 s"),
+        (ValueError, "biome table has no entry for 'glacier'"),
+    ),
+    "character": (
+        (RuntimeError, "portrait model ran out of GPU memory"),
+        (ValueError, "backstory is over the 4,000 character limit"),
+    ),
+    "encounter": (
+        (RuntimeError, "no monsters fit challenge rating 23"),
+        (TimeoutError, "loot service did not answer within 10 s"),
+    ),
+}
+
+# How long a session pauses between reports: fast, normal and slow workers.
+PACES: tuple[tuple[float, float], ...] = ((0.3, 0.6), (0.5, 1.2), (1.0, 2.0))
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """How the simulation behaves."""
+
+    rate: float = 1.0
+    """New sessions started per second (while fewer than ``max_sessions`` run)."""
+    max_sessions: int = 12
+    """Sessions running at once, at most."""
+    fail_chance: float = 0.1
+    """Chance that a session fails part way with an error."""
+    cancel_chance: float = 0.1
+    """Chance that someone asks for a session to stop part way."""
+    safe_start: int = 3
+    """The first sessions (one of each type) always run to completion, the first one quickly."""
+    pace: tuple[tuple[float, float], ...] = PACES
+    """Pause ranges between reports, in seconds; each session picks one."""
+    seed: int | None = None
+    """Seed of the random choices, for a repeatable run."""
+
+
+class Publisher(Protocol):
+    """What the simulation needs from where it publishes."""
+
+    def session(
+        self, workflow_type: str, session_id: str
+    ) -> AbstractAsyncContextManager[AsyncReportingSession]:
+        """A reporting session that raises CancelRequested on a cancellation."""
+
+    async def request_cancel(self, session: AsyncReportingSession) -> str:
+        """Ask for ``session`` to stop, as a user would; answers what happened."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How one simulated session ended."""
+
+    workflow_type: str
+    session_id: str
+    status: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    workflow_type: str
+    session_id: str
+    ticks: list[tuple[str, float, str]]
+    pause: tuple[float, float]
+    with_eta: bool
+    fail_at: int | None
+    failure: Exception | None
+    cancel_at: int | None
+
+
+class Simulation:
+    """Runs simulated sessions through a :class:`Publisher` until stopped."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        options: DemoOptions | None = None,
+        *,
+        on_end: Callable[[Ended], None] | None = None,
+    ) -> None:
+        self._publisher = publisher
+        self.options = options or DemoOptions()
+        self._rng = random.Random(self.options.seed)
+        self._on_end = on_end
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = 0
+        self._failing = False
+        # How the most recent sessions ended, newest last (bounded: a gateway may run for months).
+        self.ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
+
+    @property
+    def running(self) -> int:
+        """Sessions running now."""
+        return len(self._tasks)
+
+    async def run(self, duration: float | None = None) -> None:
+        """Start sessions until ``duration`` seconds pass (or forever), then stop them all."""
+        loop = asyncio.get_running_loop()
+        deadline = None if duration is None else loop.time() + duration
+        options = self.options
+        try:
+            # One of each type straight away, so there is something to see at once.
+            for workflow_type in list(WORKFLOWS)[: options.max_sessions]:
+                self._start(workflow_type)
+            while deadline is None or loop.time() < deadline:
+                wait = self._rng.uniform(0.5, 1.5) / options.rate if options.rate > 0 else 1.0
+                if deadline is not None:
+                    wait = min(wait, max(deadline - loop.time(), 0))
+                await asyncio.sleep(wait)
+                if options.rate > 0 and self.running < options.max_sessions:
+                    self._start(self._rng.choice(list(WORKFLOWS)))
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Interrupt every running session; each reports itself ``cancelled``."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+
+    def _start(self, workflow_type: str) -> None:
+        plan = self._plan(workflow_type, self._started)
+        self._started += 1
+        task = asyncio.get_running_loop().create_task(
+            self._run_session(plan), name=f"relay-demo-{plan.session_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _plan(self, workflow_type: str, number: int) -> _Plan:
+        rng, options = self._rng, self.options
+        safe = number < options.safe_start
+        quick = number == 0
+        steps = WORKFLOWS[workflow_type]
+        total = sum(step.weight for step in steps)
+        ticks: list[tuple[str, float, str]] = []
+        done = 0.0
+        for step in steps:
+            count = 1 if quick else rng.randint(1, 3)
+            for tick in range(count):
+                share = done + step.weight * (tick + 1) / count
+                # Stop short of 100: the session's end reports that.
+                ticks.append((step.name, round(share / total * 97), rng.choice(step.details)))
+            done += step.weight
+        pause = options.pace[0] if quick else rng.choice(options.pace)
+        fail_at = failure = cancel_at = None
+        if not safe and rng.random() < options.fail_chance:
+            fail_at = rng.randrange(1, len(ticks))
+            kind, message = rng.choice(FAILURES[workflow_type])
+            failure = kind(message)
+        elif not safe and rng.random() < options.cancel_chance:
+            cancel_at = rng.randrange(0, max(len(ticks) - 2, 1))
+        return _Plan(
+            workflow_type=workflow_type,
+            session_id=f"{workflow_type}-{rng.getrandbits(32):08x}",
+            ticks=ticks,
+            pause=pause,
+            with_eta=safe or rng.random() < 0.75,
+            fail_at=fail_at,
+            failure=failure,
+            cancel_at=cancel_at,
+        )
+
+    async def _run_session(self, plan: _Plan) -> None:
+        rng = self._rng
+        mean_pause = sum(plan.pause) / 2
+        status, error = "completed", None
+        try:
+            async with self._publisher.session(plan.workflow_type, plan.session_id) as session:
+                for index, (step, progress, details) in enumerate(plan.ticks):
+                    if index == plan.fail_at and plan.failure is not None:
+                        raise plan.failure
+                    metadata: dict[str, Any] = {"details": details}
+                    if plan.with_eta:
+                        left = (len(plan.ticks) - index) * mean_pause * rng.uniform(0.8, 1.2)
+                        metadata["estimated_time_remaining"] = round(left, 1)
+                    await session.report(step, progress, metadata)
+                    self._failing = False
+                    pause = asyncio.sleep(rng.uniform(*plan.pause))
+                    if index == plan.cancel_at:
+                        # Someone asks for the session to stop while the worker carries on.
+                        await asyncio.gather(pause, self._ask_cancel(session))
+                    else:
+                        await pause
+            if session.cancel_requested:
+                status = "cancelled"
+        except BACKEND_ERRORS as exc:
+            level = logging.DEBUG if self._failing else logging.WARNING
+            logger.log(level, "demo session %s could not report: %s", plan.session_id, exc)
+            self._failing = True
+            return
+        except Exception as exc:
+            if exc is not plan.failure:
+                raise
+            status, error = "failed", describe(exc)
+        ended = Ended(plan.workflow_type, plan.session_id, status, error)
+        self.ended.append(ended)
+        if self._on_end is not None:
+            self._on_end(ended)
+
+    async def _ask_cancel(self, session: AsyncReportingSession) -> None:
+        try:
+            answer = await self._publisher.request_cancel(session)
+        except BACKEND_ERRORS as exc:
+            logger.warning("demo: asking to cancel %s failed: %s", session.session_id, exc)
+            return
+        logger.debug("demo: asked to cancel %s: %s", session.session_id, answer)
+
+
+async def _cancel_attempts(ask: Callable[[], Awaitable[str]]) -> str:
+    """Ask until the session is known: a gateway learns of a session from the stream."""
+    for _ in range(CANCEL_ATTEMPTS):
+        answer = await ask()
+        if answer != "unknown":
+            return answer
+        await asyncio.sleep(CANCEL_RETRY_PAUSE)
+    return "unknown"
+
+
+class _StorePublisher:
+    """Publishes through a gateway's own store, as its HTTP API does."""
+
+    def __init__(self, relay: Gateway) -> None:
+        self._relay = relay
+
+    async def publish(self, event: ProgressEvent) -> Receipt:
+        (receipt,) = await self._relay.store.publish([event.stamped()])
+        return receipt
+
+
+class GatewayPublisher:
+    """Simulated sessions inside a gateway: its store, and its own cancellation path."""
+
+    def __init__(self, relay: Gateway) -> None:
+        self._relay = relay
+        self._publisher = _StorePublisher(relay)
+
+    def session(self, workflow_type: str, session_id: str) -> AsyncReportingSession:
+        return AsyncReportingSession(
+            self._publisher, workflow_type, session_id, raise_on_cancel=True
+        )
+
+    async def request_cancel(self, session: AsyncReportingSession) -> str:
+        async def ask() -> str:
+            try:
+                await request_cancel(self._relay, session.session_id)
+            except ApiError as exc:
+                return "unknown" if exc.status == 404 else exc.code
+            return "cancel_requested"
+
+        return await _cancel_attempts(ask)
+
+
+class RedisPublisher:
+    """Simulated sessions written straight to Redis with an :class:`AsyncReporter`.
+
+    With no gateway at hand, a cancellation is requested the way the gateway's
+    cancel endpoint records one: a ``cancel_requested`` event at the session's
+    current step, which also marks the cancellation pending for the worker.
+    """
+
+    def __init__(self, reporter: AsyncReporter) -> None:
+        self._reporter = reporter
+
+    def session(
+        self, workflow_type: str, session_id: str
+    ) -> AbstractAsyncContextManager[AsyncReportingSession]:
+        return self._reporter.session(workflow_type, session_id, raise_on_cancel=True)
+
+    async def request_cancel(self, session: AsyncReportingSession) -> str:
+        event = session.event(session.step, session.progress, status="cancel_requested")
+        await self._reporter.publish(event)
+        return "cancel_requested"
+
+
+class _ThreadedHttpReporter:
+    """An :class:`HttpReporter` (blocking) made awaitable, one per session."""
+
+    def __init__(self, reporter: HttpReporter) -> None:
+        self._reporter = reporter
+
+    async def publish(self, event: ProgressEvent) -> Receipt:
+        return await asyncio.to_thread(self._reporter.publish, event)
+
+
+class HttpPublisher:
+    """Simulated sessions posted to a gateway, cancelled through its cancel endpoint."""
+
+    def __init__(
+        self,
+        url: str,
+        http: aiohttp.ClientSession,
+        *,
+        api_key: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._http = http
+        self._api_key = api_key
+        self._retry = retry or RetryPolicy(retry_for=5)
+
+    def session(self, workflow_type: str, session_id: str) -> AsyncReportingSession:
+        reporter = HttpReporter(self._url, api_key=self._api_key, retry=self._retry)
+        return AsyncReportingSession(
+            _ThreadedHttpReporter(reporter), workflow_type, session_id, raise_on_cancel=True
+        )
+
+    async def request_cancel(self, session: AsyncReportingSession) -> str:
+        url = f"{self._url}/api/workflows/sessions/{session.session_id}/cancel"
+        headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+        async def ask() -> str:
+            async with self._http.post(url, headers=headers) as response:
+                if response.status == 202:
+                    return "cancel_requested"
+                if response.status == 404:
+                    return "unknown"
+                body = await response.text()
+                logger.debug(
+                    "cancel of %s answered %d: %s", session.session_id, response.status, body
+                )
+                return f"answered {response.status}"
+
+        return await _cancel_attempts(ask)
+
+
+async def run_in_gateway(app: web.Application) -> AsyncIterator[None]:
+    """A cleanup context running the simulation inside a gateway while it serves."""
+    relay = app[GATEWAY]
+    simulation = Simulation(GatewayPublisher(relay))
+    logger.info("demo: publishing simulated %s sessions", ", ".join(WORKFLOWS))
+    task = asyncio.create_task(simulation.run(), name="relay-demo")
+    yield
+    task.cancel()
+    await asyncio.wait([task], timeout=STOP_TIMEOUT + 1)
+
+
+def describe_end(ended: Ended) -> str:
+    """One line saying how a simulated session ended."""
+    line = f"{ended.status:<10} {ended.workflow_type:<10} {ended.session_id}"
+    return f"{line}  {ended.error}" if ended.error else line
+
+
+async def run_demo(
+    *,
+    url: str | None = None,
+    redis_url: str | None = None,
+    api_key: str | None = None,
+    options: DemoOptions | None = None,
+    duration: float | None = None,
+    on_end: Callable[[Ended], None] | None = None,
+) -> Sequence[Ended]:
+    """Run the simulation against a gateway (``url``) or a Redis (``redis_url``)."""
+    if redis_url:
+        client = redis.asyncio.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
+        async with AsyncReporter(retry=RetryPolicy(retry_for=5), client=client) as reporter:
+            await client.ping()
+            simulation = Simulation(RedisPublisher(reporter), options, on_end=on_end)
+            await simulation.run(duration)
+            return list(simulation.ended)
+    if not url:
+        raise ValueError("give a gateway url or a redis url")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(url.rstrip("/") + "/healthz") as response:
+            response.raise_for_status()
+        publisher = HttpPublisher(url, http, api_key=api_key)
+        simulation = Simulation(publisher, options, on_end=on_end)
+        await simulation.run(duration)
+        return list(simulation.ended)

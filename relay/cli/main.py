@@ -1,0 +1,352 @@
+"""The ``relay`` command: serve, publish, watch, demo, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+
+
+def _gateway_url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("RELAY_URL") or DEFAULT_GATEWAY)
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run a gateway")
+    serve.add_argument("--host", help="listen address (RELAY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (RELAY_PORT, default 8080)")
+    serve.add_argument(
+        "--redis-url",
+        help="Redis to use (RELAY_REDIS_URL); without it an in-process store is used",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="logging threshold (RELAY_LOG_LEVEL, default info)",
+    )
+    serve.add_argument("--stream-prefix", help="prefix of every Redis key (RELAY_STREAM_PREFIX)")
+    serve.add_argument(
+        "--stream-maxlen", type=int, help="entries kept per type stream (RELAY_STREAM_MAXLEN)"
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (RELAY_LOG_FORMAT, default text)",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="also publish simulated sessions, to see the dashboard move (RELAY_DEMO)",
+    )
+
+
+def _publish_parser(commands: Any) -> None:
+    publish = commands.add_parser("publish", help="publish one event")
+    publish.add_argument("--type", dest="workflow_type", required=True, help="workflow type")
+    publish.add_argument("--session", dest="session_id", required=True, help="session id")
+    publish.add_argument("--step", required=True, help="step name")
+    publish.add_argument("--progress", type=float, required=True, help="0 to 100")
+    publish.add_argument("--metadata", help="a JSON object")
+    publish.add_argument(
+        "--status", choices=["running", "completed", "failed", "cancel_requested", "cancelled"]
+    )
+    publish.add_argument("--error", help="error message, with --status failed")
+    publish.add_argument(
+        "--retry-for", type=float, default=5.0, help="seconds to keep retrying (default 5)"
+    )
+    publish.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
+    target = publish.add_mutually_exclusive_group()
+    target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
+    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+
+
+def _watch_parser(commands: Any) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="show events as they arrive",
+        description="Live progress bars on a terminal (or with --bars), one JSON event per "
+        "line with --json, plain lines when the output is not a terminal.",
+    )
+    watch.add_argument("--type", dest="workflow_type", default="*", help="workflow type or *")
+    watch.add_argument("--session", dest="session_id", help="only this session")
+    watch.add_argument("--url", help=f"gateway (RELAY_URL, default {DEFAULT_GATEWAY})")
+    view = watch.add_mutually_exclusive_group()
+    view.add_argument("--json", action="store_true", help="one JSON event per line")
+    view.add_argument(
+        "--bars", action="store_true", help="live progress bars even when not on a terminal"
+    )
+    watch.add_argument("--token", help="subscriber token (RELAY_TOKEN)")
+
+
+def _demo_parser(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="publish simulated map, character and encounter sessions",
+        description="Publish simulated sessions (some fail, some are cancelled) until "
+        "interrupted or --duration passes; sessions still running then end cancelled.",
+    )
+    target = demo.add_mutually_exclusive_group()
+    target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
+    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+    demo.add_argument("--rate", type=float, default=1.0, help="new sessions a second (default 1)")
+    demo.add_argument(
+        "--duration", type=parse_duration, help="stop after this long: 30, 30s, 5m (default never)"
+    )
+    demo.add_argument(
+        "--max-sessions", type=int, default=12, help="sessions running at once (default 12)"
+    )
+    demo.add_argument("--seed", type=int, help="seed of the random choices, for repeatable runs")
+    demo.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
+
+
+def _token_parser(commands: Any) -> None:
+    token = commands.add_parser("token", help="mint a subscriber token")
+    token.add_argument("--sub", required=True, help="who the token is for")
+    token.add_argument(
+        "--type", dest="workflow_types", action="append", default=[], help="grant a type (or *)"
+    )
+    token.add_argument(
+        "--session", dest="sessions", action="append", default=[], help="grant one session"
+    )
+    token.add_argument(
+        "--cancel",
+        action="store_true",
+        help="also allow cancelling what the token may watch (watching alone never does)",
+    )
+    token.add_argument("--ttl", default="1h", help="lifetime: 90, 90s, 15m, 1h or 2d (default 1h)")
+    token.add_argument("--secret", help="signing secret (RELAY_TOKEN_SECRET)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``1h`` or ``2d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``relay`` command."""
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    _publish_parser(commands)
+    _watch_parser(commands)
+    _demo_parser(commands)
+    _token_parser(commands)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with every flag given on the command line winning."""
+    names = (
+        "host",
+        "port",
+        "redis_url",
+        "log_level",
+        "log_format",
+        "stream_prefix",
+        "stream_maxlen",
+        "demo",
+    )
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return Settings(**overrides)
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from relay.cli.logs import configure_logging
+
+    configure_logging(level, log_format)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run a gateway until SIGINT or SIGTERM."""
+    from aiohttp import web
+
+    from relay.server.app import create_app
+
+    settings = settings_from_args(args)
+    _configure_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    where = "embedded in-process store" if settings.embedded else "Redis"
+    if settings.demo:
+        where += ", publishing demo sessions"
+    logger.info("relay gateway on http://%s:%d (%s)", settings.host, settings.port, where)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+        # aiohttp closes a connection that has not sent complete headers within its
+        # keep-alive timeout (idle or not), which makes it the header timeout too.
+        keepalive_timeout=settings.header_timeout,
+        loop=(loop_factory() if loop_factory else None),
+    )
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    """Publish one event over HTTP or straight to Redis; prints its id."""
+    from relay.client.reporters import HttpReporter, Reporter
+    from relay.client.retry import ReportError, RetryPolicy
+
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except json.JSONDecodeError as exc:
+        print(f"relay publish: --metadata is not JSON: {exc}", file=sys.stderr)
+        return 2
+    fields = (args.session_id, args.workflow_type, args.step, args.progress, metadata)
+    try:
+        # A one-shot command should fail fast rather than buffer for a next report.
+        retry = RetryPolicy(retry_for=args.retry_for, buffer_size=0)
+        if args.redis_url:
+            with Reporter(args.redis_url, retry=retry) as reporter:
+                entry_id = reporter.report(*fields, status=args.status, error=args.error)
+        else:
+            api_key = args.api_key or os.environ.get("RELAY_API_KEY")
+            http = HttpReporter(_gateway_url(args), api_key=api_key, retry=retry)
+            entry_id = http.report(*fields, status=args.status, error=args.error)
+    except ValidationError as exc:
+        print(f"relay publish: invalid event:\n{exc}", file=sys.stderr)
+        return 2
+    except (ReportError, OSError) as exc:
+        print(f"relay publish: {exc}", file=sys.stderr)
+        return 1
+    print(entry_id)
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Show events of a type or session until interrupted."""
+    from relay.cli.watch import choose_mode, watch_bars, watch_events
+
+    gateway = _gateway_url(args)
+    token = args.token or os.environ.get("RELAY_TOKEN")
+    mode = choose_mode(as_json=args.json, bars=args.bars, is_terminal=sys.stdout.isatty())
+    try:
+        if mode == "bars":
+            return asyncio.run(
+                watch_bars(gateway, args.workflow_type, args.session_id, token=token)
+            )
+        return asyncio.run(
+            watch_events(
+                gateway,
+                args.workflow_type,
+                args.session_id,
+                as_json=mode == "json",
+                token=token,
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Publish simulated sessions until interrupted or ``--duration`` passes."""
+    import aiohttp
+    from redis.exceptions import RedisError
+
+    from relay.cli.demo import DemoOptions, describe_end, run_demo
+
+    if args.rate < 0 or args.max_sessions < 1:
+        print("relay demo: --rate must be 0 or more, --max-sessions 1 or more", file=sys.stderr)
+        return 2
+    logging.basicConfig(level="WARNING", format="relay demo: %(message)s")
+    url = None if args.redis_url else _gateway_url(args)
+    where = args.redis_url or url
+    until = f" for {args.duration:g}s" if args.duration else "; Ctrl-C stops"
+    print(f"relay demo: publishing simulated sessions to {where}{until}", file=sys.stderr)
+    options = DemoOptions(rate=args.rate, max_sessions=args.max_sessions, seed=args.seed)
+    try:
+        asyncio.run(
+            run_demo(
+                url=url,
+                redis_url=args.redis_url,
+                api_key=args.api_key or os.environ.get("RELAY_API_KEY"),
+                options=options,
+                duration=args.duration,
+                on_end=lambda ended: print(describe_end(ended), flush=True),
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, aiohttp.ClientError, RedisError) as exc:
+        print(f"relay demo: cannot reach {where}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    """Print a signed subscriber token."""
+    from relay.server.auth import mint_token
+
+    secret = args.secret or os.environ.get("RELAY_TOKEN_SECRET")
+    if not secret:
+        print("relay token: give --secret or set RELAY_TOKEN_SECRET", file=sys.stderr)
+        return 2
+    if not args.workflow_types and not args.sessions:
+        print("relay token: grant at least one --type or --session", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        print(f"relay token: {exc}", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            secret,
+            args.sub,
+            workflow_types=args.workflow_types,
+            sessions=args.sessions,
+            ttl_seconds=ttl,
+            cancel=args.cancel,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relay`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "serve": serve,
+        "publish": publish,
+        "watch": watch,
+        "demo": demo,
+        "token": token,
+    }
+    try:
+        return handlers[args.command](args)
+    except ValidationError as exc:
+        print(f"relay {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Reporters: how a Python worker publishes progress.
+
+:class:`Reporter` (blocking) and :class:`AsyncReporter` (asyncio) write
+straight to the Redis streams through the same publish function the gateway
+uses, so their entries are indistinguishable from HTTP-published ones.
+:class:`HttpReporter` posts to a gateway, for workers that cannot reach Redis.
+Each one retries an unreachable target with backoff, keeps undelivered events
+in a bounded buffer (see :mod:`relay.retry`), and learns from every report
+whether the session's cancellation was requested.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import redis
+import redis.asyncio
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from relay.client.batching import Batcher
+from relay.client.reporting_session import AsyncReportingSession, ReportingSession
+from relay.client.retry import (
+    Outcome,
+    Packing,
+    Parcel,
+    PendingBuffer,
+    Refused,
+    ReportError,
+    RetryPolicy,
+    TransientError,
+    send_with_retry,
+    send_with_retry_async,
+)
+from relay.client.stream_publisher import StreamPublisher
+from relay.protocol.entries import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    PUBLISH_SCRIPT,
+    Publication,
+    Published,
+    Receipt,
+    now_ms,
+    publish_args,
+    receipts,
+)
+from relay.protocol.event import ProgressEvent, Status
+from relay.protocol.idempotency import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    IDEMPOTENCY_HEADER,
+    REUSED,
+    KeyReused,
+)
+from relay.protocol.keys import Keys
+from relay.protocol.store_errors import is_transient
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MAXLEN = 10_000
+# The reporters retry on their own terms (RetryPolicy), so the client must not
+# retry each command again underneath: a stalled Redis would take a minute per try.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "retry": Retry(NoBackoff(), 0),
+}
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Answers that say nothing about the events: retried. Other 4xx refuse them for good.
+RETRYABLE_HTTP = frozenset({408, 429})
+# Refusals that may be one event's fault, so that sending the events apart finds it.
+EVENT_FAULTS = frozenset({409, 413, 422})
+
+
+def store_failure(exc: redis.exceptions.RedisError | OSError) -> TransientError | ReportError:
+    """A failed publish script call as the retry loop takes it."""
+    if isinstance(exc, UNREACHABLE):
+        message = f"Redis unreachable: {exc}"
+    else:
+        message = f"Redis cannot take the report ({type(exc).__name__}): {exc}"
+    return TransientError(message) if is_transient(exc) else ReportError(message)
+
+
+def outcome(result: Published | KeyReused) -> Outcome[Receipt]:
+    """One publication's answer as the retry loop takes it."""
+    if isinstance(result, KeyReused):
+        return Refused(REUSED, str(result))
+    return result.receipts
+
+
+def _one(event: ProgressEvent) -> int:
+    return 1
+
+
+def publications(parcels: list[Parcel]) -> list[Publication]:
+    """Each parcel as a publication under its own key."""
+    return [Publication(parcel.events, parcel.key) for parcel in parcels]
+
+
+def build_event(
+    session_id: str,
+    workflow_type: str,
+    step: str,
+    progress: float,
+    metadata: dict[str, Any] | None = None,
+    status: Status | None = None,
+    error: str | None = None,
+) -> ProgressEvent:
+    """Validate reporter arguments with the same rules as every other edge.
+
+    The event is stamped with the time of the report, not of a later retry.
+    """
+    fields: dict[str, Any] = {"metadata": metadata or {}, "ts": now_ms()}
+    if status is not None:
+        fields["status"] = status
+    if error is not None:
+        fields["error"] = error
+    return ProgressEvent(
+        session_id=session_id, workflow_type=workflow_type, step=step, progress=progress, **fields
+    )
+
+
+class BlockingReporter(ABC):
+    """What the blocking reporters share: ``report`` and ``session`` over ``publish``."""
+
+    @abstractmethod
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+
+    def report(
+        self,
+        session_id: str,
+        workflow_type: str,
+        step: str,
+        progress: float,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        error: str | None = None,
+    ) -> str:
+        """Publish one event and return its stream id."""
+        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
+        return self.publish(event).id
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> ReportingSession:
+        """A context manager reporting one session's steps and its end."""
+        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
+
+
+class Reporter(BlockingReporter):
+    """Publishes progress straight to Redis, blocking.
+
+    >>> with Reporter("redis://localhost:6379/0") as reporter:
+    ...     reporter.report("s1", "map", "analyzing", 45, {"details": "forests"})
+    '1700000000000-0'
+    """
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        *,
+        prefix: str = "",
+        maxlen: int = DEFAULT_MAXLEN,
+        retry: RetryPolicy | None = None,
+        client: redis.Redis | None = None,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+    ) -> None:
+        self._redis = client or redis.Redis.from_url(redis_url, **CLIENT_OPTIONS)
+        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        self._keys = Keys(prefix)
+        self._maxlen = maxlen
+        self._idempotency_ttl = idempotency_ttl
+        self._retry = retry or RetryPolicy()
+        self.pending = PendingBuffer(self._retry.buffer_size)
+
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        (receipt,) = send_with_retry(self._send, [event.stamped()], self._retry, self.pending)
+        return receipt
+
+    def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
+        sent = publications(parcels)
+        args = publish_args(self._keys, sent, self._maxlen, idempotency_ttl=self._idempotency_ttl)
+        try:
+            answer = self._publish_script(keys=[], args=args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise store_failure(exc) from None
+        return [outcome(result) for result in receipts(answer, sent)]
+
+    def close(self) -> None:
+        """Release the Redis connections."""
+        self._redis.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncReporter:
+    """Publishes progress straight to Redis from asyncio code.
+
+    Reports made concurrently share one script call, so many
+    coroutines reporting at once cost few round trips.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        *,
+        prefix: str = "",
+        maxlen: int = DEFAULT_MAXLEN,
+        retry: RetryPolicy | None = None,
+        max_batch: int = 1_000,
+        client: redis.asyncio.Redis | None = None,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+    ) -> None:
+        self._redis = client or redis.asyncio.Redis.from_url(redis_url, **CLIENT_OPTIONS)
+        self._store = StreamPublisher(
+            self._redis, Keys(prefix), maxlen=maxlen, idempotency_ttl=idempotency_ttl
+        )
+        self._retry = retry or RetryPolicy()
+        self.pending = PendingBuffer(self._retry.buffer_size)
+        self._batcher: Batcher[ProgressEvent, Receipt] = Batcher(
+            self._send_retrying, max_batch=max_batch, size=_one
+        )
+
+    async def report(
+        self,
+        session_id: str,
+        workflow_type: str,
+        step: str,
+        progress: float,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        error: str | None = None,
+    ) -> str:
+        """Publish one event and return its stream id."""
+        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
+        return (await self.publish(event)).id
+
+    async def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        return await self._batcher.submit(event.stamped())
+
+    async def _send_retrying(self, events: list[ProgressEvent]) -> list[Receipt]:
+        # The reports gathered here travel as one parcel, under one key.
+        return await send_with_retry_async(self._send, events, self._retry, self.pending)
+
+    async def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
+        try:
+            results = await self._store.write(publications(parcels))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise store_failure(exc) from None
+        return [outcome(result) for result in results]
+
+    def session(
+        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+    ) -> AsyncReportingSession:
+        """An async context manager reporting one session's steps and its end."""
+        return AsyncReportingSession(
+            self, workflow_type, session_id, raise_on_cancel=raise_on_cancel
+        )
+
+    async def aclose(self) -> None:
+        """Wait for reports in flight, then release the Redis connections."""
+        await self._batcher.drain()
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class HttpReporter(BlockingReporter):
+    """Publishes progress through a gateway's HTTP API, blocking.
+
+    Buffered events go out in batches within the gateway's limits: at most
+    ``max_batch`` events and ``max_body_bytes`` bytes a request (the
+    gateway's defaults unless told otherwise). An event the gateway refuses
+    for good (a 4xx answer other than 408 and 429) is dropped from the buffer
+    and counted in ``pending.refused`` by the gateway's error code.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float = 10,
+        retry: RetryPolicy | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self._base = url.rstrip("/") + "/api/workflows/progress"
+        self._api_key = api_key
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._max_batch = max_batch
+        self._max_body_bytes = max_body_bytes
+        self._packing = Packing(one_per_call=True, pack=self._pack)
+        self.pending = PendingBuffer(self._retry.buffer_size)
+
+    def publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a validated event; raises ReportError once retrying is over."""
+        (receipt,) = send_with_retry(
+            self._send, [event.stamped()], self._retry, self.pending, self._packing
+        )
+        return receipt
+
+    def _pack(self, parcels: list[Parcel]) -> list[Parcel]:
+        """Unsealed parcels regrouped into requests within the gateway's limits."""
+        packed: list[Parcel] = []
+        chunk: list[ProgressEvent] = []
+        size = 2  # the brackets of the array
+        for parcel in parcels:
+            if parcel.sealed:
+                if chunk:
+                    packed.append(Parcel(chunk))
+                chunk, size = [], 2
+                packed.append(parcel)
+                continue
+            for event in parcel.events:
+                grows = len(_encoded(event)) + 1  # and its comma
+                if chunk and (len(chunk) >= self._max_batch or size + grows > self._max_body_bytes):
+                    packed.append(Parcel(chunk))
+                    chunk, size = [], 2
+                chunk.append(event)
+                size += grows
+        if chunk:
+            packed.append(Parcel(chunk))
+        return packed
+
+    def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
+        (parcel,) = parcels
+        events = parcel.events
+        try:
+            if len(events) == 1:
+                answer = self._post(self._base, _encoded(events[0]), parcel.key)
+                return [[Receipt(str(answer["id"]), bool(answer.get("cancel_requested")))]]
+            body = b"[" + b",".join(map(_encoded, events)) + b"]"
+            answer = self._post(self._base + "/batch", body, parcel.key)
+        except Refused as refused:
+            return [refused]
+        cancelled = set(answer.get("cancel_requested", ()))
+        return [
+            [
+                Receipt(str(entry_id), event.session_id in cancelled)
+                for entry_id, event in zip(answer["ids"], events, strict=True)
+            ]
+        ]
+
+    def _post(self, url: str, data: bytes, key: str) -> dict[str, Any]:
+        headers = {"content-type": "application/json", IDEMPOTENCY_HEADER: key}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            raise _http_failure(exc) from None
+        except urllib.error.URLError as exc:
+            refused = isinstance(exc.reason, ConnectionRefusedError)
+            message = f"gateway unreachable at {url}: {exc}"
+            raise TransientError(message, maybe_written=not refused) from None
+        except OSError as exc:
+            raise TransientError(f"gateway unreachable at {url}: {exc}") from None
+
+
+def _encoded(event: ProgressEvent) -> bytes:
+    return orjson.dumps(event.model_dump(exclude_none=True))
+
+
+def _http_failure(exc: urllib.error.HTTPError) -> TransientError | Refused:
+    """An error answer as the retry loop takes it: worth retrying, or refused for good."""
+    text = exc.read().decode(errors="replace")
+    message = f"gateway answered {exc.code}: {text}"
+    if exc.code in RETRYABLE_HTTP:
+        return TransientError(message, maybe_written=False)
+    if exc.code >= 500:
+        return TransientError(message)
+    try:
+        code = str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        code = f"http_{exc.code}"
+    return Refused(code, message, divisible=exc.code in EVENT_FAULTS and code != REUSED)

@@ -1,0 +1,216 @@
+"""The progress event and its rules: what a valid event is, and how JSON bodies become events."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+Status = Literal["running", "completed", "failed", "cancel_requested", "cancelled"]
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+WORKFLOW_TYPE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+MAX_METADATA_BYTES = 16 * 1024
+
+
+MAX_METADATA_DEPTH = 8
+
+
+MAX_ERROR_CHARS = 4096
+
+
+SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
+
+
+WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
+
+
+# A 422 answer or error frame lists this many problems at most, then how many were left out.
+MAX_DETAIL_ITEMS = 20
+
+
+MAX_DETAIL_FIELD_CHARS = 200
+
+
+_CONTAINERS = (dict, list)
+
+
+def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether a JSON object nests more than ``limit`` levels (the object itself is 1).
+
+    Descends into containers only, and stops at the first one past the limit;
+    recursion is bounded by ``limit``.
+    """
+    if limit < 1:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    for child in children:
+        if isinstance(child, _CONTAINERS) and _deeper_than(child, limit - 1):
+            return True
+    return False
+
+
+def format_number(value: float) -> int | float:
+    """Whole numbers travel as integers, so ``45`` stays ``45`` rather than ``45.0``."""
+    return int(value) if value.is_integer() else value
+
+
+class ProgressEvent(BaseModel):
+    """One progress report of one workflow session.
+
+    The same checks apply wherever an event enters relay: an HTTP body, a
+    reporter call, or a stream entry written by any worker.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session_id: SessionId
+    workflow_type: WorkflowType
+    step: str = Field(min_length=1, max_length=128)
+    progress: float = Field(ge=0, le=100, allow_inf_nan=False)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: Status = "running"
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
+    ts: int | None = Field(default=None, ge=0, le=2**53)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _whole_number(cls, ts: Any) -> Any:
+        # JSON does not tell 1700000000000.0 from 1700000000000 (nor does JSON Schema).
+        if isinstance(ts, float) and ts.is_integer():
+            return int(ts)
+        return ts
+
+    @field_validator("step")
+    @classmethod
+    def _printable(cls, step: str) -> str:
+        if not step.isprintable():
+            raise ValueError("step must contain printable characters only")
+        return step
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if _deeper_than(metadata, MAX_METADATA_DEPTH):
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        try:
+            size = len(orjson.dumps(metadata))
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise ValueError(f"metadata is not encodable as JSON: {exc}") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
+        return metadata
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this event ends its session."""
+        return self.status in TERMINAL_STATUSES
+
+    def stamped(self, now_ms: int | None = None) -> ProgressEvent:
+        """This event with ``ts`` set, as whoever writes it to Redis must do."""
+        if self.ts is not None:
+            return self
+        stamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        return self.model_copy(update={"ts": stamp})
+
+    def stream_fields(self, now_ms: int | None = None) -> dict[str, str]:
+        """The flat stream entry; the workflow type is carried by the stream key.
+
+        ``now_ms`` stamps an event that has no ``ts`` yet (see :meth:`stamped`).
+        """
+        fields = {
+            "session_id": self.session_id,
+            "step": self.step,
+            "progress": str(format_number(self.progress)),
+            "status": self.status,
+        }
+        if self.error is not None:
+            fields["error"] = self.error
+        if self.metadata:
+            fields["metadata"] = orjson.dumps(self.metadata).decode()
+        ts = self.ts if self.ts is not None else now_ms
+        if ts is not None:
+            fields["ts"] = str(ts)
+        return fields
+
+    def data(self) -> dict[str, Any]:
+        """The ``data`` object subscribers receive."""
+        data: dict[str, Any] = {
+            "session_id": self.session_id,
+            "workflow_type": self.workflow_type,
+            "step": self.step,
+            "progress": format_number(self.progress),
+            "status": self.status,
+            "metadata": self.metadata,
+            "ts": self.ts,
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+EVENT_LIST = TypeAdapter(list[ProgressEvent])
+
+
+class MalformedJson(ValueError):
+    """A body or frame that is not standard JSON."""
+
+
+def decode_json(text: bytes | str) -> Any:
+    """Standard JSON only: NaN, Infinity, invalid UTF-8 and 65-bit integers are refused."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(str(exc)) from None
+
+
+def parse_event_json(body: bytes) -> ProgressEvent:
+    """Validate one event from a JSON body; types are checked strictly."""
+    return ProgressEvent.model_validate(decode_json(body), strict=True)
+
+
+def parse_event_list_json(body: bytes) -> list[ProgressEvent]:
+    """Validate a JSON array of events; types are checked strictly."""
+    return EVENT_LIST.validate_python(decode_json(body), strict=True)
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    """One ``{"field", "message"}`` item per problem, for 422 answers and error frames.
+
+    At most :data:`MAX_DETAIL_ITEMS` problems are listed, followed by an item
+    of field ``...`` counting the rest, so a body full of mistakes cannot
+    earn an answer many times its own size. Field names are shortened too.
+    """
+    problems = exc.errors(include_url=False, include_input=False, include_context=False)
+    detail = [
+        {"field": _field_name(problem["loc"]), "message": problem["msg"]}
+        for problem in problems[:MAX_DETAIL_ITEMS]
+    ]
+    hidden = len(problems) - MAX_DETAIL_ITEMS
+    if hidden > 0:
+        detail.append({"field": "...", "message": f"{hidden} more problems not listed"})
+    return detail
+
+
+def _field_name(location: tuple[int | str, ...]) -> str:
+    name = ".".join(str(part) for part in location) or "body"
+    if len(name) > MAX_DETAIL_FIELD_CHARS:
+        return name[:MAX_DETAIL_FIELD_CHARS] + "..."
+    return name

@@ -1,0 +1,236 @@
+"""Wire frames: what clients send, the control frames answered, events as WebSocket and SSE text."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from relay.protocol.event import WORKFLOW_TYPE_PATTERN, ProgressEvent, SessionId, decode_json
+from relay.protocol.keys import event_name
+from relay.protocol.stream_ids import StreamId, StreamKey, parse_stream_id
+
+ANY_TYPE = "*"
+
+SubscriptionKey = tuple[str, str | None]
+
+TypeOrAny = Annotated[str, Field(pattern=rf"^\*$|{WORKFLOW_TYPE_PATTERN}")]
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubscriptionTarget(_Action):
+    """A workflow type (or ``*``), optionally narrowed to one session."""
+
+    workflow_type: TypeOrAny
+    session_id: SessionId | None = None
+
+    @property
+    def key(self) -> SubscriptionKey:
+        """The hub's index key for this target."""
+        return (self.workflow_type, self.session_id)
+
+
+class Subscribe(SubscriptionTarget):
+    """Start receiving events for a type or one session."""
+
+    action: Literal["subscribe"]
+    since: StreamId | None = None
+    snapshot: bool = False
+
+    @model_validator(mode="after")
+    def _since_needs_one_type(self) -> Subscribe:
+        if self.since is not None and self.workflow_type == ANY_TYPE:
+            raise ValueError("since needs a single workflow_type, not '*'")
+        return self
+
+
+class Unsubscribe(SubscriptionTarget):
+    """Stop receiving events for a subscription made earlier."""
+
+    action: Literal["unsubscribe"]
+
+
+class Cancel(_Action):
+    """Ask the worker running a session to stop."""
+
+    action: Literal["cancel"]
+    session_id: SessionId
+
+
+class Auth(_Action):
+    """Present a subscriber token (when the query string did not carry one)."""
+
+    action: Literal["auth"]
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+class Ping(_Action):
+    """Keep-alive; answered with a pong."""
+
+    action: Literal["ping"]
+
+
+AnyClientFrame = Subscribe | Unsubscribe | Cancel | Auth | Ping
+CLIENT_FRAME: TypeAdapter[AnyClientFrame] = TypeAdapter(
+    Annotated[AnyClientFrame, Field(discriminator="action")]
+)
+
+
+def parse_client_frame(text: str | bytes) -> AnyClientFrame:
+    """Validate one client frame; raises MalformedJson or pydantic's ValidationError."""
+    return CLIENT_FRAME.validate_python(decode_json(text), strict=True)
+
+
+def parse_query_subscription(query: dict[str, str]) -> Subscribe | None:
+    """The subscription given in ``/ws?workflow_type=...``, if any."""
+    if "workflow_type" not in query:
+        return None
+    fields: dict[str, Any] = {"action": "subscribe"}
+    for name in ("workflow_type", "session_id", "since"):
+        if name in query:
+            fields[name] = query[name]
+    if "snapshot" in query:
+        fields["snapshot"] = query["snapshot"]
+    return Subscribe.model_validate(fields)
+
+
+def _frame(**fields: Any) -> str:
+    return orjson.dumps(fields).decode()
+
+
+def subscribed_frame(target: SubscriptionTarget, *, recovered: bool | None = None) -> str:
+    """Confirms a subscription; ``recovered`` is present when ``since`` was given."""
+    fields: dict[str, Any] = {
+        "type": "subscribed",
+        "workflow_type": target.workflow_type,
+        "session_id": target.session_id,
+    }
+    if recovered is not None:
+        fields["recovered"] = recovered
+    return _frame(**fields)
+
+
+def unsubscribed_frame(target: SubscriptionTarget) -> str:
+    """Confirms an unsubscribe."""
+    return _frame(
+        type="unsubscribed", workflow_type=target.workflow_type, session_id=target.session_id
+    )
+
+
+def error_frame(code: str, message: str, detail: list[dict[str, str]] | None = None) -> str:
+    """Tells the client what was wrong with its frame; the connection stays open."""
+    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if detail:
+        fields["detail"] = detail
+    return _frame(**fields)
+
+
+def cancel_requested_frame(session_id: str, entry_id: str) -> str:
+    """Confirms that a cancellation request was published."""
+    return _frame(type="cancel_requested", session_id=session_id, id=entry_id)
+
+
+def authenticated_frame(subject: str) -> str:
+    """Confirms a token given in an ``auth`` frame."""
+    return _frame(type="authenticated", sub=subject)
+
+
+def reset_frame(workflow_type: str, epoch: str) -> str:
+    """Tells subscribers of ``workflow_type`` that its history was lost or rewritten."""
+    return _frame(
+        type="reset",
+        workflow_type=workflow_type,
+        epoch=epoch,
+        message="history was reset; refetch state",
+    )
+
+
+PONG_FRAME = _frame(type="pong")
+
+
+def frame_prefix(workflow_type: str, entry_id: str) -> str:
+    """What an event frame holds before its ``data`` object.
+
+    Types and ids are validated to characters JSON never escapes, so the
+    frame can be joined from parts: the ``data`` object is encoded once and
+    serves both the WebSocket frame and the SSE ``data:`` line.
+    """
+    return f'{{"event":"{event_name(workflow_type)}","id":"{entry_id}","data":'
+
+
+def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
+    """The WebSocket text frame for one event, built once and sent to many."""
+    data = orjson.dumps(event.data()).decode()
+    return f"{frame_prefix(event.workflow_type, entry_id)}{data}}}"
+
+
+class Envelope:
+    """One event as the hub routes it: its routing keys and its encoded frame.
+
+    The frame is encoded on first use, once, and then shared by every
+    subscriber: an event nobody watches is never encoded.
+    """
+
+    __slots__ = (
+        "_event",
+        "_frame",
+        "_key",
+        "_sse",
+        "id",
+        "session_id",
+        "terminal",
+        "workflow_type",
+    )
+
+    def __init__(
+        self,
+        entry_id: str,
+        workflow_type: str,
+        session_id: str,
+        terminal: bool,
+        frame: str | None = None,
+        event: ProgressEvent | None = None,
+    ) -> None:
+        if frame is None and event is None:
+            raise ValueError("an envelope needs its frame or its event")
+        self.id = entry_id
+        self.workflow_type = workflow_type
+        self.session_id = session_id
+        self.terminal = terminal
+        self._event = event
+        self._frame = frame
+        self._key: StreamKey | None = None
+        self._sse: str | None = None
+
+    @property
+    def key(self) -> StreamKey:
+        """The stream id as a sortable pair."""
+        if self._key is None:
+            self._key = parse_stream_id(self.id)
+        return self._key
+
+    @property
+    def frame(self) -> str:
+        """The WebSocket text frame, encoded on first use."""
+        if self._frame is None:
+            assert self._event is not None  # guaranteed by __init__
+            self._frame = encode_event_frame(self.id, self._event)
+        return self._frame
+
+    @property
+    def sse(self) -> str:
+        """The Server-Sent Events message for this event, built on first use."""
+        if self._sse is None:
+            data = self.frame[len(frame_prefix(self.workflow_type, self.id)) : -1]
+            name = event_name(self.workflow_type)
+            self._sse = f"id: {self.id}\nevent: {name}\ndata: {data}\n\n"
+        return self._sse
+
+    @classmethod
+    def of(cls, entry_id: str, event: ProgressEvent) -> Envelope:
+        """Wrap a validated event; its frame is encoded when first needed."""
+        return cls(entry_id, event.workflow_type, event.session_id, event.terminal, event=event)

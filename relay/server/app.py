@@ -1,0 +1,205 @@
+"""The aiohttp application: routes, the reader task, and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from relay.cli.demo import run_in_gateway
+from relay.protocol.keys import Keys
+from relay.server import http_publish, http_sessions, metrics, openapi, sse, static_files, websocket
+from relay.server.catchup import CatchUp
+from relay.server.connections import Connections, connect
+from relay.server.errors import error_middleware
+from relay.server.gateway import GATEWAY, Gateway
+from relay.server.guards import add_cors_headers, preflight
+from relay.server.hub import Hub
+from relay.server.ingest import Ingest
+from relay.server.rate_limits import PublisherLimits
+from relay.server.reader import StreamReader
+from relay.server.session_view import SessionView
+from relay.server.settings import Settings
+from relay.server.stream_store import StreamStore
+from relay.server.subscriber import CLOSE_GOING_AWAY
+
+logger = logging.getLogger(__name__)
+
+READER_START_TIMEOUT = 5.0
+
+
+def build_relay(settings: Settings, connections: Connections | None = None) -> Gateway:
+    """Wire the gateway's parts together; nothing touches the network yet."""
+    connections = connections or connect(settings)
+    keys = Keys(settings.stream_prefix)
+    session_ttl = int(settings.session_ttl)
+    store = StreamStore(
+        connections.commands,
+        keys,
+        maxlen=settings.stream_maxlen,
+        cancel_ttl=session_ttl,
+        idempotency_ttl=settings.idempotency_ttl,
+    )
+    hub = Hub()
+    view = SessionView(
+        ttl_ms=session_ttl * 1000,
+        max_sessions=settings.max_sessions,
+        history_limit=settings.session_history,
+    )
+    ingest = Ingest(keys, hub, view)
+    reader = StreamReader(
+        store,
+        connections.reader,
+        ingest,
+        count=settings.read_count,
+        block_ms=settings.read_block_ms,
+        discovery_interval=settings.discovery_interval,
+    )
+    catchup = CatchUp(
+        hub=hub,
+        store=store,
+        keys=keys,
+        reader=reader,
+        view=view,
+        replay_limit=settings.replay_limit,
+        max_replays=settings.max_concurrent_replays,
+        replay_wait=settings.replay_wait,
+    )
+    limits = PublisherLimits(settings.publish_rate, settings.publish_burst)
+    return Gateway(settings, connections, keys, store, hub, view, ingest, reader, catchup, limits)
+
+
+def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
+    """The gateway application for ``settings``."""
+    relay = build_relay(settings, connections)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            error_middleware(
+                max_body=settings.max_body_bytes,
+                retry_after=settings.retry_after_seconds,
+                on_error=relay.stats.reject,
+            ),
+        ],
+    )
+    app[GATEWAY] = relay
+    app[metrics.METRICS_REGISTRY] = metrics.registry_for(relay)
+    app.add_routes(http_publish.routes)
+    app.add_routes(http_sessions.routes)
+    app.add_routes(metrics.routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(static_files.routes)
+    app.add_routes(websocket.routes)
+    app.add_routes(sse.routes)
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):  # static files need no preflight
+            resource.add_route("OPTIONS", preflight)
+    app.on_response_prepare.append(add_cors_headers)
+    app.cleanup_ctx.append(_run_reader)
+    app.cleanup_ctx.append(_watch_sends)
+    if settings.stream_max_age > 0:
+        app.cleanup_ctx.append(_trim_by_age)
+    if settings.demo:
+        app.cleanup_ctx.append(run_in_gateway)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _run_reader(app: web.Application) -> AsyncIterator[None]:
+    relay = app[GATEWAY]
+    if not relay.settings.publisher_keys or relay.settings.secret is None:
+        logger.warning(
+            "running open: %s; set RELAY_API_KEYS and RELAY_TOKEN_SECRET outside development",
+            " and ".join(
+                part
+                for part, missing in (
+                    ("anyone may publish", not relay.settings.publisher_keys),
+                    ("anyone may watch everything", relay.settings.secret is None),
+                )
+                if missing
+            ),
+        )
+    if relay.settings.embedded:
+        logger.warning(
+            "no Redis configured: running on the embedded in-process store "
+            "(one instance, nothing kept across restarts)"
+        )
+    # Supervised: if the reader's task ever ends, readiness says so and it is started again.
+    task = asyncio.create_task(relay.reader.supervise(), name="relay-reader-supervisor")
+    try:
+        # Publishes accepted once we serve must not be taken for history.
+        async with asyncio.timeout(READER_START_TIMEOUT):
+            await relay.reader.started.wait()
+    except TimeoutError:
+        logger.warning("store not reachable at start; serving anyway, the reader keeps trying")
+    yield
+    await relay.reader.stop(task)
+    await relay.connections.aclose()
+
+
+async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
+    relay = app[GATEWAY]
+    age_ms = int(relay.settings.stream_max_age * 1000)
+    # Often enough that entries outlive the limit by a tenth at most, at most once a minute.
+    interval = min(max(relay.settings.stream_max_age / 10, 0.1), 60.0)
+
+    async def trim() -> None:
+        try:
+            await relay.store.trim_older_than(list(relay.reader.positions), age_ms)
+        except (RedisError, OSError) as exc:
+            logger.warning("trimming streams by age failed: %s", exc)
+
+    async with periodically(interval, trim, "relay-age-trim"):
+        yield
+
+
+async def _watch_sends(app: web.Application) -> AsyncIterator[None]:
+    relay = app[GATEWAY]
+    clock = asyncio.get_running_loop().time
+
+    async def check() -> None:
+        relay.hub.check_sends(clock())
+
+    async with periodically(min(1.0, relay.settings.send_timeout / 2), check, "relay-sends"):
+        yield
+
+
+@asynccontextmanager
+async def periodically(
+    interval: float, action: Callable[[], Awaitable[None]], name: str
+) -> AsyncIterator[None]:
+    """Run ``action`` every ``interval`` seconds while the context is open.
+
+    A failing run is logged with its traceback and the next one goes ahead:
+    one bug must not silently end a task the gateway relies on for as long as
+    it serves.
+    """
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await action()
+            except Exception:
+                logger.exception("%s failed; running it again in %.1fs", name, interval)
+
+    task = asyncio.create_task(forever(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for stream in app[GATEWAY].event_streams:
+        stream.close_later(CLOSE_GOING_AWAY, "server shutting down")
+    sockets = list(app[GATEWAY].sockets)
+    await asyncio.gather(
+        *(sock.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for sock in sockets),
+        return_exceptions=True,
+    )

@@ -1,0 +1,70 @@
+"""Connections to the store: a real Redis, or the embedded in-process one."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from relay.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+# Workers write whatever bytes they like. Decoding strictly would make one
+# non-UTF-8 byte raise inside the client and lose the whole reply; escaping
+# keeps every byte (and lets a key be sent back as it was), and the entry
+# decoder refuses any string that holds an escaped byte.
+ENCODING_ERRORS = "surrogateescape"
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """One client for commands and one kept for the reader's blocking XREAD."""
+
+    commands: Redis
+    reader: Redis
+
+    async def aclose(self) -> None:
+        """Close both clients and their pools."""
+        await self.reader.aclose()
+        await self.commands.aclose()
+
+
+def connect(settings: Settings) -> Connections:
+    """Clients for ``settings.redis_url``, or an in-process store when it is unset."""
+    if not settings.redis_url:
+        return _embedded()
+    commands = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=30,
+    )
+    # The reader blocks in XREAD for up to read_block_ms; its timeout must be longer.
+    reader = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
+        single_connection_client=True,
+    )
+    return Connections(commands, reader)
+
+
+def _embedded() -> Connections:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    commands = fakeredis.FakeAsyncRedis(
+        server=server, decode_responses=True, encoding_errors=ENCODING_ERRORS
+    )
+    reader = fakeredis.FakeAsyncRedis(
+        server=server, decode_responses=True, encoding_errors=ENCODING_ERRORS
+    )
+    return Connections(commands, reader)

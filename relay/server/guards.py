@@ -1,0 +1,218 @@
+"""Applying the credentials of :mod:`relay.auth` to HTTP requests, and browser origins."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from relay.protocol.event import validation_detail
+from relay.protocol.frames import Subscribe, parse_query_subscription
+from relay.server.auth import (
+    OPEN,
+    WATCH_ALL,
+    AuthError,
+    Grant,
+    bearer,
+    key_matches,
+    looks_like_token,
+    read_token,
+)
+from relay.server.errors import ApiError
+from relay.server.gateway import GATEWAY
+from relay.server.publishing import unknown_session
+from relay.server.session_view import SessionState
+from relay.server.settings import Settings
+
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+
+
+def require_publisher(request: web.Request) -> None:
+    """Raise 401 without an API key and 403 with a wrong one, when keys are configured."""
+    keys = request.app[GATEWAY].settings.publisher_keys
+    if not keys:
+        return
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is None:
+        raise ApiError(
+            401, "an API key is required: Authorization: Bearer <key>", headers=CHALLENGE
+        )
+    if not key_matches(presented, keys):
+        raise ApiError(403, "the API key is not valid")
+
+
+def limit_publisher(request: web.Request, events: int) -> None:
+    """Raise 429 with Retry-After when this publisher is over its event rate.
+
+    A publisher is its API key when it presents a configured one, otherwise its
+    address: any other bearer value is made up at will, and must not buy a
+    fresh bucket.
+    """
+    relay = request.app[GATEWAY]
+    keys = relay.settings.publisher_keys
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is not None and keys and key_matches(presented, keys):
+        publisher = f"key:{presented}"
+    else:
+        publisher = f"address:{request.remote or '?'}"
+    wait = relay.publisher_limits.take(publisher, events)
+    if wait > 0:
+        retry = str(max(1, math.ceil(wait)))
+        raise ApiError(429, "publish rate exceeded, slow down", headers={"Retry-After": retry})
+
+
+def refusal(request: web.Request, error: ApiError) -> web.Response:
+    """A streaming handler's refusal, answered and counted as the error middleware would."""
+    request.app[GATEWAY].stats.reject(error.code)
+    return error.response()
+
+
+def query_subscription(query: dict[str, str]) -> Subscribe | None:
+    """The subscription a streaming request names in its query string; 422 if invalid."""
+    try:
+        return parse_query_subscription(query)
+    except ValidationError as exc:
+        detail = validation_detail(exc)
+        raise ApiError(422, "invalid subscription in query", detail=detail) from None
+
+
+def check_capacity(request: web.Request) -> None:
+    """Raise 503 when the gateway holds as many streaming connections as it may."""
+    relay = request.app[GATEWAY]
+    settings = relay.settings
+    if len(relay.sockets) + len(relay.event_streams) >= settings.max_connections:
+        retry = str(settings.retry_after_seconds)
+        raise ApiError(
+            503, "this gateway is at its connection limit", headers={"Retry-After": retry}
+        )
+
+
+def token_of(request: web.Request) -> str | None:
+    """A subscriber token from ``?token=`` or ``Authorization: Bearer``."""
+    return request.query.get("token") or bearer(request.headers.get("Authorization"))
+
+
+def anonymous_grant(settings: Settings) -> Grant:
+    """What a client holds without a token, when the gateway needs none to watch.
+
+    Everything, cancelling included, in development (no keys, no secret);
+    watching only once publisher keys are configured.
+    """
+    return OPEN if settings.development else WATCH_ALL
+
+
+def verify_token(settings: Settings, token: str) -> Grant:
+    """Read a subscriber token under the gateway's secret and lifetime limit; raises AuthError."""
+    secret = settings.secret
+    if secret is None:
+        raise AuthError("this gateway accepts no tokens")
+    return read_token(token, secret, max_lifetime=settings.max_token_lifetime)
+
+
+def _token_grant(settings: Settings, token: str) -> Grant:
+    try:
+        return verify_token(settings, token)
+    except AuthError as exc:
+        raise ApiError(401, str(exc), headers=CHALLENGE) from None
+
+
+def subscriber_grant(request: web.Request) -> Grant:
+    """What the request's token grants; see :func:`anonymous_grant` without a secret."""
+    settings = request.app[GATEWAY].settings
+    if settings.secret is None:
+        return anonymous_grant(settings)
+    token = token_of(request)
+    if token is None:
+        raise ApiError(
+            401, "a token is required: ?token= or Authorization: Bearer", headers=CHALLENGE
+        )
+    return _token_grant(settings, token)
+
+
+def check_cancel(grant: Grant, state: SessionState | None, session_id: str) -> None:
+    """Raise unless ``grant`` may cancel the session.
+
+    A session the grant may not watch answers 404 like an unknown one, so
+    that refusals tell nothing about which sessions exist; one it may watch
+    but not cancel answers 403.
+    """
+    if state is None or not grant.allows_session(state.workflow_type, session_id):
+        raise unknown_session(session_id)
+    if not grant.allows_cancel(state.workflow_type, session_id):
+        raise ApiError(403, "the token does not grant cancelling this session", code="forbidden")
+
+
+def require_canceller(request: web.Request, session_id: str) -> None:
+    """Raise unless the request may cancel ``session_id`` (open in development).
+
+    A configured publisher key may cancel any session. Otherwise a token (when
+    a secret is configured) must carry the cancel claim and cover the session
+    (see :func:`check_cancel`). A bearer value that is neither a key nor
+    shaped like a token answers 403 like a wrong key; a bad token 401.
+    """
+    relay = request.app[GATEWAY]
+    settings = relay.settings
+    if settings.development:
+        return
+    keys = settings.publisher_keys
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is not None and keys and key_matches(presented, keys):
+        return
+    token = token_of(request) if settings.secret is not None else None
+    if token is None and presented is None:
+        raise ApiError(
+            401,
+            "an API key or a token that may cancel is required: Authorization: Bearer",
+            headers=CHALLENGE,
+        )
+    if token is None or (keys and not looks_like_token(token)):
+        raise ApiError(403, "the API key is not valid")
+    grant = _token_grant(settings, token)
+    check_cancel(grant, relay.view.get(session_id), session_id)
+
+
+def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> None:
+    """Raise 403 unless ``grant`` covers the subscription or session."""
+    if not grant.allows(workflow_type, session_id):
+        raise ApiError(403, "the token does not grant this", code="forbidden")
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse browsers from origins outside the allow-list (when there is one)."""
+    origins = request.app[GATEWAY].settings.origins
+    origin = request.headers.get("Origin")
+    if origins and origin is not None and origin not in origins:
+        raise ApiError(403, f"origin {origin!r} is not allowed", code="forbidden_origin")
+
+
+def cors_headers(request: web.Request) -> dict[str, str]:
+    """CORS headers for the request's origin, when it is an allowed one."""
+    origins = request.app[GATEWAY].settings.origins
+    origin = request.headers.get("Origin")
+    if origin is None or (origins and origin not in origins):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Allow-Headers": CORS_HEADERS,
+        "Vary": "Origin",
+    }
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """CORS headers on every answer to an allowed origin (an ``on_response_prepare`` hook).
+
+    A hook rather than a middleware: a middleware's frame would stay alive for
+    as long as each WebSocket is open.
+    """
+    response.headers.update(cors_headers(request))
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    """Answer a CORS preflight from an allowed origin; any other OPTIONS is refused."""
+    if "Access-Control-Request-Method" in request.headers and cors_headers(request):
+        return web.Response(status=204)
+    raise ApiError(405, "OPTIONS is only answered as a CORS preflight from an allowed origin")

@@ -1,0 +1,140 @@
+"""HTTP endpoints for publishers and probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from pydantic import ValidationError
+from redis.exceptions import RedisError, ResponseError
+
+from relay.protocol.entries import Published
+from relay.protocol.event import parse_event_json, parse_event_list_json
+from relay.protocol.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, check_key
+from relay.protocol.keys import event_name
+from relay.server.errors import ApiError, json_response, raise_validation
+from relay.server.gateway import GATEWAY
+from relay.server.guards import limit_publisher, require_publisher
+from relay.server.publishing import publish_events
+
+READY_PROBE_TIMEOUT = 1.0
+READY_PROBE_TTL_MS = 10_000
+
+routes = web.RouteTableDef()
+
+
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request.
+
+    415 for another content type or a charset other than UTF-8, 400 when
+    empty, 408 when the body takes longer than ``body_timeout`` to arrive.
+    """
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(415, f"expected content-type application/json, got {content_type!r}")
+    charset = request.charset
+    if charset is not None and charset.lower() != "utf-8":
+        raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
+    timeout = request.app[GATEWAY].settings.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            body = await request.read()
+    except TimeoutError:
+        message = f"the request body did not arrive within {timeout:g} seconds"
+        raise ApiError(408, message, hang_up=True) from None
+    except ConnectionError:
+        # The client went away mid-upload: nothing to do with the store.
+        message = "the client disconnected before sending the whole body"
+        raise ApiError(400, message, code="client_disconnected") from None
+    if not body.strip():
+        raise ApiError(400, "request body is empty", code="malformed_json")
+    return body
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key``, if it sent one; 422 when it breaks the rules."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    try:
+        return check_key(key)
+    except ValueError as exc:
+        detail = [{"field": IDEMPOTENCY_HEADER, "message": f"the key {exc}"}]
+        raise ApiError(422, f"invalid header: {IDEMPOTENCY_HEADER}", detail=detail) from None
+
+
+def _published_headers(published: Published) -> dict[str, str] | None:
+    return {REPLAYED_HEADER: "true"} if published.replayed else None
+
+
+@routes.post("/api/workflows/progress")
+async def publish_one(request: web.Request) -> web.Response:
+    """Publish one event; answers its stream id and event name."""
+    relay = request.app[GATEWAY]
+    require_publisher(request)
+    key = idempotency_key(request)
+    body = await read_json_body(request)
+    try:
+        event = parse_event_json(body)
+    except ValidationError as exc:
+        raise_validation(exc)
+    limit_publisher(request, 1)
+    published = await publish_events(relay, [event], key)
+    (receipt,) = published.receipts
+    answer = {
+        "id": receipt.id,
+        "event": event_name(event.workflow_type),
+        "cancel_requested": receipt.cancel_requested,
+    }
+    return json_response(answer, status=202, headers=_published_headers(published))
+
+
+@routes.post("/api/workflows/progress/batch")
+async def publish_batch(request: web.Request) -> web.Response:
+    """Publish a JSON array of events: every one is valid and written, or none is."""
+    relay = request.app[GATEWAY]
+    require_publisher(request)
+    key = idempotency_key(request)
+    body = await read_json_body(request)
+    try:
+        events = parse_event_list_json(body)
+    except ValidationError as exc:
+        raise_validation(exc)
+    limit = relay.settings.max_batch
+    if len(events) > limit:
+        raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
+    limit_publisher(request, len(events))
+    published = await publish_events(relay, events, key)
+    pairs = zip(events, published.receipts, strict=True)
+    cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
+    answer = {"ids": [r.id for r in published.receipts], "cancel_requested": cancelled}
+    return json_response(answer, status=202, headers=_published_headers(published))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store accepts writes and the stream reader is following the streams."""
+    relay = request.app[GATEWAY]
+    problems = []
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            # A write, not a PING: a Redis out of memory or read-only answers
+            # PING yet refuses every publish.
+            await relay.store.probe_write(READY_PROBE_TTL_MS)
+    except ResponseError as exc:
+        problems.append(f"store refuses writes: {exc}")
+    except (RedisError, OSError, TimeoutError) as exc:
+        problems.append(f"store unreachable: {exc or type(exc).__name__}")
+    if (problem := relay.reader.problem) is not None:
+        problems.append(problem)
+    if problems:
+        body = {"status": "not ready", "problems": problems}
+        retry = str(relay.settings.retry_after_seconds)
+        return json_response(body, status=503, headers={"Retry-After": retry})
+    return json_response({"status": "ready", "embedded": relay.settings.embedded})

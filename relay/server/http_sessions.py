@@ -1,0 +1,148 @@
+"""HTTP endpoints about sessions: state, listings, history and cancellation."""
+
+from __future__ import annotations
+
+import re
+from itertools import islice
+from typing import Annotated, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from relay.protocol.event import SESSION_ID_PATTERN, Status, WorkflowType
+from relay.protocol.keys import event_name
+from relay.protocol.stream_ids import StreamId, format_stream_id, parse_stream_id
+from relay.server.errors import ApiError, json_response, raise_validation
+from relay.server.gateway import GATEWAY
+from relay.server.guards import require_canceller, subscriber_grant
+from relay.server.ingest import decode
+from relay.server.publishing import request_cancel, unknown_session
+from relay.server.session_view import SessionState
+
+MAX_LIST = 1_000
+
+routes = web.RouteTableDef()
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
+
+
+class SessionsQuery(_Query):
+    """Filters of the session listing."""
+
+    workflow_type: WorkflowType | None = None
+    status: Status | None = None
+
+
+class HistoryQuery(_Query):
+    """Where a session's history starts (exclusive) and how much of it to return."""
+
+    since: StreamId | None = None
+
+
+Q = TypeVar("Q", bound=_Query)
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+
+def _query(model: type[Q], request: web.Request) -> Q:
+    try:
+        fields = {k: v for k, v in request.query.items() if k != "token"}
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise_validation(exc)
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = request.match_info["session_id"]
+    if not _SESSION_ID.match(session_id):
+        detail = [{"field": "session_id", "message": f"must match {SESSION_ID_PATTERN}"}]
+        raise ApiError(422, "invalid fields: session_id", detail=detail)
+    return session_id
+
+
+def _readable_state(request: web.Request) -> SessionState:
+    """The session the path names, if it exists and the caller's token covers it.
+
+    Both misses answer the same 404: a token must not learn which sessions
+    outside its grant exist.
+    """
+    session_id = _session_id(request)
+    grant = subscriber_grant(request)
+    state = request.app[GATEWAY].view.get(session_id)
+    if state is None or not grant.allows_session(state.workflow_type, session_id):
+        raise unknown_session(session_id)
+    return state
+
+
+def _json_array(items: list[str]) -> web.Response:
+    return web.Response(text="[" + ",".join(items) + "]", content_type="application/json")
+
+
+@routes.get("/api/workflows/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """Recently seen sessions, most recently updated first."""
+    query = _query(SessionsQuery, request)
+    grant = subscriber_grant(request)
+    view = request.app[GATEWAY].view
+    found = []
+    for state in view.sessions(workflow_type=query.workflow_type, status=query.status):
+        if not grant.allows(state.workflow_type, state.session_id):
+            continue
+        found.append(state.as_dict())
+        if len(found) >= query.limit:
+            break
+    return json_response(found)
+
+
+@routes.get("/api/workflows/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    """The latest state of one session."""
+    return json_response(_readable_state(request).as_dict())
+
+
+@routes.get("/api/workflows/sessions/{session_id}/events")
+async def session_events(request: web.Request) -> web.Response:
+    """A session's latest events, oldest first, in the WebSocket frame shape.
+
+    The session view remembers the ids of each session's latest events
+    (``session_history`` of them), and exactly those entries are read: the
+    cost depends on the session, never on the length of its type's stream.
+    """
+    relay = request.app[GATEWAY]
+    query = _query(HistoryQuery, request)
+    state = _readable_state(request)
+    session_id = state.session_id
+    since = None if query.since is None else parse_stream_id(query.since)
+    entry_ids = [format_stream_id(key) for key in islice(state.history.after(since), query.limit)]
+    entries = await relay.store.entries(relay.keys.stream(state.workflow_type), entry_ids)
+    # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
+    frames = [
+        envelope.frame
+        for envelope, _ in decode(state.workflow_type, entries)
+        if envelope.session_id == session_id
+    ]
+    return _json_array(frames)
+
+
+@routes.post("/api/workflows/sessions/{session_id}/cancel")
+async def cancel_session(request: web.Request) -> web.Response:
+    """Ask the worker running a session to stop; it learns so from its next report.
+
+    Needs a publisher key, or a token with the cancel claim covering the session.
+    """
+    relay = request.app[GATEWAY]
+    session_id = _session_id(request)
+    require_canceller(request, session_id)
+    receipt, workflow_type = await request_cancel(relay, session_id)
+    return json_response(
+        {
+            "id": receipt.id,
+            "event": event_name(workflow_type),
+            "session_id": session_id,
+            "status": "cancel_requested",
+        },
+        status=202,
+    )

@@ -1,0 +1,132 @@
+"""Subscriptions and routing: which subscribers get which event.
+
+Subscriptions are indexed by ``(workflow_type, session_id)`` where either part
+may be a wildcard (``"*"`` for the type, ``None`` for the session), so routing
+one event is four dictionary lookups plus one call per matching subscriber,
+whatever the number of other subscribers.
+"""
+
+from __future__ import annotations
+
+from relay.protocol.frames import ANY_TYPE, Envelope, SubscriptionKey
+from relay.server.coverage import Cuts
+from relay.server.subscriber import Subscriber
+
+
+class Hub:
+    """The in-process routing table of one gateway."""
+
+    def __init__(self) -> None:
+        self._index: dict[SubscriptionKey, set[Subscriber]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self.routed = 0
+        self.delivered = 0
+        self.delivered_by_type: dict[str, int] = {}
+        # What detached subscribers went through, so the totals survive them.
+        self.conflated_closed = 0
+        self.slow_closed = 0
+
+    @property
+    def subscribers(self) -> int:
+        """Connections currently attached."""
+        return len(self._subscribers)
+
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions across every connection."""
+        return sum(len(group) for group in self._index.values())
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """Register a connection (before it subscribes to anything)."""
+        self._subscribers.add(subscriber)
+
+    def check_sends(self, now: float) -> None:
+        """Close every connection whose send has been stuck too long (see Subscriber.check_send)."""
+        for subscriber in self._subscribers:
+            subscriber.check_send(now)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Forget a connection and every subscription it held."""
+        for key in subscriber.subscriptions:
+            self._discard(key, subscriber)
+        subscriber.subscriptions.clear()
+        if subscriber in self._subscribers:
+            self._subscribers.discard(subscriber)
+            self.conflated_closed += subscriber.conflated
+            self.slow_closed += subscriber.dropped_slow
+
+    @property
+    def conflated(self) -> int:
+        """Events conflated away across every subscriber, past and present."""
+        return self.conflated_closed + sum(s.conflated for s in self._subscribers)
+
+    def subscribe(
+        self, subscriber: Subscriber, key: SubscriptionKey, live: Cuts | None = None
+    ) -> None:
+        """Route events matching ``key`` to ``subscriber`` from now on.
+
+        ``live``: the stream position(s) above which events are routed live
+        from here (see :mod:`relay.coverage`); None claims nothing.
+        """
+        self._index.setdefault(key, set()).add(subscriber)
+        subscriber.cover(key, live)
+
+    def unsubscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> bool:
+        """Stop routing ``key`` to ``subscriber``; False if it was not subscribed."""
+        if subscriber.subscriptions.pop(key, None) is None:
+            return False
+        self._discard(key, subscriber)
+        return True
+
+    def _discard(self, key: SubscriptionKey, subscriber: Subscriber) -> None:
+        group = self._index.get(key)
+        if group is not None:
+            group.discard(subscriber)
+            if not group:
+                del self._index[key]
+
+    def all_subscribers(self) -> list[Subscriber]:
+        """A snapshot of every attached connection."""
+        return list(self._subscribers)
+
+    def broadcast(self, workflow_type: str, frame: str) -> int:
+        """Hand a control frame once to every subscriber with a subscription in ``workflow_type``.
+
+        Subscriptions to ``*`` count too, whatever their session. Walks the
+        whole index, so it is for rare events only.
+        """
+        targets = {
+            subscriber
+            for (wtype, _), group in self._index.items()
+            if wtype in (workflow_type, ANY_TYPE)
+            for subscriber in group
+        }
+        for subscriber in targets:
+            subscriber.deliver(frame)
+        return len(targets)
+
+    def route(self, envelope: Envelope) -> int:
+        """Hand one event to every matching subscriber, once each."""
+        index = self._index
+        wtype, session = envelope.workflow_type, envelope.session_id
+        groups = [
+            group
+            for group in (
+                index.get((wtype, None)),
+                index.get((ANY_TYPE, None)),
+                index.get((wtype, session)),
+                index.get((ANY_TYPE, session)),
+            )
+            if group
+        ]
+        self.routed += 1
+        if not groups:
+            return 0
+        targets = groups[0] if len(groups) == 1 else set().union(*groups)
+        for subscriber in targets:
+            subscriber.deliver(envelope)
+        count = len(targets)
+        self.delivered += count
+        by_type = self.delivered_by_type
+        by_type[wtype] = by_type.get(wtype, 0) + count
+        return count

@@ -1,0 +1,77 @@
+"""Turning stream entries into events: validate, encode once, update the view, route."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from relay.protocol.entries import EntryError, StreamEntry, event_from_entry
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope, reset_frame
+from relay.protocol.keys import Keys
+from relay.server.hub import Hub
+from relay.server.session_view import SessionView
+
+logger = logging.getLogger(__name__)
+
+
+def decode(
+    workflow_type: str,
+    entries: list[StreamEntry],
+    on_invalid: Callable[[EntryError], None] | None = None,
+) -> Iterator[tuple[Envelope, ProgressEvent]]:
+    """Valid entries with their envelopes; invalid ones are skipped.
+
+    Only the reader passes ``on_invalid``, so an entry is counted and logged
+    once, when first read, not again by every replay or history request.
+    """
+    for entry_id, fields in entries:
+        try:
+            event = event_from_entry(workflow_type, entry_id, fields)
+        except EntryError as exc:
+            if on_invalid is not None:
+                on_invalid(exc)
+            continue
+        yield Envelope.of(entry_id, event), event
+
+
+class Ingest:
+    """The reader's handler: every valid entry updates the view and, when live, is routed."""
+
+    def __init__(self, keys: Keys, hub: Hub, view: SessionView) -> None:
+        self._keys = keys
+        self._hub = hub
+        self._view = view
+        self.accepted_by_type: dict[str, int] = {}
+        self.invalid = 0
+
+    def _skipped(self, exc: EntryError) -> None:
+        self.invalid += 1
+        logger.warning("skipping invalid stream entry: %s", exc)
+
+    def forget(self, stream_key: str) -> None:
+        """Drop the sessions of the stream's type: its history is about to be read again."""
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is not None:
+            self._view.forget_type(workflow_type)
+
+    def reset(self, stream_key: str, epoch: str) -> None:
+        """Tell every subscriber of the stream's type that its history was reset."""
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is not None:
+            told = self._hub.broadcast(workflow_type, reset_frame(workflow_type, epoch))
+            logger.info("told %d subscriber(s) of %s that its history was reset", told, stream_key)
+
+    def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
+        workflow_type = self._keys.workflow_type(stream_key)
+        if workflow_type is None:
+            return
+        apply, route = self._view.apply, self._hub.route
+        accepted = 0
+        for envelope, event in decode(workflow_type, entries, self._skipped):
+            accepted += 1
+            apply(envelope, event)
+            if live:
+                route(envelope)
+        counts = self.accepted_by_type
+        counts[workflow_type] = counts.get(workflow_type, 0) + accepted

@@ -1,0 +1,104 @@
+"""Publishing on behalf of clients: the checks that need the session view, and cancellation.
+
+The gateway that accepts a publish answers for it at once: the events are
+applied to its session view with the ids and ``ts`` written, so a ``GET`` or
+a cancel right after the publish finds the session. Routing them to
+subscribers stays the reader's job, so nobody receives an event twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relay.protocol.entries import Publication, Published, Receipt, now_ms
+from relay.protocol.event import ProgressEvent
+from relay.protocol.frames import Envelope
+from relay.protocol.idempotency import REUSED, KeyReused
+from relay.server.errors import ApiError
+from relay.server.gateway import Gateway
+from relay.server.session_view import SessionState
+
+
+async def publish_events(
+    relay: Gateway, events: Sequence[ProgressEvent], idempotency_key: str | None = None
+) -> Published:
+    """Publish unless a session among ``events`` has already ended (409).
+
+    With ``idempotency_key``, a publication already made under that key is
+    answered as it was first (``replayed``) and not written again; the key
+    used for other events answers 409 ``idempotency_key_reused``: the request
+    is sound in itself, it conflicts with what is recorded under its key.
+    """
+    stamp = now_ms()
+    publication = Publication([event.stamped(stamp) for event in events], idempotency_key)
+    try:
+        ended = _ended_session(relay, publication.events)
+        if ended is not None:
+            # A retry of the publication that ended the session is no conflict.
+            replay = await relay.store.recorded(publication) if idempotency_key else None
+            if replay is None:
+                raise ended
+            return replay
+        published = await relay.store.submit(publication)
+    except KeyReused as exc:
+        raise ApiError(409, str(exc), code=REUSED) from None
+    if not published.replayed:
+        _applied(relay, publication.events, published.receipts)
+        for event in publication.events:
+            relay.stats.bump(relay.stats.published_by_type, event.workflow_type)
+    return published
+
+
+def _ended_session(relay: Gateway, events: Sequence[ProgressEvent]) -> ApiError | None:
+    for event in events:
+        state = relay.view.get(event.session_id)
+        if state is not None and state.terminal:
+            return _session_ended(state)
+    return None
+
+
+def _session_ended(state: SessionState) -> ApiError:
+    """The 409 for a publish or cancel that comes after the session ended."""
+    return ApiError(
+        409,
+        f"session {state.session_id!r} has already ended ({state.status})",
+        code="session_ended",
+    )
+
+
+def _applied(relay: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
+    """Fold what was just written into the view, as the reader will when it reads it back."""
+    for event, receipt in zip(events, receipts, strict=True):
+        relay.view.apply(Envelope.of(receipt.id, event), event)
+
+
+def unknown_session(session_id: str) -> ApiError:
+    """The 404 for a session that is not known, or that the caller may not see: alike on purpose."""
+    return ApiError(404, f"no recent session {session_id!r}")
+
+
+async def request_cancel(relay: Gateway, session_id: str) -> tuple[Receipt, str]:
+    """Publish a ``cancel_requested`` event for a running session; answers its type too.
+
+    The worker learns of it from its next report. Asking again while the
+    request is pending answers the same event rather than publishing another.
+    """
+    state = relay.view.get(session_id)
+    if state is None:
+        raise unknown_session(session_id)
+    if state.terminal:
+        raise _session_ended(state)
+    if state.status == "cancel_requested":
+        return Receipt(state.latest.id, True), state.workflow_type
+    event = ProgressEvent(
+        session_id=session_id,
+        workflow_type=state.workflow_type,
+        step=state.step,
+        progress=state.progress,
+        metadata=state.metadata,
+        status="cancel_requested",
+        ts=now_ms(),
+    )
+    (receipt,) = await relay.store.publish([event])
+    _applied(relay, [event], [receipt])
+    return receipt, state.workflow_type

@@ -1,0 +1,198 @@
+"""The session view: the latest state of every recent session, derived from the streams.
+
+Every gateway sees every event, so each keeps this view in memory and answers
+session queries without a Redis round trip. It is rebuilt from the retained
+stream tail when a gateway starts, and since a session's state depends only
+on its events, every gateway answers the same for the same session. Memory
+stays bounded: a session is forgotten ``ttl_ms`` after its last event, and
+only the ``max_sessions`` most recently updated are kept, each with the ids
+of at most its ``history_limit`` latest events (what its history lists).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from relay.protocol.entries import now_ms
+from relay.protocol.event import ProgressEvent, format_number
+from relay.protocol.frames import Envelope
+from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
+
+ETA_METADATA_KEY = "estimated_time_remaining"
+
+
+class SessionState:
+    """What is known of one session: its latest event, when it started, how fast it moves."""
+
+    __slots__ = (
+        "error",
+        "first_progress",
+        "history",
+        "last",
+        "latest",
+        "metadata",
+        "progress",
+        "session_id",
+        "started_at",
+        "status",
+        "step",
+        "updated_at",
+        "workflow_type",
+    )
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        event: ProgressEvent,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
+        self.session_id = event.session_id
+        self.started_at = event.ts or 0
+        self.first_progress = event.progress
+        self.workflow_type = event.workflow_type
+        # The ids of its latest events, all in the stream of its workflow type.
+        self.history = RecentIds(history_limit)
+        self.apply(envelope, event)
+
+    def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
+        """Take ``event`` as the session's latest."""
+        if event.workflow_type != self.workflow_type:
+            # A session id reused in another type: history follows the latest type's stream.
+            self.history.clear()
+            self.workflow_type = event.workflow_type
+        self.record(envelope)
+        self.step = event.step
+        self.progress = event.progress
+        self.status = event.status
+        self.error = event.error
+        self.metadata = event.metadata
+        self.updated_at = event.ts or self.started_at
+        self.latest = envelope
+
+    def record(self, envelope: Envelope) -> None:
+        """Add the event to the session's history, without changing its state."""
+        if envelope.workflow_type == self.workflow_type:
+            self.history.add(envelope.key)
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the session has ended."""
+        return self.latest.terminal
+
+    def estimated_time_remaining(self) -> float | None:
+        """Seconds left: the reporter's own figure, else the average progress rate so far."""
+        reported = self.metadata.get(ETA_METADATA_KEY)
+        if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 0:
+            return float(reported)
+        if self.status == "completed":
+            return 0.0
+        if self.terminal:
+            return None
+        elapsed_ms = self.updated_at - self.started_at
+        gained = self.progress - self.first_progress
+        if elapsed_ms <= 0 or gained <= 0:
+            return None
+        return round((100 - self.progress) * elapsed_ms / gained / 1000, 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The state as the HTTP API returns it."""
+        return {
+            "session_id": self.session_id,
+            "workflow_type": self.workflow_type,
+            "step": self.step,
+            "progress": format_number(self.progress),
+            "status": self.status,
+            "error": self.error,
+            "metadata": self.metadata,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "estimated_time_remaining": self.estimated_time_remaining(),
+            "last_event_id": self.latest.id,
+        }
+
+
+class SessionView:
+    """Latest state per session, bounded by age and count."""
+
+    def __init__(
+        self,
+        *,
+        ttl_ms: int,
+        max_sessions: int,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._ttl_ms = ttl_ms
+        self._max = max_sessions
+        self._history_limit = history_limit
+        self._clock = clock
+        # Ordered by last update, oldest first, so eviction pops from the front.
+        self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+        self.evicted = 0
+
+    def _horizon(self) -> int:
+        return self._clock() - self._ttl_ms
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> SessionState | None:
+        """The state of one session, if it is still remembered."""
+        state = self._sessions.get(session_id)
+        if state is not None and state.updated_at < self._horizon():
+            return None
+        return state
+
+    def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
+        """Fold one event into the view."""
+        sessions = self._sessions
+        state = sessions.get(event.session_id)
+        if state is None:
+            sessions[event.session_id] = SessionState(envelope, event, self._history_limit)
+        elif envelope.key <= state.latest.key:
+            # Already applied: the gateway that published an event applies it
+            # at once, and its reader reads the same entry back later.
+            return
+        elif state.terminal and not event.terminal:
+            # An ended session stays ended; a stray late report does not revive it,
+            # though it is still one of its events.
+            state.record(envelope)
+            return
+        else:
+            state.apply(envelope, event)
+            sessions.move_to_end(event.session_id)
+        self.evict()
+
+    def forget_type(self, workflow_type: str) -> int:
+        """Forget every session of ``workflow_type`` (before rebuilding them from its stream)."""
+        doomed = [k for k, state in self._sessions.items() if state.workflow_type == workflow_type]
+        for session_id in doomed:
+            del self._sessions[session_id]
+        return len(doomed)
+
+    def evict(self) -> None:
+        """Forget expired sessions and the oldest beyond the count limit."""
+        sessions = self._sessions
+        horizon = self._horizon()
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if len(sessions) <= self._max and oldest.updated_at >= horizon:
+                break
+            sessions.popitem(last=False)
+            self.evicted += 1
+
+    def sessions(
+        self, *, workflow_type: str | None = None, status: str | None = None
+    ) -> Iterator[SessionState]:
+        """Remembered sessions, most recently updated first, optionally filtered."""
+        horizon = self._horizon()
+        for state in reversed(self._sessions.values()):
+            if state.updated_at < horizon:
+                continue
+            if workflow_type is not None and state.workflow_type != workflow_type:
+                continue
+            if status is not None and state.status != status:
+                continue
+            yield state

@@ -1,0 +1,225 @@
+"""Gateway configuration: one object built at the edge from flags and ``RELAY_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
+from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
+from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; read once, then passed down.
+
+    Each field can be set by an environment variable named ``RELAY_`` plus the
+    field name in capitals (``RELAY_REDIS_URL``), or by the matching
+    ``relay serve`` flag, which wins over the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to use; when unset the gateway runs on an in-process store.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    log_level: LogLevel = Field(default="info", description="Logging threshold.")
+    log_format: LogFormat = Field(
+        default="text", description="Log lines as plain text, or one JSON object per line."
+    )
+    demo: bool = Field(
+        default=False,
+        description="Publish simulated map, character and encounter sessions (for trying out).",
+    )
+
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated publisher keys; when set, publishing needs one.",
+    )
+    token_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret of subscriber tokens; when set, watching needs a token.",
+    )
+    max_token_lifetime: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds a subscriber token may be valid for at most, from its iat "
+        "(or from now without one); longer-lived tokens are refused. 0: no limit.",
+    )
+    allowed_origins: str = Field(
+        default="",
+        description="Comma-separated browser origins allowed to connect; empty allows any.",
+    )
+    stream_prefix: str = Field(
+        default="", max_length=64, description="Prefix put before every Redis key relay uses."
+    )
+    stream_maxlen: int = Field(
+        default=10_000, ge=1, description="Approximate number of entries kept per type stream."
+    )
+
+    stream_max_age: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds an entry is kept in its stream at most; 0 limits by count only.",
+    )
+    session_ttl: float = Field(
+        default=86_400,
+        gt=0,
+        description="Seconds a session is remembered after its last event.",
+    )
+    max_sessions: int = Field(
+        default=20_000, ge=1, description="Sessions one gateway remembers at most."
+    )
+    session_history: int = Field(
+        default=DEFAULT_HISTORY_LIMIT,
+        ge=1,
+        le=10_000,
+        description="Latest event ids remembered per session; its history lists those events.",
+    )
+    replay_limit: int = Field(
+        default=1_000,
+        ge=1,
+        description="Most stream entries scanned to replay a resumed subscription.",
+    )
+    # Each replay holds a connection of the command pool (100 by default in
+    # redis-py) while it reads, beside publishes and session reads.
+    max_concurrent_replays: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Resumed subscriptions whose history is read or held at once; others wait.",
+    )
+    replay_wait: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a resumed subscription waits for the stream reader to start "
+            "before answering recovered false."
+        ),
+    )
+    read_count: int = Field(
+        default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
+    )
+    read_block_ms: int = Field(
+        default=500, ge=1, description="How long one XREAD waits for new entries."
+    )
+    discovery_interval: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds between discovery ticks: a run id check and one bounded SCAN step.",
+    )
+
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest HTTP request body accepted."
+    )
+    max_batch: int = Field(
+        default=DEFAULT_MAX_BATCH, ge=1, description="Most events in one batch request."
+    )
+    idempotency_ttl: int = Field(
+        default=DEFAULT_IDEMPOTENCY_TTL,
+        ge=1,
+        description="Seconds an idempotency key is remembered: a retry within it writes nothing.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers, counted from "
+        "when it opened or got its previous answer; an idle keep-alive connection is closed "
+        "after as long.",
+    )
+    body_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client may take to send a request body; slower ones get 408.",
+    )
+    max_ws_frame_bytes: int = Field(
+        default=65_536, ge=1024, description="Largest WebSocket frame a client may send."
+    )
+    outbox_limit: int = Field(
+        default=5_000,
+        ge=1,
+        description="Events queued for one subscriber before its queue is conflated.",
+    )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a subscriber's socket may accept nothing before it is closed.",
+    )
+    max_subscriptions: int = Field(
+        default=100, ge=1, description="Subscriptions one connection may hold."
+    )
+    ws_heartbeat: float = Field(
+        default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
+    )
+    max_connections: int = Field(
+        default=20_000, ge=1, description="WebSocket and SSE connections one gateway accepts."
+    )
+    ws_rate: float = Field(
+        default=50, ge=0, description="Frames a second one WebSocket client may send (0: no limit)."
+    )
+    ws_burst: int = Field(default=100, ge=1, description="Frames a client may send at once.")
+    publish_rate: float = Field(
+        default=100_000,
+        ge=0,
+        description="Events a second one publisher (key or address) may publish (0: no limit).",
+    )
+    publish_burst: int = Field(
+        default=200_000, ge=1, description="Events one publisher may publish at once."
+    )
+    auth_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a WebSocket client has to present its token."
+    )
+    sse_keepalive: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on event streams."
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."
+    )
+
+    @model_validator(mode="after")
+    def _outbox_holds_two_reads(self) -> Settings:
+        # One XREAD batch is routed in one go; an outbox smaller than two of
+        # them would conflate a perfectly healthy subscriber during a burst.
+        if self.outbox_limit < 2 * self.read_count:
+            raise ValueError(
+                f"outbox_limit ({self.outbox_limit}) must be at least twice "
+                f"read_count ({self.read_count})"
+            )
+        return self
+
+    @property
+    def publisher_keys(self) -> tuple[str, ...]:
+        """The configured API keys."""
+        return _split(self.api_keys)
+
+    @property
+    def development(self) -> bool:
+        """True when neither publisher keys nor a token secret is configured: all is open."""
+        return not self.publisher_keys and self.secret is None
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The browser origins allowed to connect; empty means any."""
+        return _split(self.allowed_origins)
+
+    @property
+    def secret(self) -> str | None:
+        """The token secret in clear, for verifying tokens only."""
+        return self.token_secret.get_secret_value() if self.token_secret else None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured and the in-process store is used."""
+        return not self.redis_url
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -1,0 +1,335 @@
+"""The WebSocket endpoint: authentication, subscriptions in, event frames out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMessage, WSMsgType, web
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from relay.protocol.event import MalformedJson, validation_detail
+from relay.protocol.frames import (
+    PONG_FRAME,
+    Auth,
+    Cancel,
+    Ping,
+    Subscribe,
+    SubscriptionTarget,
+    Unsubscribe,
+    authenticated_frame,
+    cancel_requested_frame,
+    error_frame,
+    parse_client_frame,
+    unsubscribed_frame,
+)
+from relay.server.auth import AuthError, Grant
+from relay.server.errors import ApiError, streaming
+from relay.server.gateway import GATEWAY, Gateway
+from relay.server.guards import (
+    anonymous_grant,
+    check_cancel,
+    check_capacity,
+    check_origin,
+    query_subscription,
+    refusal,
+    token_of,
+    verify_token,
+)
+from relay.server.publishing import request_cancel
+from relay.server.rate_limits import FloodWindow, TokenBucket
+from relay.server.subscriber import Subscriber
+
+logger = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4002
+
+# Seconds over which dropped frames are counted. A client is closed once it
+# has had more frames dropped within one window than it may send in that time
+# (RELAY_WS_RATE times the window, plus RELAY_WS_BURST): it sends more than
+# twice its allowance. It gets one rate_limited error frame per window.
+FLOOD_WINDOW = 5.0
+# Seconds a close the gateway starts may take: our close frame out, the client's back.
+CLOSE_TIMEOUT = 5.0
+
+routes = web.RouteTableDef()
+
+
+class Connection:
+    """One WebSocket client's session with the hub."""
+
+    __slots__ = (
+        "_expiry",
+        "_flood",
+        "_rate",
+        "closing",
+        "grant",
+        "relay",
+        "subscriber",
+        "tasks",
+        "ws",
+    )
+
+    def __init__(self, relay: Gateway, ws: web.WebSocketResponse, name: str) -> None:
+        self.relay = relay
+        self.ws = ws
+        # Cancel requests in flight; made on first use, most connections never have one.
+        self.tasks: set[asyncio.Task[None]] | None = None
+        settings = relay.settings
+        # None until a token is accepted, when the gateway requires one.
+        self.grant: Grant | None = anonymous_grant(settings) if settings.secret is None else None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
+        # Made on the first dropped frame; most connections never have one.
+        self._flood: FloodWindow | None = None
+        # Set once the gateway decided to close; nothing the client sends counts after.
+        self.closing = False
+        self.subscriber = Subscriber(
+            ws.send_str,
+            self._close,
+            limit=relay.settings.outbox_limit,
+            send_timeout=relay.settings.send_timeout,
+            name=name,
+        )
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    def close_later(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``; frames the client sends from now on are ignored."""
+        self.closing = True
+        self.subscriber.close_later(code, reason)
+
+    def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
+        """Send an error frame (counted like HTTP rejections); the connection stays open."""
+        self.relay.stats.reject(code)
+        self.subscriber.deliver(error_frame(code, message, detail))
+
+    def authenticate(self, token: str) -> bool:
+        """Accept a token, or close the connection with a clear code; True if accepted.
+
+        A token presented again replaces the grant: subscriptions outside the
+        new one are dropped, each with an ``unsubscribed`` frame.
+        """
+        settings = self.relay.settings
+        if settings.secret is None:
+            return True
+        try:
+            grant = verify_token(settings, token)
+        except AuthError as exc:
+            code = CLOSE_TOKEN_EXPIRED if exc.expired else CLOSE_UNAUTHORIZED
+            self.close_later(code, str(exc)[:120])
+            return False
+        self.grant = grant
+        self._narrow_to(grant)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if grant.expires_at is not None:
+            # The connection lives no longer than its token.
+            delay = max(grant.expires_at - time.time(), 0)
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.close_later, CLOSE_TOKEN_EXPIRED, "token expired"
+            )
+        return True
+
+    def _narrow_to(self, grant: Grant) -> None:
+        # A swapped token must not keep what only the previous one covered.
+        subscriber = self.subscriber
+        for workflow_type, session_id in list(subscriber.subscriptions):
+            if grant.allows(workflow_type, session_id):
+                continue
+            self.relay.hub.unsubscribe(subscriber, (workflow_type, session_id))
+            target = SubscriptionTarget(workflow_type=workflow_type, session_id=session_id)
+            subscriber.deliver(unsubscribed_frame(target))
+
+    def expect_token(self, within: float) -> None:
+        """Close the connection unless a token is accepted ``within`` seconds from now."""
+        if self.grant is None:
+            self._expiry = asyncio.get_running_loop().call_later(within, self._auth_deadline)
+
+    def _auth_deadline(self) -> None:
+        if self.grant is None:
+            self.close_later(CLOSE_UNAUTHORIZED, "authentication timed out")
+
+    def admit(self) -> bool:
+        """Whether the client is within its frame rate; see FLOOD_WINDOW for a flood."""
+        if self._rate.take():
+            return True
+        if self._flood is None:
+            self._flood = FloodWindow(FLOOD_WINDOW)
+        dropped = self._flood.drop()
+        settings = self.relay.settings
+        if dropped == 1:
+            self.error("rate_limited", "too many frames; this one and those after it are dropped")
+        elif dropped > settings.ws_rate * FLOOD_WINDOW + settings.ws_burst:
+            self.close_later(CLOSE_POLICY, "message rate exceeded")
+        return False
+
+    async def run(self) -> None:
+        """Act on client frames until either side closes the connection.
+
+        Once the gateway decides to close, reading stops here: the close
+        handshake (our close frame out, the client's back) is then the only
+        reader, so whatever the client sends meanwhile cannot race the close
+        code, and the handler waits for that handshake to end.
+        """
+        if not self.closing:
+            async for message in self.ws:
+                if self.admit():
+                    self.receive(message)
+                if self.closing:
+                    break
+        if self.closing:
+            await self.subscriber.finished(CLOSE_TIMEOUT)
+
+    def receive(self, message: WSMessage) -> None:
+        """Act on one message from the client."""
+        if message.type is WSMsgType.TEXT:
+            self.handle_text(message.data)
+        elif message.type is WSMsgType.BINARY:
+            self.error("invalid_message", "binary frames are not accepted, use text")
+        elif message.type is WSMsgType.ERROR:
+            # aiohttp has already closed the socket (1009 for an oversize frame).
+            too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
+            self.relay.stats.reject("frame_too_large" if too_big else "bad_frame")
+
+    def handle_text(self, text: str) -> None:
+        """Act on one client frame."""
+        try:
+            frame = parse_client_frame(text)
+        except MalformedJson as exc:
+            self.error("invalid_message", f"frame is not valid JSON: {exc}")
+            return
+        except ValidationError as exc:
+            detail = validation_detail(exc)
+            self.error("invalid_message", "frame is not a valid action", detail)
+            return
+        if isinstance(frame, Auth):
+            if self.authenticate(frame.token) and self.grant is not None:
+                self.subscriber.deliver(authenticated_frame(self.grant.subject))
+            return
+        if self.grant is None:
+            self.close_later(CLOSE_UNAUTHORIZED, "authentication required")
+            return
+        if isinstance(frame, Subscribe):
+            self.subscribe(frame)
+        elif isinstance(frame, Unsubscribe):
+            self.unsubscribe(frame)
+        elif isinstance(frame, Cancel):
+            cancel = self.cancel(self.grant, frame.session_id)
+            self._track(asyncio.get_running_loop().create_task(cancel))
+        elif isinstance(frame, Ping):
+            self.subscriber.deliver(PONG_FRAME)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel work still running for this connection and stop its writer."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.tasks:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.wait(self.tasks)
+        await self.subscriber.stop()
+
+    async def cancel(self, grant: Grant, session_id: str) -> None:
+        """Publish a cancellation request if ``grant`` allows it; tell the client how it went.
+
+        See relay.access.check_cancel: a token with the cancel claim covering
+        the session, or development mode.
+        """
+        try:
+            check_cancel(grant, self.relay.view.get(session_id), session_id)
+            receipt, _ = await request_cancel(self.relay, session_id)
+        except ApiError as exc:
+            self.error(exc.code, exc.message)
+        except (RedisError, OSError):
+            self.error("unavailable", "the store is unavailable, try again")
+        else:
+            self.subscriber.deliver(cancel_requested_frame(session_id, receipt.id))
+
+    def _granted(self, workflow_type: str, session_id: str | None) -> bool:
+        return self.grant is not None and self.grant.allows(workflow_type, session_id)
+
+    def subscribe(self, frame: Subscribe) -> None:
+        """Route the frame's target to this client from now on."""
+        subscriber = self.subscriber
+        if not self._granted(frame.workflow_type, frame.session_id):
+            self.error("forbidden", "the token does not grant this subscription")
+            return
+        limit = self.relay.settings.max_subscriptions
+        if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
+            self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
+            return
+        replay = self.relay.catchup.subscribe(subscriber, frame)
+        if replay is not None:
+            self._track(replay)
+
+    def unsubscribe(self, frame: Unsubscribe) -> None:
+        """Stop routing the frame's target to this client."""
+        if self.relay.hub.unsubscribe(self.subscriber, frame.key):
+            self.subscriber.deliver(unsubscribed_frame(frame))
+        else:
+            self.error("not_subscribed", "there is no such subscription on this connection")
+
+
+def _admit(request: web.Request) -> Subscribe | None:
+    """Checks before the upgrade; the subscription in the query string, if any."""
+    check_origin(request)
+    check_capacity(request)
+    return query_subscription({k: v for k, v in request.query.items() if k != "token"})
+
+
+@routes.get("/ws")
+@streaming
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
+    relay = request.app[GATEWAY]
+    try:
+        initial = _admit(request)
+    except ApiError as error:
+        return refusal(request, error)
+    settings = relay.settings
+    ws = web.WebSocketResponse(
+        timeout=CLOSE_TIMEOUT,
+        compress=False,
+        max_msg_size=settings.max_ws_frame_bytes,
+        heartbeat=settings.ws_heartbeat,
+    )
+    await ws.prepare(request)
+    name = f"ws:{request.remote}"
+    connection = Connection(relay, ws, name)
+    relay.sockets.add(ws)
+    relay.hub.attach(connection.subscriber)
+    connection.subscriber.start()
+    logger.info("%s connected", name)
+    try:
+        token = token_of(request)
+        if token is not None:
+            connection.authenticate(token)
+        connection.expect_token(settings.auth_timeout)
+        if initial is not None and not connection.closing:
+            if connection.grant is None:
+                # A subscription in the query needs the token in the query too.
+                connection.close_later(CLOSE_UNAUTHORIZED, "authentication required")
+            else:
+                connection.subscribe(initial)
+        await connection.run()
+    finally:
+        # Forget the connection before awaiting anything: the handler may be
+        # cancelled here when the peer has already gone.
+        relay.hub.detach(connection.subscriber)
+        relay.sockets.discard(ws)
+        logger.info("%s disconnected (close code %s)", name, ws.close_code)
+        await connection.stop()
+    return ws
