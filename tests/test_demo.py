@@ -19,11 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.cli.demo import (
     WORKFLOWS,
     DemoOptions,
-    GatewayPublisher,
     HttpPublisher,
+    RedisPublisher,
     Simulation,
     run_demo,
 )
+from relay.client.reporters import AsyncReporter
+from relay.client.retry import RetryPolicy
 from relay.protocol.keys import Keys
 from relay.server.app import create_app
 from relay.server.gateway import GATEWAY
@@ -198,7 +200,7 @@ async def run_until_ended(simulation: Simulation, count: int) -> None:
         await asyncio.wait([task])
 
 
-@pytest.mark.parametrize("through", ["http", "gateway"])
+@pytest.mark.parametrize("through", ["http", "alongside"])
 async def test_cancelled_sessions_go_through_the_cancel_flow(
     redis_url: str, http: aiohttp.ClientSession, through: str
 ) -> None:
@@ -207,7 +209,8 @@ async def test_cancelled_sessions_go_through_the_cancel_flow(
     )
     settings = Settings(redis_url=redis_url, read_block_ms=100, discovery_interval=0.1)
     async with gateway_app(settings) as (base, relay):
-        publisher = HttpPublisher(base, http) if through == "http" else GatewayPublisher(relay)
+        beside = AsyncReporter(client=relay.connections.commands, retry=RetryPolicy(retry_for=5))
+        publisher = HttpPublisher(base, http) if through == "http" else RedisPublisher(beside)
         simulation = Simulation(publisher, options)
         await run_until_ended(simulation, 3)
         for ended in list(simulation.ended)[:3]:

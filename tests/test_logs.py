@@ -101,7 +101,9 @@ async def test_serve_logs_json_lines_from_the_environment(
         assert {"ts", "level", "logger", "message"} <= set(record)
     messages = [r["message"] for r in records]
     assert any(m.startswith("relay gateway on http://") for m in messages)
-    assert any(r["logger"] == "relay.server.websocket" and "connected" in r["message"] for r in records)
+    assert any(
+        r["logger"] == "relay.server.websocket" and "connected" in r["message"] for r in records
+    )
     assert {r["level"] for r in records} >= {"INFO", "WARNING"}
     assert MARKER not in gateway.logs()  # event payloads are never logged
 

@@ -1,17 +1,18 @@
 """Simulated workflows, so that a new user sees progress move at once.
 
 ``relay demo`` publishes them to a gateway (or straight to Redis) and ``relay
-serve --demo`` runs them inside the gateway. Either way several map, character
-and encounter sessions run at the same time, at different speeds, through
-realistic steps, with ``metadata.estimated_time_remaining`` most of the time.
-Now and then one fails with an error, and now and then someone asks for one
-to stop: the simulated worker then learns so from its next report and ends
-``cancelled``, exactly as a real worker using ``raise_on_cancel=True`` does.
+serve --demo`` runs them beside the gateway it starts, on the gateway's store.
+Either way several map, character and encounter sessions run at the same
+time, at different speeds, through realistic steps, with
+``metadata.estimated_time_remaining`` most of the time. Now and then one fails
+with an error, and now and then someone asks for one to stop: the simulated
+worker then learns so from its next report and ends ``cancelled``, exactly as
+a real worker using ``raise_on_cancel=True`` does.
 
 Every session is reported with the project's own reporting sessions
-(:class:`relay.worker_session.AsyncReportingSession`), so the events are
-exactly what a real worker would publish. At most ``max_sessions`` run at
-once; whatever is still running when the simulation stops is reported
+(:class:`relay.client.reporting_session.AsyncReportingSession`), so the
+events are exactly what a real worker would publish. At most ``max_sessions``
+run at once; whatever is still running when the simulation stops is reported
 ``cancelled`` (the worker was interrupted).
 """
 
@@ -22,7 +23,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,9 +37,6 @@ from relay.client.reporting_session import AsyncReportingSession, describe
 from relay.client.retry import ReportError, RetryPolicy
 from relay.protocol.entries import Receipt
 from relay.protocol.event import ProgressEvent
-from relay.server.errors import ApiError
-from relay.server.gateway import GATEWAY, Gateway
-from relay.server.publishing import request_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -307,40 +305,6 @@ async def _cancel_attempts(ask: Callable[[], Awaitable[str]]) -> str:
     return "unknown"
 
 
-class _StorePublisher:
-    """Publishes through a gateway's own store, as its HTTP API does."""
-
-    def __init__(self, relay: Gateway) -> None:
-        self._relay = relay
-
-    async def publish(self, event: ProgressEvent) -> Receipt:
-        (receipt,) = await self._relay.store.publish([event.stamped()])
-        return receipt
-
-
-class GatewayPublisher:
-    """Simulated sessions inside a gateway: its store, and its own cancellation path."""
-
-    def __init__(self, relay: Gateway) -> None:
-        self._relay = relay
-        self._publisher = _StorePublisher(relay)
-
-    def session(self, workflow_type: str, session_id: str) -> AsyncReportingSession:
-        return AsyncReportingSession(
-            self._publisher, workflow_type, session_id, raise_on_cancel=True
-        )
-
-    async def request_cancel(self, session: AsyncReportingSession) -> str:
-        async def ask() -> str:
-            try:
-                await request_cancel(self._relay, session.session_id)
-            except ApiError as exc:
-                return "unknown" if exc.status == 404 else exc.code
-            return "cancel_requested"
-
-        return await _cancel_attempts(ask)
-
-
 class RedisPublisher:
     """Simulated sessions written straight to Redis with an :class:`AsyncReporter`.
 
@@ -414,15 +378,29 @@ class HttpPublisher:
         return await _cancel_attempts(ask)
 
 
-async def run_in_gateway(app: web.Application) -> AsyncIterator[None]:
-    """A cleanup context running the simulation inside a gateway while it serves."""
-    relay = app[GATEWAY]
-    simulation = Simulation(GatewayPublisher(relay))
-    logger.info("demo: publishing simulated %s sessions", ", ".join(WORKFLOWS))
-    task = asyncio.create_task(simulation.run(), name="relay-demo")
-    yield
-    task.cancel()
-    await asyncio.wait([task], timeout=STOP_TIMEOUT + 1)
+def alongside(
+    client: redis.asyncio.Redis, *, prefix: str, maxlen: int
+) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+    """A cleanup context running the simulation while a gateway serves, as ``--demo`` asks.
+
+    The sessions are written with an :class:`AsyncReporter` over ``client``
+    (the gateway's own store connection, embedded or Redis), exactly as a
+    worker beside the gateway would write them.
+    """
+
+    @asynccontextmanager
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        reporter = AsyncReporter(
+            prefix=prefix, maxlen=maxlen, retry=RetryPolicy(retry_for=5), client=client
+        )
+        simulation = Simulation(RedisPublisher(reporter))
+        logger.info("demo: publishing simulated %s sessions", ", ".join(WORKFLOWS))
+        task = asyncio.create_task(simulation.run(), name="relay-demo")
+        yield
+        task.cancel()
+        await asyncio.wait([task], timeout=STOP_TIMEOUT + 1)
+
+    return run
 
 
 def describe_end(ended: Ended) -> str:

@@ -183,6 +183,7 @@ def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from relay.server.app import create_app
+    from relay.server.connections import connect
 
     settings = settings_from_args(args)
     _configure_logging(settings.log_level, settings.log_format)
@@ -196,8 +197,18 @@ def serve(args: argparse.Namespace) -> int:
     if settings.demo:
         where += ", publishing demo sessions"
     logger.info("relay gateway on http://%s:%d (%s)", settings.host, settings.port, where)
+    connections = connect(settings)
+    app = create_app(settings, connections)
+    if settings.demo:
+        from relay.cli.demo import alongside
+
+        app.cleanup_ctx.append(
+            alongside(
+                connections.commands, prefix=settings.stream_prefix, maxlen=settings.stream_maxlen
+            )
+        )
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         print=None,

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from relay.cli.demo import run_in_gateway
 from relay.protocol.keys import Keys
 from relay.server import http_publish, http_sessions, metrics, openapi, sse, static_files, websocket
 from relay.server.catchup import CatchUp
@@ -103,8 +102,6 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.cleanup_ctx.append(_watch_sends)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
-    if settings.demo:
-        app.cleanup_ctx.append(run_in_gateway)
     app.on_shutdown.append(_close_sockets)
     return app
 
