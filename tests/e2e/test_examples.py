@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import RedisServer
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:

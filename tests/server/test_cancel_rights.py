@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from relay.client.reporters import Reporter
 from relay.server.auth import mint_token, read_token
-from tests import test_browser
+from tests.e2e import test_browser
 from tests.helpers import Gateway, env_without_relay, receive, state_when
 
 SECRET = "cancel-rights-secret-of-enough-length"

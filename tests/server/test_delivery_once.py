@@ -32,8 +32,8 @@ from tests.helpers import (
     serving,
     subscribe,
 )
-from tests.test_catchup import fast, post
-from tests.test_subscriber import FakeSocket, make
+from tests.server.test_catchup import fast, post
+from tests.server.test_subscriber import FakeSocket, make
 
 SESSIONS = ("s1", "s2", "s3")
 

@@ -27,7 +27,7 @@ from tests.helpers import (
     until,
 )
 from tests.readers import following
-from tests.test_metrics import samples
+from tests.server.test_metrics import samples
 
 FAST = {"RELAY_DISCOVERY_INTERVAL": "0.1", "RELAY_READ_BLOCK_MS": "100"}
 ENTRY = {b"session_id": b"s1", b"step": b"analyzing", b"progress": b"5"}

@@ -24,7 +24,7 @@ from tests.helpers import (
     state_when,
     subscribe,
 )
-from tests.test_sessions import feed, make_view
+from tests.server.test_session_view import feed, make_view
 
 READER_TASK = "relay-stream-reader"
 

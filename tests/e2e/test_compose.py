@@ -16,7 +16,7 @@ import pytest
 from relay.cli.main import build_parser, settings_from_args
 from relay.server.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 

@@ -7,9 +7,9 @@ import orjson
 
 from relay.server.settings import Settings
 from tests.helpers import event, receive_events, serving, subscribe
-from tests.test_catchup import post
-from tests.test_delivery_once import publish_batch
-from tests.test_sse import next_event, read_message
+from tests.server.test_catchup import post
+from tests.server.test_delivery_once import publish_batch
+from tests.server.test_sse import next_event, read_message
 
 RUNNING = 6_000
 OUTBOX_LIMIT = 5_000  # the default; the snapshot alone is larger
