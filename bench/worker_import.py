@@ -21,7 +21,8 @@ before = len(sys.modules)
 start = time.perf_counter()
 from relay import AsyncReporter, HttpReporter, ProgressEvent, Reporter
 elapsed = time.perf_counter() - start
-server = sorted(m for m in sys.modules if m.split(".")[:2] in (["relay", "server"], ["relay", "cli"]))
+server = sorted(m for m in sys.modules
+                if m.split(".")[:2] in (["relay", "server"], ["relay", "cli"]))
 heavy = sorted(m for m in ("aiohttp", "prometheus_client", "jwt", "fakeredis", "rich",
                            "pydantic_settings", "lupa") if m in sys.modules)
 print(json.dumps({"seconds": elapsed, "modules": len(sys.modules), "new": len(sys.modules) - before,
