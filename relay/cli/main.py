@@ -52,7 +52,9 @@ def _flag_options(doc: SettingDoc) -> dict[str, Any]:
         return {"choices": [str(choice) for choice in get_args(annotation)]}
     if annotation in (int, float):
         return {"type": annotation, "metavar": "N"}
-    if annotation in (str, SecretStr):
+    if annotation is SecretStr:
+        return {"metavar": "SECRET"}
+    if annotation is str:
         # Given as text, the way the environment variable is, for Settings to check.
         return {"metavar": "TEXT"}
     raise TypeError(f"no relay serve flag for Settings.{doc.name}: {annotation!r}")
@@ -76,6 +78,9 @@ def _serve_parser(commands: Any) -> None:
         return
     for doc in documented_settings():
         help_text = f"{doc.description} ({doc.env}; default: {doc.shown_default})"
+        if doc.field.annotation in (SecretStr, SecretStr | None):
+            # Other users of the machine can read a process's arguments, not its environment.
+            help_text += "; prefer the variable, since flags show in the process list"
         serve.add_argument(
             doc.flag,
             dest=doc.name,

@@ -44,8 +44,8 @@ class Settings(BaseSettings):
         "the dashboard out.",
     )
 
-    api_keys: str = Field(
-        default="",
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
         description="Comma-separated publisher keys; when set, publishing needs one.",
     )
     token_secret: SecretStr | None = Field(
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     @property
     def publisher_keys(self) -> tuple[str, ...]:
         """The configured API keys."""
-        return _split(self.api_keys)
+        return _split(self.api_keys.get_secret_value())
 
     @property
     def development(self) -> bool:
