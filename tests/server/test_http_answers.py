@@ -282,7 +282,9 @@ async def batch_too_long(client: Client) -> Answered:
 async def sessions_listed(client: Client) -> Answered:
     await client.publish("s1", metadata={"estimated_time_remaining": 12.5})
     await client.publish("s2", status="failed", error="out of tiles")
-    return await client.call("GET", SESSIONS)
+    answered = await client.call("GET", SESSIONS)
+    assert len(orjson.loads(answered.body)) == 2, answered
+    return answered
 
 
 @provokes("get_session", 200)
@@ -297,7 +299,9 @@ async def history_listed(client: Client) -> Answered:
     first = await client.publish(progress=10)
     await client.publish(progress=20)
     await client.publish(progress=30, status="completed")
-    return await client.call("GET", SESSIONS + "/s1/events", params={"since": first["id"]})
+    answered = await client.call("GET", SESSIONS + "/s1/events", params={"since": first["id"]})
+    assert len(orjson.loads(answered.body)) == 2, answered
+    return answered
 
 
 # -- streams
