@@ -98,6 +98,9 @@ class SessionStateAnswer(_Answer):
     status: Status
     error: str | None
     metadata: dict[str, Any]
+    first_progress: float = Field(
+        ge=0, le=100, description="The first event's progress, where the estimate starts from."
+    )
     started_at: int = Field(description="The first event's ts.")
     updated_at: int = Field(description="The latest event's ts.")
     estimated_time_remaining: float | None = Field(
