@@ -55,7 +55,7 @@ class StreamId(NamedTuple):
     Text becomes one where it enters (:meth:`from_redis` for ids read from
     Redis, :meth:`parse` for ids given by clients) and goes back with
     ``str()`` where it leaves (frames, Redis calls, JSON answers). As a
-    pydantic field it takes the text and holds the parsed id.
+    pydantic field it takes the text, holds the parsed id, and dumps the text.
     """
 
     ms: int
@@ -106,10 +106,11 @@ class StreamId(NamedTuple):
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         # A parser rather than Field(pattern=...): one rule, and its message says what it is.
+        # Dumped as text in Python mode too, so any model dump is ready for JSON.
         return core_schema.no_info_after_validator_function(
             cls.parse,
             core_schema.str_schema(),
-            serialization=core_schema.to_string_ser_schema(),
+            serialization=core_schema.to_string_ser_schema(when_used="always"),
         )
 
     @classmethod

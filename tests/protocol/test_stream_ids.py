@@ -122,6 +122,7 @@ def test_a_pydantic_field_takes_text_and_holds_the_id() -> None:
     assert query.since == StreamId(5, 1)
     assert isinstance(query.since, StreamId)
     assert orjson.loads(query.model_dump_json()) == {"since": "5-1"}
+    assert query.model_dump() == {"since": "5-1"}
     assert Query.model_validate({"since": None}).since is None
 
 
