@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relay.protocol.stream_ids import parse_stream_id
+from relay.protocol.stream_ids import StreamId
 from tests.helpers import Gateway
 
 RECONNECT_DELAY = 0.05
@@ -92,7 +92,7 @@ class Follower:
         """Lost (published but never received), repeated and out-of-order events."""
         got = set(self.seqs)
         repeats = [entry_id for entry_id, n in Counter(self.ids).items() if n > 1]
-        keys = [parse_stream_id(entry_id) for entry_id in self.ids]
+        keys = [StreamId.parse(entry_id) for entry_id in self.ids]
         backwards = [
             (self.ids[i], self.ids[i + 1]) for i in range(len(keys) - 1) if keys[i + 1] <= keys[i]
         ]

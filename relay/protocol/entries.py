@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL, KeyReused, fingerprint
 from relay.protocol.keys import Keys
-from relay.protocol.stream_ids import parse_stream_id
+from relay.protocol.stream_ids import StreamId
 
 # Publish limits the HTTP reporter also needs to know, so they are named here once.
 DEFAULT_MAX_BODY_BYTES = 1_048_576
@@ -231,7 +231,7 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
             raw["progress"] = float(raw["progress"])
         if "metadata" in raw:
             raw["metadata"] = orjson.loads(raw["metadata"])
-        raw["ts"] = int(raw["ts"]) if "ts" in raw else parse_stream_id(entry_id)[0]
+        raw["ts"] = int(raw["ts"]) if "ts" in raw else StreamId.from_redis(entry_id).ms
     except (ValueError, TypeError) as exc:
         raise EntryError(f"entry {entry_id} of {workflow_type!r}: {exc}") from None
     try:

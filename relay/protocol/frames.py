@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from relay.protocol.event import WORKFLOW_TYPE_PATTERN, ProgressEvent, SessionId, decode_json
 from relay.protocol.keys import event_name
-from relay.protocol.stream_ids import StreamId, StreamKey, parse_stream_id
+from relay.protocol.stream_ids import StreamId
 
 ANY_TYPE = "*"
 
@@ -169,18 +169,21 @@ def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
 
 
 class Envelope:
-    """One event as the hub routes it: its routing keys and its encoded frame.
+    """One event as the hub routes it: its routing keys, its stream id and its encoded frame.
 
-    The frame is encoded on first use, once, and then shared by every
-    subscriber: an event nobody watches is never encoded.
+    The stream id is parsed once, as the envelope is made: every envelope is
+    ordered against others (by the session view, by every coverage check),
+    and the text from Redis stays beside it for the frames. The frame is
+    encoded on first use, once, and then shared by every subscriber: an
+    event nobody watches is never encoded.
     """
 
     __slots__ = (
         "_event",
         "_frame",
-        "_key",
         "_sse",
         "id",
+        "key",
         "session_id",
         "terminal",
         "workflow_type",
@@ -197,21 +200,15 @@ class Envelope:
     ) -> None:
         if frame is None and event is None:
             raise ValueError("an envelope needs its frame or its event")
+        # The id as Redis gave it, for the frames; ``key`` is the same id parsed, for ordering.
         self.id = entry_id
+        self.key = StreamId.from_redis(entry_id)
         self.workflow_type = workflow_type
         self.session_id = session_id
         self.terminal = terminal
         self._event = event
         self._frame = frame
-        self._key: StreamKey | None = None
         self._sse: str | None = None
-
-    @property
-    def key(self) -> StreamKey:
-        """The stream id as a sortable pair."""
-        if self._key is None:
-            self._key = parse_stream_id(self.id)
-        return self._key
 
     @property
     def frame(self) -> str:

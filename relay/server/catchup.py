@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from relay.protocol.frames import ANY_TYPE, Envelope, Subscribe, error_frame, subscribed_frame
 from relay.protocol.keys import Keys
-from relay.protocol.stream_ids import NO_ID, format_stream_id, parse_stream_id
+from relay.protocol.stream_ids import START, StreamId
 from relay.server.coverage import BEYOND, Cut, Cuts, cut_for
 from relay.server.hub import Hub
 from relay.server.ingest import decode
@@ -99,8 +99,6 @@ class CatchUp:
         self._start_cuts = StartCuts()
         self._start: asyncio.Task[None] | None = None
         self._followed_cache: tuple[tuple[int, int, int], Mapping[str, Cut]] | None = None
-        # The last position parsed: subscriptions made at the same place share it.
-        self._parsed: tuple[str, Cut] = ("0-0", NO_ID)
         self.replays = 0
         self.unrecovered = 0
 
@@ -153,11 +151,7 @@ class CatchUp:
         if workflow_type == ANY_TYPE:
             return self._followed()
         upto = reader.live_from(self._keys.stream(workflow_type))
-        if upto is None:
-            return NO_ID
-        if self._parsed[0] != upto:
-            self._parsed = (upto, parse_stream_id(upto))
-        return self._parsed[1]
+        return START if upto is None else upto
 
     def _followed(self) -> Mapping[str, Cut]:
         """Per followed type, where live routing is now; shared until the reader moves."""
@@ -171,7 +165,7 @@ class CatchUp:
             workflow_type = self._keys.workflow_type(stream)
             upto = reader.live_from(stream)
             if workflow_type is not None and upto is not None:
-                cuts[workflow_type] = parse_stream_id(upto)
+                cuts[workflow_type] = upto
         self._followed_cache = (version, cuts)
         return cuts
 
@@ -194,14 +188,14 @@ class CatchUp:
 
     def _routed(self, envelope: Envelope) -> bool:
         position = self._reader.live_from(self._keys.stream(envelope.workflow_type))
-        return position is not None and envelope.key <= parse_stream_id(position)
+        return position is not None and envelope.key <= position
 
     async def _replay(
         self,
         subscriber: Subscriber,
         mark: ReplayMark,
         frame: Subscribe,
-        since: str,
+        since: StreamId,
         live: Cuts,
     ) -> None:
         self.replays += 1
@@ -229,7 +223,7 @@ class CatchUp:
         )
 
     async def _items(
-        self, subscriber: Subscriber, frame: Subscribe, since: str, upto: Cut
+        self, subscriber: Subscriber, frame: Subscribe, since: StreamId, upto: Cut
     ) -> Replayed:
         """What to put in the mark's place, and what that guarantees (see :class:`Replayed`)."""
         try:
@@ -245,22 +239,21 @@ class CatchUp:
         items: list[Envelope | str] = [subscribed_frame(frame, recovered=recovered), *replayed]
         if not recovered:
             return Replayed(items, state=upto)
-        since_key = parse_stream_id(since)
         # The reader has not got as far as the client: what it reads next
         # arrives live, so what the client already has is held back.
-        return Replayed(items, lower_to=since_key, floor=since_key if upto < since_key else None)
+        return Replayed(items, lower_to=since, floor=since if upto < since else None)
 
     async def _history(
-        self, frame: Subscribe, since: str, upto: Cut
+        self, frame: Subscribe, since: StreamId, upto: Cut
     ) -> tuple[bool, list[Envelope]]:
         """Whether history reaches back to ``since``, and what to send in its place."""
         stream = self._keys.stream(frame.workflow_type)
         recovered = await self._store.reaches_back_to(stream, since)
-        # With upto at 0-0 the stream is not followed here yet: all of it will
-        # arrive live, so there is no history to read.
-        if recovered and parse_stream_id(since) < upto:
+        # With upto at START the stream is not followed here yet: all of it
+        # will arrive live, so there is no history to read.
+        if recovered and since < upto:
             limit = self._replay_limit
-            entries = await self._store.history(stream, since, format_stream_id(upto), limit + 1)
+            entries = await self._store.history(stream, since, upto, limit + 1)
             if len(entries) <= limit:
                 return True, [
                     envelope

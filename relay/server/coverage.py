@@ -25,18 +25,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from relay.protocol.frames import ANY_TYPE, Envelope, SubscriptionKey
-from relay.protocol.stream_ids import NO_ID, StreamKey
+from relay.protocol.stream_ids import START, STREAM_ID_PART_MAX, StreamId
 
 # Above every stream id: a cut that claims nothing.
-BEYOND = (1 << 64, 0)
+BEYOND = StreamId(STREAM_ID_PART_MAX + 1, 0)
 
-Cut = StreamKey
+Cut = StreamId
 Cuts = Cut | Mapping[str, Cut]
 
 
 def cut_for(cuts: Cuts, workflow_type: str) -> Cut:
     """The id of ``cuts`` that applies to events of ``workflow_type``."""
-    return cuts if isinstance(cuts, tuple) else cuts.get(workflow_type, NO_ID)
+    return cuts if isinstance(cuts, StreamId) else cuts.get(workflow_type, START)
 
 
 def matches(key: SubscriptionKey, envelope: Envelope) -> bool:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relay.protocol.event import SessionId, Status, WorkflowType
 from relay.protocol.keys import event_name
-from relay.protocol.stream_ids import StreamId, format_stream_id, parse_stream_id
+from relay.protocol.stream_ids import StreamId
 from relay.server.answers import CancelAnswer
 from relay.server.errors import json_response, model_response, raise_validation
 from relay.server.gateway import GATEWAY
@@ -122,8 +122,7 @@ async def session_events(request: web.Request) -> web.Response:
     query = _query(HistoryQuery, request)
     state = _readable_state(request)
     session_id = state.session_id
-    since = None if query.since is None else parse_stream_id(query.since)
-    entry_ids = [format_stream_id(key) for key in islice(state.history.after(since), query.limit)]
+    entry_ids = list(islice(state.history.after(query.since), query.limit))
     entries = await relay.store.entries(relay.keys.stream(state.workflow_type), entry_ids)
     # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
     frames = [

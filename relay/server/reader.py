@@ -35,7 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.protocol.entries import StreamEntry
 from relay.protocol.event import WORKFLOW_TYPE_PATTERN
-from relay.protocol.stream_ids import NO_ID, StreamKey, format_stream_id, parse_stream_id
+from relay.protocol.stream_ids import START, StreamId
 from relay.server.stream_checks import StreamChecks, StreamState
 from relay.server.stream_store import StreamStore
 
@@ -97,10 +97,10 @@ class StreamReader:
         self._server_id: str | None = None
         # Per stream, the newest entry that existed at start (or at a reset):
         # up to it is history.
-        self._history_ends: dict[str, StreamKey] = {}
+        self._history_ends: dict[str, StreamId] = {}
         # Per stream reset, the newest id read before the reset: entries up to
         # it may have been delivered already, so they are never news again.
-        self._floors: dict[str, StreamKey] = {}
+        self._floors: dict[str, StreamId] = {}
         # Streams being read again after a reset, with their new epoch; the
         # subscribers hear of it once the view is rebuilt.
         self._resetting: dict[str, str] = {}
@@ -110,13 +110,18 @@ class StreamReader:
         # Per stream, the positions it was read from since Redis's run id was
         # last seen unchanged: a replaced Redis may answer XREADs before the
         # run id check, so the check looks at each of them.
-        self._moved_from: dict[str, list[str]] = {}
+        self._moved_from: dict[str, list[StreamId]] = {}
         self._ignored: set[str] = set()
-        self.positions: dict[str, str] = {}
+        # Per followed stream, the last id read.
+        self.positions: dict[str, StreamId] = {}
         self.epochs: dict[str, str | None] = {}
         # Publishers note new types here; reading it follows them at once.
         self._announcements = self._keys.announcements
-        self._announced = "0-0"
+        self._announced = START
+        # What XREAD is given: the positions, and the announcements', as text.
+        # Kept beside them, updated with the text Redis answered, so a read
+        # formats nothing and copies nothing, however many streams there are.
+        self._read_from: dict[str, str] = {self._announcements: str(START)}
         # Per workflow type, how far behind the newest entry the reader was,
         # in milliseconds of stream id time: 0 once a read left nothing behind.
         self.lag_ms: dict[str, int] = {}
@@ -144,7 +149,7 @@ class StreamReader:
             return "stream reader stopped; starting it again"
         return "stream reader is not following the streams"
 
-    def live_from(self, stream_key: str) -> str | None:
+    def live_from(self, stream_key: str) -> StreamId | None:
         """Entries after this id of ``stream_key`` will be routed live; None if not followed.
 
         That is the last id read, or while history is still being read (at
@@ -154,12 +159,19 @@ class StreamReader:
         position = self.positions.get(stream_key)
         if position is None:
             return None
-        marks = (
-            parse_stream_id(position),
-            self._history_ends.get(stream_key, NO_ID),
-            self._floors.get(stream_key, NO_ID),
+        return max(
+            position,
+            self._history_ends.get(stream_key, START),
+            self._floors.get(stream_key, START),
         )
-        return format_stream_id(max(marks))
+
+    def _move(self, stream: str, to: StreamId) -> None:
+        """Read ``stream`` (a followed one, or the announcements) after ``to`` from now on."""
+        if stream == self._announcements:
+            self._announced = to
+        else:
+            self.positions[stream] = to
+        self._read_from[stream] = str(to)
 
     def _ignore(self, key: str, why: str) -> None:
         if key not in self._ignored:
@@ -169,7 +181,13 @@ class StreamReader:
 
     def _drop(self, key: str, why: str) -> None:
         """Stop following a key that is no stream any more."""
-        for state in (self.positions, self.epochs, self._history_ends, self._floors):
+        for state in (
+            self.positions,
+            self._read_from,
+            self.epochs,
+            self._history_ends,
+            self._floors,
+        ):
             state.pop(key, None)
         self._resetting.pop(key, None)
         self._moved_from.pop(key, None)
@@ -203,19 +221,18 @@ class StreamReader:
         self.epochs.update(await self._checks.ensure_epochs(streams))
         if at_start:
             heads = await self._store.last_ids(streams)
-            self._history_ends.update(
-                (key, parse_stream_id(heads[key])) for key in streams if heads[key] != "0-0"
-            )
+            self._history_ends.update((key, heads[key]) for key in streams if heads[key] != START)
         # A stream is read from its first retained entry: at start that is the
         # history the session view is rebuilt from; later it is all news.
-        self.positions.update(dict.fromkeys(streams, "0-0"))
+        for key in streams:
+            self._move(key, START)
         self._behind.update(streams)
         logger.info("following %d new stream(s): %s", len(streams), ", ".join(streams))
 
     async def _start(self) -> None:
         # The announcements first: a type announced during discovery is not missed.
         latest = await self._store.last_ids([self._announcements])
-        self._announced = latest[self._announcements]
+        self._move(self._announcements, latest[self._announcements])
         self._server_id = await self._store.server_id()
         await self._follow(await self._store.discover(), at_start=True)
         self._next_tick = asyncio.get_running_loop().time() + self._discovery_interval
@@ -240,7 +257,7 @@ class StreamReader:
     async def _measure_lag(self) -> None:
         """Milliseconds (of stream id time) between our position and the newest entry.
 
-        A stream not read at all yet (position ``0-0``) has no meaningful lag
+        A stream not read at all yet (at :data:`START`) has no meaningful lag
         until its first read, unless it is empty.
         """
         if not self._behind:
@@ -252,14 +269,14 @@ class StreamReader:
             if workflow_type is None or position is None:
                 self._behind.discard(key)
                 continue
-            head = parse_stream_id(heads[key])
-            if position == "0-0" and head != NO_ID:
+            head = heads[key]
+            if position == START and head != START:
                 continue
-            self.lag_ms[workflow_type] = max(head[0] - parse_stream_id(position)[0], 0)
-            if head <= parse_stream_id(position):
+            self.lag_ms[workflow_type] = max(head.ms - position.ms, 0)
+            if head <= position:
                 self._behind.discard(key)
 
-    def _lost_history(self, key: str, state: StreamState, gone: list[str]) -> str | None:
+    def _lost_history(self, key: str, state: StreamState, gone: list[StreamId]) -> str | None:
         """Why ``key`` no longer holds the history we read, or None when it still does.
 
         ``gone`` are earlier positions of this stream whose entries are missing.
@@ -267,15 +284,15 @@ class StreamReader:
         if state.epoch != self.epochs.get(key):
             return "its epoch vanished" if state.epoch is None else "its epoch changed"
         position = self.positions[key]
-        if parse_stream_id(state.generated) < parse_stream_id(position):
+        if state.generated < position:
             return f"its ids went back from {position} to {state.generated}"
         if not state.holds_position:
             gone = [position, *gone]
-        first = parse_stream_id(state.first)
+        first = state.first
         for missing in gone:
             # Trimming removes the oldest entries first: one missing while
             # older ones are retained was not trimmed, it never existed here.
-            if NO_ID < first < parse_stream_id(missing):
+            if START < first < missing:
                 return f"entry {missing} is gone while older ones are retained"
         return None
 
@@ -288,9 +305,9 @@ class StreamReader:
             for key, ats in self._moved_from.items()
             if key in positions
             for at in ats
-            if at != "0-0"
+            if at != START
         ]
-        gone: dict[str, list[str]] = {}
+        gone: dict[str, list[StreamId]] = {}
         for (key, at), there in zip(earlier, await self._checks.holding(earlier), strict=True):
             if not there:
                 gone.setdefault(key, []).append(at)
@@ -305,8 +322,8 @@ class StreamReader:
             for key, why in lost.items():
                 self._reset(key, states[key], epochs[key], why)
         latest = (await self._store.last_ids([self._announcements]))[self._announcements]
-        if parse_stream_id(latest) < parse_stream_id(self._announced):
-            self._announced = latest
+        if latest < self._announced:
+            self._move(self._announcements, latest)
         self._moved_from.clear()
         self._check_streams = False
 
@@ -314,9 +331,9 @@ class StreamReader:
         """Read ``key`` again from its start as history; news only past what was read before."""
         # Entries up to here were delivered, or were history never to be news.
         floor = max(
-            parse_stream_id(self.positions[key]),
-            self._floors.get(key, NO_ID),
-            self._history_ends.get(key, NO_ID),
+            self.positions[key],
+            self._floors.get(key, START),
+            self._history_ends.get(key, START),
         )
         logger.warning(
             "stream %s lost or rewrote its history (%s): new epoch %s; rebuilding from what "
@@ -327,13 +344,13 @@ class StreamReader:
         )
         self.resets += 1
         self.epochs[key] = epoch
-        self.positions[key] = "0-0"
-        if floor != NO_ID:
+        self._move(key, START)
+        if floor != START:
             self._floors[key] = floor
         self._history_ends.pop(key, None)
         self._handler.forget(key)
-        history_end = min(parse_stream_id(state.head), floor)
-        if history_end == NO_ID:
+        history_end = min(state.head, floor)
+        if history_end == START:
             self._handler.reset(key, epoch)
         else:
             self._history_ends[key] = history_end
@@ -347,21 +364,26 @@ class StreamReader:
                 self._drop(key, f"a {kind}, not a stream")
         self._check_types = False
 
-    def _hand_on(self, stream: str, entries: list[StreamEntry]) -> None:
+    def _hand_on(self, stream: str, entries: list[StreamEntry], last: StreamId) -> None:
+        """Hand ``entries`` on as history up to the stream's limits and as news past them.
+
+        ``last`` is the id of the last of ``entries``, parsed already.
+        """
         history_end = self._history_ends.get(stream)
         floor = self._floors.get(stream)
         if history_end is None and floor is None:
             self._handler(stream, entries, True)
             return
-        limit = max(history_end or NO_ID, floor or NO_ID)
+        limit = max(history_end or START, floor or START)
         split = len(entries)
-        for index, (entry_id, _) in enumerate(entries):
-            if parse_stream_id(entry_id) > limit:
-                split = index
-                break
+        if last > limit:
+            for index, (entry_id, _) in enumerate(entries):
+                if StreamId.from_redis(entry_id) > limit:
+                    split = index
+                    break
         if split:
             self._handler(stream, entries[:split], False)
-        if history_end is not None and parse_stream_id(entries[-1][0]) >= history_end:
+        if history_end is not None and last >= history_end:
             del self._history_ends[stream]
             epoch = self._resetting.pop(stream, None)
             if epoch is not None:
@@ -393,19 +415,22 @@ class StreamReader:
             await self._drop_non_streams()
         if self._check_streams:
             await self._verify()
-        streams: Any = {**self.positions, self._announcements: self._announced}
+        streams: Any = self._read_from
         response: Any = await self._redis.xread(streams, count=self._count, block=self._block_ms)
         announced: list[str] = []
         for stream, entries in response or ():
             if stream == self._announcements:
-                self._announced = entries[-1][0]
+                self._move(stream, StreamId.from_redis(entries[-1][0]))
                 announced.extend(self._announced_streams(entries))
             elif entries and stream in self.positions:
                 self._moved_from.setdefault(stream, []).append(self.positions[stream])
-                self.positions[stream] = entries[-1][0]
+                # As _move does, but keeping the text Redis gave: this runs for every batch.
+                text = entries[-1][0]
+                last = self.positions[stream] = StreamId.from_redis(text)
+                self._read_from[stream] = text
                 self.entries_read += len(entries)
                 self._note_read(stream, len(entries))
-                self._hand_on(stream, entries)
+                self._hand_on(stream, entries, last)
         if announced:
             await self._follow(announced, at_start=False)
 

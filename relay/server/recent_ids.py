@@ -5,7 +5,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
-from relay.protocol.stream_ids import StreamKey
+from relay.protocol.stream_ids import StreamId
 
 # Ids remembered per session unless configured otherwise (RELAY_SESSION_HISTORY).
 DEFAULT_HISTORY_LIMIT = 100
@@ -28,33 +28,29 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._parts) // 2
 
-    def __iter__(self) -> Iterator[StreamKey]:
+    def __iter__(self) -> Iterator[StreamId]:
         parts, count = self._parts, len(self)
         for offset in range(count):
             at = 2 * ((self._start + offset) % count)
-            yield parts[at], parts[at + 1]
+            yield StreamId(parts[at], parts[at + 1])
 
-    def newest(self) -> StreamKey | None:
-        """The id added last, if any."""
-        count = len(self)
-        if not count:
-            return None
-        at = 2 * ((self._start - 1) % count)
-        return self._parts[at], self._parts[at + 1]
-
-    def add(self, key: StreamKey) -> None:
+    def add(self, key: StreamId) -> None:
         """Remember one more id.
 
         Ids of one stream only grow: an id seen before (the stream read again)
         is ignored, and an older unknown one means the stream was rewritten,
         so the ids remembered so far name nothing any more.
         """
-        newest = self.newest()
-        if newest is not None and key <= newest:
-            if key in self:
-                return
-            self.clear()
         parts = self._parts
+        count = len(parts) // 2
+        if count:
+            # The newest id, compared as a bare pair: this runs once per event.
+            at = 2 * ((self._start - 1) % count)
+            if key <= (parts[at], parts[at + 1]):
+                if key in self:
+                    return
+                self.clear()
+                parts = self._parts
         if len(parts) < 2 * self._limit:
             parts.extend(key)
             return
@@ -67,6 +63,6 @@ class RecentIds:
         self._parts = array("Q")
         self._start = 0
 
-    def after(self, key: StreamKey | None) -> Iterator[StreamKey]:
+    def after(self, key: StreamId | None) -> Iterator[StreamId]:
         """The remembered ids greater than ``key`` (all of them for None), oldest first."""
         return iter(self) if key is None else (found for found in self if found > key)

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from relay.protocol.keys import Keys
-from relay.protocol.stream_ids import NO_ID, parse_stream_id
+from relay.protocol.stream_ids import START, StreamId
 
 # An epoch is a hex token; anything else found in its key is no epoch at all.
 EPOCH_PATTERN = re.compile(r"[0-9a-f]{1,64}")
@@ -53,21 +53,21 @@ class StreamState:
 
     kind: str
     """The key's Redis type: ``stream``, ``none`` when it is gone, or another type."""
-    generated: str
-    """The newest id the stream ever handed out (trimming keeps it), ``0-0`` if none."""
-    head: str
-    """The newest retained entry id, ``0-0`` when there is none."""
-    first: str
-    """The oldest retained entry id, ``0-0`` when there is none."""
+    generated: StreamId
+    """The newest id the stream ever handed out (trimming keeps it), :data:`START` if none."""
+    head: StreamId
+    """The newest retained entry id, :data:`START` when there is none."""
+    first: StreamId
+    """The oldest retained entry id, :data:`START` when there is none."""
     holds_position: bool
-    """Whether the entry at the reader's position is still there (True for ``0-0``)."""
+    """Whether the entry at the reader's position is still there (True for :data:`START`)."""
     epoch: str | None
     """The stream's epoch, None when its key is missing or invalid."""
 
 
-def _entry_id(entry: Any) -> str:
-    """The id of an entry as ``XINFO STREAM`` reports it, ``0-0`` for none."""
-    return str(entry[0]) if entry else "0-0"
+def _entry_id(entry: Any) -> StreamId:
+    """The id of an entry as ``XINFO STREAM`` reports it, :data:`START` for none."""
+    return StreamId.from_redis(entry[0]) if entry else START
 
 
 class StreamChecks:
@@ -110,22 +110,23 @@ class StreamChecks:
         # The script only ever leaves a valid epoch behind.
         return {key: str(answer) for key, answer in zip(known, answers, strict=True)}
 
-    async def holding(self, entries: Sequence[tuple[str, str]]) -> list[bool]:
+    async def holding(self, entries: Sequence[tuple[str, StreamId]]) -> list[bool]:
         """For each ``(stream key, entry id)``, whether the stream still holds that entry."""
         if not entries:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, entry_id in entries:
-                pipe.xrange(key, min=entry_id, max=entry_id, count=1)
+                text = str(entry_id)
+                pipe.xrange(key, min=text, max=text, count=1)
             results = await pipe.execute(raise_on_error=False)
         return [bool(found) and not isinstance(found, Exception) for found in results]
 
-    async def stream_states(self, positions: Mapping[str, str]) -> dict[str, StreamState]:
+    async def stream_states(self, positions: Mapping[str, StreamId]) -> dict[str, StreamState]:
         """What each stream holds now, against the reader's ``positions``, in one round trip."""
         keys = list(positions)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                position = positions[key]
+                position = str(positions[key])
                 pipe.type(key)
                 pipe.xinfo_stream(key)
                 pipe.xrange(key, min=position, max=position, count=1)
@@ -136,12 +137,13 @@ class StreamChecks:
             kind, info, at_position, epoch = results[4 * n : 4 * n + 4]
             if not isinstance(info, dict):  # no such key, or not a stream
                 info = {}
+            generated = info.get("last-generated-id")
             states[key] = StreamState(
                 kind=str(kind),
-                generated=str(info.get("last-generated-id", "0-0")),
+                generated=START if generated is None else StreamId.from_redis(generated),
                 head=_entry_id(info.get("last-entry")),
                 first=_entry_id(info.get("first-entry")),
-                holds_position=parse_stream_id(positions[key]) == NO_ID
+                holds_position=positions[key] == START
                 or bool(at_position and not isinstance(at_position, Exception)),
                 epoch=valid_epoch(epoch),
             )

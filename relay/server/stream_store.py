@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 
 from relay.client.stream_publisher import StreamPublisher
 from relay.protocol.entries import StreamEntry, now_ms
-from relay.protocol.stream_ids import NO_ID, parse_stream_id
+from relay.protocol.stream_ids import START, StreamId
 
 
 class StreamStore(StreamPublisher):
@@ -48,27 +48,27 @@ class StreamStore(StreamPublisher):
         """Write a tiny short-lived key: raises when the store does not accept writes."""
         await self.redis.set(self.keys.ready_probe, "1", px=ttl_ms)
 
-    async def last_ids(self, stream_keys: Sequence[str]) -> dict[str, str]:
-        """The newest entry id of each stream, ``0-0`` for a stream that does not exist."""
+    async def last_ids(self, stream_keys: Sequence[str]) -> dict[str, StreamId]:
+        """The newest entry id of each stream, :data:`START` for one that has no entry."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in stream_keys:
                 pipe.xrevrange(key, count=1)
             results = await pipe.execute()
         return {
-            key: (str(entries[0][0]) if entries else "0-0")
+            key: (StreamId.from_redis(entries[0][0]) if entries else START)
             for key, entries in zip(stream_keys, results, strict=True)
         }
 
     async def history(
-        self, stream_key: str, after: str, upto: str | None, count: int
+        self, stream_key: str, after: StreamId, upto: StreamId | None, count: int
     ) -> list[StreamEntry]:
         """Up to ``count`` entries after ``after`` (exclusive) up to ``upto`` (inclusive)."""
         entries: Any = await self.redis.xrange(
-            stream_key, min=f"({after}", max=upto or "+", count=count
+            stream_key, min=f"({after}", max="+" if upto is None else str(upto), count=count
         )
         return list(entries)
 
-    async def entries(self, stream_key: str, entry_ids: Sequence[str]) -> list[StreamEntry]:
+    async def entries(self, stream_key: str, entry_ids: Sequence[StreamId]) -> list[StreamEntry]:
         """The entries of ``entry_ids`` still in the stream, in the order given.
 
         One pipelined ``XRANGE id id`` per id: the cost follows the ids asked
@@ -78,32 +78,34 @@ class StreamStore(StreamPublisher):
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.xrange(stream_key, min=entry_id, max=entry_id, count=1)
+                text = str(entry_id)
+                pipe.xrange(stream_key, min=text, max=text, count=1)
             results = await pipe.execute()
         return [entry for found in results for entry in found]
 
-    async def reaches_back_to(self, stream_key: str, since: str) -> bool:
+    async def reaches_back_to(self, stream_key: str, since: StreamId) -> bool:
         """True when every entry after ``since`` is still retained in the stream.
 
         Trimming removes the oldest entries first, so while the entry ``since``
         itself is still there, everything after it is too. If it is gone, it
         was trimmed away or Redis lost its data; either way history is missing.
-        ``0-0`` (from the very start) holds while nothing was ever trimmed.
+        :data:`START` (from the very start) holds while nothing was ever trimmed.
         """
-        if parse_stream_id(since) == NO_ID:
+        if since == START:
             try:
                 info: dict[str, Any] = await self.redis.xinfo_stream(stream_key)
             except ResponseError:
                 return True  # no stream yet: nothing was ever lost
             return int(info.get("entries-added", 0)) <= int(info.get("length", 0))
-        found = await self.redis.xrange(stream_key, min=since, max=since, count=1)
+        text = str(since)
+        found = await self.redis.xrange(stream_key, min=text, max=text, count=1)
         return bool(found)
 
     async def trim_older_than(self, stream_keys: Sequence[str], age_ms: int) -> None:
         """Drop entries older than ``age_ms`` from each stream."""
         if not stream_keys:
             return
-        min_id = f"{max(now_ms() - age_ms, 0)}-0"
+        min_id = str(StreamId(max(now_ms() - age_ms, 0), 0))
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in stream_keys:
                 pipe.xtrim(key, minid=min_id, approximate=False)

@@ -27,6 +27,7 @@ from relay.cli.demo import (
 from relay.client.reporters import AsyncReporter
 from relay.client.retry import RetryPolicy
 from relay.protocol.keys import Keys
+from relay.protocol.stream_ids import StreamId
 from relay.server.app import create_app
 from relay.server.gateway import GATEWAY
 from relay.server.reader import StreamReader
@@ -286,8 +287,8 @@ async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: st
         await client.xadd(keys.stream("caught-up"), entry, id="2000-0")
         await reader._start()
         assert reader.lag_ms == {}  # not read yet: no meaningful lag
-        reader.positions[keys.stream("map")] = "1000-0"
-        reader.positions[keys.stream("caught-up")] = "2000-0"
+        reader.positions[keys.stream("map")] = StreamId(1000, 0)
+        reader.positions[keys.stream("caught-up")] = StreamId(2000, 0)
         await client.xadd(keys.stream("map"), entry, id="5500-3")
         await reader._tick()
         assert reader.lag_ms == {"map": 4500, "caught-up": 0}

@@ -19,6 +19,7 @@ from relay.protocol.event import (
     parse_event_list_json,
 )
 from relay.protocol.frames import Envelope
+from relay.protocol.stream_ids import StreamId
 from tests.helpers import event
 
 
@@ -161,6 +162,7 @@ def test_envelope_frame_is_the_wire_shape() -> None:
     parsed = parse_event_json(orjson.dumps(event(status="completed"))).stamped(5)
     envelope = Envelope.of("5-0", parsed)
     assert envelope.terminal
+    assert envelope.key == StreamId(5, 0)
     assert orjson.loads(envelope.frame) == {
         "event": "workflow:progress:map",
         "id": "5-0",

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from relay.client.reporters import AsyncReporter
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope, Subscribe
+from relay.protocol.stream_ids import START, StreamId
 from relay.server.app import build_relay
 from relay.server.coverage import Coverage, matches
 from relay.server.gateway import Gateway as GatewayParts
@@ -190,13 +191,13 @@ async def test_a_mark_is_filtered_when_the_writer_reaches_it_not_when_it_is_fill
     sub = make(sock, limit=100)
     whole, one = ("map", None), ("map", "s1")
     first = sub.hold(whole)
-    sub.cover(whole, (4, 0))
+    sub.cover(whole, StreamId(4, 0))
     second = sub.hold(one)
-    sub.cover(one, (4, 0))
+    sub.cover(one, StreamId(4, 0))
     history = [envelope(n, "s1" if n % 2 else "s2") for n in range(1, 5)]
     # The later mark is filled first: it must not count as delivered before the earlier one.
-    sub.release(second, ["s1 replayed", *history[0::2]], lower_to=(0, 0))
-    sub.release(first, ["map replayed", *history], lower_to=(0, 0))
+    sub.release(second, ["s1 replayed", *history[0::2]], lower_to=START)
+    sub.release(first, ["map replayed", *history], lower_to=START)
     sub.start()
     await eventually(lambda: "s1 replayed" in sock.sent)
     assert sock.sent == [
@@ -293,7 +294,9 @@ async def resume_all(relay: GatewayParts, count: int) -> tuple[list[str], list[F
         ]
     )
     ids = [receipt.id for receipt in receipts]
-    await eventually(lambda: relay.reader.live_from(relay.keys.stream("map")) == ids[-1])
+    await eventually(
+        lambda: relay.reader.live_from(relay.keys.stream("map")) == StreamId.parse(ids[-1])
+    )
     socks = [FakeSocket() for _ in range(count)]
     subs = [make(sock, limit=1_000) for sock in socks]
     frame = Subscribe(action="subscribe", workflow_type="map", since=ids[0])
@@ -341,10 +344,10 @@ async def test_a_floor_holds_back_only_the_events_of_its_own_subscription() -> N
     sock = FakeSocket()
     sub = make(sock, limit=100)
     other, resumed = ("map", "s2"), ("map", "s1")
-    sub.cover(other, (1, 0))
+    sub.cover(other, StreamId(1, 0))
     mark = sub.hold(resumed)
-    sub.cover(resumed, (1, 0))  # the reader is behind the client's since (5-0)
-    sub.release(mark, ["resumed"], lower_to=(5, 0), floor=(5, 0))
+    sub.cover(resumed, StreamId(1, 0))  # the reader is behind the client's since (5-0)
+    sub.release(mark, ["resumed"], lower_to=StreamId(5, 0), floor=StreamId(5, 0))
     for n in (3, 4, 6):
         sub.deliver(envelope(n, "s1"))
         sub.deliver(envelope(n, "s2"))
@@ -362,12 +365,12 @@ class Connection:
         self.sub = make(self.sock, limit=10_000)
         self.stream: list[Envelope] = []
         self.keys: set[tuple[str, str | None]] = set()
-        self.pending: list[tuple[Any, list[Envelope | str], tuple[int, int]]] = []
+        self.pending: list[tuple[Any, list[Envelope | str], StreamId]] = []
         self.required: set[str] = set()
 
     @property
-    def position(self) -> tuple[int, int]:
-        return self.stream[-1].key if self.stream else (0, 0)
+    def position(self) -> StreamId:
+        return self.stream[-1].key if self.stream else START
 
     def publish(self, session: str, terminal: bool) -> None:
         envelope = Envelope(f"{len(self.stream) + 1}-0", "map", session, terminal, "")
@@ -381,7 +384,7 @@ class Connection:
         key = ("map", session)
         live = self.position
         if since is not None:
-            since_key = (min(since, len(self.stream)), 0)
+            since_key = StreamId(min(since, len(self.stream)), 0)
             history: list[Envelope | str] = [
                 e for e in self.stream if since_key < e.key and matches(key, e)
             ]

@@ -12,6 +12,7 @@ import redis
 from relay.protocol.entries import now_ms
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
+from relay.protocol.stream_ids import StreamId
 from relay.server.recent_ids import RecentIds
 from relay.server.session_view import SessionView
 from relay.server.settings import Settings
@@ -25,20 +26,21 @@ KEPT = 5
 def test_recent_ids_keep_the_latest_in_order() -> None:
     ids = RecentIds(3)
     for ms in range(1, 8):
-        ids.add((ms, 0))
-    assert list(ids) == [(5, 0), (6, 0), (7, 0)]
-    assert ids.newest() == (7, 0)
-    assert list(ids.after((5, 0))) == [(6, 0), (7, 0)]
+        ids.add(StreamId(ms, 0))
+    assert list(ids) == [StreamId(5, 0), StreamId(6, 0), StreamId(7, 0)]
+    assert all(isinstance(found, StreamId) for found in ids)
+    ids.add(StreamId(7, 0))  # the newest again, with the ring wrapped: ignored
+    assert list(ids.after(StreamId(5, 0))) == [StreamId(6, 0), StreamId(7, 0)]
     assert list(ids.after(None)) == list(ids)
 
 
 def test_recent_ids_ignore_a_repeat_and_restart_on_a_rewritten_stream() -> None:
     ids = RecentIds(4)
-    for key in [(1, 0), (2, 0), (3, 0), (2, 0), (3, 0)]:
-        ids.add(key)
-    assert list(ids) == [(1, 0), (2, 0), (3, 0)]
-    ids.add((1, 5))  # older, never seen: the stream was written anew
-    assert list(ids) == [(1, 5)]
+    for ms in [1, 2, 3, 2, 3]:
+        ids.add(StreamId(ms, 0))
+    assert list(ids) == [StreamId(1, 0), StreamId(2, 0), StreamId(3, 0)]
+    ids.add(StreamId(1, 5))  # older, never seen: the stream was written anew
+    assert list(ids) == [StreamId(1, 5)]
 
 
 def _event(session_id: str, workflow_type: str = "map", **fields: Any) -> ProgressEvent:
@@ -53,14 +55,14 @@ def test_the_view_keeps_a_bounded_history_per_session_in_its_latest_type() -> No
         view.apply(Envelope.of(f"{ms + 1}-0", _event(session, wtype)), _event(session, wtype))
     state = view.get("a")
     assert state is not None
-    assert list(state.history) == [(4, 0), (6, 0)]
+    assert list(state.history) == [StreamId(4, 0), StreamId(6, 0)]
     view.apply(Envelope.of("9-0", _event("a", "character")), _event("a", "character"))
-    assert list(state.history) == [(9, 0)]
+    assert list(state.history) == [StreamId(9, 0)]
     ended = _event("a", "character", status="completed")
     view.apply(Envelope.of("10-0", ended), ended)
     late = _event("a", "character")
     view.apply(Envelope.of("11-0", late), late)  # ignored by the state, still in its history
-    assert list(state.history) == [(10, 0), (11, 0)]
+    assert list(state.history) == [StreamId(10, 0), StreamId(11, 0)]
     assert state.status == "completed"
 
 

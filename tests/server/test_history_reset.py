@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.cli.watch import follow
 from relay.protocol.keys import Keys
+from relay.protocol.stream_ids import START, StreamId
 from relay.server.settings import Settings
 from relay.server.stream_checks import StreamChecks
 from tests.conftest import RedisServer
@@ -223,7 +224,7 @@ async def test_a_redis_replaced_under_a_live_reader_is_noticed_by_its_run_id(
         # Another Redis, restored from an older snapshot, that publishers
         # already wrote to. The client reconnects by itself, so the first the
         # reader sees of it is an XREAD answer; the run id check comes after.
-        old_world = {"0-0", *read}
+        old_world = {START, *map(StreamId.parse, read)}
         real_server_id = store.server_id
 
         async def server_id() -> str:

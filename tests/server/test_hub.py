@@ -40,14 +40,14 @@ def test_routes_by_type_session_and_wildcards() -> None:
     hub.subscribe(session_any_type, (ANY_TYPE, "s2"))
     hub.subscribe(other, ("character", None))
 
-    hub.route(env("1", "map", "s1"))
-    hub.route(env("2", "map", "s2"))
-    hub.route(env("3", "encounter", "s2"))
+    hub.route(env("1-0", "map", "s1"))
+    hub.route(env("2-0", "map", "s2"))
+    hub.route(env("3-0", "encounter", "s2"))
 
-    assert by_type.got == ["1", "2"]
-    assert by_session.got == ["1"]
-    assert everything.got == ["1", "2", "3"]
-    assert session_any_type.got == ["2", "3"]
+    assert by_type.got == ["1-0", "2-0"]
+    assert by_session.got == ["1-0"]
+    assert everything.got == ["1-0", "2-0", "3-0"]
+    assert session_any_type.got == ["2-0", "3-0"]
     assert other.got == []
 
 
@@ -57,8 +57,8 @@ def test_overlapping_subscriptions_deliver_once() -> None:
     hub.attach(sub)
     for key in (("map", None), ("map", "s1"), (ANY_TYPE, None), (ANY_TYPE, "s1")):
         hub.subscribe(sub, key)
-    assert hub.route(env("1")) == 1
-    assert sub.got == ["1"]
+    assert hub.route(env("1-0")) == 1
+    assert sub.got == ["1-0"]
 
 
 def test_unsubscribe_and_detach_clean_the_index() -> None:
@@ -69,9 +69,9 @@ def test_unsubscribe_and_detach_clean_the_index() -> None:
     hub.subscribe(sub, ("map", "s1"))
     assert hub.unsubscribe(sub, ("map", None))
     assert not hub.unsubscribe(sub, ("map", None))
-    hub.route(env("1", session="s2"))
+    hub.route(env("1-0", session="s2"))
     assert sub.got == []
     hub.detach(sub)
     assert hub.subscriptions == 0
     assert hub.subscribers == 0
-    assert hub.route(env("2")) == 0
+    assert hub.route(env("2-0")) == 0

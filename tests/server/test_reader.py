@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
 from relay.protocol.keys import Keys
+from relay.protocol.stream_ids import StreamId
 from relay.server.hub import Hub
 from relay.server.ingest import Ingest
 from relay.server.reader import StreamReader
@@ -162,12 +163,12 @@ async def test_history_at_start_feeds_the_view_but_is_not_routed(redis_url: str)
     try:
         stream = "workflow:progress:map"
         # until the history is read, live routing starts after its end
-        assert instance.reader.live_from(stream) == old[-1]
+        assert instance.reader.live_from(stream) == StreamId.parse(old[-1])
         assert not instance.reader.caught_up
         new = await instance.publish([make(99)])
         await eventually(lambda: instance.ids() == new)
         assert instance.reader.caught_up
-        assert instance.reader.live_from(stream) == new[0]
+        assert instance.reader.live_from(stream) == StreamId.parse(new[0])
         state = instance.view.get("s0")
         assert state is not None
         assert state.latest.id == new[0]  # s0 is 99 % 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.protocol.frames import Envelope
+from relay.protocol.stream_ids import StreamId
 from relay.server.subscriber import CLOSE_SLOW_CONSUMER, Subscriber, websocket_batch
 from tests.helpers import eventually
 
@@ -132,7 +133,7 @@ async def test_replay_floor_drops_what_the_client_has_only_behind_the_mark() -> 
     mark = sub.hold(("map", None))
     for n in (2, 3, 4, 5):  # routed live while the history was being read
         sub.deliver(envelope(n))
-    sub.release(mark, ["subscribed"], floor=(3, 0))
+    sub.release(mark, ["subscribed"], floor=StreamId(3, 0))
     sub.deliver(envelope(3, "s2"))  # the reader catching up, still below the floor
     sub.deliver(envelope(6))
     sub.start()
