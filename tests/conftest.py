@@ -150,6 +150,26 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+# Fixtures that start processes of their own, directly or through another fixture.
+PROCESS_FIXTURES = frozenset({"start_gateway", "module_gateway", "own_redis"})
+TESTS = Path(__file__).resolve().parent
+# Modules that need a tool beside Python and redis-server.
+MODULE_MARKERS = {
+    TESTS / "e2e" / "test_browser.py": pytest.mark.browser,
+    TESTS / "e2e" / "test_compose.py": pytest.mark.docker,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they start, so a quick run can leave them out (see README)."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+        marker = MODULE_MARKERS.get(item.path.resolve())
+        if marker is not None:
+            item.add_marker(marker)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Gateways started by tests must not pick up a developer's settings.
     for name in list(os.environ):

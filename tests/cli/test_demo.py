@@ -114,6 +114,7 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     assert with_eta  # the first sessions always say how long they have left
 
 
+@pytest.mark.process
 def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
     import subprocess
 
@@ -128,6 +129,7 @@ def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
     assert "cannot reach http://127.0.0.1:9" in result.stderr
 
 
+@pytest.mark.process
 async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdown(
     redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

@@ -201,6 +201,7 @@ async def test_cli_publish_over_http_and_redis_and_watch_json(
         await watcher.wait()
 
 
+@pytest.mark.process
 def test_cli_publish_reports_invalid_input_and_unreachable_gateway() -> None:
     bad = run_cli("publish", "--type", "Map", "--session", "s1", "--step", "a", "--progress", "5")
     assert bad.returncode == 2
