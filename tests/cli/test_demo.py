@@ -65,6 +65,7 @@ async def lag_samples(http: aiohttp.ClientSession, base: str) -> dict[str, float
     }
 
 
+@pytest.mark.slow
 async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
 ) -> None:

@@ -212,6 +212,7 @@ async def test_a_mark_is_filtered_when_the_writer_reaches_it_not_when_it_is_fill
     await sub.stop()
 
 
+@pytest.mark.slow
 async def test_a_resume_before_the_reader_starts_waits_for_it(
     own_redis: RedisServer,
     start_gateway: Callable[..., Gateway],
@@ -455,6 +456,7 @@ async def play(operations: list[tuple[Any, ...]]) -> None:
     await conn.sub.stop()
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(operations=st.lists(OPERATION, max_size=30))
 def test_any_mix_of_subscriptions_gets_every_event_it_wants_once(

@@ -257,6 +257,7 @@ async def idle_commands_per_tick(server: RedisServer, streams: int) -> float:
     return calls / ticks
 
 
+@pytest.mark.slow
 async def test_idle_cost_does_not_grow_with_the_number_of_streams(own_redis: RedisServer) -> None:
     few = await idle_commands_per_tick(own_redis, 20)
     many = await idle_commands_per_tick(own_redis, 2_000)
