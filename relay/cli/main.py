@@ -9,11 +9,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from relay.server.settings import Settings
+from relay import __version__
+from relay.protocol.event import Status
+from relay.protocol.frames import ANY_TYPE
+
+if TYPE_CHECKING:
+    from relay.cli.settings_table import SettingDoc
+    from relay.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +31,63 @@ def _gateway_url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("RELAY_URL") or DEFAULT_GATEWAY)
 
 
+SERVER_EXTRA = "pip install 'relay-progress[server]'"
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """The module not found, when it is a dependency rather than a part of relay."""
+    name = exc.name or ""
+    return None if not name or name.split(".")[0] == "relay" else name
+
+
+def _flag_options(doc: SettingDoc) -> dict[str, Any]:
+    """How argparse reads one setting: by the type of its field."""
+    annotation = doc.field.annotation
+    if get_origin(annotation) in (Union, UnionType):
+        # Optional settings: the flag gives the value; leaving it out keeps the default.
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(annotation) is Literal:
+        return {"choices": [str(choice) for choice in get_args(annotation)]}
+    if annotation in (int, float):
+        return {"type": annotation, "metavar": "N"}
+    if annotation is SecretStr:
+        return {"metavar": "SECRET"}
+    if annotation is str:
+        # Given as text, the way the environment variable is, for Settings to check.
+        return {"metavar": "TEXT"}
+    raise TypeError(f"no relay serve flag for Settings.{doc.name}: {annotation!r}")
+
+
 def _serve_parser(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run a gateway")
-    serve.add_argument("--host", help="listen address (RELAY_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (RELAY_PORT, default 8080)")
-    serve.add_argument(
-        "--redis-url",
-        help="Redis to use (RELAY_REDIS_URL); without it an in-process store is used",
+    serve = commands.add_parser(
+        "serve",
+        help="run a gateway",
+        description="Run a gateway. Every flag is also a RELAY_* environment variable; "
+        "a flag given wins over its variable.",
     )
-    serve.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="logging threshold (RELAY_LOG_LEVEL, default info)",
-    )
-    serve.add_argument("--stream-prefix", help="prefix of every Redis key (RELAY_STREAM_PREFIX)")
-    serve.add_argument(
-        "--stream-maxlen", type=int, help="entries kept per type stream (RELAY_STREAM_MAXLEN)"
-    )
-    serve.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        help="log lines as text or one JSON object per line (RELAY_LOG_FORMAT, default text)",
-    )
-    serve.add_argument(
-        "--demo",
-        action="store_true",
-        default=None,
-        help="also publish simulated sessions, to see the dashboard move (RELAY_DEMO)",
-    )
+    try:
+        from relay.cli.settings_table import documented_settings
+    except ModuleNotFoundError as exc:
+        missing = _missing_dependency(exc)
+        if missing is None:
+            raise
+        # A light install: the command still parses, and main says what is missing.
+        serve.set_defaults(missing_module=missing)
+        return
+    for doc in documented_settings():
+        help_text = f"{doc.description} ({doc.env}; default: {doc.shown_default})"
+        if doc.field.annotation in (SecretStr, SecretStr | None):
+            # Other users of the machine can read a process's arguments, not its environment.
+            help_text += "; prefer the variable, since flags show in the process list"
+        serve.add_argument(
+            doc.flag,
+            dest=doc.name,
+            default=None,
+            help=help_text.replace("%", "%%"),
+            **_flag_options(doc),
+        )
 
 
 def _publish_parser(commands: Any) -> None:
@@ -61,9 +97,7 @@ def _publish_parser(commands: Any) -> None:
     publish.add_argument("--step", required=True, help="step name")
     publish.add_argument("--progress", type=float, required=True, help="0 to 100")
     publish.add_argument("--metadata", help="a JSON object")
-    publish.add_argument(
-        "--status", choices=["running", "completed", "failed", "cancel_requested", "cancelled"]
-    )
+    publish.add_argument("--status", choices=get_args(Status))
     publish.add_argument("--error", help="error message, with --status failed")
     publish.add_argument(
         "--retry-for", type=float, default=5.0, help="seconds to keep retrying (default 5)"
@@ -81,7 +115,9 @@ def _watch_parser(commands: Any) -> None:
         description="Live progress bars on a terminal (or with --bars), one JSON event per "
         "line with --json, plain lines when the output is not a terminal.",
     )
-    watch.add_argument("--type", dest="workflow_type", default="*", help="workflow type or *")
+    watch.add_argument(
+        "--type", dest="workflow_type", default=ANY_TYPE, help=f"workflow type or {ANY_TYPE}"
+    )
     watch.add_argument("--session", dest="session_id", help="only this session")
     watch.add_argument("--url", help=f"gateway (RELAY_URL, default {DEFAULT_GATEWAY})")
     view = watch.add_mutually_exclusive_group()
@@ -147,6 +183,7 @@ def parse_duration(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``relay`` command."""
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _publish_parser(commands)
@@ -158,18 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with every flag given on the command line winning."""
-    names = (
-        "host",
-        "port",
-        "redis_url",
-        "log_level",
-        "log_format",
-        "stream_prefix",
-        "stream_maxlen",
-        "demo",
-    )
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return Settings(**overrides)
+    from relay.server.settings import Settings
+
+    given = {name: getattr(args, name, None) for name in Settings.model_fields}
+    return Settings(**{name: value for name, value in given.items() if value is not None})
 
 
 def _configure_logging(level: str, log_format: str = "text") -> None:
@@ -342,9 +371,23 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_extra(command: str, module: str) -> int:
+    print(
+        f"relay {command}: needs the server extra (no module {module!r}): {SERVER_EXTRA}",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Known arguments first: without the server extra, serve has no flags to know.
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "missing_module"):
+        return _missing_extra(args.command, args.missing_module)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handlers = {
         "serve": serve,
         "publish": publish,
@@ -357,6 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"relay {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        # Only publish runs on the base dependencies; the other commands import
+        # the server extra's modules when they start.
+        missing = _missing_dependency(exc)
+        if args.command == "publish" or missing is None:
+            raise
+        return _missing_extra(args.command, missing)
 
 
 if __name__ == "__main__":

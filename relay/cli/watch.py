@@ -34,6 +34,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from relay.protocol.event import TERMINAL_STATUSES
+from relay.protocol.frames import ANY_TYPE
+from relay.protocol.progress import estimated_time_remaining
+
 logger = logging.getLogger(__name__)
 
 RECONNECT_START = 0.2
@@ -41,7 +45,6 @@ RECONNECT_CAP = 5.0
 REFRESH_INTERVAL = 0.25
 MAX_ROWS = 40
 BAR_WIDTH = 24
-ETA_METADATA_KEY = "estimated_time_remaining"
 
 Mode = Literal["bars", "json", "plain"]
 FrameHandler = Callable[[dict[str, Any]], None]
@@ -61,7 +64,6 @@ BAR_STYLES = {
     "cancelled": "grey50",
     "cancel_requested": "yellow",
 }
-ENDED = frozenset({"completed", "failed", "cancelled"})
 
 
 def ws_url(gateway: str) -> str:
@@ -137,16 +139,7 @@ class SessionRow:
     @property
     def ended(self) -> bool:
         """Whether the session completed, failed or was cancelled."""
-        return self.status in ENDED
-
-
-def _reported_eta(metadata: Any) -> float | None:
-    if not isinstance(metadata, dict):
-        return None
-    value = metadata.get(ETA_METADATA_KEY)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    return None
+        return self.status in TERMINAL_STATUSES
 
 
 class ProgressBoard:
@@ -211,21 +204,14 @@ class ProgressBoard:
         row.status = str(data.get("status", "running"))
         row.error = data.get("error")
         row.seen_at = now
-        row.eta = self._estimate(row, ts, _reported_eta(data.get("metadata")))
-
-    @staticmethod
-    def _estimate(row: SessionRow, ts: float, reported: float | None) -> float | None:
-        if row.status == "completed":
-            return 0.0
-        if row.ended:
-            return None
-        if reported is not None:
-            return reported
-        elapsed_ms = ts - row.first_ts
-        gained = row.progress - row.first_progress
-        if elapsed_ms <= 0 or gained <= 0:
-            return None
-        return (100 - row.progress) * elapsed_ms / gained / 1000
+        row.eta = estimated_time_remaining(
+            status=row.status,
+            progress=progress,
+            metadata=data.get("metadata"),
+            first_progress=row.first_progress,
+            started_at=row.first_ts,
+            updated_at=ts,
+        )
 
     def remaining(self, row: SessionRow) -> float | None:
         """Seconds left now: the estimate at the latest event, counted down since."""
@@ -346,7 +332,7 @@ async def follow(
             subscribe: dict[str, Any] = {"action": "subscribe", "workflow_type": workflow_type}
             if session_id:
                 subscribe["session_id"] = session_id
-            if last_id and workflow_type != "*":
+            if last_id and workflow_type != ANY_TYPE:
                 subscribe["since"] = last_id
             elif snapshot:
                 subscribe["snapshot"] = True

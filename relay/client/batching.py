@@ -1,9 +1,23 @@
-"""Coalescing concurrent publishes into one Redis round trip.
+"""Concurrent submissions sent together in one call, each caller getting its own answer.
 
-Every caller hands in its submission and waits; one flusher task sends
-whatever has gathered as a single batch, then the next, so N concurrent
-publishers cost about one script call instead of N. Under no load a publish
-is sent on the next turn of the event loop, so nothing waits on a timer.
+A :class:`Batcher` wraps an asynchronous ``flush`` that takes a list of
+submissions and answers, in order, one result or exception for each. Callers
+hand in a submission and wait; a single flusher task sends whatever has
+gathered in one call, then whatever gathered meanwhile, until nothing waits,
+so N concurrent callers cost about one round trip instead of N. Under no load
+a submission goes out on the next turn of the event loop, so nothing waits on
+a timer. One call holds at most ``max_batch`` events, as counted by ``size``,
+unless one submission alone is larger. An exception the flush raises fails
+every submission of that call; one it answers in place of a result fails that
+submission alone.
+
+Two users:
+
+- :class:`~relay.client.stream_publisher.StreamPublisher` gathers
+  publications (the gateway's HTTP publishes, each under its own idempotency
+  key, if any) into one publish script call.
+- :class:`~relay.client.reporters.AsyncReporter` gathers reports made
+  concurrently into one parcel, sent under one idempotency key with retry.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from relay.protocol.keys import Keys
 from relay.server import http_publish, http_sessions, metrics, openapi, sse, static_files, websocket
 from relay.server.catchup import CatchUp
 from relay.server.connections import Connections, connect
+from relay.server.cors import add_cors_headers, preflight
 from relay.server.errors import error_middleware
 from relay.server.gateway import GATEWAY, Gateway
-from relay.server.guards import add_cors_headers, preflight
 from relay.server.hub import Hub
 from relay.server.ingest import Ingest
 from relay.server.rate_limits import PublisherLimits

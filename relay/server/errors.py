@@ -9,11 +9,12 @@ from typing import Any, NoReturn
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from relay.protocol.event import MalformedJson, validation_detail
 from relay.protocol.store_errors import is_transient
+from relay.server.answers import ErrorAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ def json_response(
     )
 
 
+def model_response(
+    answer: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An answer model of :mod:`relay.server.answers` as a JSON answer."""
+    return json_response(answer.model_dump(), status=status, headers=headers)
+
+
 class ApiError(Exception):
     """An error answered to the client as ``{"error", "message", "detail"}``."""
 
@@ -69,8 +77,10 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         """The JSON answer for this error."""
-        body: dict[str, Any] = {"error": self.code, "message": self.message, "detail": self.detail}
-        return json_response(body, status=self.status, headers=self.headers)
+        body = ErrorAnswer.model_validate(
+            {"error": self.code, "message": self.message, "detail": self.detail}
+        )
+        return model_response(body, status=self.status, headers=self.headers)
 
 
 def raise_validation(exc: ValidationError) -> NoReturn:

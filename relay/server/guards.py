@@ -1,4 +1,4 @@
-"""Applying the credentials of :mod:`relay.auth` to HTTP requests, and browser origins."""
+"""Guards of requests: credentials (see :mod:`relay.server.auth`), rights, rate and capacity."""
 
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ from relay.server.session_view import SessionState
 from relay.server.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
-CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 
 
 def require_publisher(request: web.Request) -> None:
@@ -178,41 +176,3 @@ def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> N
     """Raise 403 unless ``grant`` covers the subscription or session."""
     if not grant.allows(workflow_type, session_id):
         raise ApiError(403, "the token does not grant this", code="forbidden")
-
-
-def check_origin(request: web.Request) -> None:
-    """Refuse browsers from origins outside the allow-list (when there is one)."""
-    origins = request.app[GATEWAY].settings.origins
-    origin = request.headers.get("Origin")
-    if origins and origin is not None and origin not in origins:
-        raise ApiError(403, f"origin {origin!r} is not allowed", code="forbidden_origin")
-
-
-def cors_headers(request: web.Request) -> dict[str, str]:
-    """CORS headers for the request's origin, when it is an allowed one."""
-    origins = request.app[GATEWAY].settings.origins
-    origin = request.headers.get("Origin")
-    if origin is None or (origins and origin not in origins):
-        return {}
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Methods": CORS_METHODS,
-        "Access-Control-Allow-Headers": CORS_HEADERS,
-        "Vary": "Origin",
-    }
-
-
-async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """CORS headers on every answer to an allowed origin (an ``on_response_prepare`` hook).
-
-    A hook rather than a middleware: a middleware's frame would stay alive for
-    as long as each WebSocket is open.
-    """
-    response.headers.update(cors_headers(request))
-
-
-async def preflight(request: web.Request) -> web.StreamResponse:
-    """Answer a CORS preflight from an allowed origin; any other OPTIONS is refused."""
-    if "Access-Control-Request-Method" in request.headers and cors_headers(request):
-        return web.Response(status=204)
-    raise ApiError(405, "OPTIONS is only answered as a CORS preflight from an allowed origin")

@@ -12,7 +12,14 @@ from relay.protocol.entries import Published
 from relay.protocol.event import parse_event_json, parse_event_list_json
 from relay.protocol.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, check_key
 from relay.protocol.keys import event_name
-from relay.server.errors import ApiError, json_response, raise_validation
+from relay.server.answers import (
+    BatchAnswer,
+    HealthAnswer,
+    NotReadyAnswer,
+    PublishAnswer,
+    ReadyAnswer,
+)
+from relay.server.errors import ApiError, model_response, raise_validation
 from relay.server.gateway import GATEWAY
 from relay.server.guards import limit_publisher, require_publisher
 from relay.server.publishing import publish_events
@@ -81,12 +88,12 @@ async def publish_one(request: web.Request) -> web.Response:
     limit_publisher(request, 1)
     published = await publish_events(relay, [event], key)
     (receipt,) = published.receipts
-    answer = {
-        "id": receipt.id,
-        "event": event_name(event.workflow_type),
-        "cancel_requested": receipt.cancel_requested,
-    }
-    return json_response(answer, status=202, headers=_published_headers(published))
+    answer = PublishAnswer(
+        id=receipt.id,
+        event=event_name(event.workflow_type),
+        cancel_requested=receipt.cancel_requested,
+    )
+    return model_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.post("/api/workflows/progress/batch")
@@ -107,14 +114,14 @@ async def publish_batch(request: web.Request) -> web.Response:
     published = await publish_events(relay, events, key)
     pairs = zip(events, published.receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
-    answer = {"ids": [r.id for r in published.receipts], "cancel_requested": cancelled}
-    return json_response(answer, status=202, headers=_published_headers(published))
+    answer = BatchAnswer(ids=[r.id for r in published.receipts], cancel_requested=cancelled)
+    return model_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and serving."""
-    return json_response({"status": "ok"})
+    return model_response(HealthAnswer(status="ok"))
 
 
 @routes.get("/readyz")
@@ -134,7 +141,7 @@ async def readyz(request: web.Request) -> web.Response:
     if (problem := relay.reader.problem) is not None:
         problems.append(problem)
     if problems:
-        body = {"status": "not ready", "problems": problems}
         retry = str(relay.settings.retry_after_seconds)
-        return json_response(body, status=503, headers={"Retry-After": retry})
-    return json_response({"status": "ready", "embedded": relay.settings.embedded})
+        answer = NotReadyAnswer(status="not ready", problems=problems)
+        return model_response(answer, status=503, headers={"Retry-After": retry})
+    return model_response(ReadyAnswer(status="ready", embedded=relay.settings.embedded))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from itertools import islice
 from typing import Annotated, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from relay.protocol.event import SESSION_ID_PATTERN, Status, WorkflowType
+from relay.protocol.event import SessionId, Status, WorkflowType
 from relay.protocol.keys import event_name
 from relay.protocol.stream_ids import StreamId, format_stream_id, parse_stream_id
-from relay.server.errors import ApiError, json_response, raise_validation
+from relay.server.answers import CancelAnswer
+from relay.server.errors import json_response, model_response, raise_validation
 from relay.server.gateway import GATEWAY
 from relay.server.guards import require_canceller, subscriber_grant
 from relay.server.ingest import decode
@@ -24,17 +24,25 @@ MAX_LIST = 1_000
 routes = web.RouteTableDef()
 
 
-class _Query(BaseModel):
+class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
+
+class SessionPath(_Input):
+    """The session a path names."""
+
+    session_id: SessionId
+
+
+class _Query(_Input):
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="Most items answered.")] = 100
 
 
 class SessionsQuery(_Query):
     """Filters of the session listing."""
 
-    workflow_type: WorkflowType | None = None
-    status: Status | None = None
+    workflow_type: WorkflowType | None = Field(default=None, description="Sessions of this type.")
+    status: Status | None = Field(default=None, description="Sessions in this status.")
 
 
 class HistoryQuery(_Query):
@@ -43,24 +51,23 @@ class HistoryQuery(_Query):
     since: StreamId | None = None
 
 
-Q = TypeVar("Q", bound=_Query)
-_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+M = TypeVar("M", bound=_Input)
 
 
-def _query(model: type[Q], request: web.Request) -> Q:
+def _validated(model: type[M], fields: dict[str, str]) -> M:
     try:
-        fields = {k: v for k, v in request.query.items() if k != "token"}
         return model.model_validate(fields)
     except ValidationError as exc:
         raise_validation(exc)
 
 
+def _query(model: type[M], request: web.Request) -> M:
+    # The token is a credential, read by the guards, not a filter.
+    return _validated(model, {k: v for k, v in request.query.items() if k != "token"})
+
+
 def _session_id(request: web.Request) -> str:
-    session_id = request.match_info["session_id"]
-    if not _SESSION_ID.match(session_id):
-        detail = [{"field": "session_id", "message": f"must match {SESSION_ID_PATTERN}"}]
-        raise ApiError(422, "invalid fields: session_id", detail=detail)
-    return session_id
+    return _validated(SessionPath, dict(request.match_info)).session_id
 
 
 def _readable_state(request: web.Request) -> SessionState:
@@ -137,12 +144,10 @@ async def cancel_session(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     require_canceller(request, session_id)
     receipt, workflow_type = await request_cancel(relay, session_id)
-    return json_response(
-        {
-            "id": receipt.id,
-            "event": event_name(workflow_type),
-            "session_id": session_id,
-            "status": "cancel_requested",
-        },
-        status=202,
+    answer = CancelAnswer(
+        id=receipt.id,
+        event=event_name(workflow_type),
+        session_id=session_id,
+        status="cancel_requested",
     )
+    return model_response(answer, status=202)

@@ -85,10 +85,6 @@ class Hub:
             if not group:
                 del self._index[key]
 
-    def all_subscribers(self) -> list[Subscriber]:
-        """A snapshot of every attached connection."""
-        return list(self._subscribers)
-
     def broadcast(self, workflow_type: str, frame: str) -> int:
         """Hand a control frame once to every subscriber with a subscription in ``workflow_type``.
 

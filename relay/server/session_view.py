@@ -18,9 +18,8 @@ from typing import Any
 from relay.protocol.entries import now_ms
 from relay.protocol.event import ProgressEvent, format_number
 from relay.protocol.frames import Envelope
+from relay.protocol.progress import estimated_time_remaining
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
-
-ETA_METADATA_KEY = "estimated_time_remaining"
 
 
 class SessionState:
@@ -82,19 +81,15 @@ class SessionState:
         return self.latest.terminal
 
     def estimated_time_remaining(self) -> float | None:
-        """Seconds left: the reporter's own figure, else the average progress rate so far."""
-        reported = self.metadata.get(ETA_METADATA_KEY)
-        if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 0:
-            return float(reported)
-        if self.status == "completed":
-            return 0.0
-        if self.terminal:
-            return None
-        elapsed_ms = self.updated_at - self.started_at
-        gained = self.progress - self.first_progress
-        if elapsed_ms <= 0 or gained <= 0:
-            return None
-        return round((100 - self.progress) * elapsed_ms / gained / 1000, 3)
+        """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`."""
+        return estimated_time_remaining(
+            status=self.status,
+            progress=self.progress,
+            metadata=self.metadata,
+            first_progress=self.first_progress,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The state as the HTTP API returns it."""
@@ -106,6 +101,7 @@ class SessionState:
             "status": self.status,
             "error": self.error,
             "metadata": self.metadata,
+            "first_progress": format_number(self.first_progress),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "estimated_time_remaining": self.estimated_time_remaining(),

@@ -31,17 +31,21 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
-    log_level: LogLevel = Field(default="info", description="Logging threshold.")
+    log_level: LogLevel = Field(
+        default="info", description="Logging threshold: debug, info, warning or error."
+    )
     log_format: LogFormat = Field(
-        default="text", description="Log lines as plain text, or one JSON object per line."
+        default="text",
+        description="Log lines as plain text (text) or as one JSON object per line (json).",
     )
     demo: bool = Field(
         default=False,
-        description="Publish simulated map, character and encounter sessions (for trying out).",
+        description="Also publish simulated map, character and encounter sessions, for trying "
+        "the dashboard out.",
     )
 
-    api_keys: str = Field(
-        default="",
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
         description="Comma-separated publisher keys; when set, publishing needs one.",
     )
     token_secret: SecretStr | None = Field(
@@ -62,7 +66,9 @@ class Settings(BaseSettings):
         default="", max_length=64, description="Prefix put before every Redis key relay uses."
     )
     stream_maxlen: int = Field(
-        default=10_000, ge=1, description="Approximate number of entries kept per type stream."
+        default=10_000,
+        ge=1,
+        description="Approximate number of entries kept per type stream (trimmed with MAXLEN ~).",
     )
 
     stream_max_age: float = Field(
@@ -82,7 +88,8 @@ class Settings(BaseSettings):
         default=DEFAULT_HISTORY_LIMIT,
         ge=1,
         le=10_000,
-        description="Latest event ids remembered per session; its history lists those events.",
+        description="Latest event ids remembered per session; its history endpoint lists those "
+        "events only.",
     )
     replay_limit: int = Field(
         default=1_000,
@@ -109,7 +116,7 @@ class Settings(BaseSettings):
         default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
     )
     read_block_ms: int = Field(
-        default=500, ge=1, description="How long one XREAD waits for new entries."
+        default=500, ge=1, description="Milliseconds one XREAD waits for new entries."
     )
     discovery_interval: float = Field(
         default=0.5,
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(
         default=DEFAULT_IDEMPOTENCY_TTL,
         ge=1,
-        description="Seconds an idempotency key is remembered: a retry within it writes nothing.",
+        description="Seconds an Idempotency-Key is remembered: a retry within it writes nothing.",
     )
     header_timeout: float = Field(
         default=10.0,
@@ -146,7 +153,8 @@ class Settings(BaseSettings):
     outbox_limit: int = Field(
         default=5_000,
         ge=1,
-        description="Events queued for one subscriber before its queue is conflated.",
+        description="Events queued for one subscriber before its queue is conflated; at least "
+        "twice read_count.",
     )
     send_timeout: float = Field(
         default=30.0,
@@ -198,7 +206,7 @@ class Settings(BaseSettings):
     @property
     def publisher_keys(self) -> tuple[str, ...]:
         """The configured API keys."""
-        return _split(self.api_keys)
+        return _split(self.api_keys.get_secret_value())
 
     @property
     def development(self) -> bool:

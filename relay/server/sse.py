@@ -15,11 +15,11 @@ import orjson
 from aiohttp import web
 
 from relay.protocol.frames import Envelope, Subscribe
+from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
 from relay.server.gateway import GATEWAY
 from relay.server.guards import (
     check_capacity,
-    check_origin,
     query_subscription,
     refusal,
     require_grant,

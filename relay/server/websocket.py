@@ -26,13 +26,13 @@ from relay.protocol.frames import (
     unsubscribed_frame,
 )
 from relay.server.auth import AuthError, Grant
+from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
 from relay.server.gateway import GATEWAY, Gateway
 from relay.server.guards import (
     anonymous_grant,
     check_cancel,
     check_capacity,
-    check_origin,
     query_subscription,
     refusal,
     token_of,

@@ -96,6 +96,17 @@ def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
     assert board.remaining(board.get("s3")) is None  # type: ignore[arg-type]
 
 
+def test_board_eta_is_the_gateways() -> None:
+    # A completed session has nothing left, even when its last event said otherwise,
+    # and a failed one has no estimate: the rule of relay.protocol.progress.
+    board = ProgressBoard(clock=Clock())
+    board.update(frame("done", 10, ts=1_700_000_000_000))
+    board.update(frame("done", 100, status="completed", metadata={"estimated_time_remaining": 30}))
+    assert board.remaining(board.get("done")) == 0  # type: ignore[arg-type]
+    board.update(frame("broke", 40, status="failed", metadata={"estimated_time_remaining": 5}))
+    assert board.remaining(board.get("broke")) is None  # type: ignore[arg-type]
+
+
 def test_board_keeps_at_most_max_rows_dropping_ended_sessions_first() -> None:
     board = ProgressBoard(clock=Clock(), max_rows=3)
     board.update(frame("done", 100, status="completed"))

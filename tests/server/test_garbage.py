@@ -12,9 +12,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
+from relay.protocol.entries import EntryError, event_from_entry
 from tests.conftest import RedisServer
-from tests.helpers import Gateway, event, receive
+from tests.helpers import Gateway, event, receive, wait_until
 
 DOCUMENTED = {400, 413, 415, 422}
 EXAMPLES = settings(
@@ -44,6 +46,34 @@ def post(
 def assert_still_serves(gateway: Gateway) -> None:
     status, answer = post(gateway, orjson.dumps(event(session_id="after-garbage")))
     assert status == 202, answer
+
+
+GARBAGE_STREAM = "workflow:progress:garbage"
+
+
+def entry_counts(gateway: Gateway) -> tuple[float, float]:
+    """The gateway's count of invalid entries skipped, and of valid ``garbage`` events read."""
+    with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    invalid = read = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "relay_invalid_entries_total":
+                invalid = sample.value
+            elif sample.name == "relay_events_read_total" and sample.labels == {
+                "workflow_type": "garbage"
+            }:
+                read = sample.value
+    return invalid, read
+
+
+def is_event(fields: dict[str, str]) -> bool:
+    """Whether the gateway takes this raw entry as an event (the rules of every publisher)."""
+    try:
+        event_from_entry("garbage", "1-0", fields)
+    except EntryError:
+        return False
+    return True
 
 
 json_values = st.recursive(
@@ -85,7 +115,13 @@ def test_wrong_content_type(gateway: Gateway, content_type: str) -> None:
     assert status == 415
 
 
-def test_http_survives_the_garbage(gateway: Gateway) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"\xff\xfe", b"[]", b'{"progress": NaN}', b"[" * 5_000, b'"' + b"x" * 10_000],
+)
+def test_http_serves_on_after_garbage(gateway: Gateway, body: bytes) -> None:
+    status, answer = post(gateway, body)
+    assert status in DOCUMENTED, (status, answer)
     assert_still_serves(gateway)
 
 
@@ -135,38 +171,60 @@ def test_websocket_garbage_gets_error_frames_and_the_connection_stays(
         st.text(min_size=1, max_size=12), st.text(max_size=40), min_size=1, max_size=6
     )
 )
-def test_raw_stream_garbage_is_skipped(
+def test_raw_stream_garbage_is_skipped_and_counted(
     gateway: Gateway, redis_server: RedisServer, fields: dict[str, str]
 ) -> None:
+    invalid, read = entry_counts(gateway)
     with redis_server.client() as client:
-        client.xadd("workflow:progress:garbage", fields)
+        client.xadd(GARBAGE_STREAM, fields)
+
+    def entry_read() -> bool:
+        now_invalid, now_read = entry_counts(gateway)
+        return now_invalid + now_read > invalid + read
+
+    wait_until(entry_read, what="the reader to read the entry")
+    # Counted once, as what it is: skipped as invalid, or read as the event it happens to be.
+    expected = (invalid, read + 1) if is_event(fields) else (invalid + 1, read)
+    assert entry_counts(gateway) == expected
+
+
+# Each one is wrong in its own way; none may reach a subscriber or stop the reader.
+RAW_GARBAGE = [
+    {"step": "a", "progress": "1"},
+    {"session_id": "bad", "step": "a", "progress": "x"},
+    {"session_id": "bad", "step": "a", "progress": "500"},
+    {"session_id": "bad", "step": "a", "progress": "1", "metadata": "{not json"},
+    {"session_id": "bad", "step": "a", "progress": "1", "status": "done"},
+    {"session_id": "bad space", "step": "a", "progress": "1"},
+]
 
 
 def test_the_reader_carries_on_after_raw_garbage(
     gateway: Gateway, redis_server: RedisServer
 ) -> None:
-    async def check() -> None:
+    invalid_before, _ = entry_counts(gateway)
+
+    async def check() -> tuple[set[str], list[str]]:
         async with (
             aiohttp.ClientSession() as http,
             http.ws_connect(gateway.ws_url + "?workflow_type=garbage") as ws,
         ):
-            await ws.receive(timeout=10)  # subscribed
+            assert (await receive(ws))["type"] == "subscribed"
             with redis_server.client() as client:
+                garbage = {client.xadd(GARBAGE_STREAM, fields) for fields in RAW_GARBAGE}
                 good = client.xadd(
-                    "workflow:progress:garbage", {"session_id": "ok", "step": "a", "progress": "1"}
+                    GARBAGE_STREAM, {"session_id": "ok", "step": "a", "progress": "1"}
                 )
-            while True:
+            seen: list[str] = []
+            while not seen or seen[-1] != good:
                 frame = await receive(ws)
-                if frame.get("id") == good:
-                    return
+                if "event" in frame:
+                    seen.append(frame["id"])
+            return garbage, seen
 
-    asyncio.run(check())
+    garbage, seen = asyncio.run(check())
+    assert not garbage & set(seen), "an invalid entry reached a subscriber"
+    invalid_after, _ = entry_counts(gateway)
+    # The good entry came after the garbage in the stream, so all of it was read by now.
+    assert invalid_after - invalid_before == len(RAW_GARBAGE)
     assert_still_serves(gateway)
-    with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
-    [invalid] = [
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("relay_invalid_entries_total ")
-    ]
-    assert invalid > 0  # the garbage was seen, skipped and counted

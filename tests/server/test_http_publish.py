@@ -148,3 +148,25 @@ async def test_redis_down_gives_503_with_retry_after(
             assert response.status == 202
         with redis.Redis(port=own_redis.port) as client:
             assert client.xlen("workflow:progress:map") == 1
+
+
+async def test_answers_keep_their_exact_bytes(base: str, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
+        raw = await response.read()
+    entry_id = orjson.loads(raw)["id"]
+    assert raw == (
+        b'{"id":"' + entry_id.encode() + b'","event":"workflow:progress:map",'
+        b'"cancel_requested":false}'
+    )
+    async with http.post(f"{base}/api/workflows/progress/batch", json=[event()]) as response:
+        raw = await response.read()
+    [entry_id] = orjson.loads(raw)["ids"]
+    assert raw == b'{"ids":["' + entry_id.encode() + b'"],"cancel_requested":[]}'
+    async with http.post(f"{base}/api/workflows/progress", json=event(progress=-1)) as response:
+        raw = await response.read()
+    assert raw == (
+        b'{"error":"validation_failed","message":"invalid fields: progress","detail":'
+        b'[{"field":"progress","message":"Input should be greater than or equal to 0"}]}'
+    )
+    async with http.get(f"{base}/healthz") as response:
+        assert await response.read() == b'{"status":"ok"}'

@@ -36,7 +36,7 @@ def test_state_follows_the_latest_event_and_keeps_the_start() -> None:
     state = view.get("s1")
     assert state is not None
     body = state.as_dict()
-    assert body["started_at"] == NOW
+    assert (body["first_progress"], body["started_at"]) == (0, NOW)
     assert body["updated_at"] == NOW + 4000
     assert body["progress"] == 40
     assert body["step"] == "step4"
@@ -72,6 +72,32 @@ def test_terminal_state_is_final() -> None:
     completed = view.get("s2")
     assert completed is not None
     assert completed.estimated_time_remaining() == 0.0
+
+
+def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:
+    view = make_view()
+    feed(view, 0, progress=10)
+    feed(view, 1, progress=100, status="completed", metadata={"estimated_time_remaining": 30})
+    state = view.get("s1")
+    assert state is not None
+    assert state.as_dict()["estimated_time_remaining"] == 0.0
+    feed(view, 2, session="s2", status="cancelled", metadata={"estimated_time_remaining": 30})
+    cancelled = view.get("s2")
+    assert cancelled is not None
+    assert cancelled.estimated_time_remaining() is None
+
+
+def test_the_rate_is_measured_from_the_first_event() -> None:
+    view = make_view()
+    feed(view, 0, progress=20)
+    feed(view, 2, progress=30, metadata={"estimated_time_remaining": 99})
+    feed(view, 5, progress=70)
+    state = view.get("s1")
+    assert state is not None
+    body = state.as_dict()
+    assert (body["first_progress"], body["started_at"]) == (20, NOW)
+    # 50 points in 5 s: 30 more take 3 s; the figure reported in between is no longer the latest
+    assert body["estimated_time_remaining"] == 3.0
 
 
 def test_sessions_expire_and_the_count_is_bounded() -> None:

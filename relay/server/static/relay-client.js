@@ -15,8 +15,14 @@
  * The wire protocol is described in docs/protocol.md.
  */
 
-const ANY_TYPE = "*";
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+/** The workflow type that stands for every type. */
+export const ANY_TYPE = "*";
+/** The statuses a session ends with; no later report revives it. */
+export const TERMINAL_STATUSES = Object.freeze(["completed", "failed", "cancelled"]);
+/** The metadata key under which a worker may give its own seconds-left figure. */
+export const ETA_METADATA_KEY = "estimated_time_remaining";
+
+const TERMINAL = new Set(TERMINAL_STATUSES);
 
 // Reconnect delays: 250 ms doubling up to 5 s, each scaled by a random factor
 // in [0.5, 1) so a restarted gateway is not hit by every browser at once.
@@ -88,7 +94,7 @@ class Watcher {
   #snapshot;
   #limit;
 
-  #records = new Map(); // session id -> { state, origin }
+  #records = new Map(); // session id -> { state, firstProgress }
   #listeners = new Set();
   #statusListeners = new Set();
 
@@ -385,9 +391,11 @@ function guarded(callback, ...args) {
 
 // --- session state --------------------------------------------------------
 //
-// A record is { state, origin }: the public, frozen state object, and the first
-// point (ts, progress) known of the session, from which the average progress
-// rate, and so the time remaining, is projected the way the gateway does it.
+// A record is { state, firstProgress }: the public, frozen state object, and
+// the progress of the first event known of the session, which with
+// `state.startTime` is the point the average progress rate is measured from.
+// The gateway's answers carry both (`first_progress`, `started_at`) and its
+// own time remaining; live events are folded in by the gateway's rule.
 
 function makeState(fields) {
   const status = fields.status ?? "running";
@@ -403,26 +411,43 @@ function makeState(fields) {
 
 /** The worker's own time remaining (`metadata.estimated_time_remaining`), if it gave a valid one. */
 function reportedEta(metadata) {
-  const reported = metadata?.estimated_time_remaining;
+  const reported = metadata?.[ETA_METADATA_KEY];
   return typeof reported === "number" && reported >= 0 ? reported : null;
 }
 
-/** Seconds left: the worker's own figure, else the average rate since `origin`. */
-function estimate({ status, progress, metadata, updatedAt }, origin) {
+/**
+ * Seconds a session has left as of its latest event, by the gateway's rule
+ * (relay/protocol/progress.py; a test runs both on one table of cases):
+ * 0 once completed; null once failed or cancelled; else the worker's own
+ * figure in `metadata`; else the average rate from the first event
+ * (`firstProgress` at `startedAt`, in ms) to the latest (`progress` at
+ * `updatedAt`) projected to 100, in whole milliseconds; null while there is
+ * no rate yet.
+ */
+export function estimatedTimeRemaining({
+  status,
+  progress,
+  metadata,
+  firstProgress,
+  startedAt,
+  updatedAt,
+}) {
+  if (status === "completed") return 0;
+  if (TERMINAL.has(status)) return null;
   const reported = reportedEta(metadata);
   if (reported !== null) return reported;
-  if (status === "completed") return 0;
-  if (TERMINAL.has(status) || origin.progress == null) return null;
-  const elapsedMs = updatedAt - origin.ts;
-  const gained = progress - origin.progress;
+  const elapsedMs = updatedAt - startedAt;
+  const gained = progress - firstProgress;
   if (!(elapsedMs > 0 && gained > 0)) return null;
-  return ((100 - progress) * elapsedMs) / gained / 1000;
+  const leftMs = ((100 - progress) * elapsedMs) / gained;
+  return Math.floor(leftMs + 0.5) / 1000;
 }
 
-/** A record whose time remaining is projected from `origin`. */
-function projected(fields, origin) {
-  const estimatedTimeRemaining = estimate(fields, origin);
-  return { state: makeState({ ...fields, estimatedTimeRemaining }), origin };
+/** A record whose time remaining is worked out here, from its first point. */
+function projected(fields, firstProgress) {
+  const point = { ...fields, firstProgress, startedAt: fields.startTime };
+  const state = makeState({ ...fields, estimatedTimeRemaining: estimatedTimeRemaining(point) });
+  return { state, firstProgress };
 }
 
 /** The record after an event frame, or null when the event changes nothing. */
@@ -433,7 +458,6 @@ function recordFromEvent(previous, frame) {
     // An ended session stays ended; a stray late report does not revive it.
     if (!previous.state.isInProgress && !TERMINAL.has(data.status)) return null;
   }
-  const origin = previous?.origin ?? { ts: data.ts, progress: data.progress };
   const fields = {
     sessionId: data.session_id,
     workflowType: data.workflow_type,
@@ -446,18 +470,15 @@ function recordFromEvent(previous, frame) {
     updatedAt: data.ts,
     lastEventId: frame.id,
   };
-  return projected(fields, origin);
+  return projected(fields, previous?.firstProgress ?? data.progress);
 }
 
-/** The record after a state from the HTTP API. */
+/** The record after a state from the HTTP API, which says how the gateway sees the session. */
 function recordFromServer(previous, server) {
-  let origin = serverOrigin(server);
-  if (origin.progress == null) origin = previous?.origin ?? origin;
   if (previous && compareIds(server.last_event_id, previous.state.lastEventId) < 0) {
-    // Our events are newer; take only what the gateway knows better: when
-    // the session started, and how fast it has moved since.
-    const fields = { ...previous.state, startTime: server.started_at };
-    return projected(fields, origin);
+    // Our events are newer; take only what the gateway knows better: the
+    // session's first point, from which its rate is measured.
+    return projected({ ...previous.state, startTime: server.started_at }, server.first_progress);
   }
   const state = makeState({
     sessionId: server.session_id,
@@ -472,22 +493,5 @@ function recordFromServer(previous, server) {
     estimatedTimeRemaining: server.estimated_time_remaining,
     lastEventId: server.last_event_id,
   });
-  return { state, origin };
-}
-
-/**
- * The session's first point as the gateway saw it. The API says when the
- * session started but not at what progress; the gateway's time remaining is
- * projected from the average rate since then, so that rate gives it back.
- */
-function serverOrigin(server) {
-  const origin = { ts: server.started_at, progress: server.progress };
-  const eta = server.estimated_time_remaining;
-  const elapsedMs = server.updated_at - server.started_at;
-  if (reportedEta(server.metadata) !== null) {
-    origin.progress = null; // the worker's own figure says nothing of the rate
-  } else if (eta > 0 && elapsedMs > 0) {
-    origin.progress -= (((100 - server.progress) / eta) * elapsedMs) / 1000;
-  }
-  return origin;
+  return { state, firstProgress: server.first_progress };
 }

@@ -1,0 +1,139 @@
+"""What the HTTP API answers, as models.
+
+The endpoints build their JSON answers from these models, and the OpenAPI
+document (:mod:`relay.server.openapi`) is generated from the same models, so
+what is served and what is documented have one source. A session's state is
+the exception on the serving side: it is built by
+:meth:`relay.server.session_view.SessionState.as_dict`, for every session of
+a listing, and the tests check it against :class:`SessionStateAnswer`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from relay.protocol.event import (
+    WORKFLOW_TYPE_PATTERN,
+    ProgressEvent,
+    SessionId,
+    Status,
+    WorkflowType,
+)
+from relay.protocol.keys import EVENT_PREFIX
+from relay.protocol.stream_ids import STREAM_ID_PATTERN, StreamId
+
+# The stream id validator says its rule in words; the document states it as a pattern.
+STREAM_ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": STREAM_ID_PATTERN}
+
+
+StreamIdText = Annotated[StreamId, WithJsonSchema(STREAM_ID_SCHEMA)]
+
+
+EVENT_NAME_PATTERN = "^" + re.escape(EVENT_PREFIX) + WORKFLOW_TYPE_PATTERN.removeprefix("^")
+
+
+EventName = Annotated[
+    str,
+    Field(pattern=EVENT_NAME_PATTERN, description="The event name of the workflow type."),
+]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorItem(_Answer):
+    """One problem of a refused request: the field it concerns and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class ErrorAnswer(_Answer):
+    """Every refusal and failure: a stable code, a message for people, the problems found."""
+
+    error: str = Field(description="A stable code, such as validation_failed or session_ended.")
+    message: str
+    detail: list[ErrorItem] = Field(description="Empty unless fields of the input broke rules.")
+
+
+class PublishAnswer(_Answer):
+    """One event published."""
+
+    id: StreamIdText = Field(description="The event's stream entry id.")
+    event: EventName
+    cancel_requested: bool = Field(
+        description="True while a cancel of the event's session is pending: its worker should stop."
+    )
+
+
+class BatchAnswer(_Answer):
+    """A batch of events published, all of them."""
+
+    ids: list[StreamIdText] = Field(description="The events' stream entry ids, in batch order.")
+    cancel_requested: list[SessionId] = Field(
+        description="The batch's sessions with a pending cancel, sorted; their workers should stop."
+    )
+
+
+class CancelAnswer(_Answer):
+    """A cancel requested: the ``cancel_requested`` event published, or the one pending."""
+
+    id: StreamIdText = Field(description="The stream entry id of the cancel_requested event.")
+    event: EventName
+    session_id: SessionId
+    status: Literal["cancel_requested"]
+
+
+class SessionStateAnswer(_Answer):
+    """The latest state of one session, derived from its events."""
+
+    session_id: SessionId
+    workflow_type: WorkflowType
+    step: str
+    progress: float = Field(ge=0, le=100)
+    status: Status
+    error: str | None
+    metadata: dict[str, Any]
+    first_progress: float = Field(
+        ge=0, le=100, description="The first event's progress, where the estimate starts from."
+    )
+    started_at: int = Field(description="The first event's ts.")
+    updated_at: int = Field(description="The latest event's ts.")
+    estimated_time_remaining: float | None = Field(
+        ge=0,
+        description="Seconds: the reporter's own figure when its metadata gives one, else "
+        "estimated from the progress rate; null when unknown.",
+    )
+    last_event_id: StreamIdText
+
+
+class EventFrame(_Answer):
+    """One event as subscribers receive it, over WebSocket and in a session's history."""
+
+    event: EventName
+    id: StreamIdText
+    data: ProgressEvent
+
+
+class HealthAnswer(_Answer):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class ReadyAnswer(_Answer):
+    """The store accepts writes and the stream reader follows the streams."""
+
+    status: Literal["ready"]
+    embedded: bool = Field(description="True when running on the in-process store, not Redis.")
+
+
+class NotReadyAnswer(_Answer):
+    """What keeps the gateway from being ready."""
+
+    status: Literal["not ready"]
+    problems: list[str]

@@ -1,0 +1,204 @@
+"""The browser client applies the gateway's rules: same constants, same time remaining."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.protocol.event import TERMINAL_STATUSES
+from relay.protocol.frames import ANY_TYPE
+from relay.protocol.progress import ETA_METADATA_KEY, estimated_time_remaining
+
+# browser and page are the browser tests' fixtures, asked for by name below.
+from tests.e2e.test_browser import (  # noqa: F401
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser,
+    get_json,
+    load_client,
+    page,
+    post_json,
+)
+from tests.helpers import Gateway
+
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # run_client says what is missing
+    sync_playwright = None
+
+CLIENT = Path(__file__).resolve().parents[2] / "relay" / "server" / "static" / "relay-client.js"
+NOW = 1_700_000_000_000
+
+STATUSES = ("running", "cancel_requested", "completed", "failed", "cancelled")
+METADATA: tuple[dict[str, Any], ...] = (
+    {},
+    {"details": "forests"},
+    {ETA_METADATA_KEY: 42},
+    {ETA_METADATA_KEY: 0},
+    {ETA_METADATA_KEY: 12.75},
+    {ETA_METADATA_KEY: -1},
+    {ETA_METADATA_KEY: True},
+    {ETA_METADATA_KEY: "5"},
+    {ETA_METADATA_KEY: None},
+)
+# (first progress, latest progress, ms from the first event to the latest)
+POINTS = (
+    (0, 40, 4000),  # 6 s left
+    (10, 10, 5000),  # no progress made
+    (10, 30, 0),  # no time passed
+    (50, 40, 1000),  # progress went back
+    (12.5, 33.3, 7777),
+    (0, 100, 1000),  # at 100 and still running
+    (1, 2, 1),
+    (0, 0.1, 86_400_000),
+    (3, 99.9999, 123_456),
+    (0, 80, 2),  # 0.5 ms left: halves round up
+    (0, 80, 6),  # 1.5 ms
+    (33.333, 66.667, 1_000_003),
+)
+
+
+def eta_cases() -> list[dict[str, Any]]:
+    """Every status with every kind of metadata at every point."""
+    return [
+        {
+            "status": status,
+            "progress": progress,
+            "metadata": metadata,
+            "first_progress": first,
+            "started_at": NOW,
+            "updated_at": NOW + elapsed,
+        }
+        for status in STATUSES
+        for metadata in METADATA
+        for first, progress, elapsed in POINTS
+    ]
+
+
+def run_client(tmp_path: Path, body: str, data: Any = None) -> Any:
+    """What ``body``, the body of an async JavaScript function, returns.
+
+    It sees the client module as ``client`` and ``data`` as given. It runs
+    under node when node is on PATH, else in headless Chromium.
+    """
+    node = shutil.which("node")
+    if node:
+        module = tmp_path / "relay-client.mjs"  # .mjs: node loads it as an ES module
+        shutil.copyfile(CLIENT, module)
+        script = (
+            'import { readFileSync } from "node:fs";\n'
+            f"import * as client from {json.dumps(module.as_uri())};\n"
+            'const data = JSON.parse(readFileSync(0, "utf8"));\n'
+            f"const result = await (async (client, data) => {{ {body} }})(client, data);\n"
+            "process.stdout.write(JSON.stringify(result));\n"
+        )
+        result = subprocess.run(
+            [node, "--input-type=module", "-e", script],
+            input=json.dumps(data),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+    if not (CHROMIUM and sync_playwright):
+        pytest.fail("running the browser client needs node, or chromium and playwright")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            return launched.new_page().evaluate(
+                """async ([source, body, data]) => {
+                    const blob = new Blob([source], { type: "text/javascript" });
+                    const client = await import(URL.createObjectURL(blob));
+                    const wrapped = `return (async () => { ${body} })();`;
+                    const run = new Function("client", "data", wrapped);
+                    return await run(client, data);
+                }""",
+                [CLIENT.read_text(encoding="utf-8"), body, data],
+            )
+        finally:
+            launched.close()
+
+
+def test_client_constants_are_the_gateways(tmp_path: Path) -> None:
+    constants = run_client(
+        tmp_path,
+        "return { any: client.ANY_TYPE, terminal: client.TERMINAL_STATUSES,"
+        " eta: client.ETA_METADATA_KEY };",
+    )
+    assert constants["any"] == ANY_TYPE
+    assert sorted(constants["terminal"]) == sorted(TERMINAL_STATUSES)
+    assert constants["eta"] == ETA_METADATA_KEY
+
+
+def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> None:
+    cases = eta_cases()
+    expected = [estimated_time_remaining(**case) for case in cases]
+    got = run_client(
+        tmp_path,
+        """return data.map((c) => client.estimatedTimeRemaining({
+            status: c.status, progress: c.progress, metadata: c.metadata,
+            firstProgress: c.first_progress, startedAt: c.started_at, updatedAt: c.updated_at,
+        }));""",
+        cases,
+    )
+    mismatches = [
+        (case, want, have)
+        for case, want, have in zip(cases, expected, got, strict=True)
+        if want != have
+    ]
+    assert not mismatches, mismatches[:5]
+    # The table reaches every branch of the rule.
+    assert {0.0, None, 42.0, 12.75, 6.0, 0.001, 0.002} <= set(expected)
+
+
+def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:
+    case = {
+        "status": "completed",
+        "progress": 100,
+        "metadata": {ETA_METADATA_KEY: 30},
+        "first_progress": 0,
+        "started_at": NOW,
+        "updated_at": NOW + 1000,
+    }
+    assert estimated_time_remaining(**case) == 0.0
+
+
+def test_client_measures_the_rate_from_the_gateways_first_point(
+    request: pytest.FixtureRequest, start_gateway: Callable[..., Gateway], redis_url: str
+) -> None:
+    tab: Page = request.getfixturevalue("page")
+    gateway = start_gateway(redis_url)
+    started = int(time.time() * 1000) - 60_000
+    publish = f"{gateway.url}/api/workflows/progress"
+
+    def report(progress: float, at: int, **metadata: float) -> None:
+        event = {"session_id": "r1", "workflow_type": "map", "step": "s", "progress": progress}
+        post_json(publish, {**event, "ts": started + at, "metadata": metadata})
+
+    report(10, 0)
+    # The latest event gives the worker's own figure, which says nothing of the rate.
+    report(30, 20_000, **{ETA_METADATA_KEY: 99})
+    state = get_json(f"{gateway.url}/api/workflows/sessions/r1")
+    assert (state["first_progress"], state["started_at"]) == (10, started)
+    load_client(tab, gateway)
+    tab.evaluate(
+        """(url) => {
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map", sessionId: "r1" });
+        }""",
+        gateway.url,
+    )
+    tab.wait_for_function("watcher.get()?.estimatedTimeRemaining === 99")
+    report(50, 40_000)  # no figure now: the rate since the first event, 40 points in 40 s
+    tab.wait_for_function("watcher.get()?.progress === 50")
+    eta = tab.evaluate("watcher.get().estimatedTimeRemaining")
+    server = get_json(f"{gateway.url}/api/workflows/sessions/r1")["estimated_time_remaining"]
+    assert eta == server == 50.0
