@@ -150,8 +150,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-# Fixtures that start processes of their own, directly or through another fixture.
-PROCESS_FIXTURES = frozenset({"start_gateway", "module_gateway", "own_redis"})
+# Fixtures, directly used or through another fixture, that start processes of
+# their own or a headless Chromium.
+FIXTURE_MARKERS = {
+    "start_gateway": pytest.mark.process,
+    "module_gateway": pytest.mark.process,
+    "own_redis": pytest.mark.process,
+    "browser": pytest.mark.browser,
+    "page": pytest.mark.browser,
+}
 TESTS = Path(__file__).resolve().parent
 # Modules that need a tool beside Python and redis-server.
 MODULE_MARKERS = {
@@ -163,11 +170,11 @@ MODULE_MARKERS = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by what they start, so a quick run can leave them out (see README)."""
     for item in items:
-        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.process)
-        marker = MODULE_MARKERS.get(item.path.resolve())
-        if marker is not None:
-            item.add_marker(marker)
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKERS:
+                item.add_marker(FIXTURE_MARKERS[fixture])
+        if item.path.resolve() in MODULE_MARKERS:
+            item.add_marker(MODULE_MARKERS[item.path.resolve()])
 
 
 def pytest_configure(config: pytest.Config) -> None:
