@@ -13,9 +13,10 @@ ENV RELAY_HOST=0.0.0.0 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY relay ./relay
-# [speed] adds uvloop, which `relay serve` uses when importable. hiredis, orjson
-# and uvloop ship manylinux wheels, so no compiler is needed.
-RUN pip install ".[speed]" \
+# [server] is the gateway; [speed] adds uvloop, which `relay serve` uses when
+# importable. hiredis, orjson and uvloop ship manylinux wheels, so no compiler
+# is needed.
+RUN pip install ".[server,speed]" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin relay
 
 USER relay

@@ -150,6 +150,33 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+# Fixtures, directly used or through another fixture, that start processes of
+# their own or a headless Chromium.
+FIXTURE_MARKERS = {
+    "start_gateway": pytest.mark.process,
+    "module_gateway": pytest.mark.process,
+    "own_redis": pytest.mark.process,
+    "browser": pytest.mark.browser,
+    "page": pytest.mark.browser,
+}
+TESTS = Path(__file__).resolve().parent
+# Modules that need a tool beside Python and redis-server.
+MODULE_MARKERS = {
+    TESTS / "e2e" / "test_browser.py": pytest.mark.browser,
+    TESTS / "e2e" / "test_compose.py": pytest.mark.docker,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they start, so a quick run can leave them out (see README)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKERS:
+                item.add_marker(FIXTURE_MARKERS[fixture])
+        if item.path.resolve() in MODULE_MARKERS:
+            item.add_marker(MODULE_MARKERS[item.path.resolve()])
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Gateways started by tests must not pick up a developer's settings.
     for name in list(os.environ):

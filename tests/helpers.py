@@ -19,11 +19,17 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
+from redis.typing import EncodableT, FieldT
 
 from relay.server.app import create_app
 from relay.server.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
+
+# redis-py gives XADD and XRANGE one signature for every client, bytes or text:
+# a field map as XADD takes it, and what XRANGE answers on a text client.
+Fields = dict[FieldT, EncodableT]
+Entries = list[tuple[str, dict[str, str]]]
 
 
 def wait_until(

@@ -83,4 +83,4 @@ def test_every_public_name_resolves() -> None:
     for name in relay.__all__:
         assert getattr(relay, name) is not None, name
     with pytest.raises(AttributeError):
-        _ = relay.NoSuchName  # type: ignore[attr-defined]
+        _ = relay.NoSuchName

@@ -7,7 +7,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -26,6 +26,7 @@ from relay.cli.demo import (
 )
 from relay.client.reporters import AsyncReporter
 from relay.client.retry import RetryPolicy
+from relay.protocol.entries import StreamEntry
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import StreamId
 from relay.server.app import create_app
@@ -34,7 +35,7 @@ from relay.server.reader import StreamReader
 from relay.server.settings import Settings
 from relay.server.stream_store import StreamStore
 from tests.conftest import free_port
-from tests.helpers import Gateway, env_without_relay, eventually, until
+from tests.helpers import Entries, Fields, Gateway, env_without_relay, eventually, until
 
 TYPES = set(WORKFLOWS)
 # Quick sessions for tests: the command's own pauses are 0.3 s to 2 s.
@@ -65,6 +66,7 @@ async def lag_samples(http: aiohttp.ClientSession, base: str) -> dict[str, float
     }
 
 
+@pytest.mark.slow
 async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
 ) -> None:
@@ -114,6 +116,7 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     assert with_eta  # the first sessions always say how long they have left
 
 
+@pytest.mark.process
 def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
     import subprocess
 
@@ -128,6 +131,7 @@ def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
     assert "cannot reach http://127.0.0.1:9" in result.stderr
 
 
+@pytest.mark.process
 async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdown(
     redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -158,7 +162,8 @@ async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdow
     try:
         last: dict[str, str] = {}
         for workflow_type in TYPES:
-            for _, fields in await client.xrange(f"workflow:progress:{workflow_type}"):
+            stream = cast(Entries, await client.xrange(f"workflow:progress:{workflow_type}"))
+            for _, fields in stream:
                 last[fields["session_id"]] = fields.get("status", "running")
     finally:
         await client.aclose()
@@ -258,14 +263,14 @@ async def test_demo_straight_to_redis(redis_url: str) -> None:
     assert any(e.status == "completed" for e in ended)
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = await client.xrange("workflow:progress:map")
+        entries = cast(Entries, await client.xrange("workflow:progress:map"))
         assert entries
         assert all(orjson.loads(fields.get("metadata", "{}")) is not None for _, fields in entries)
         for cancelled in (e for e in ended if e.status == "cancelled"):
             stream = f"workflow:progress:{cancelled.workflow_type}"
             statuses = [
                 fields.get("status", "running")
-                for _, fields in await client.xrange(stream)
+                for _, fields in cast(Entries, await client.xrange(stream))
                 if fields["session_id"] == cancelled.session_id
             ]
             assert "cancel_requested" in statuses
@@ -274,15 +279,28 @@ async def test_demo_straight_to_redis(redis_url: str) -> None:
         await client.aclose()
 
 
+class Discard:
+    """A stream handler that keeps nothing: the test looks at the reader alone."""
+
+    def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
+        """Drop the entries."""
+
+    def forget(self, stream_key: str) -> None:
+        """Nothing was derived, so nothing to drop."""
+
+    def reset(self, stream_key: str, epoch: str) -> None:
+        """Nobody subscribes, so nobody to tell."""
+
+
 async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
         keys = Keys()
         store = StreamStore(client, keys, maxlen=1000)
         reader = StreamReader(
-            store, client, lambda *_: None, count=10, block_ms=10, discovery_interval=0.1
+            store, client, Discard(), count=10, block_ms=10, discovery_interval=0.1
         )
-        entry = {"session_id": "s", "step": "a", "progress": "1"}
+        entry: Fields = {"session_id": "s", "step": "a", "progress": "1"}
         await client.xadd(keys.stream("map"), entry, id="1000-0")
         await client.xadd(keys.stream("caught-up"), entry, id="2000-0")
         await reader._start()

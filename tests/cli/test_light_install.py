@@ -37,6 +37,9 @@ sys.exit(code)
 
 EXTRA_HINT = "pip install 'relay-progress[server]'"
 
+# Every test runs a relay command in an interpreter of its own.
+pytestmark = pytest.mark.process
+
 
 def light_relay(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}

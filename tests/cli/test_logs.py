@@ -108,6 +108,7 @@ async def test_serve_logs_json_lines_from_the_environment(
     assert MARKER not in gateway.logs()  # event payloads are never logged
 
 
+@pytest.mark.process
 async def test_serve_log_format_flag(
     redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

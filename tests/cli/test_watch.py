@@ -89,7 +89,7 @@ def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
     board.update(frame("s2", 10, ts=1_700_000_000_000))
     assert board.remaining(board.get("s2")) is None  # type: ignore[arg-type]
     board.update(frame("s2", 30, ts=1_700_000_010_000))
-    assert board.remaining(board.get("s2")) == pytest.approx(35)
+    assert board.remaining(board.get("s2")) == pytest.approx(35)  # type: ignore[arg-type]
     board.update(frame("s2", 100, status="completed"))
     assert board.remaining(board.get("s2")) == 0  # type: ignore[arg-type]
     board.update(frame("s3", 50, status="failed", error="x"))

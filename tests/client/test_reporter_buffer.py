@@ -40,6 +40,7 @@ def buffer_while_down(
     assert len(reporter.pending) == len(reports)
 
 
+@pytest.mark.slow
 def test_a_thousand_buffered_reports_go_out_in_batches_the_gateway_takes(
     start_gateway: Callable[..., Gateway], redis_url: str, redis_server: RedisServer
 ) -> None:

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tests.helpers import Gateway, wait_until
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
 except ImportError:  # the check in the browser fixture says what is missing
-    sync_playwright = None
+    sync_playwright = None  # type: ignore[assignment]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -327,7 +328,7 @@ def test_dashboard_screenshot(page: Page, gateway: Gateway, redis_url: str) -> N
             }
             raw.xadd(f"workflow:progress:{wtype}", fields)
     for last in ("map-coast-03", "char-orc-11", "quest-13"):
-        wait_until(lambda last=last: session_exists(gateway, last), what=f"{last} to be read")
+        wait_until(partial(session_exists, gateway, last), what=f"{last} to be read")
     post_json(f"{gateway.url}/api/workflows/sessions/quest-12/cancel", {})
 
     open_dashboard(page, gateway)

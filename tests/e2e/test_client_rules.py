@@ -31,7 +31,7 @@ from tests.helpers import Gateway
 try:
     from playwright.sync_api import Page, sync_playwright
 except ImportError:  # run_client says what is missing
-    sync_playwright = None
+    sync_playwright = None  # type: ignore[assignment]
 
 CLIENT = Path(__file__).resolve().parents[2] / "relay" / "server" / "static" / "relay-client.js"
 NOW = 1_700_000_000_000
@@ -109,7 +109,7 @@ def run_client(tmp_path: Path, body: str, data: Any = None) -> Any:
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
-    if not (CHROMIUM and sync_playwright):
+    if CHROMIUM is None or sync_playwright is None:
         pytest.fail("running the browser client needs node, or chromium and playwright")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -128,6 +128,7 @@ def run_client(tmp_path: Path, body: str, data: Any = None) -> Any:
             launched.close()
 
 
+@pytest.mark.browser
 def test_client_constants_are_the_gateways(tmp_path: Path) -> None:
     constants = run_client(
         tmp_path,
@@ -139,6 +140,7 @@ def test_client_constants_are_the_gateways(tmp_path: Path) -> None:
     assert constants["eta"] == ETA_METADATA_KEY
 
 
+@pytest.mark.browser
 def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> None:
     cases = eta_cases()
     expected = [estimated_time_remaining(**case) for case in cases]
@@ -161,7 +163,7 @@ def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> 
 
 
 def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:
-    case = {
+    case: dict[str, Any] = {
         "status": "completed",
         "progress": 100,
         "metadata": {ETA_METADATA_KEY: 30},
@@ -172,6 +174,7 @@ def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:
     assert estimated_time_remaining(**case) == 0.0
 
 
+@pytest.mark.browser
 def test_client_measures_the_rate_from_the_gateways_first_point(
     request: pytest.FixtureRequest, start_gateway: Callable[..., Gateway], redis_url: str
 ) -> None:

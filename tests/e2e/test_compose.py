@@ -31,7 +31,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Any]:
-    found = compose["services"]
+    found: dict[str, Any] = compose["services"]
     assert set(found) >= {"redis", "gateway", "nginx"}
     return found
 

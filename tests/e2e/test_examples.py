@@ -28,6 +28,7 @@ def entries(server: RedisServer, stream: str) -> list[dict[str, str]]:
         return [fields for _, fields in client.xrange(stream)]
 
 
+@pytest.mark.process
 def test_plain_worker_reports_every_step_then_completed(
     redis_url: str, redis_server: RedisServer
 ) -> None:

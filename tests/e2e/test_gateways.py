@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +18,7 @@ from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, receive, receive_events, start_watch, subscribe
 
 
-async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: object) -> str:
+async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) -> str:
     async with http.post(f"{gateway.url}/api/workflows/progress", json=event(**fields)) as resp:
         assert resp.status == 202, gateway.logs()
         return str((await resp.json())["id"])
@@ -200,6 +201,7 @@ async def test_cli_publish_over_http_and_redis_and_watch_json(
         await watcher.wait()
 
 
+@pytest.mark.process
 def test_cli_publish_reports_invalid_input_and_unreachable_gateway() -> None:
     bad = run_cli("publish", "--type", "Map", "--session", "s1", "--step", "a", "--progress", "5")
     assert bad.returncode == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import orjson
 import pytest
@@ -53,7 +54,7 @@ def test_original_request_body_is_accepted() -> None:
         ("error", "e" * 5000),
     ],
 )
-def test_each_limit_is_enforced_and_named(field: str, value: object) -> None:
+def test_each_limit_is_enforced_and_named(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as caught:
         parse_event_json(orjson.dumps(event(**{field: value})))
     assert field in {str(err["loc"][0]) for err in caught.value.errors()}

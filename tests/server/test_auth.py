@@ -208,6 +208,7 @@ async def test_origins_and_cors(base: str, http: aiohttp.ClientSession) -> None:
         assert "Access-Control-Allow-Origin" not in r.headers
 
 
+@pytest.mark.process
 def test_relay_token_mints_a_token_the_gateway_accepts() -> None:
     done = subprocess.run(
         [

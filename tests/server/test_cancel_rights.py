@@ -191,6 +191,7 @@ async def test_refusals_do_not_tell_which_sessions_exist(
     assert await status_of(http, gateway, "hidden") == "running"
 
 
+@pytest.mark.process
 def test_relay_token_cancel_mints_the_cancel_claim() -> None:
     def minted(*extra: str) -> Any:
         done = subprocess.run(

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.client.reporters import AsyncReporter
+from relay.protocol.entries import StreamEntry
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope, Subscribe
 from relay.protocol.stream_ids import START, StreamId
@@ -212,6 +213,7 @@ async def test_a_mark_is_filtered_when_the_writer_reaches_it_not_when_it_is_fill
     await sub.stop()
 
 
+@pytest.mark.slow
 async def test_a_resume_before_the_reader_starts_waits_for_it(
     own_redis: RedisServer,
     start_gateway: Callable[..., Gateway],
@@ -261,14 +263,16 @@ class CountedReads:
         self.active = 0
         self.most = 0
         self.gate = asyncio.Event()
-        relay.store.history = self
+        relay.store.history = self  # type: ignore[method-assign]
 
-    async def __call__(self, *args: Any) -> Any:
+    async def __call__(
+        self, stream_key: str, after: str, upto: str | None, count: int
+    ) -> list[StreamEntry]:
         self.active += 1
         self.most = max(self.most, self.active)
         try:
             await self.gate.wait()
-            return await self.read(*args)
+            return await self.read(stream_key, after, upto, count)
         finally:
             self.active -= 1
 
@@ -313,7 +317,11 @@ async def test_concurrent_replays_are_bounded_and_all_complete(running: GatewayP
     reads.gate.set()
     await asyncio.gather(*replays)
     for sock in socks:
-        await eventually(lambda sock=sock: len(sock.sent) == len(ids))
+
+        def all_sent(sock: FakeSocket = sock) -> bool:
+            return len(sock.sent) == len(ids)
+
+        await eventually(all_sent)
         assert [orjson.loads(text)["id"] for text in sock.sent[1:]] == ids[1:]
     assert reads.most == 2
     for sub in subs:
@@ -451,6 +459,7 @@ async def play(operations: list[tuple[Any, ...]]) -> None:
     await conn.sub.stop()
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(operations=st.lists(OPERATION, max_size=30))
 def test_any_mix_of_subscriptions_gets_every_event_it_wants_once(

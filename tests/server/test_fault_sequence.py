@@ -121,6 +121,8 @@ async def caught_up(followers: list[Follower], sequence: Sequence) -> None:
     await eventually(done, timeout=60, what="every subscriber to catch up")
 
 
+@pytest.mark.slow
+@pytest.mark.process
 async def test_numbered_sequence_through_every_fault(
     start_gateway: Callable[..., Gateway],
     redis_with_aof: RedisServer,

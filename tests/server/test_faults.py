@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.client.reporters import AsyncReporter
 from relay.client.retry import RetryPolicy
@@ -54,6 +55,7 @@ async def follow(
     return recoveries
 
 
+@pytest.mark.slow
 async def test_killed_gateway_clients_resume_with_nothing_lost(
     start_gateway: Callable[..., Gateway],
     redis_url: str,

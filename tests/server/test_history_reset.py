@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -23,7 +23,7 @@ from relay.protocol.stream_ids import START, StreamId
 from relay.server.settings import Settings
 from relay.server.stream_checks import StreamChecks
 from tests.conftest import RedisServer
-from tests.helpers import Gateway, event, eventually, receive, subscribe, until
+from tests.helpers import Fields, Gateway, event, eventually, receive, subscribe, until
 from tests.readers import following
 
 FAST = {"RELAY_DISCOVERY_INTERVAL": "0.1", "RELAY_READ_BLOCK_MS": "100"}
@@ -183,7 +183,7 @@ async def test_an_entry_rewritten_while_the_reader_was_away_is_noticed(redis_url
     async with following(settings, supervised=False) as found:
         commands = found.relay.connections.commands
 
-        def fields(n: int) -> dict[str, str]:
+        def fields(n: int) -> Fields:
             return {"session_id": f"s{n}", "step": "a", "progress": str(n)}
 
         read = [await commands.xadd(STREAM, fields(n)) for n in range(6)]
@@ -193,7 +193,7 @@ async def test_an_entry_rewritten_while_the_reader_was_away_is_noticed(redis_url
         await asyncio.wait([found.task])
         # What a rollback to a snapshot after the third entry leaves once
         # publishers carried on: the ids are past ours, the epoch is the same.
-        retained = await commands.xrange(STREAM, max=read[2])
+        retained = cast("list[tuple[str, Fields]]", await commands.xrange(STREAM, max=read[2]))
         await commands.delete(STREAM)
         for entry_id, entry in retained:
             await commands.xadd(STREAM, entry, id=entry_id)
@@ -216,7 +216,7 @@ async def test_a_redis_replaced_under_a_live_reader_is_noticed_by_its_run_id(
         commands, store = found.relay.connections.commands, found.relay.store
         reader = found.relay.reader
 
-        def fields(n: int) -> dict[str, str]:
+        def fields(n: int) -> Fields:
             return {"session_id": f"s{n}", "step": "a", "progress": str(n)}
 
         read = [await commands.xadd(STREAM, fields(n)) for n in range(6)]
@@ -233,7 +233,7 @@ async def test_a_redis_replaced_under_a_live_reader_is_noticed_by_its_run_id(
             return "another run id"
 
         store.server_id = server_id  # type: ignore[method-assign]
-        retained = await commands.xrange(STREAM, max=read[2])
+        retained = cast("list[tuple[str, Fields]]", await commands.xrange(STREAM, max=read[2]))
         async with commands.pipeline(transaction=True) as pipe:
             pipe.delete(STREAM)
             for entry_id, entry in retained:

@@ -14,7 +14,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,7 +37,7 @@ EVENTS = "/api/workflows/events"
 KEY = "publisher-key-1"
 SECRET = "test-secret-with-enough-length-for-hs256"
 ORIGIN = "https://app.example"
-GUARDED = {"api_keys": KEY, "token_secret": SECRET}
+GUARDED: dict[str, Any] = {"api_keys": KEY, "token_secret": SECRET}
 JSON = {"Content-Type": "application/json"}
 
 
@@ -96,7 +96,8 @@ class Client:
         writer.close()
         head, _, body = raw.partition(b"\r\n\r\n")
         status_line, *lines = head.decode().split("\r\n")
-        headers = CIMultiDict(line.split(": ", 1) for line in lines)
+        pairs = [line.split(": ", 1) for line in lines]
+        headers = CIMultiDict((name, value) for name, value in pairs)
         return Answered(int(status_line.split()[1]), headers, body)
 
 
@@ -163,7 +164,12 @@ PUBLISH_ENDPOINTS = (
     PublishEndpoint("publish_one", PUBLISH, batch=False),
     PublishEndpoint("publish_batch", BATCH, batch=True),
 )
-PublishProvoke = Callable[[Client, PublishEndpoint], Awaitable[Answered]]
+
+
+class PublishProvoke(Protocol):
+    """A scenario body for one publish endpoint, which it is given by name."""
+
+    def __call__(self, client: Client, endpoint: PublishEndpoint) -> Awaitable[Answered]: ...
 
 
 def both_publish(
@@ -489,7 +495,7 @@ async def provoke_and_check(scenario: Scenario, store: RedisServer) -> None:
     check_against_model(answered, operation)
 
 
-def scenarios(*, store_down: bool) -> Any:
+def scenarios(*, store_down: bool) -> pytest.MarkDecorator:
     chosen = [s for s in SCENARIOS if s.store_down == store_down]
     return pytest.mark.parametrize(
         "scenario", chosen, ids=[f"{s.operation}-{s.status}-{s.name}" for s in chosen]

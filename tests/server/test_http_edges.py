@@ -6,6 +6,7 @@ import re
 import socket
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -36,7 +37,7 @@ async def base(redis_url: str) -> AsyncIterator[str]:
         yield url
 
 
-async def publish(http: aiohttp.ClientSession, base: str, **fields: object) -> str:
+async def publish(http: aiohttp.ClientSession, base: str, **fields: Any) -> str:
     async with http.post(f"{base}/api/workflows/progress", json=event(**fields)) as response:
         assert response.status == 202, await response.text()
         return str((await response.json())["id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -43,10 +44,10 @@ async def app_without_reader(redis_url: str) -> AsyncIterator[tuple[str, web.App
         await server.close()
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: object) -> dict[str, object]:
+async def post(http: aiohttp.ClientSession, url: str, body: object) -> dict[str, Any]:
     async with http.post(url, json=body) as response:
         assert response.status == 202, await response.text()
-        answer: dict[str, object] = await response.json()
+        answer: dict[str, Any] = await response.json()
         return answer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aiohttp
 import pytest
@@ -15,7 +16,7 @@ from relay.protocol.stream_ids import START, StreamId
 from relay.server.settings import Settings
 from relay.server.stream_store import StreamStore
 from tests.conftest import RedisServer
-from tests.helpers import event, eventually, serving
+from tests.helpers import Entries, event, eventually, serving
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ async def test_publish_writes_flat_entries_to_the_type_stream(aredis: Redis) -> 
     receipts = await store.publish([make(progress=10), make(wtype="character", progress=20.5)])
     ids = [receipt.id for receipt in receipts]
     assert not any(receipt.cancel_requested for receipt in receipts)
-    entries = await aredis.xrange("workflow:progress:map")
+    entries = cast(Entries, await aredis.xrange("workflow:progress:map"))
     assert [entry_id for entry_id, _ in entries] == ids[:1]
     fields = entries[0][1]
     assert fields["session_id"] == "s1"
@@ -104,5 +105,5 @@ async def test_new_types_are_announced_once(aredis: Redis) -> None:
     await store.publish([make(wtype="map")])
     await store.publish([make(wtype="map"), make(wtype="encounter")])
     await store.publish([make(wtype="encounter")])
-    notes = await aredis.xrange("workflow:announcements")
+    notes = cast(Entries, await aredis.xrange("workflow:announcements"))
     assert [fields["types"] for _, fields in notes] == ["map", "encounter,map"]

@@ -10,10 +10,9 @@ from relay.server.subscriber import CLOSE_SLOW_CONSUMER, Subscriber, websocket_b
 from tests.helpers import eventually
 
 
-def make(sock: FakeSocket, **options: float) -> Subscriber:
+def make(sock: FakeSocket, *, limit: int, send_timeout: float = 30.0) -> Subscriber:
     """A subscriber writing to ``sock``; batched frames are joined by newlines to count them."""
-    limit = int(options.pop("limit"))
-    return Subscriber(sock.send, sock.close, limit=limit, join="\n".join, **options)
+    return Subscriber(sock.send, sock.close, limit=limit, send_timeout=send_timeout, join="\n".join)
 
 
 def envelope(n: int, session: str = "s1", *, terminal: bool = False) -> Envelope:

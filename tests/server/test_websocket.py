@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -18,7 +19,7 @@ async def base(redis_url: str) -> AsyncIterator[str]:
         yield url
 
 
-async def post(http: aiohttp.ClientSession, base: str, **fields: object) -> str:
+async def post(http: aiohttp.ClientSession, base: str, **fields: Any) -> str:
     async with http.post(f"{base}/api/workflows/progress", json=event(**fields)) as response:
         assert response.status == 202, await response.text()
         return str((await response.json())["id"])
