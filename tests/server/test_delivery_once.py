@@ -266,7 +266,7 @@ class CountedReads:
         relay.store.history = self  # type: ignore[method-assign]
 
     async def __call__(
-        self, stream_key: str, after: str, upto: str | None, count: int
+        self, stream_key: str, after: StreamId, upto: StreamId | None, count: int
     ) -> list[StreamEntry]:
         self.active += 1
         self.most = max(self.most, self.active)

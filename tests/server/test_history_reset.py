@@ -224,7 +224,7 @@ async def test_a_redis_replaced_under_a_live_reader_is_noticed_by_its_run_id(
         # Another Redis, restored from an older snapshot, that publishers
         # already wrote to. The client reconnects by itself, so the first the
         # reader sees of it is an XREAD answer; the run id check comes after.
-        old_world = {START, *map(StreamId.parse, read)}
+        old_world = {START, *(StreamId.parse(str(entry_id)) for entry_id in read)}
         real_server_id = store.server_id
 
         async def server_id() -> str:
