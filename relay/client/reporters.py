@@ -5,7 +5,7 @@ straight to the Redis streams through the same publish function the gateway
 uses, so their entries are indistinguishable from HTTP-published ones.
 :class:`HttpReporter` posts to a gateway, for workers that cannot reach Redis.
 Each one retries an unreachable target with backoff, keeps undelivered events
-in a bounded buffer (see :mod:`relay.retry`), and learns from every report
+in a bounded buffer (see :mod:`relay.client.retry`), and learns from every report
 whether the session's cancellation was requested.
 """
 

@@ -8,7 +8,7 @@ are dropped (and logged), so a worker never blocks forever nor grows without
 bound.
 
 Events travel in parcels, each under an idempotency key of its own (see
-:mod:`relay.idempotency`) that every retry of it sends again, so a parcel
+:mod:`relay.protocol.idempotency`) that every retry of it sends again, so a parcel
 that was written although its answer was lost is not written twice. Once a
 parcel may have been written it is *sealed*: it is only ever sent again as it
 is, under its key. Events refused for good (the target says they are wrong,

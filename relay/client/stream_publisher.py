@@ -58,9 +58,9 @@ class StreamPublisher:
     async def submit(self, publication: Publication) -> Published:
         """Write a publication atomically and return its receipts.
 
-        Concurrent calls share one script call (see :mod:`relay.batching`), so
+        Concurrent calls share one script call (see :mod:`relay.client.batching`), so
         each call's events are written together, with others' or on their own.
-        Raises :class:`~relay.idempotency.KeyReused` when its key was used for
+        Raises :class:`~relay.protocol.idempotency.KeyReused` when its key was used for
         other events.
         """
         if not publication.events:
@@ -75,7 +75,7 @@ class StreamPublisher:
     async def recorded(self, publication: Publication) -> Published | None:
         """The answer a keyed publication was first given, if it is on record; writes nothing.
 
-        Raises :class:`~relay.idempotency.KeyReused` when the key was used for
+        Raises :class:`~relay.protocol.idempotency.KeyReused` when the key was used for
         other events.
         """
         args = self._args([publication], lookup_only=True)

@@ -90,7 +90,7 @@ def publish_args(
     ``cancel_requested`` event, cleared by a terminal one, and read back for
     every event so the publisher learns of a cancellation from its next
     report. A publication with a key is written only if the key has no
-    record yet (see :mod:`relay.idempotency`); with ``lookup_only`` nothing is
+    record yet (see :mod:`relay.protocol.idempotency`); with ``lookup_only`` nothing is
     written at all. Hand the script's answer to :func:`receipts`.
     """
     stamp = now_ms()
@@ -152,7 +152,7 @@ def receipts(
     """What :data:`PUBLISH_SCRIPT` answered for each publication it was to write, in order.
 
     A publication whose key was used for other events is answered with
-    :class:`~relay.idempotency.KeyReused`.
+    :class:`~relay.protocol.idempotency.KeyReused`.
     """
     return [
         KeyReused(publication.key or "")

@@ -1,6 +1,6 @@
 -- Publishes a batch of progress events in one call, atomically.
 --
--- Built by relay.streams.publish_args; every publisher (the gateway's HTTP
+-- Built by relay.protocol.entries.publish_args; every publisher (the gateway's HTTP
 -- path and the Python reporters) runs this same script, so an entry has the
 -- same shape whoever wrote it. The events travel as one JSON argument: the
 -- client packs a few arguments per batch instead of a dozen per event.

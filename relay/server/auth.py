@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 
 import jwt
 
+from relay.protocol.frames import ANY_TYPE
+
 ALGORITHM = "HS256"
-ANY = "*"
 
 
 class AuthError(Exception):
@@ -45,24 +46,24 @@ class Grant:
 
     def allows(self, workflow_type: str, session_id: str | None) -> bool:
         """Whether a subscription to ``workflow_type`` (or ``*``), maybe narrowed, is granted."""
-        if ANY in self.workflow_types:
+        if ANY_TYPE in self.workflow_types:
             return True
-        if workflow_type != ANY and workflow_type in self.workflow_types:
+        if workflow_type != ANY_TYPE and workflow_type in self.workflow_types:
             return True
         return session_id is not None and session_id in self.sessions
 
-    def allows_session(self, workflow_type: str, session_id: str) -> bool:
-        """Whether one session (of a known type) may be read."""
-        return self.allows(workflow_type, session_id)
-
     def allows_cancel(self, workflow_type: str, session_id: str) -> bool:
         """Whether one session (of a known type) may be cancelled."""
-        return self.cancel and self.allows_session(workflow_type, session_id)
+        return self.cancel and self.allows(workflow_type, session_id)
 
 
 # Development mode: no credentials configured, everyone may watch and cancel.
 OPEN = Grant(
-    subject="", workflow_types=frozenset({ANY}), sessions=frozenset(), expires_at=None, cancel=True
+    subject="",
+    workflow_types=frozenset({ANY_TYPE}),
+    sessions=frozenset(),
+    expires_at=None,
+    cancel=True,
 )
 # Watching is open, cancelling is not: publisher keys are configured, tokens are not.
 WATCH_ALL = replace(OPEN, cancel=False)

@@ -2,7 +2,7 @@
 
 - With ``since``: every retained event after that id, then live events, with
   no gap and no duplicate between the two. The subscription is routed live at
-  once, behind a :class:`~relay.subscriber.ReplayMark`; the history is read up
+  once, behind a :class:`~relay.server.subscriber.ReplayMark`; the history is read up
   to where live routing of the stream starts and put in the mark's place.
   ``recovered`` tells the client whether history reached back that far. Until
   the reader has started, nobody knows where that is: the replay waits for

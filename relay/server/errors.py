@@ -96,7 +96,7 @@ def error_middleware(
     """Every failure becomes a JSON error; transient Redis trouble becomes 503 with Retry-After.
 
     A Redis failure that would happen again on a retry (see
-    :func:`relay.store_errors.is_transient`) is a 500 like any other fault.
+    :func:`relay.protocol.store_errors.is_transient`) is a 500 like any other fault.
 
     ``on_error`` is told the code of every error answered, for the metrics.
     """
@@ -150,7 +150,7 @@ def streaming(handler: Handler) -> Handler:
     The error middleware hands such a request straight to the handler, so no
     middleware frame stays alive (and in memory) for as long as the
     connection is open. The handler must answer its refusals itself, with
-    :func:`relay.access.refusal`.
+    :func:`relay.server.guards.refusal`.
     """
     setattr(handler, _STREAMING, True)
     return handler

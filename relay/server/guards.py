@@ -137,7 +137,7 @@ def check_cancel(grant: Grant, state: SessionState | None, session_id: str) -> N
     that refusals tell nothing about which sessions exist; one it may watch
     but not cancel answers 403.
     """
-    if state is None or not grant.allows_session(state.workflow_type, session_id):
+    if state is None or not grant.allows(state.workflow_type, session_id):
         raise unknown_session(session_id)
     if not grant.allows_cancel(state.workflow_type, session_id):
         raise ApiError(403, "the token does not grant cancelling this session", code="forbidden")

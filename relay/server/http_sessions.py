@@ -79,7 +79,7 @@ def _readable_state(request: web.Request) -> SessionState:
     session_id = _session_id(request)
     grant = subscriber_grant(request)
     state = request.app[GATEWAY].view.get(session_id)
-    if state is None or not grant.allows_session(state.workflow_type, session_id):
+    if state is None or not grant.allows(state.workflow_type, session_id):
         raise unknown_session(session_id)
     return state
 

@@ -66,7 +66,7 @@ class Hub:
         """Route events matching ``key`` to ``subscriber`` from now on.
 
         ``live``: the stream position(s) above which events are routed live
-        from here (see :mod:`relay.coverage`); None claims nothing.
+        from here (see :mod:`relay.server.coverage`); None claims nothing.
         """
         self._index.setdefault(key, set()).add(subscriber)
         subscriber.cover(key, live)

@@ -51,7 +51,7 @@ _TYPE_NAME = re.compile(WORKFLOW_TYPE_PATTERN)
 
 
 class StreamHandler(Protocol):
-    """Where the reader hands what it reads (the gateway's :class:`~relay.ingest.Ingest`)."""
+    """Where the reader hands what it reads (the gateway's :class:`~relay.server.ingest.Ingest`)."""
 
     def __call__(self, stream_key: str, entries: list[StreamEntry], live: bool) -> None:
         """Entries of one stream, in order; ``live`` is False for history. Must not block."""

@@ -14,7 +14,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from relay.protocol.frames import Envelope, Subscribe
+from relay.protocol.frames import ANY_TYPE, Envelope, Subscribe
 from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
 from relay.server.gateway import GATEWAY
@@ -50,10 +50,10 @@ def _admit(request: web.Request) -> Subscribe:
     check_origin(request)
     check_capacity(request)
     grant = subscriber_grant(request)
-    query = {"workflow_type": "*", **request.query}
+    query = {"workflow_type": ANY_TYPE, **request.query}
     query.pop("token", None)
     last_event_id = request.headers.get("Last-Event-ID")
-    if last_event_id and "since" not in query and query["workflow_type"] != "*":
+    if last_event_id and "since" not in query and query["workflow_type"] != ANY_TYPE:
         query["since"] = last_event_id
     subscription = query_subscription(query)
     assert subscription is not None  # the query always names a type here

@@ -1,6 +1,6 @@
 """Checks of the streams' integrity: epochs, and what a stream holds against our position.
 
-Every stream has an epoch in Redis beside it (see :meth:`relay.keys.Keys.epoch`).
+Every stream has an epoch in Redis beside it (see :meth:`relay.protocol.keys.Keys.epoch`).
 It is made when a gateway first follows the stream and replaced whenever a
 gateway finds the stream's history lost or rewritten, by a compare-and-set,
 so every gateway ends up with the same new epoch. A position in a stream means

@@ -18,7 +18,7 @@ current state a subscription starts with (a session's latest event, a
 snapshot) travels in a mark too, filled at once: however large, it counts as
 one item of the outbox, and the writer sends it in messages of
 :data:`MAX_BATCH`. When the writer reaches a mark it drops the events the
-connection's other subscriptions already deliver (see :mod:`relay.coverage`).
+connection's other subscriptions already deliver (see :mod:`relay.server.coverage`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Subscriber:
         self._over = False
         self._ended: asyncio.Future[None] | None = None
         self.name = name
-        # Every subscription and what it guarantees (see relay.coverage).
+        # Every subscription and what it guarantees (see relay.server.coverage).
         self.subscriptions: dict[SubscriptionKey, Coverage] = {}
         # Whether any subscription ever had a floor: only then is delivery checked.
         self._floored = False

@@ -245,7 +245,7 @@ class Connection:
     async def cancel(self, grant: Grant, session_id: str) -> None:
         """Publish a cancellation request if ``grant`` allows it; tell the client how it went.
 
-        See relay.access.check_cancel: a token with the cancel claim covering
+        See relay.server.guards.check_cancel: a token with the cancel claim covering
         the session, or development mode.
         """
         try:

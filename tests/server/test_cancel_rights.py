@@ -208,7 +208,7 @@ def test_relay_token_cancel_mints_the_cancel_claim() -> None:
     with_cancel, without = minted("--cancel"), minted()
     assert with_cancel.allows_cancel("map", "s1")
     assert not with_cancel.allows_cancel("character", "s1")  # scoped to what it may watch
-    assert without.allows_session("map", "s1")
+    assert without.allows("map", "s1")
     assert not without.allows_cancel("map", "s1")
     assert (with_cancel.expires_at or 0) > time.time()
 

@@ -167,6 +167,7 @@ def test_stated_patterns_agree_with_the_validators(
     agree()
 
 
+@pytest.mark.slow
 @schema.exclude(path_regex="^/(ws|api/workflows/events)$").parametrize()
 @settings(
     max_examples=30,
