@@ -18,8 +18,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "relay"
 
-# Import names whose distribution is called otherwise (after normalising).
-DISTRIBUTION_OF = {"jwt": "pyjwt", "yaml": "pyyaml"}
+# Import names whose distribution is called otherwise (after normalising). pydantic
+# installs pydantic_core at the exact version it needs, so pydantic provides it.
+DISTRIBUTION_OF = {"jwt": "pyjwt", "yaml": "pyyaml", "pydantic_core": "pydantic"}
 
 # What a worker imports: the package's own __init__, the protocol and the client.
 WORKER_PARTS = ("protocol", "client")
