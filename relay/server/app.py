@@ -74,19 +74,19 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> G
 
 def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
     """The gateway application for ``settings``."""
-    relay = build_relay(settings, connections)
+    gateway = build_relay(settings, connections)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             error_middleware(
                 max_body=settings.max_body_bytes,
                 retry_after=settings.retry_after_seconds,
-                on_error=relay.stats.reject,
+                on_error=gateway.stats.reject,
             ),
         ],
     )
-    app[GATEWAY] = relay
-    app[metrics.METRICS_REGISTRY] = metrics.registry_for(relay)
+    app[GATEWAY] = gateway
+    app[metrics.METRICS_REGISTRY] = metrics.registry_for(gateway)
     app.add_routes(http_publish.routes)
     app.add_routes(http_sessions.routes)
     app.add_routes(metrics.routes)
@@ -107,46 +107,46 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
 
 
 async def _run_reader(app: web.Application) -> AsyncIterator[None]:
-    relay = app[GATEWAY]
-    if not relay.settings.publisher_keys or relay.settings.secret is None:
+    gateway = app[GATEWAY]
+    if not gateway.settings.publisher_keys or gateway.settings.secret is None:
         logger.warning(
             "running open: %s; set RELAY_API_KEYS and RELAY_TOKEN_SECRET outside development",
             " and ".join(
                 part
                 for part, missing in (
-                    ("anyone may publish", not relay.settings.publisher_keys),
-                    ("anyone may watch everything", relay.settings.secret is None),
+                    ("anyone may publish", not gateway.settings.publisher_keys),
+                    ("anyone may watch everything", gateway.settings.secret is None),
                 )
                 if missing
             ),
         )
-    if relay.settings.embedded:
+    if gateway.settings.embedded:
         logger.warning(
             "no Redis configured: running on the embedded in-process store "
             "(one instance, nothing kept across restarts)"
         )
     # Supervised: if the reader's task ever ends, readiness says so and it is started again.
-    task = asyncio.create_task(relay.reader.supervise(), name="relay-reader-supervisor")
+    task = asyncio.create_task(gateway.reader.supervise(), name="relay-reader-supervisor")
     try:
         # Publishes accepted once we serve must not be taken for history.
         async with asyncio.timeout(READER_START_TIMEOUT):
-            await relay.reader.started.wait()
+            await gateway.reader.started.wait()
     except TimeoutError:
         logger.warning("store not reachable at start; serving anyway, the reader keeps trying")
     yield
-    await relay.reader.stop(task)
-    await relay.connections.aclose()
+    await gateway.reader.stop(task)
+    await gateway.connections.aclose()
 
 
 async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
-    relay = app[GATEWAY]
-    age_ms = int(relay.settings.stream_max_age * 1000)
+    gateway = app[GATEWAY]
+    age_ms = int(gateway.settings.stream_max_age * 1000)
     # Often enough that entries outlive the limit by a tenth at most, at most once a minute.
-    interval = min(max(relay.settings.stream_max_age / 10, 0.1), 60.0)
+    interval = min(max(gateway.settings.stream_max_age / 10, 0.1), 60.0)
 
     async def trim() -> None:
         try:
-            await relay.store.trim_older_than(list(relay.reader.positions), age_ms)
+            await gateway.store.trim_older_than(list(gateway.reader.positions), age_ms)
         except (RedisError, OSError) as exc:
             logger.warning("trimming streams by age failed: %s", exc)
 
@@ -155,13 +155,13 @@ async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _watch_sends(app: web.Application) -> AsyncIterator[None]:
-    relay = app[GATEWAY]
+    gateway = app[GATEWAY]
     clock = asyncio.get_running_loop().time
 
     async def check() -> None:
-        relay.hub.check_sends(clock())
+        gateway.hub.check_sends(clock())
 
-    async with periodically(min(1.0, relay.settings.send_timeout / 2), check, "relay-sends"):
+    async with periodically(min(1.0, gateway.settings.send_timeout / 2), check, "relay-sends"):
         yield
 
 

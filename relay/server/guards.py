@@ -49,14 +49,14 @@ def limit_publisher(request: web.Request, events: int) -> None:
     address: any other bearer value is made up at will, and must not buy a
     fresh bucket.
     """
-    relay = request.app[GATEWAY]
-    keys = relay.settings.publisher_keys
+    gateway = request.app[GATEWAY]
+    keys = gateway.settings.publisher_keys
     presented = bearer(request.headers.get("Authorization"))
     if presented is not None and keys and key_matches(presented, keys):
         publisher = f"key:{presented}"
     else:
         publisher = f"address:{request.remote or '?'}"
-    wait = relay.publisher_limits.take(publisher, events)
+    wait = gateway.publisher_limits.take(publisher, events)
     if wait > 0:
         retry = str(max(1, math.ceil(wait)))
         raise ApiError(429, "publish rate exceeded, slow down", headers={"Retry-After": retry})
@@ -79,9 +79,9 @@ def query_subscription(query: dict[str, str]) -> Subscribe | None:
 
 def check_capacity(request: web.Request) -> None:
     """Raise 503 when the gateway holds as many streaming connections as it may."""
-    relay = request.app[GATEWAY]
-    settings = relay.settings
-    if len(relay.sockets) + len(relay.event_streams) >= settings.max_connections:
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    if len(gateway.sockets) + len(gateway.event_streams) >= settings.max_connections:
         retry = str(settings.retry_after_seconds)
         raise ApiError(
             503, "this gateway is at its connection limit", headers={"Retry-After": retry}
@@ -151,8 +151,8 @@ def require_canceller(request: web.Request, session_id: str) -> None:
     (see :func:`check_cancel`). A bearer value that is neither a key nor
     shaped like a token answers 403 like a wrong key; a bad token 401.
     """
-    relay = request.app[GATEWAY]
-    settings = relay.settings
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
     if settings.development:
         return
     keys = settings.publisher_keys
@@ -169,7 +169,7 @@ def require_canceller(request: web.Request, session_id: str) -> None:
     if token is None or (keys and not looks_like_token(token)):
         raise ApiError(403, "the API key is not valid")
     grant = _token_grant(settings, token)
-    check_cancel(grant, relay.view.get(session_id), session_id)
+    check_cancel(grant, gateway.view.get(session_id), session_id)
 
 
 def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> None:

@@ -77,7 +77,7 @@ def _published_headers(published: Published) -> dict[str, str] | None:
 @routes.post("/api/workflows/progress")
 async def publish_one(request: web.Request) -> web.Response:
     """Publish one event; answers its stream id and event name."""
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     require_publisher(request)
     key = idempotency_key(request)
     body = await read_json_body(request)
@@ -86,7 +86,7 @@ async def publish_one(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise_validation(exc)
     limit_publisher(request, 1)
-    published = await publish_events(relay, [event], key)
+    published = await publish_events(gateway, [event], key)
     (receipt,) = published.receipts
     answer = PublishAnswer(
         id=receipt.id,
@@ -99,7 +99,7 @@ async def publish_one(request: web.Request) -> web.Response:
 @routes.post("/api/workflows/progress/batch")
 async def publish_batch(request: web.Request) -> web.Response:
     """Publish a JSON array of events: every one is valid and written, or none is."""
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     require_publisher(request)
     key = idempotency_key(request)
     body = await read_json_body(request)
@@ -107,11 +107,11 @@ async def publish_batch(request: web.Request) -> web.Response:
         events = parse_event_list_json(body)
     except ValidationError as exc:
         raise_validation(exc)
-    limit = relay.settings.max_batch
+    limit = gateway.settings.max_batch
     if len(events) > limit:
         raise ApiError(413, f"a batch holds at most {limit} events, got {len(events)}")
     limit_publisher(request, len(events))
-    published = await publish_events(relay, events, key)
+    published = await publish_events(gateway, events, key)
     pairs = zip(events, published.receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
     answer = BatchAnswer(ids=[r.id for r in published.receipts], cancel_requested=cancelled)
@@ -127,21 +127,21 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the store accepts writes and the stream reader is following the streams."""
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     problems = []
     try:
         async with asyncio.timeout(READY_PROBE_TIMEOUT):
             # A write, not a PING: a Redis out of memory or read-only answers
             # PING yet refuses every publish.
-            await relay.store.probe_write(READY_PROBE_TTL_MS)
+            await gateway.store.probe_write(READY_PROBE_TTL_MS)
     except ResponseError as exc:
         problems.append(f"store refuses writes: {exc}")
     except (RedisError, OSError, TimeoutError) as exc:
         problems.append(f"store unreachable: {exc or type(exc).__name__}")
-    if (problem := relay.reader.problem) is not None:
+    if (problem := gateway.reader.problem) is not None:
         problems.append(problem)
     if problems:
-        retry = str(relay.settings.retry_after_seconds)
+        retry = str(gateway.settings.retry_after_seconds)
         answer = NotReadyAnswer(status="not ready", problems=problems)
         return model_response(answer, status=503, headers={"Retry-After": retry})
-    return model_response(ReadyAnswer(status="ready", embedded=relay.settings.embedded))
+    return model_response(ReadyAnswer(status="ready", embedded=gateway.settings.embedded))

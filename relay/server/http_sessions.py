@@ -118,12 +118,12 @@ async def session_events(request: web.Request) -> web.Response:
     (``session_history`` of them), and exactly those entries are read: the
     cost depends on the session, never on the length of its type's stream.
     """
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     query = _query(HistoryQuery, request)
     state = _readable_state(request)
     session_id = state.session_id
     entry_ids = list(islice(state.history.after(query.since), query.limit))
-    entries = await relay.store.entries(relay.keys.stream(state.workflow_type), entry_ids)
+    entries = await gateway.store.entries(gateway.keys.stream(state.workflow_type), entry_ids)
     # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
     frames = [
         envelope.frame
@@ -139,10 +139,10 @@ async def cancel_session(request: web.Request) -> web.Response:
 
     Needs a publisher key, or a token with the cancel claim covering the session.
     """
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     session_id = _session_id(request)
     require_canceller(request, session_id)
-    receipt, workflow_type = await request_cancel(relay, session_id)
+    receipt, workflow_type = await request_cancel(gateway, session_id)
     answer = CancelAnswer(
         id=receipt.id,
         event=event_name(workflow_type),

@@ -34,12 +34,12 @@ def _labelled(name: str, doc: str, label: str, counts: dict[str, int]) -> Counte
 class RelayCollector(Collector):
     """Reads one gateway's counters at scrape time."""
 
-    def __init__(self, relay: Gateway) -> None:
-        self._relay = relay
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
-        relay = self._relay
-        hub, reader, stats = relay.hub, relay.reader, relay.stats
+        gateway = self._gateway
+        hub, reader, stats = gateway.hub, gateway.reader, gateway.stats
         yield _labelled(
             "relay_events_published",
             "Events published through this gateway's HTTP API.",
@@ -50,7 +50,7 @@ class RelayCollector(Collector):
             "relay_events_read",
             "Valid events this gateway read from the streams.",
             "workflow_type",
-            relay.ingest.accepted_by_type,
+            gateway.ingest.accepted_by_type,
         )
         yield _labelled(
             "relay_events_delivered",
@@ -67,7 +67,7 @@ class RelayCollector(Collector):
         yield _counter(
             "relay_invalid_entries",
             "Stream entries skipped because they are not valid events.",
-            relay.ingest.invalid,
+            gateway.ingest.invalid,
         )
         yield _counter(
             "relay_events_conflated", "Events conflated away for slow subscribers.", hub.conflated
@@ -100,15 +100,17 @@ class RelayCollector(Collector):
             "Keys named like type streams that are not followed (bad name, or not a stream).",
             reader.ignored_keys,
         )
-        yield _counter("relay_replays", "Subscriptions resumed with since.", relay.catchup.replays)
+        yield _counter(
+            "relay_replays", "Subscriptions resumed with since.", gateway.catchup.replays
+        )
         yield _counter(
             "relay_replays_unrecovered",
             "Resumed subscriptions whose history no longer reached back.",
-            relay.catchup.unrecovered,
+            gateway.catchup.unrecovered,
         )
         yield _gauge("relay_subscribers", "Connected subscribers.", hub.subscribers)
         yield _gauge("relay_subscriptions", "Subscriptions across connections.", hub.subscriptions)
-        yield _gauge("relay_sessions", "Sessions in the session view.", len(relay.view))
+        yield _gauge("relay_sessions", "Sessions in the session view.", len(gateway.view))
         yield _gauge("relay_streams", "Type streams the reader follows.", len(reader.positions))
         yield _gauge("relay_reader_ready", "1 while the reader follows the streams.", reader.ready)
         lag = GaugeMetricFamily(
@@ -122,10 +124,10 @@ class RelayCollector(Collector):
         yield lag
 
 
-def registry_for(relay: Gateway) -> CollectorRegistry:
+def registry_for(gateway: Gateway) -> CollectorRegistry:
     """A registry holding this gateway's metrics only."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay))
+    registry.register(RelayCollector(gateway))
     return registry
 
 

@@ -20,7 +20,7 @@ from relay.server.session_view import SessionState
 
 
 async def publish_events(
-    relay: Gateway, events: Sequence[ProgressEvent], idempotency_key: str | None = None
+    gateway: Gateway, events: Sequence[ProgressEvent], idempotency_key: str | None = None
 ) -> Published:
     """Publish unless a session among ``events`` has already ended (409).
 
@@ -32,26 +32,26 @@ async def publish_events(
     stamp = now_ms()
     publication = Publication([event.stamped(stamp) for event in events], idempotency_key)
     try:
-        ended = _ended_session(relay, publication.events)
+        ended = _ended_session(gateway, publication.events)
         if ended is not None:
             # A retry of the publication that ended the session is no conflict.
-            replay = await relay.store.recorded(publication) if idempotency_key else None
+            replay = await gateway.store.recorded(publication) if idempotency_key else None
             if replay is None:
                 raise ended
             return replay
-        published = await relay.store.submit(publication)
+        published = await gateway.store.submit(publication)
     except KeyReused as exc:
         raise ApiError(409, str(exc), code=REUSED) from None
     if not published.replayed:
-        _applied(relay, publication.events, published.receipts)
+        _applied(gateway, publication.events, published.receipts)
         for event in publication.events:
-            relay.stats.bump(relay.stats.published_by_type, event.workflow_type)
+            gateway.stats.bump(gateway.stats.published_by_type, event.workflow_type)
     return published
 
 
-def _ended_session(relay: Gateway, events: Sequence[ProgressEvent]) -> ApiError | None:
+def _ended_session(gateway: Gateway, events: Sequence[ProgressEvent]) -> ApiError | None:
     for event in events:
-        state = relay.view.get(event.session_id)
+        state = gateway.view.get(event.session_id)
         if state is not None and state.terminal:
             return _session_ended(state)
     return None
@@ -66,10 +66,10 @@ def _session_ended(state: SessionState) -> ApiError:
     )
 
 
-def _applied(relay: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
+def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
     """Fold what was just written into the view, as the reader will when it reads it back."""
     for event, receipt in zip(events, receipts, strict=True):
-        relay.view.apply(Envelope.of(receipt.id, event), event)
+        gateway.view.apply(Envelope.of(receipt.id, event), event)
 
 
 def unknown_session(session_id: str) -> ApiError:
@@ -77,13 +77,13 @@ def unknown_session(session_id: str) -> ApiError:
     return ApiError(404, f"no recent session {session_id!r}")
 
 
-async def request_cancel(relay: Gateway, session_id: str) -> tuple[Receipt, str]:
+async def request_cancel(gateway: Gateway, session_id: str) -> tuple[Receipt, str]:
     """Publish a ``cancel_requested`` event for a running session; answers its type too.
 
     The worker learns of it from its next report. Asking again while the
     request is pending answers the same event rather than publishing another.
     """
-    state = relay.view.get(session_id)
+    state = gateway.view.get(session_id)
     if state is None:
         raise unknown_session(session_id)
     if state.terminal:
@@ -99,6 +99,6 @@ async def request_cancel(relay: Gateway, session_id: str) -> tuple[Receipt, str]
         status="cancel_requested",
         ts=now_ms(),
     )
-    (receipt,) = await relay.store.publish([event])
-    _applied(relay, [event], [receipt])
+    (receipt,) = await gateway.store.publish([event])
+    _applied(gateway, [event], [receipt])
     return receipt, state.workflow_type

@@ -65,7 +65,7 @@ def _admit(request: web.Request) -> Subscribe:
 @streaming
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream events of a type (``*`` by default), optionally of one session."""
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     try:
         subscription = _admit(request)
     except ApiError as error:
@@ -87,7 +87,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     async def close(code: int, reason: str) -> None:
         logger.info("ending event stream for %s: %s (%d)", request.remote, reason, code)
 
-    settings = relay.settings
+    settings = gateway.settings
     subscriber = Subscriber(
         send,
         close,
@@ -97,18 +97,18 @@ async def events(request: web.Request) -> web.StreamResponse:
         render=sse_text,
         join="".join,
     )
-    relay.hub.attach(subscriber)
-    relay.event_streams.add(subscriber)
+    gateway.hub.attach(subscriber)
+    gateway.event_streams.add(subscriber)
     subscriber.start()
     logger.info("%s connected", subscriber.name)
-    replay = relay.catchup.subscribe(subscriber, subscription)
+    replay = gateway.catchup.subscribe(subscriber, subscription)
     try:
         while not await subscriber.finished(settings.sse_keepalive):
             subscriber.deliver(KEEP_ALIVE)
     finally:
         # Forget the stream before awaiting anything (see the WebSocket handler).
-        relay.hub.detach(subscriber)
-        relay.event_streams.discard(subscriber)
+        gateway.hub.detach(subscriber)
+        gateway.event_streams.discard(subscriber)
         if replay is not None:
             replay.cancel()
         logger.info("%s disconnected", subscriber.name)

@@ -68,19 +68,19 @@ class Connection:
         "_flood",
         "_rate",
         "closing",
+        "gateway",
         "grant",
-        "relay",
         "subscriber",
         "tasks",
         "ws",
     )
 
-    def __init__(self, relay: Gateway, ws: web.WebSocketResponse, name: str) -> None:
-        self.relay = relay
+    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse, name: str) -> None:
+        self.gateway = gateway
         self.ws = ws
         # Cancel requests in flight; made on first use, most connections never have one.
         self.tasks: set[asyncio.Task[None]] | None = None
-        settings = relay.settings
+        settings = gateway.settings
         # None until a token is accepted, when the gateway requires one.
         self.grant: Grant | None = anonymous_grant(settings) if settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
@@ -92,8 +92,8 @@ class Connection:
         self.subscriber = Subscriber(
             ws.send_str,
             self._close,
-            limit=relay.settings.outbox_limit,
-            send_timeout=relay.settings.send_timeout,
+            limit=gateway.settings.outbox_limit,
+            send_timeout=gateway.settings.send_timeout,
             name=name,
         )
 
@@ -107,7 +107,7 @@ class Connection:
 
     def error(self, code: str, message: str, detail: list[dict[str, str]] | None = None) -> None:
         """Send an error frame (counted like HTTP rejections); the connection stays open."""
-        self.relay.stats.reject(code)
+        self.gateway.stats.reject(code)
         self.subscriber.deliver(error_frame(code, message, detail))
 
     def authenticate(self, token: str) -> bool:
@@ -116,7 +116,7 @@ class Connection:
         A token presented again replaces the grant: subscriptions outside the
         new one are dropped, each with an ``unsubscribed`` frame.
         """
-        settings = self.relay.settings
+        settings = self.gateway.settings
         if settings.secret is None:
             return True
         try:
@@ -143,7 +143,7 @@ class Connection:
         for workflow_type, session_id in list(subscriber.subscriptions):
             if grant.allows(workflow_type, session_id):
                 continue
-            self.relay.hub.unsubscribe(subscriber, (workflow_type, session_id))
+            self.gateway.hub.unsubscribe(subscriber, (workflow_type, session_id))
             target = SubscriptionTarget(workflow_type=workflow_type, session_id=session_id)
             subscriber.deliver(unsubscribed_frame(target))
 
@@ -163,7 +163,7 @@ class Connection:
         if self._flood is None:
             self._flood = FloodWindow(FLOOD_WINDOW)
         dropped = self._flood.drop()
-        settings = self.relay.settings
+        settings = self.gateway.settings
         if dropped == 1:
             self.error("rate_limited", "too many frames; this one and those after it are dropped")
         elif dropped > settings.ws_rate * FLOOD_WINDOW + settings.ws_burst:
@@ -196,7 +196,7 @@ class Connection:
         elif message.type is WSMsgType.ERROR:
             # aiohttp has already closed the socket (1009 for an oversize frame).
             too_big = getattr(message.data, "code", None) == CLOSE_TOO_BIG
-            self.relay.stats.reject("frame_too_large" if too_big else "bad_frame")
+            self.gateway.stats.reject("frame_too_large" if too_big else "bad_frame")
 
     def handle_text(self, text: str) -> None:
         """Act on one client frame."""
@@ -249,8 +249,8 @@ class Connection:
         the session, or development mode.
         """
         try:
-            check_cancel(grant, self.relay.view.get(session_id), session_id)
-            receipt, _ = await request_cancel(self.relay, session_id)
+            check_cancel(grant, self.gateway.view.get(session_id), session_id)
+            receipt, _ = await request_cancel(self.gateway, session_id)
         except ApiError as exc:
             self.error(exc.code, exc.message)
         except (RedisError, OSError):
@@ -267,17 +267,17 @@ class Connection:
         if not self._granted(frame.workflow_type, frame.session_id):
             self.error("forbidden", "the token does not grant this subscription")
             return
-        limit = self.relay.settings.max_subscriptions
+        limit = self.gateway.settings.max_subscriptions
         if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
             self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
             return
-        replay = self.relay.catchup.subscribe(subscriber, frame)
+        replay = self.gateway.catchup.subscribe(subscriber, frame)
         if replay is not None:
             self._track(replay)
 
     def unsubscribe(self, frame: Unsubscribe) -> None:
         """Stop routing the frame's target to this client."""
-        if self.relay.hub.unsubscribe(self.subscriber, frame.key):
+        if self.gateway.hub.unsubscribe(self.subscriber, frame.key):
             self.subscriber.deliver(unsubscribed_frame(frame))
         else:
             self.error("not_subscribed", "there is no such subscription on this connection")
@@ -294,12 +294,12 @@ def _admit(request: web.Request) -> Subscribe | None:
 @streaming
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
-    relay = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     try:
         initial = _admit(request)
     except ApiError as error:
         return refusal(request, error)
-    settings = relay.settings
+    settings = gateway.settings
     ws = web.WebSocketResponse(
         timeout=CLOSE_TIMEOUT,
         compress=False,
@@ -308,9 +308,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     name = f"ws:{request.remote}"
-    connection = Connection(relay, ws, name)
-    relay.sockets.add(ws)
-    relay.hub.attach(connection.subscriber)
+    connection = Connection(gateway, ws, name)
+    gateway.sockets.add(ws)
+    gateway.hub.attach(connection.subscriber)
     connection.subscriber.start()
     logger.info("%s connected", name)
     try:
@@ -328,8 +328,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         # Forget the connection before awaiting anything: the handler may be
         # cancelled here when the peer has already gone.
-        relay.hub.detach(connection.subscriber)
-        relay.sockets.discard(ws)
+        gateway.hub.detach(connection.subscriber)
+        gateway.sockets.discard(ws)
         logger.info("%s disconnected (close code %s)", name, ws.close_code)
         await connection.stop()
     return ws
