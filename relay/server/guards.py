@@ -19,6 +19,7 @@ from relay.server.auth import (
     looks_like_token,
     read_token,
 )
+from relay.server.client_address import client_address
 from relay.server.errors import ApiError
 from relay.server.gateway import GATEWAY
 from relay.server.publishing import unknown_session
@@ -46,8 +47,8 @@ def limit_publisher(request: web.Request, events: int) -> None:
     """Raise 429 with Retry-After when this publisher is over its event rate.
 
     A publisher is its API key when it presents a configured one, otherwise its
-    address: any other bearer value is made up at will, and must not buy a
-    fresh bucket.
+    address (the client's behind a trusted proxy): any other bearer value is
+    made up at will, and must not buy a fresh bucket.
     """
     gateway = request.app[GATEWAY]
     keys = gateway.settings.publisher_keys
@@ -55,7 +56,7 @@ def limit_publisher(request: web.Request, events: int) -> None:
     if presented is not None and keys and key_matches(presented, keys):
         publisher = f"key:{presented}"
     else:
-        publisher = f"address:{request.remote or '?'}"
+        publisher = f"address:{client_address(request, gateway.settings.proxies)}"
     wait = gateway.publisher_limits.take(publisher, events)
     if wait > 0:
         retry = str(max(1, math.ceil(wait)))

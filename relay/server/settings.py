@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
+from relay.server.client_address import Network, parse_networks
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     allowed_origins: str = Field(
         default="",
         description="Comma-separated browser origins allowed to connect; empty allows any.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses and CIDR networks of reverse proxies whose "
+        "X-Forwarded-For names the client (for rate limits and logs); empty trusts none.",
     )
     stream_prefix: str = Field(
         default="", max_length=64, description="Prefix put before every Redis key relay uses."
@@ -192,6 +198,12 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."
     )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
     @model_validator(mode="after")
     def _outbox_holds_two_reads(self) -> Settings:
         # One XREAD batch is routed in one go; an outbox smaller than two of
@@ -217,6 +229,11 @@ class Settings(BaseSettings):
     def origins(self) -> tuple[str, ...]:
         """The browser origins allowed to connect; empty means any."""
         return _split(self.allowed_origins)
+
+    @property
+    def proxies(self) -> tuple[Network, ...]:
+        """The trusted reverse proxies, as networks."""
+        return parse_networks(self.trusted_proxies)
 
     @property
     def secret(self) -> str | None:

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from relay.protocol.frames import ANY_TYPE, Envelope, Subscribe
+from relay.server.client_address import client_address
 from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
 from relay.server.gateway import GATEWAY
@@ -84,16 +85,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     async def send(text: str) -> None:
         await response.write(text.encode())
 
-    async def close(code: int, reason: str) -> None:
-        logger.info("ending event stream for %s: %s (%d)", request.remote, reason, code)
-
     settings = gateway.settings
+    address = client_address(request, settings.proxies)
+
+    async def close(code: int, reason: str) -> None:
+        logger.info("ending event stream for %s: %s (%d)", address, reason, code)
+
     subscriber = Subscriber(
         send,
         close,
         limit=settings.outbox_limit,
         send_timeout=settings.send_timeout,
-        name=f"sse:{request.remote}",
+        name=f"sse:{address}",
         render=sse_text,
         join="".join,
     )

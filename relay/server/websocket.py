@@ -26,6 +26,7 @@ from relay.protocol.frames import (
     unsubscribed_frame,
 )
 from relay.server.auth import AuthError, Grant
+from relay.server.client_address import client_address
 from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
 from relay.server.gateway import GATEWAY, Gateway
@@ -307,7 +308,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ws_heartbeat,
     )
     await ws.prepare(request)
-    name = f"ws:{request.remote}"
+    name = f"ws:{client_address(request, settings.proxies)}"
     connection = Connection(gateway, ws, name)
     gateway.sockets.add(ws)
     gateway.hub.attach(connection.subscriber)
