@@ -3,11 +3,14 @@
 ``RELAY_LOG_FORMAT=json`` (or ``relay serve --log-format json``) turns on
 :class:`JsonFormatter`, for log collectors that parse each line. Either way a
 record carries only what the code logged: nothing logs event payloads.
+:class:`SecretScrubber` blanks tokens and bearer credentials out of every
+record, whichever library wrote it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -15,6 +18,42 @@ from typing import Any, TextIO
 import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REDACTED = "[redacted]"
+
+# ``token=`` in a query string (also ``access_token=``), a bearer credential
+# in a header, and a ``"token": "..."`` member of a logged frame.
+_SECRETS = (
+    (re.compile(r"(token=)[^&\s\"'<>#;,]+", re.IGNORECASE), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(\"token\"\s*:\s*\")[^\"]*", re.IGNORECASE), rf"\g<1>{REDACTED}"),
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every token and bearer credential replaced by ``[redacted]``."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretScrubber(logging.Filter):
+    """Rewrites each record so that no token or bearer credential reaches the output.
+
+    The message is formatted with its arguments first and then scrubbed, so a
+    secret passed as an argument is caught too; a traceback is formatted and
+    scrubbed here as well (formatters reuse ``exc_text``), and so is a stack.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub ``record`` in place; never drops it."""
+        record.msg, record.args = scrub(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,10 +71,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        if record.exc_text:
             entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(entry, default=str).decode()
@@ -46,4 +85,5 @@ def configure_logging(level: str, log_format: str = "text", stream: TextIO | Non
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
+    handler.addFilter(SecretScrubber())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
