@@ -6,7 +6,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -17,16 +17,6 @@ from tests.helpers import Gateway, receive
 
 SECRET = "scrubbing-secret-0123456789abcdef"
 TOKEN = "eyJhbGciOi.secret-token-text-7d41.signature"
-
-
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, given back as it was (configure_logging replaces its handlers)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     lines = [line for line in text.splitlines() if line.strip()]
     assert lines
     return [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, given back as it was (configure_logging replaces its handlers)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("root_logger")
