@@ -165,6 +165,14 @@ def _token_parser(commands: Any) -> None:
     )
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 90s, 15m, 1h or 2d (default 1h)")
     token.add_argument("--secret", help="signing secret (RELAY_TOKEN_SECRET)")
+    token.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="print a dashboard link that signs in with the token, not the token alone",
+    )
+    token.add_argument(
+        "--url", help=f"gateway of the --dashboard link (RELAY_URL, default {DEFAULT_GATEWAY})"
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -284,7 +292,7 @@ def publish(args: argparse.Namespace) -> int:
 
 def watch(args: argparse.Namespace) -> int:
     """Show events of a type or session until interrupted."""
-    from relay.cli.watch import choose_mode, watch_bars, watch_events
+    from relay.cli.watch import TokenRefused, choose_mode, watch_bars, watch_events
 
     gateway = _gateway_url(args)
     token = args.token or os.environ.get("RELAY_TOKEN")
@@ -305,6 +313,10 @@ def watch(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return 0
+    except TokenRefused as refused:
+        hint = "" if refused.expired else " (give --token or RELAY_TOKEN)"
+        print(f"relay watch: {refused}{hint}", file=sys.stderr)
+        return 1
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -358,16 +370,17 @@ def token(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"relay token: {exc}", file=sys.stderr)
         return 2
-    print(
-        mint_token(
-            secret,
-            args.sub,
-            workflow_types=args.workflow_types,
-            sessions=args.sessions,
-            ttl_seconds=ttl,
-            cancel=args.cancel,
-        )
+    minted = mint_token(
+        secret,
+        args.sub,
+        workflow_types=args.workflow_types,
+        sessions=args.sessions,
+        ttl_seconds=ttl,
+        cancel=args.cancel,
     )
+    # In the fragment the token never reaches the gateway's or a proxy's logs;
+    # the dashboard reads it and takes it out of the address.
+    print(f"{_gateway_url(args).rstrip('/')}/#token={minted}" if args.dashboard else minted)
     return 0
 
 

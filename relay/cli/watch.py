@@ -10,7 +10,9 @@ Three views of the same subscription:
 :func:`follow` is the network loop shared by all three: it resumes after each
 reconnect from the last event id seen, so nothing is missed or repeated. When
 the gateway says a type's history was reset, ids seen before mean nothing any
-more: the resume point is dropped and the state is loaded again.
+more: the resume point is dropped and the state is loaded again. A gateway
+that refuses the token (or wants one) ends it with :class:`TokenRefused`, since
+trying again with the same token cannot succeed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from relay.protocol.progress import estimated_time_remaining
 
 logger = logging.getLogger(__name__)
 
+# The gateway's close codes for a token it will not take.
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4002
+
 RECONNECT_START = 0.2
 RECONNECT_CAP = 5.0
 REFRESH_INTERVAL = 0.25
@@ -64,6 +70,14 @@ BAR_STYLES = {
     "cancelled": "grey50",
     "cancel_requested": "yellow",
 }
+
+
+class TokenRefused(Exception):
+    """The gateway wants a token and was given none, a bad one, or (``expired``) an old one."""
+
+    def __init__(self, *, expired: bool) -> None:
+        super().__init__("token expired" if expired else "authentication required")
+        self.expired = expired
 
 
 def ws_url(gateway: str) -> str:
@@ -313,6 +327,8 @@ async def follow(
     latest event of every session still running. ``on_reset(frame)`` hears a
     ``reset`` frame (the default prints it to stderr); with ``snapshot`` the
     latest events are then asked for again, from what the gateway now holds.
+    Raises :class:`TokenRefused` when the gateway closes with 4001 or 4002, or
+    answers the upgrade with 401.
     """
 
     def default_state(state: str, delay: float | None) -> None:
@@ -364,6 +380,12 @@ async def follow(
                                     await ws.send_str(orjson.dumps(again).decode())
                             elif item.get("type") == "error":
                                 state_changed(f"error: {item.get('message', '')}", None)
+                if ws.close_code in (CLOSE_UNAUTHORIZED, CLOSE_TOKEN_EXPIRED):
+                    raise TokenRefused(expired=ws.close_code == CLOSE_TOKEN_EXPIRED)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise TokenRefused(expired=False) from None
+                logger.debug("watch connection refused: %s", exc)
             except (aiohttp.ClientError, OSError) as exc:
                 logger.debug("watch connection lost: %s", exc)
             state_changed("disconnected", delay)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +18,9 @@ import aiohttp
 import pytest
 from rich.console import Console
 
+from relay.cli.main import main
 from relay.cli.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
+from relay.server.auth import mint_token, read_token
 from tests.helpers import Gateway, event, start_watch
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -245,3 +250,60 @@ async def test_watch_without_a_terminal_prints_plain_lines(
     finally:
         watcher.terminate()
         await watcher.wait()
+
+
+SECRET = "a-secret-long-enough-for-hs256-signing"
+
+
+def run_watch(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    """``relay watch --json`` against ``gateway`` until it exits by itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "watch", "--url", gateway.url, "--json", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("token_args", "message"),
+    [
+        ((), "relay watch: authentication required (give --token or RELAY_TOKEN)"),
+        (
+            ("--token", "not-a-token"),
+            "relay watch: authentication required (give --token or RELAY_TOKEN)",
+        ),
+        (
+            ("--token", mint_token(SECRET, "old", workflow_types=["*"], ttl_seconds=-60)),
+            "relay watch: token expired",
+        ),
+    ],
+    ids=["none", "forged", "expired"],
+)
+def test_watch_stops_with_one_line_when_the_gateway_refuses_the_token(
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    token_args: tuple[str, ...],
+    message: str,
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    done = run_watch(gateway, "--type", "map", *token_args)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [message]
+    assert done.stdout == ""
+
+
+def test_token_dashboard_prints_a_link_with_the_token_in_the_fragment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["token", "--sub", "ops", "--type", "*", "--cancel", "--secret", SECRET]
+    assert main([*args, "--dashboard", "--url", "http://relay.example:9000/"]) == 0
+    link = capsys.readouterr().out.strip()
+    base, token = link.split("#token=")
+    assert base == "http://relay.example:9000/"
+    grant = read_token(token, SECRET)
+    assert grant.subject == "ops"
+    assert grant.allows_cancel("map", "s1")

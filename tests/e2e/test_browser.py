@@ -18,11 +18,13 @@ import pytest
 import redis
 
 from relay.client.reporters import Reporter
+from relay.server.auth import mint_token
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, wait_until
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, WebSocket, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 except ImportError:  # the check in the browser fixture says what is missing
     sync_playwright = None  # type: ignore[assignment]
 
@@ -38,6 +40,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 10_000
+SECRET = "a-secret-long-enough-for-hs256-signing"
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +369,91 @@ def test_client_drops_what_a_reset_history_told_it_and_reloads(
         later = publisher.report("s1", "map", "step 3", 30)
     page.wait_for_function("watcher.get('s1')?.step === 'step 3'")
     assert page.evaluate("watcher.get('s1').lastEventId") == later
+
+
+@pytest.fixture
+def locked_gateway(start_gateway: Callable[..., Gateway], redis_url: str) -> Gateway:
+    """A gateway that shows sessions only to holders of a token."""
+    return start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+
+
+def ops_token(ttl_seconds: float = 3600) -> str:
+    return mint_token(SECRET, "ops", workflow_types=["*"], cancel=True, ttl_seconds=ttl_seconds)
+
+
+def count_sockets(page: Page) -> list[str]:
+    """The addresses of the WebSockets the page opens from now on, as it opens them."""
+    opened: list[str] = []
+
+    def seen(socket: WebSocket) -> None:
+        opened.append(socket.url)
+
+    page.on("websocket", seen)
+    return opened
+
+
+def test_locked_dashboard_takes_the_token_from_the_fragment_and_cancels_with_it(
+    page: Page, locked_gateway: Gateway, reporter: Reporter
+) -> None:
+    reporter.report("s1", "map", "analyzing", 40)
+    sockets = count_sockets(page)
+    page.goto(f"{locked_gateway.url}/#token={ops_token()}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    row = page.locator('[data-session="s1"]')
+    expect(row.locator(".status")).to_have_text("running")
+    # The token left the address bar, and never went into a URL.
+    assert page.url == locked_gateway.url + "/"
+    assert sockets == [locked_gateway.ws_url]
+    expect(page.locator("#sign-in")).to_be_hidden()
+    expect(page.locator("#sign-out")).to_be_visible()
+
+    row.locator(".cancel").click()
+    expect(row).to_have_attribute("data-status", "cancel_requested")
+    expect(row.locator(".error")).to_be_hidden()
+
+    # The tab keeps the token: a reload still shows the sessions.
+    page.reload()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    expect(row.locator(".status")).to_have_text("cancelling")
+
+
+def test_locked_dashboard_asks_for_a_token_and_signs_out(
+    page: Page, locked_gateway: Gateway, reporter: Reporter
+) -> None:
+    reporter.report("s1", "map", "analyzing", 40)
+    page.goto(locked_gateway.url + "/")
+    expect(page.locator("#connection")).to_have_text("authentication required")
+    expect(page.locator("#sign-in")).to_be_visible()
+    expect(page.locator("#empty")).to_be_hidden()
+    expect(page.locator("#sign-out")).to_be_hidden()
+
+    page.locator("#token").fill(ops_token())
+    page.locator("#sign-in button").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    expect(page.locator('[data-session="s1"] .status')).to_have_text("running")
+    expect(page.locator("#sign-in")).to_be_hidden()
+
+    page.locator("#sign-out").click()
+    expect(page.locator("#connection")).to_have_text("authentication required")
+    expect(page.locator("#sign-in")).to_be_visible()
+    expect(page.locator(".session")).to_have_count(0)
+
+
+def test_dashboard_with_a_refused_token_says_why_and_does_not_reconnect(
+    page: Page, locked_gateway: Gateway
+) -> None:
+    sockets = count_sockets(page)
+    page.goto(f"{locked_gateway.url}/#token={ops_token(ttl_seconds=-60)}")
+    expect(page.locator("#connection")).to_have_text("token expired")
+    expect(page.locator("#sign-in")).to_contain_text("expired")
+    # The first retry would come within 250 ms; none comes in eight times that.
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_event("websocket", timeout=2000)
+    assert len(sockets) == 1
+
+    page.locator("#token").fill("forged.not.signed")
+    page.locator("#sign-in button").click()
+    expect(page.locator("#connection")).to_have_text("authentication required")
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_event("websocket", timeout=2000)
+    assert len(sockets) == 2

@@ -7,21 +7,32 @@
  * frame, each session's row updated in place (rows are keyed by session id,
  * never rebuilt, and move only when they learn when their session started).
  */
-import { compareIds, watchWorkflow } from "./relay-client.js";
+import { AUTH_STATUSES, compareIds, watchWorkflow } from "./relay-client.js";
 
-// A gateway that needs a token gets it from the page address: `/#token=...`
-// (kept out of server logs and Referer headers) or `/?token=...`. The watcher
-// sends it on the socket and on every HTTP request, cancelling included, so
-// the Cancel buttons work once the token carries the cancel claim.
-const token =
-  new URLSearchParams(location.hash.slice(1)).get("token") ??
-  new URLSearchParams(location.search).get("token");
+// A gateway that needs a token gets it from the page address, `/#token=...`
+// (what `relay token --dashboard` prints; a fragment never reaches server
+// logs or Referer headers) or `/?token=...`, or from the sign-in form. It is
+// kept for this tab only, in sessionStorage, and taken out of the address so
+// it is not bookmarked or shared with the link. The watcher sends it on the
+// socket and on every HTTP request, cancelling included, so the Cancel
+// buttons work once the token carries the cancel claim.
+const TOKEN_KEY = "relay.token";
+takeTokenFromAddress();
 
 // Every type, starting from the current state; the watcher also loads the
 // 200 most recent sessions over HTTP so ended ones show too.
-const watcher = watchWorkflow({ workflowType: "*", snapshot: true, limit: 200, token });
+const watcher = watchWorkflow({
+  workflowType: "*",
+  snapshot: true,
+  limit: 200,
+  token: sessionStorage.getItem(TOKEN_KEY),
+});
 
 const byId = (id) => document.getElementById(id);
+const signInEl = byId("sign-in");
+const signInMessageEl = byId("sign-in-message");
+const tokenInputEl = byId("token");
+const signOutEl = byId("sign-out");
 const groupsEl = byId("groups");
 const emptyEl = byId("empty");
 const summaryEl = byId("summary");
@@ -45,6 +56,12 @@ const CONNECTION_LABELS = {
   live: "live",
   reconnecting: "reconnecting…",
   closed: "closed",
+  unauthorized: "authentication required",
+  expired: "token expired",
+};
+const SIGN_IN_MESSAGES = {
+  unauthorized: "This gateway needs a token to show its sessions.",
+  expired: "The token expired. Sign in with a new one.",
 };
 
 const rows = new Map(); // session id -> row (its elements and the state drawn)
@@ -66,7 +83,18 @@ watcher.onChange((state, event) => {
 watcher.onStatus((status) => {
   connectionEl.dataset.state = status;
   connectionEl.textContent = CONNECTION_LABELS[status];
+  const refused = AUTH_STATUSES.includes(status);
+  if (refused) {
+    // A refused token stays refused: forget it, and ask for another.
+    sessionStorage.removeItem(TOKEN_KEY);
+    signInMessageEl.textContent = SIGN_IN_MESSAGES[status];
+  }
+  signInEl.hidden = !refused;
+  if (refused) tokenInputEl.focus();
+  drawSignOut();
+  scheduleDraw();
 });
+drawSignOut();
 
 // Elapsed times and ETAs move on their own between events.
 setInterval(() => {
@@ -216,7 +244,7 @@ function drawSummary() {
     .filter(([status]) => byStatus[status])
     .map(([status, label]) => `${byStatus[status]} ${label}`);
   setText(summaryEl, parts.join(" · "));
-  emptyEl.hidden = rows.size > 0;
+  emptyEl.hidden = rows.size > 0 || !signInEl.hidden;
   const running = (byStatus.running ?? 0) + (byStatus.cancel_requested ?? 0);
   document.title = running ? `(${running}) relay` : "relay";
 }
@@ -242,6 +270,41 @@ async function cancelSession(sessionId, button) {
     row.error.hidden = false;
     row.error.textContent = `Cancel failed: ${error.message}`;
   }
+}
+
+signInEl.addEventListener("submit", (submit) => {
+  submit.preventDefault();
+  const token = tokenInputEl.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  tokenInputEl.value = "";
+  signInEl.hidden = true;
+  watcher.setToken(token);
+});
+
+// Signing out starts the page afresh, without a token and what it showed.
+signOutEl.addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.reload();
+});
+
+function drawSignOut() {
+  signOutEl.hidden = sessionStorage.getItem(TOKEN_KEY) === null;
+}
+
+/** Keep a token given in the address for this tab, and take it out of the address. */
+function takeTokenFromAddress() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const query = new URLSearchParams(location.search);
+  const token = fragment.get("token") ?? query.get("token");
+  if (token === null) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  fragment.delete("token");
+  query.delete("token");
+  const search = String(query);
+  const hash = String(fragment);
+  const address = `${location.pathname}${search && `?${search}`}${hash && `#${hash}`}`;
+  history.replaceState(history.state, "", address);
 }
 
 byId("hide-ended").addEventListener("change", (change) => {

@@ -39,6 +39,15 @@ const SILENCE_LIMIT_MS = 2 * PING_EVERY_MS + 5000;
 // History pages fetched at a time by history().
 const HISTORY_PAGE = 1000;
 
+// The gateway's answers to a token it will not take (close codes 4001 and
+// 4002, HTTP 401): retrying with the same token cannot help, so the watcher
+// stops and says so until it is given another token.
+const CLOSE_UNAUTHORIZED = 4001;
+const CLOSE_TOKEN_EXPIRED = 4002;
+const EXPIRED_MESSAGE = "token expired";
+/** The statuses in which the watcher waits for a token (see setToken()). */
+export const AUTH_STATUSES = Object.freeze(["unauthorized", "expired"]);
+
 /** An HTTP answer from the gateway that was not a success. */
 export class RelayError extends Error {
   constructor(status, code, message) {
@@ -71,8 +80,10 @@ export function compareIds(a, b) {
  *   type's sessions (the latest event of every running one, then the recent
  *   sessions over HTTP, ended ones included) instead of only new events.
  * - `limit`: how many recent sessions a type watcher loads over HTTP (1 to 1000).
- * - `token`: passed through as `?token=` on the WebSocket and as a bearer
- *   token on HTTP requests.
+ * - `token`: sent in an `auth` frame first thing on every WebSocket and as
+ *   `Authorization: Bearer` on HTTP requests (never in a URL, which proxies
+ *   log). When the gateway refuses it, the watcher stops with the status
+ *   "unauthorized" or "expired" instead of reconnecting; setToken() resumes.
  */
 export function watchWorkflow({
   url,
@@ -88,7 +99,7 @@ export function watchWorkflow({
 class Watcher {
   #base;
   #wsUrl;
-  #headers = {};
+  #token;
   #workflowType;
   #sessionId;
   #snapshot;
@@ -117,10 +128,7 @@ class Watcher {
     this.#base = base;
     this.#wsUrl = new URL("ws", base);
     this.#wsUrl.protocol = base.protocol === "https:" ? "wss:" : "ws:";
-    if (token) {
-      this.#wsUrl.searchParams.set("token", token);
-      this.#headers = { authorization: `Bearer ${token}` };
-    }
+    this.#token = token;
     this.#workflowType = workflowType;
     this.#sessionId = sessionId;
     this.#snapshot = snapshot;
@@ -145,9 +153,26 @@ class Watcher {
     return () => this.#statusListeners.delete(callback);
   }
 
-  /** "connecting", "live" (subscribed), "reconnecting" or "closed". */
+  /**
+   * "connecting", "live" (subscribed), "reconnecting", "closed", or, when the
+   * gateway refused the token (or wanted one), "unauthorized" or "expired".
+   */
   get status() {
     return this.#status;
+  }
+
+  /**
+   * Use another token (null for none) from now on: the watcher connects again
+   * with it, resuming where it was, also after it stopped on a refused token.
+   */
+  setToken(token) {
+    if (this.#closed) return;
+    this.#token = token;
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    this.#attempt = 0;
+    this.#setStatus("connecting");
+    this.#connect();
   }
 
   /** The state of a session (this watcher's own session by default), or null. */
@@ -197,7 +222,7 @@ class Watcher {
     for (;;) {
       const query = new URLSearchParams({ limit: HISTORY_PAGE });
       if (events.length) query.set("since", events[events.length - 1].id);
-      const page = await this.#request(`${path}?${query}`);
+      const page = await this.#read(`${path}?${query}`);
       events.push(...page);
       if (page.length < HISTORY_PAGE) return events;
     }
@@ -211,6 +236,8 @@ class Watcher {
     socket.onopen = () => {
       this.#lastHeard = Date.now();
       this.#pingTimer = setInterval(() => this.#keepAlive(), PING_EVERY_MS);
+      // The gateway reads frames in order: the subscription is checked against this token.
+      if (this.#token) socket.send(JSON.stringify({ action: "auth", token: this.#token }));
       socket.send(JSON.stringify(this.#subscription()));
     };
     socket.onmessage = (message) => {
@@ -218,7 +245,11 @@ class Watcher {
       this.#receive(message.data);
     };
     // An error is always followed by a close, which does the work.
-    socket.onclose = () => this.#disconnected();
+    socket.onclose = (close) => {
+      if (close.code === CLOSE_UNAUTHORIZED) this.#refused("unauthorized");
+      else if (close.code === CLOSE_TOKEN_EXPIRED) this.#refused("expired");
+      else this.#disconnected();
+    };
   }
 
   /** The subscribe frame: resume where we were when we can, else start from the current state. */
@@ -267,6 +298,13 @@ class Watcher {
     const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
     this.#attempt += 1;
     this.#retryTimer = setTimeout(() => this.#connect(), delay * (0.5 + Math.random() / 2));
+  }
+
+  /** The gateway will not take the token: stop until setToken() gives another. */
+  #refused(status) {
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    if (!this.#closed) this.#setStatus(status);
   }
 
   #setStatus(status) {
@@ -338,17 +376,18 @@ class Watcher {
     try {
       if (this.#sessionId) {
         states = [
-          await this.#request(`api/workflows/sessions/${encodeURIComponent(this.#sessionId)}`),
+          await this.#read(`api/workflows/sessions/${encodeURIComponent(this.#sessionId)}`),
         ];
       } else {
         const query = new URLSearchParams({ limit: this.#limit });
         if (this.#workflowType !== ANY_TYPE) query.set("workflow_type", this.#workflowType);
-        states = await this.#request(`api/workflows/sessions?${query}`);
+        states = await this.#read(`api/workflows/sessions?${query}`);
       }
     } catch (error) {
-      // A session the gateway does not know yet has no state to load; other
-      // failures leave the state as the events made it.
-      if (!(error instanceof RelayError && error.status === 404)) {
+      // A session the gateway does not know yet has no state to load, and a
+      // refused token shows in the status; other failures leave the state as
+      // the events made it.
+      if (!(error instanceof RelayError && [401, 404].includes(error.status))) {
         console.warn("relay: could not load the session state:", error);
       }
       return;
@@ -369,8 +408,25 @@ class Watcher {
     for (const callback of [...this.#listeners]) guarded(callback, state, frame);
   }
 
+  /**
+   * A GET of what the token may watch. Its 401 refuses the token as the socket's
+   * 4001/4002 does; a refused cancel does not, since watching may need no
+   * credential where cancelling does.
+   */
+  async #read(path) {
+    try {
+      return await this.#request(path);
+    } catch (error) {
+      if (error instanceof RelayError && error.status === 401) {
+        this.#refused(error.message === EXPIRED_MESSAGE ? "expired" : "unauthorized");
+      }
+      throw error;
+    }
+  }
+
   async #request(path, init = {}) {
-    const response = await fetch(new URL(path, this.#base), { ...init, headers: this.#headers });
+    const headers = this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+    const response = await fetch(new URL(path, this.#base), { ...init, headers });
     const body = await response.json().catch(() => null);
     if (!response.ok) {
       const message = body?.message ?? `${response.status} ${response.statusText}`;
