@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from relay.cli.main import configuration_problems
 from relay.server.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import RedisServer, free_port
 from tests.helpers import Gateway, env_without_relay, until
+from tests.server.test_reader_integrity import metric
 
 # Set so the gateway does not warn that it runs open: the only warnings left are the tested ones.
 CLOSED = {"RELAY_API_KEYS": "operator-key", "RELAY_TOKEN_SECRET": "operator-secret"}
@@ -134,6 +135,30 @@ async def test_unreachable_redis_is_one_warning_then_readyz_says_why(
     assert f"127.0.0.1:{nobody}" in warnings[0]
     assert "Traceback" not in logs
     assert "relay gateway on http://127.0.0.1:" in logs
+
+
+async def test_an_outage_is_one_warning_and_its_end_is_told(
+    start_gateway: Callable[..., Gateway], own_redis: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(own_redis.url, **CLOSED)
+    own_redis.stop()
+
+    async def retried() -> bool:
+        return await metric(http, gateway.url, "relay_redis_errors_total") >= 3
+
+    await until(retried, what="three failed reads")
+    own_redis.start()
+
+    async def ready() -> bool:
+        async with http.get(f"{gateway.url}/readyz") as response:
+            return response.status == 200
+
+    await until(ready, what="/readyz ready again")
+    logs = gateway.logs()
+    # Only failed reads count: that Redis restarted is a warning of its own.
+    failures = [line for line in logs.splitlines() if " WARNING " in line and "retrying" in line]
+    assert len(failures) == 1, logs
+    assert "stream reader: Redis answers again after" in logs
 
 
 def test_sigint_stops_a_serving_gateway_cleanly(start_gateway: Callable[..., Gateway]) -> None:
