@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from types import UnionType
@@ -19,6 +21,8 @@ from relay.protocol.event import Status
 from relay.protocol.frames import ANY_TYPE
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from relay.cli.settings_table import SettingDoc
     from relay.server.settings import Settings
 
@@ -217,8 +221,6 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run a gateway until SIGINT or SIGTERM."""
-    from aiohttp import web
-
     from relay.server.app import create_app
     from relay.server.connections import connect
 
@@ -230,10 +232,6 @@ def serve(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
-    where = "embedded in-process store" if settings.embedded else "Redis"
-    if settings.demo:
-        where += ", publishing demo sessions"
-    logger.info("relay gateway on http://%s:%d (%s)", settings.host, settings.port, where)
     connections = connect(settings)
     app = create_app(settings, connections)
     if settings.demo:
@@ -244,19 +242,58 @@ def serve(args: argparse.Namespace) -> int:
                 connections.commands, prefix=settings.stream_prefix, maxlen=settings.stream_maxlen
             )
         )
-    web.run_app(
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve_until_stopped(app, settings))
+
+
+async def _serve_until_stopped(app: web.Application, settings: Settings) -> int:
+    """Start ``app``, listen, and serve until SIGINT or SIGTERM; the exit code."""
+    from aiohttp import web
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
+        handle_signals=False,
         access_log=None,
         shutdown_timeout=5,
         # aiohttp closes a connection that has not sent complete headers within its
         # keep-alive timeout (idle or not), which makes it the header timeout too.
         keepalive_timeout=settings.header_timeout,
-        loop=(loop_factory() if loop_factory else None),
     )
-    return 0
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            where = _host_port(settings.host, settings.port)
+            print(f"relay serve: cannot listen on {where}: {_os_reason(exc)}", file=sys.stderr)
+            return 1
+        where = "embedded in-process store" if settings.embedded else "Redis"
+        if settings.demo:
+            where += ", publishing demo sessions"
+        # The port bound, which differs from the one asked for when that is 0.
+        port = int(runner.addresses[0][1])
+        logger.info("relay gateway on http://%s (%s)", _host_port(settings.host, port), where)
+        await stop.wait()
+        return 0
+    finally:
+        await runner.cleanup()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why a bind failed, in the system's words without the bind's own wording around them."""
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        text = str(exc.strerror or exc)
+    else:
+        text = os.strerror(exc.errno)
+    return text[:1].lower() + text[1:]
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -384,6 +421,22 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def configuration_problems(exc: ValidationError) -> list[str]:
+    """One line per problem of the settings, naming the flag and variable of each."""
+    from relay.cli.settings_table import documented_settings
+
+    settings = {doc.name: f"{doc.flag} / {doc.env}" for doc in documented_settings()}
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        reason = error["msg"]
+        if error["type"] == "value_error":
+            # Our own checks' words, without pydantic's "Value error, " before them.
+            reason = str(error["ctx"]["error"])
+        name = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{settings.get(name, name or 'invalid configuration')}: {reason}")
+    return lines
+
+
 def _missing_extra(command: str, module: str) -> int:
     print(
         f"relay {command}: needs the server extra (no module {module!r}): {SERVER_EXTRA}",
@@ -411,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except ValidationError as exc:
-        print(f"relay {args.command}: invalid configuration:\n{exc}", file=sys.stderr)
+        for line in configuration_problems(exc):
+            print(f"relay {args.command}: {line}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         # Only publish runs on the base dependencies; the other commands import

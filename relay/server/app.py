@@ -132,7 +132,10 @@ async def _run_reader(app: web.Application) -> AsyncIterator[None]:
         async with asyncio.timeout(READER_START_TIMEOUT):
             await gateway.reader.started.wait()
     except TimeoutError:
-        logger.warning("store not reachable at start; serving anyway, the reader keeps trying")
+        logger.warning(
+            "store not reachable at start (%s); serving anyway, the reader keeps trying",
+            gateway.reader.last_error or f"no answer within {READER_START_TIMEOUT:g}s",
+        )
     yield
     await gateway.reader.stop(task)
     await gateway.connections.aclose()

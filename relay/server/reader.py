@@ -128,6 +128,8 @@ class StreamReader:
         self.ready = False
         self.entries_read = 0
         self.redis_errors = 0
+        # The latest Redis error met, for saying why the start is taking long.
+        self.last_error: str | None = None
         self.failures = 0
         self.resets = 0
         self.restarts = 0
@@ -440,6 +442,9 @@ class StreamReader:
         if self.started.is_set():
             # Started again after the task ended: anything may have happened meanwhile.
             self._check_streams = True
+        # Redis errors since the last read that worked: an outage is warned of
+        # once, not at every retry, and its end is told.
+        failing = 0
         try:
             while not self._stopping:
                 try:
@@ -448,7 +453,10 @@ class StreamReader:
                         self.started.set()
                     else:
                         await self._read_once()
+                    if failing:
+                        logger.info("stream reader: Redis answers again after %d error(s)", failing)
                     self.ready = True
+                    failing = 0
                     backoff = BACKOFF_START
                     continue
                 except (RedisError, OSError) as exc:
@@ -456,7 +464,16 @@ class StreamReader:
                     self._check_streams = True
                     if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
                         self._check_types = True
-                    logger.warning("stream reader: %s; retrying in %.1fs", exc, backoff)
+                    self.last_error = str(exc) or type(exc).__name__
+                    # Before the first start the gateway says once that Redis is not reachable.
+                    first = not failing and self.started.is_set()
+                    failing += 1
+                    logger.log(
+                        logging.WARNING if first else logging.DEBUG,
+                        "stream reader: %s; retrying in %.1fs",
+                        exc,
+                        backoff,
+                    )
                 except Exception:
                     # A bug must not stop delivery for good: the batch at fault
                     # was already passed (positions move before hand-on).

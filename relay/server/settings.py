@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +15,8 @@ from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+# The URL schemes the Redis client connects by.
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -202,6 +205,22 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies_parse(cls, value: str) -> str:
         parse_networks(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_a_scheme(cls, value: str | None) -> str | None:
+        # Checked here rather than left to the Redis client, so a mistyped
+        # URL stops the start with one line instead of a traceback. The value
+        # is never quoted back: it may hold a password.
+        if not value:
+            return value
+        if not value.lower().startswith(REDIS_URL_SCHEMES):
+            raise ValueError(
+                f"not a Redis URL: it must start with {', '.join(REDIS_URL_SCHEMES[:-1])} "
+                f"or {REDIS_URL_SCHEMES[-1]}"
+            )
+        urlsplit(value).port  # noqa: B018 - raises ValueError on a port that is no number
         return value
 
     @model_validator(mode="after")
