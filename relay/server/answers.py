@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from relay.protocol.event import (
     WORKFLOW_TYPE_PATTERN,
@@ -23,14 +23,7 @@ from relay.protocol.event import (
     WorkflowType,
 )
 from relay.protocol.keys import EVENT_PREFIX
-from relay.protocol.stream_ids import STREAM_ID_PATTERN, StreamId
-
-# The stream id validator says its rule in words; the document states it as a pattern.
-STREAM_ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": STREAM_ID_PATTERN}
-
-
-StreamIdText = Annotated[StreamId, WithJsonSchema(STREAM_ID_SCHEMA)]
-
+from relay.protocol.stream_ids import StreamId
 
 EVENT_NAME_PATTERN = "^" + re.escape(EVENT_PREFIX) + WORKFLOW_TYPE_PATTERN.removeprefix("^")
 
@@ -63,7 +56,7 @@ class ErrorAnswer(_Answer):
 class PublishAnswer(_Answer):
     """One event published."""
 
-    id: StreamIdText = Field(description="The event's stream entry id.")
+    id: StreamId = Field(description="The event's stream entry id.")
     event: EventName
     cancel_requested: bool = Field(
         description="True while a cancel of the event's session is pending: its worker should stop."
@@ -73,7 +66,7 @@ class PublishAnswer(_Answer):
 class BatchAnswer(_Answer):
     """A batch of events published, all of them."""
 
-    ids: list[StreamIdText] = Field(description="The events' stream entry ids, in batch order.")
+    ids: list[StreamId] = Field(description="The events' stream entry ids, in batch order.")
     cancel_requested: list[SessionId] = Field(
         description="The batch's sessions with a pending cancel, sorted; their workers should stop."
     )
@@ -82,7 +75,7 @@ class BatchAnswer(_Answer):
 class CancelAnswer(_Answer):
     """A cancel requested: the ``cancel_requested`` event published, or the one pending."""
 
-    id: StreamIdText = Field(description="The stream entry id of the cancel_requested event.")
+    id: StreamId = Field(description="The stream entry id of the cancel_requested event.")
     event: EventName
     session_id: SessionId
     status: Literal["cancel_requested"]
@@ -108,14 +101,14 @@ class SessionStateAnswer(_Answer):
         description="Seconds: the reporter's own figure when its metadata gives one, else "
         "estimated from the progress rate; null when unknown.",
     )
-    last_event_id: StreamIdText
+    last_event_id: StreamId
 
 
 class EventFrame(_Answer):
     """One event as subscribers receive it, over WebSocket and in a session's history."""
 
     event: EventName
-    id: StreamIdText
+    id: StreamId
     data: ProgressEvent
 
 

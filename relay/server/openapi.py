@@ -25,7 +25,6 @@ from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import ANY_TYPE, Subscribe
 from relay.protocol.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_CHARS, REPLAYED_HEADER
 from relay.server.answers import (
-    STREAM_ID_SCHEMA,
     BatchAnswer,
     CancelAnswer,
     ErrorAnswer,
@@ -66,13 +65,12 @@ class Query:
 
     Every query parameter of this API may be left out. ``defaults`` states
     what the endpoint assumes for a missing one where the model has no
-    default; ``schemas`` replaces what a field's type cannot state itself.
+    default.
     """
 
     model: type[BaseModel]
     exclude: frozenset[str] = frozenset()
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    schemas: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +155,7 @@ LAST_EVENT_ID = {
     "schema": {"type": "string"},
 }
 # The subscription a streaming endpoint's query names, as a subscribe frame would.
-SUBSCRIPTION_QUERY = Query(
-    Subscribe, exclude=frozenset({"action"}), schemas={"since": STREAM_ID_SCHEMA}
-)
+SUBSCRIPTION_QUERY = Query(Subscribe, exclude=frozenset({"action"}))
 EVENT_STREAM = "text/event-stream"
 TEXT = "text/plain"
 SUBSCRIBER = ("bearer", "token")
@@ -251,7 +247,7 @@ def operations(settings: Settings) -> list[Operation]:
             {200: Answer("Event frames, as a WebSocket receives them.", list[EventFrame])}
             | errors(401, 404, 422, 503),
             path_params=SessionPath,
-            query=Query(HistoryQuery, schemas={"since": STREAM_ID_SCHEMA}),
+            query=Query(HistoryQuery),
             security=SUBSCRIBER,
         ),
         Operation(
@@ -374,7 +370,7 @@ def _parameters(operation: Operation, schemas: _Schemas) -> list[dict[str, Any]]
         for name, prop in properties.items():
             if name in query.exclude:
                 continue
-            schema = query.schemas.get(name) or _parameter_schema(prop)
+            schema = _parameter_schema(prop)
             if name in query.defaults:
                 schema = {**schema, "default": query.defaults[name]}
             parameter = {"name": name, "in": "query", "required": False, "schema": schema}
