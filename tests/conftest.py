@@ -18,6 +18,9 @@ from hypothesis import HealthCheck, settings
 
 from tests.helpers import Gateway, wait_until
 
+# The browser and page fixtures, for every test that drives Chromium.
+pytest_plugins = ("tests.browser",)
+
 # Generated-input tests check behaviour, never speed: a slow first example on a
 # busy CI machine must not fail them.
 settings.register_profile(

@@ -3,78 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
+from playwright.sync_api import Page, WebSocket, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from relay.client.reporters import Reporter
 from relay.server.auth import mint_token
+from tests.browser import get_json, load_client, post_json
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, wait_until
 
-try:
-    from playwright.sync_api import Browser, Page, WebSocket, expect, sync_playwright
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-except ImportError:  # the check in the browser fixture says what is missing
-    sync_playwright = None  # type: ignore[assignment]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-TIMEOUT_MS = 10_000
 SECRET = "a-secret-long-enough-for-hs256-signing"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium for the module; skipped without it, except on CI."""
-    missing = [
-        name
-        for name, present in (("chromium", CHROMIUM), ("playwright", sync_playwright))
-        if not present
-    ]
-    if missing:
-        message = f"browser tests need {' and '.join(missing)} (apt chromium, pip playwright)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    assert sync_playwright is not None
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh tab; any uncaught script error fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
-    tab = context.new_page()
-    tab.set_default_timeout(TIMEOUT_MS)
-    expect.set_options(timeout=TIMEOUT_MS)
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    yield tab
-    context.close()
-    assert not errors, errors
 
 
 @pytest.fixture
@@ -93,31 +42,12 @@ def open_dashboard(page: Page, gateway: Gateway) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
 
 
-def load_client(page: Page, gateway: Gateway) -> None:
-    """A page of the gateway's origin with the client module as ``window.relay``."""
-    page.goto(gateway.url + "/healthz")
-    page.evaluate("async () => { window.relay = await import('/static/relay-client.js'); }")
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
 def session_exists(gateway: Gateway, session_id: str) -> bool:
     try:
         get_json(f"{gateway.url}/api/workflows/sessions/{session_id}")
     except urllib.error.HTTPError:
         return False
     return True
-
-
-def post_json(url: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
 
 
 def test_dashboard_bar_follows_the_reported_progress_and_cancels(

@@ -15,17 +15,7 @@ import pytest
 from relay.protocol.event import TERMINAL_STATUSES
 from relay.protocol.frames import ANY_TYPE
 from relay.protocol.progress import ETA_METADATA_KEY, estimated_time_remaining
-
-# browser and page are the browser tests' fixtures, asked for by name below.
-from tests.e2e.test_browser import (  # noqa: F401
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    browser,
-    get_json,
-    load_client,
-    page,
-    post_json,
-)
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, get_json, load_client, post_json
 from tests.helpers import Gateway
 
 try:

@@ -14,7 +14,6 @@ from playwright.sync_api import Page, expect
 
 from relay.client.reporters import Reporter
 from relay.server.auth import mint_token, read_token
-from tests.e2e import test_browser
 from tests.helpers import Gateway, env_without_relay, receive, state_when
 
 SECRET = "cancel-rights-secret-of-enough-length"
@@ -211,11 +210,6 @@ def test_relay_token_cancel_mints_the_cancel_claim() -> None:
     assert without.allows("map", "s1")
     assert not without.allows_cancel("map", "s1")
     assert (with_cancel.expires_at or 0) > time.time()
-
-
-# The browser module's fixtures: one headless Chromium, a fresh tab per test.
-browser = test_browser.browser
-page = test_browser.page
 
 
 def test_dashboard_cancels_with_a_token_that_may_and_only_then(
