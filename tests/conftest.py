@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -124,13 +124,20 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """Start real ``relay serve`` processes; all are stopped after the test.
 
-    Each is waited for until ready, or with ``ready=False`` until it serves at all.
+    Each is waited for until ready, or with ``ready=False`` until it serves at all;
+    ``flags`` are more ``relay serve`` flags, ``env`` more environment variables.
     """
     started: list[Gateway] = []
 
-    def start(redis_url: str | None = None, *, ready: bool = True, **env: str) -> Gateway:
+    def start(
+        redis_url: str | None = None,
+        *,
+        ready: bool = True,
+        flags: Sequence[str] = (),
+        **env: str,
+    ) -> Gateway:
         port = free_port()
-        args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+        args = [sys.executable, "-m", "relay", "serve", "--port", str(port), *flags]
         if redis_url:
             args += ["--redis-url", redis_url]
         log = tmp_path / f"gateway-{port}.log"

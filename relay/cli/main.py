@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -221,7 +222,7 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run a gateway until SIGINT or SIGTERM."""
-    from relay.server.app import create_app
+    from relay.server.app import create_app, create_metrics_app
     from relay.server.connections import connect
 
     settings = settings_from_args(args)
@@ -242,18 +243,51 @@ def serve(args: argparse.Namespace) -> int:
                 connections.commands, prefix=settings.stream_prefix, maxlen=settings.stream_maxlen
             )
         )
+    metrics_app = create_metrics_app(app) if settings.metrics_apart else None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve_until_stopped(app, settings))
+        return runner.run(_serve_until_stopped(app, metrics_app, settings))
 
 
-async def _serve_until_stopped(app: web.Application, settings: Settings) -> int:
-    """Start ``app``, listen, and serve until SIGINT or SIGTERM; the exit code."""
-    from aiohttp import web
+async def _serve_until_stopped(
+    app: web.Application, metrics_app: web.Application | None, settings: Settings
+) -> int:
+    """Start ``app`` (and ``metrics_app`` on the metrics port), serve until SIGINT or SIGTERM.
 
+    The exit code: 1 when a port cannot be listened on.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    async with contextlib.AsyncExitStack() as running:
+        port = await _listen(running, app, settings, settings.port)
+        if port is None:
+            return 1
+        metrics_port = None
+        if metrics_app is not None and settings.metrics_port is not None:
+            metrics_port = await _listen(running, metrics_app, settings, settings.metrics_port)
+            if metrics_port is None:
+                return 1
+        where = "embedded in-process store" if settings.embedded else "Redis"
+        if settings.demo:
+            where += ", publishing demo sessions"
+        logger.info("relay gateway on http://%s (%s)", _host_port(settings.host, port), where)
+        if metrics_port is not None:
+            logger.info("metrics on http://%s/metrics", _host_port(settings.host, metrics_port))
+        await stop.wait()
+    return 0
+
+
+async def _listen(
+    running: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port: int
+) -> int | None:
+    """Serve ``app`` on the gateway's host and ``port`` until ``running`` closes.
+
+    The port bound (which differs from the one asked for when that is 0), or
+    None once a busy or foreign address is told in one line.
+    """
+    from aiohttp import web
+
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -264,23 +298,14 @@ async def _serve_until_stopped(app: web.Application, settings: Settings) -> int:
         keepalive_timeout=settings.header_timeout,
     )
     await runner.setup()
+    running.push_async_callback(runner.cleanup)
     try:
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            where = _host_port(settings.host, settings.port)
-            print(f"relay serve: cannot listen on {where}: {_os_reason(exc)}", file=sys.stderr)
-            return 1
-        where = "embedded in-process store" if settings.embedded else "Redis"
-        if settings.demo:
-            where += ", publishing demo sessions"
-        # The port bound, which differs from the one asked for when that is 0.
-        port = int(runner.addresses[0][1])
-        logger.info("relay gateway on http://%s (%s)", _host_port(settings.host, port), where)
-        await stop.wait()
-        return 0
-    finally:
-        await runner.cleanup()
+        await web.TCPSite(runner, settings.host, port).start()
+    except OSError as exc:
+        where = _host_port(settings.host, port)
+        print(f"relay serve: cannot listen on {where}: {_os_reason(exc)}", file=sys.stderr)
+        return None
+    return int(runner.addresses[0][1])
 
 
 def _host_port(host: str, port: int) -> str:

@@ -72,9 +72,9 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> G
     return Gateway(settings, connections, keys, store, hub, view, ingest, reader, catchup, limits)
 
 
-def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
-    """The gateway application for ``settings``."""
-    gateway = build_relay(settings, connections)
+def _application(gateway: Gateway) -> web.Application:
+    """An application answering for ``gateway``, every failure a JSON error; no routes yet."""
+    settings = gateway.settings
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
@@ -86,10 +86,25 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
         ],
     )
     app[GATEWAY] = gateway
-    app[metrics.METRICS_REGISTRY] = metrics.registry_for(gateway)
+    return app
+
+
+def _add_metrics(app: web.Application) -> None:
+    app[metrics.METRICS_REGISTRY] = metrics.registry_for(app[GATEWAY])
+    app.add_routes(metrics.routes)
+
+
+def create_app(settings: Settings, connections: Connections | None = None) -> web.Application:
+    """The gateway application for ``settings``.
+
+    It serves ``/metrics`` too, unless ``metrics_port`` is set: then
+    :func:`create_metrics_app` serves it on that port instead.
+    """
+    app = _application(build_relay(settings, connections))
     app.add_routes(http_publish.routes)
     app.add_routes(http_sessions.routes)
-    app.add_routes(metrics.routes)
+    if not settings.metrics_apart:
+        _add_metrics(app)
     app.add_routes(openapi.routes)
     app.add_routes(static_files.routes)
     app.add_routes(websocket.routes)
@@ -104,6 +119,16 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
         app.cleanup_ctx.append(_trim_by_age)
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """An application serving only ``/metrics``, of the gateway of ``app``, for its metrics port.
+
+    It starts and stops nothing of its own: the gateway's parts run with ``app``.
+    """
+    metrics_app = _application(app[GATEWAY])
+    _add_metrics(metrics_app)
+    return metrics_app
 
 
 async def _run_reader(app: web.Application) -> AsyncIterator[None]:

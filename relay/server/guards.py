@@ -43,6 +43,20 @@ def require_publisher(request: web.Request) -> None:
         raise ApiError(403, "the API key is not valid")
 
 
+def require_metrics_token(request: web.Request) -> None:
+    """Raise 401 unless the request presents the metrics token, when one is configured."""
+    token = request.app[GATEWAY].settings.metrics_token.get_secret_value()
+    if not token:
+        return
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is None:
+        raise ApiError(
+            401, "the metrics token is required: Authorization: Bearer <token>", headers=CHALLENGE
+        )
+    if not key_matches(presented, (token,)):
+        raise ApiError(401, "the metrics token is not valid", headers=CHALLENGE)
+
+
 def limit_publisher(request: web.Request, events: int) -> None:
     """Raise 429 with Retry-After when this publisher is over its event rate.
 

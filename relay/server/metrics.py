@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay.server.gateway import Gateway
+from relay.server.guards import require_metrics_token
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -138,6 +139,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this gateway's metrics."""
+    """Prometheus text exposition of this gateway's metrics, behind the metrics token if set."""
+    require_metrics_token(request)
     body = generate_latest(request.app[METRICS_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

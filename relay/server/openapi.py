@@ -193,6 +193,22 @@ def operations(settings: Settings) -> list[Operation]:
         422: "The subscription the query names breaks a rule; detail names each field.",
         503: "This gateway holds as many streaming connections as it may.",
     }
+    # On a port of its own, /metrics is not part of the API this document describes.
+    metrics = (
+        []
+        if settings.metrics_apart
+        else [
+            Operation(
+                "get",
+                "/metrics",
+                "metrics",
+                "Prometheus metrics",
+                {200: Answer("Metrics.", str, TEXT)}
+                | errors(401, because={401: "The metrics token is required, or wrong."}),
+                security=("metrics",),
+            )
+        ]
+    )
     return [
         _publishing(
             settings,
@@ -297,9 +313,7 @@ def operations(settings: Settings) -> list[Operation]:
                 ),
             },
         ),
-        Operation(
-            "get", "/metrics", "metrics", "Prometheus metrics", {200: Answer("Metrics.", str, TEXT)}
-        ),
+        *metrics,
         Operation(
             "get",
             "/openapi.json",
@@ -454,6 +468,11 @@ def document(settings: Settings) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A publisher key, or a subscriber token.",
+                },
+                "metrics": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The metrics token.",
                 },
                 "token": {
                     "type": "apiKey",

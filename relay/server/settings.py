@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port on the same address that serves /metrics, and only it; when set, "
+        "the main port answers 404 there. Unset: /metrics is on the main port.",
+    )
     log_level: LogLevel = Field(
         default="info", description="Logging threshold: debug, info, warning or error."
     )
@@ -55,6 +62,10 @@ class Settings(BaseSettings):
     token_secret: SecretStr | None = Field(
         default=None,
         description="HS256 secret of subscriber tokens; when set, watching needs a token.",
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token /metrics asks for, on whichever port serves it; empty: none.",
     )
     max_token_lifetime: float = Field(
         default=0,
@@ -233,6 +244,18 @@ class Settings(BaseSettings):
                 f"read_count ({self.read_count})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_another(self) -> Settings:
+        # Port 0 asks the system for a free port, so two zeros never collide.
+        if self.port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
+
+    @property
+    def metrics_apart(self) -> bool:
+        """True when /metrics is served on a port of its own rather than the main one."""
+        return self.metrics_port is not None
 
     @property
     def publisher_keys(self) -> tuple[str, ...]:

@@ -45,8 +45,10 @@ def busy_port() -> Iterator[int]:
 
 
 @pytest.mark.process
-def test_a_busy_port_is_one_line_and_no_listening_claim(busy_port: int) -> None:
-    done = serve("--port", str(busy_port))
+@pytest.mark.parametrize("busy", ["--port", "--metrics-port"])
+def test_a_busy_port_is_one_line_and_no_listening_claim(busy_port: int, busy: str) -> None:
+    ports = {"--port": str(free_port()), "--metrics-port": str(free_port()), busy: str(busy_port)}
+    done = serve(*(part for flag_port in ports.items() for part in flag_port))
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert (

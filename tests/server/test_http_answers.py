@@ -435,6 +435,7 @@ SCENARIOS += [
     Scenario("healthz", 200, request("alive", "GET", "/healthz")),
     Scenario("readyz", 200, request("ready", "GET", "/readyz")),
     Scenario("metrics", 200, request("metrics", "GET", "/metrics")),
+    Scenario("metrics", 401, request("no_token", "GET", "/metrics"), {"metrics_token": "m"}),
     Scenario("openapi", 200, request("document", "GET", "/openapi.json")),
     Scenario("dashboard", 200, request("page", "GET", "/")),
 ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
+import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from relay.server.settings import Settings
-from tests.conftest import RedisServer
-from tests.helpers import event, receive_events, serving, subscribe
+from tests.conftest import RedisServer, free_port
+from tests.helpers import Gateway, event, receive_events, serving, subscribe
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,3 +69,63 @@ async def test_an_invalid_entry_is_counted_once_however_often_history_is_read(
         async with http.get(f"{base}/metrics") as response:
             found = samples(await response.text())
     assert found[("relay_invalid_entries_total", ())] == 1
+
+
+METRICS_TOKEN = "metrics-token-1"
+NO_TOKEN = "the metrics token is required: Authorization: Bearer <token>"
+WRONG_TOKEN = "the metrics token is not valid"
+
+
+async def get(
+    http: aiohttp.ClientSession, url: str, token: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """Status, headers and body of a GET, with ``token`` as a bearer credential when given."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with http.get(url, headers=headers) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+async def check_token_guard(http: aiohttp.ClientSession, url: str) -> None:
+    """``url`` answers metrics to the metrics token only, and 401 as a JSON error otherwise."""
+    for token, message in ((None, NO_TOKEN), ("x" + METRICS_TOKEN, WRONG_TOKEN)):
+        status, headers, body = await get(http, url, token)
+        assert status == 401
+        assert headers["WWW-Authenticate"] == "Bearer"
+        assert orjson.loads(body) == {"error": "unauthorized", "message": message, "detail": []}
+    status, headers, body = await get(http, url, METRICS_TOKEN)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    assert ("relay_reader_ready", ()) in samples(body)
+
+
+async def test_a_metrics_port_serves_metrics_and_the_main_port_not(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    metrics_port = free_port()
+    gateway = start_gateway(
+        redis_url, flags=("--metrics-port", str(metrics_port)), RELAY_METRICS_TOKEN=METRICS_TOKEN
+    )
+    apart = f"http://127.0.0.1:{metrics_port}"
+    status, _, body = await get(http, f"{gateway.url}/metrics", METRICS_TOKEN)
+    assert status == 404
+    assert orjson.loads(body)["error"] == "not_found"
+    await check_token_guard(http, f"{apart}/metrics")
+    # The metrics port serves nothing else, and the main port all else.
+    assert (await get(http, f"{apart}/healthz"))[0] == 404
+    assert (await get(http, f"{gateway.url}/healthz"))[0] == 200
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in gateway.logs()
+
+
+async def test_a_metrics_token_guards_metrics_on_the_main_port(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    settings = Settings(redis_url=redis_url, metrics_token=METRICS_TOKEN)
+    async with serving(settings) as base:
+        await check_token_guard(http, f"{base}/metrics")
+        assert (await get(http, f"{base}/healthz"))[0] == 200
+
+
+def test_the_metrics_port_must_differ_from_the_main_one() -> None:
+    with pytest.raises(ValidationError, match=r"metrics_port must differ from port \(9000\)"):
+        Settings(port=9000, metrics_port=9000)
+    assert Settings(port=0, metrics_port=0).metrics_port == 0

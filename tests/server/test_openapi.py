@@ -75,8 +75,11 @@ def api_schema(module_gateway: Gateway) -> schemathesis.BaseSchema:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-async def test_every_route_is_documented_and_nothing_else() -> None:
-    app = create_app(Settings())
+@pytest.mark.parametrize(
+    "settings", [Settings(), Settings(metrics_port=0)], ids=["metrics", "metrics_apart"]
+)
+async def test_every_route_is_documented_and_nothing_else(settings: Settings) -> None:
+    app = create_app(settings)
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
@@ -84,7 +87,8 @@ async def test_every_route_is_documented_and_nothing_else() -> None:
         and route.method not in ("HEAD", "OPTIONS")
         and not isinstance(route.resource, web.StaticResource)
     }
-    paths = document(Settings())["paths"]
+    paths = document(settings)["paths"]
+    assert ("/metrics" in paths) is not settings.metrics_apart
     assert served == {(method, path) for path, item in paths.items() for method in item}
 
 
