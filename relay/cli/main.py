@@ -1,4 +1,4 @@
-"""The ``relay`` command: serve, publish, watch, demo, token."""
+"""The ``relay`` command: serve, publish, watch, demo, token, init."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
@@ -180,6 +182,23 @@ def _token_parser(commands: Any) -> None:
     )
 
 
+def _init_parser(commands: Any) -> None:
+    init = commands.add_parser(
+        "init",
+        help="write a .env file of fresh secrets for docker compose",
+        description="Write a .env file (mode 0600) with a new publisher key and token secret, "
+        "for docker compose to read.",
+    )
+    init.add_argument(
+        "--dir", default=".", help="directory to write .env in (default: the current one)"
+    )
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing .env (its secrets are lost: give the new ones to publishers)",
+    )
+
+
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``90s``, ``15m``, ``1h`` or ``2d``."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -203,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _watch_parser(commands)
     _demo_parser(commands)
     _token_parser(commands)
+    _init_parser(commands)
     return parser
 
 
@@ -446,6 +466,26 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def init(args: argparse.Namespace) -> int:
+    """Write a ``.env`` file of fresh secrets; names what it wrote, never the secrets."""
+    from relay.cli.init import ENV_FILE, NEXT_COMMAND, EnvFileExists, write_env
+
+    directory = Path(args.dir)
+    try:
+        written = write_env(directory, force=args.force)
+    except EnvFileExists as exc:
+        print(f"relay init: {exc} exists; give --force to replace it", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = directory / ENV_FILE
+        print(f"relay init: cannot write {where}: {_os_reason(exc)}", file=sys.stderr)
+        return 1
+    print(f"relay init: wrote {' and '.join(written.names)} to {written.path} (mode 0600)")
+    here = directory.resolve() == Path.cwd().resolve()
+    print(f"next: {'' if here else f'cd {shlex.quote(str(directory))} && '}{NEXT_COMMAND}")
+    return 0
+
+
 def configuration_problems(exc: ValidationError) -> list[str]:
     """One line per problem of the settings, naming the flag and variable of each."""
     from relay.cli.settings_table import documented_settings
@@ -485,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "watch": watch,
         "demo": demo,
         "token": token,
+        "init": init,
     }
     try:
         return handlers[args.command](args)

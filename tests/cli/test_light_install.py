@@ -94,6 +94,8 @@ def test_publish_straight_to_redis(redis_url: str) -> None:
         ["watch", "--type", "map"],
         ["demo", "--duration", "1"],
         ["token", "--sub", "alice", "--type", "map", "--secret", "s3cret"],
+        # A directory that is not there: nothing could be written even by mistake.
+        ["init", "--dir", "/nonexistent/relay-init"],
     ],
     ids=lambda args: " ".join(args[:2]),
 )
