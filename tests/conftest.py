@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 
 from tests.helpers import Gateway, wait_until
 
-# The browser and page fixtures, for every test that drives Chromium.
-pytest_plugins = ("tests.browser",)
+# The browser and page fixtures, for every test that drives Chromium, and the
+# Docker engine and base image of the deployment tests.
+pytest_plugins = ("tests.browser", "tests.docker_stack")
 
 # Generated-input tests check behaviour, never speed: a slow first example on a
 # busy CI machine must not fail them.
@@ -168,6 +169,7 @@ FIXTURE_MARKERS = {
     "own_redis": pytest.mark.process,
     "browser": pytest.mark.browser,
     "page": pytest.mark.browser,
+    "docker_engine": pytest.mark.docker,
 }
 TESTS = Path(__file__).resolve().parent
 # Modules that need a tool beside Python and redis-server.

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from relay.protocol.stream_ids import StreamId
-from tests.helpers import Gateway
 
 RECONNECT_DELAY = 0.05
 ERRORS = (aiohttp.ClientError, OSError, TimeoutError, AssertionError, ValueError)
@@ -33,15 +32,35 @@ class Tally:
     reordered: list[tuple[str, str]]
 
 
+class Target(Protocol):
+    """Where a follower connects: a gateway, or the proxy in front of several."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 class Follower:
     """Base of the WebSocket and SSE followers: the score and the reconnect loop."""
 
     kind = ""
 
-    def __init__(self, http: aiohttp.ClientSession, gateway: Gateway, workflow_type: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        gateway: Target,
+        workflow_type: str,
+        token: str | None = None,
+    ) -> None:
         self.http = http
         self.gateway = gateway
         self.workflow_type = workflow_type
+        self.query = {"token": token} if token else {}
         self.ids: list[str] = []
         self.seqs: list[int] = []
         # (what, how many events had arrived by then)
@@ -105,7 +124,7 @@ class WsFollower(Follower):
     kind = "websocket"
 
     async def follow(self) -> None:
-        async with self.http.ws_connect(self.gateway.ws_url, heartbeat=5) as ws:
+        async with self.http.ws_connect(self.gateway.ws_url, params=self.query, heartbeat=5) as ws:
             subscription: dict[str, Any] = {
                 "action": "subscribe",
                 "workflow_type": self.workflow_type,
@@ -131,9 +150,10 @@ class SseFollower(Follower):
 
     async def follow(self) -> None:
         headers = {"Last-Event-ID": self.ids[-1]} if self.ids else {}
-        url = f"{self.gateway.url}/api/workflows/events?workflow_type={self.workflow_type}"
+        url = f"{self.gateway.url}/api/workflows/events"
+        params = {"workflow_type": self.workflow_type, **self.query}
         timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
-        async with self.http.get(url, headers=headers, timeout=timeout) as response:
+        async with self.http.get(url, params=params, headers=headers, timeout=timeout) as response:
             response.raise_for_status()
             fields: dict[str, str] = {}
             async for raw in response.content:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from relay.server.errors import ApiError
@@ -12,11 +14,22 @@ CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 
 
 def check_origin(request: web.Request) -> None:
-    """Refuse browsers from origins outside the allow-list (when there is one)."""
+    """Refuse browsers from origins outside the allow-list (when there is one).
+
+    A page of the gateway's own origin (its dashboard) is always let in: the
+    list is there to keep other sites' pages out, and this one is the
+    gateway's. Its host and port are those the browser addressed, which a
+    proxy in front passes on in ``Host``.
+    """
     origins = request.app[GATEWAY].settings.origins
     origin = request.headers.get("Origin")
-    if origins and origin is not None and origin not in origins:
+    if origins and origin is not None and origin not in origins and not _own(request, origin):
         raise ApiError(403, f"origin {origin!r} is not allowed", code="forbidden_origin")
+
+
+def _own(request: web.Request, origin: str) -> bool:
+    host = request.headers.get("Host")
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:

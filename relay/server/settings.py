@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     )
     allowed_origins: str = Field(
         default="",
-        description="Comma-separated browser origins allowed to connect; empty allows any.",
+        description="Comma-separated browser origins allowed to connect, besides the gateway's own "
+        "pages; empty allows any.",
     )
     trusted_proxies: str = Field(
         default="",

@@ -21,10 +21,26 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 
+SECRETS = {"RELAY_API_KEYS": "a-publisher-key", "RELAY_TOKEN_SECRET": "a-long-secret"}
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """compose's ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?error}``, for reading the file."""
+
+    def value(match: re.Match[str]) -> str:
+        name, form, fallback = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert form != ":?", f"{name} is required: {fallback}"
+        return fallback or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     yaml = pytest.importorskip("yaml")
-    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    data = yaml.safe_load(_interpolate(COMPOSE_FILE.read_text(encoding="utf-8"), SECRETS))
     assert isinstance(data, dict)
     return data
 
@@ -56,31 +72,32 @@ def _serve_parser() -> argparse.ArgumentParser:
     return serve
 
 
-def test_docker_compose_config_validates() -> None:
+def test_docker_compose_config_validates(tmp_path: Path) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
         pytest.skip("docker-compose is not installed")
-    secrets = {"RELAY_API_KEYS": "a-publisher-key", "RELAY_TOKEN_SECRET": "a-long-secret"}
+    shutil.copy(COMPOSE_FILE, tmp_path / COMPOSE_FILE.name)
 
-    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def config(dotenv: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        lines = "".join(f"{key}={value}\n" for key, value in dotenv.items())
+        (tmp_path / ".env").write_text(lines, encoding="utf-8")
         return subprocess.run(
-            [binary, "-f", str(COMPOSE_FILE), "config", "--quiet"],
-            cwd=ROOT,
+            [binary, "config", "--quiet"],
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
-            env=env,
+            env={k: v for k, v in os.environ.items() if k not in SECRETS},
         )
 
-    plain = {k: v for k, v in os.environ.items() if k not in secrets}
-    result = config({**plain, **secrets})
+    result = config(SECRETS)
     assert result.returncode == 0, result.stderr
-    unlocked = config(plain)  # the deployment refuses to start open
+    unlocked = config({"RELAY_LOG_LEVEL": "info"})  # the deployment refuses to start open
     assert unlocked.returncode != 0
-    assert "RELAY_API_KEYS" in unlocked.stderr or "RELAY_TOKEN_SECRET" in unlocked.stderr
+    assert "relay init" in unlocked.stderr
 
 
 def test_gateway_command_uses_real_serve_flags(services: dict[str, Any]) -> None:
@@ -95,6 +112,8 @@ def test_gateway_command_uses_real_serve_flags(services: dict[str, Any]) -> None
 
 
 def test_gateway_environment_names_settings_fields(services: dict[str, Any]) -> None:
+    # Everything else comes from .env, which reaches the gateways whole.
+    assert services["gateway"]["env_file"] == ".env"
     env = _environment(services["gateway"])
     fields = {f"RELAY_{name.upper()}" for name in Settings.model_fields}
     relay_vars = {name for name in env if name.startswith("RELAY_")}
@@ -102,7 +121,6 @@ def test_gateway_environment_names_settings_fields(services: dict[str, Any]) -> 
         "RELAY_REDIS_URL",
         "RELAY_HOST",
         "RELAY_PORT",
-        "RELAY_LOG_LEVEL",
         "RELAY_API_KEYS",
         "RELAY_TOKEN_SECRET",
     }
@@ -133,6 +151,8 @@ def test_gateway_scales_behind_nginx(services: dict[str, Any]) -> None:
     assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "/readyz" in " ".join(gateway["healthcheck"]["test"])
     assert "8080:80" in [str(p) for p in services["nginx"]["ports"]]
+    raw = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert '"${RELAY_PUBLIC_PORT:-8080}:80"' in raw, "the host port is a variable"
 
 
 def test_redis_persists_with_append_only_file(
@@ -164,3 +184,78 @@ def test_nginx_proxies_websocket_upgrades(services: dict[str, Any]) -> None:
     events = re.search(r"location\s+/api/workflows/events\s*\{([^}]*)\}", conf)
     assert events, "no location for the SSE stream"
     assert "proxy_buffering off;" in events.group(1)
+
+
+def _directive(conf: str, name: str) -> str:
+    found = re.findall(rf"^\s*{name}\s+([^;]+);", conf, re.MULTILINE)
+    assert len(found) == 1, f"{name} is set {len(found)} times"
+    return str(found[0])
+
+
+def _seconds(value: str) -> float:
+    number = re.fullmatch(r"(\d+)(ms|s)?", value)
+    assert number, value
+    return int(number.group(1)) / (1000 if number.group(2) == "ms" else 1)
+
+
+def test_nginx_forwards_headers_every_location_inherits() -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    server = conf[conf.index("server {") :]
+    # A proxy_set_header inside a location would drop all of the server's.
+    for block in re.findall(r"location[^{]*\{([^}]*)\}", server):
+        assert "proxy_set_header" not in block
+    for header in ("Host", "X-Real-IP", "X-Forwarded-For", "X-Forwarded-Proto", "Upgrade"):
+        assert re.search(rf"proxy_set_header\s+{header}\s", server), header
+
+
+def test_nginx_holds_what_three_gateways_hold() -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    per_worker = int(_directive(conf, "worker_connections"))
+    assert "worker_rlimit_nofile" not in conf, "the container's nofile limit is the one source"
+    # Two connections per proxied client, one worker per core of a two-core host.
+    assert per_worker * 2 // 2 >= 3 * Settings().max_connections
+
+
+def test_nginx_refuses_bodies_as_the_gateway_does() -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    size = _directive(conf, "client_max_body_size")
+    assert size.endswith("m")
+    assert int(size[:-1]) * 1024 * 1024 == Settings().max_body_bytes
+    assert re.search(r"error_page\s+413\s+=\s+@too_large", conf)
+
+
+def test_nginx_fails_over_quickly() -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    assert _seconds(_directive(conf, "proxy_connect_timeout")) <= 2
+    assert int(_directive(conf, "proxy_next_upstream_tries")) >= 2
+    resolver = _directive(conf, "resolver")
+    valid = re.search(r"valid=(\w+)", resolver)
+    assert valid
+    assert _seconds(valid.group(1)) <= 5
+
+
+def test_nginx_stops_before_compose_kills_it(services: dict[str, Any]) -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    nginx = services["nginx"]
+    assert nginx["stop_signal"] == "SIGQUIT"
+    grace = _seconds(nginx["stop_grace_period"])
+    assert _seconds(_directive(conf, "worker_shutdown_timeout")) < grace
+
+
+def test_nginx_logs_no_token() -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    assert re.search(r"access_log\s+\S+\s+relay;", conf)
+    log_format = conf[conf.index("log_format relay") :]
+    log_format = log_format[: log_format.index(";")]
+    assert "$request_scrubbed" in log_format
+    assert "$request " not in log_format
+    assert "$request_uri" not in log_format
+    assert "$args" not in log_format
+    assert _directive(conf, "error_log").split()[-1] == "crit"
+
+
+def test_metrics_are_not_public(services: dict[str, Any]) -> None:
+    env = _environment(services["gateway"])
+    assert int(env["RELAY_METRICS_PORT"]) != int(env["RELAY_PORT"])
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    assert re.search(r"location\s+=\s+/metrics\s*\{[^}]*return 404", conf)
