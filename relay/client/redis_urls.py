@@ -37,10 +37,11 @@ SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password"})
 # A sentinel answers at once; one that does not must not hold up asking the others.
 SENTINEL_TIMEOUT = 1.0
 REDACTED = "[redacted]"
-# The password of ``user:password@``, and the value of any ``...password=`` option.
+# The password of ``user:password@``, and the value of any ``...password=`` option;
+# neither runs past white space, so that they apply to log lines too.
 _PASSWORDS = (
-    (re.compile(r"(://[^:/@?#]*:)[^/?#]*(@)"), rf"\g<1>{REDACTED}\g<2>"),
-    (re.compile(r"(password=)[^&#]*", re.IGNORECASE), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(://[^:/@?#\s]*:)[^/?#@\s]+(@)"), rf"\g<1>{REDACTED}\g<2>"),
+    (re.compile(r"(password=)[^&#\s\"'<>;,]+", re.IGNORECASE), rf"\g<1>{REDACTED}"),
 )
 
 
@@ -169,7 +170,13 @@ def _sentinel_client(
     client_class: type[Any],
 ) -> Any:
     """A client of the primary of ``parsed``'s service, from either redis-py flavour's classes."""
-    single = bool(options.pop("single_connection_client", False))
+    if options.get("single_connection_client"):
+        # redis-py's single-connection client reconnects its one connection
+        # to the address it had, never asking the sentinels again: after a
+        # failover it would knock at the dead primary for ever.
+        raise ValueError(
+            "single_connection_client does not follow a failover; use max_connections=1"
+        )
     # Asking the sentinels is a loop over all of them already: retrying one is no use.
     sentinel_kwargs = {
         "socket_connect_timeout": SENTINEL_TIMEOUT,
@@ -181,7 +188,7 @@ def _sentinel_client(
     sentinel = sentinel_class(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs, **options)
     primary = {"db": parsed.db, "username": parsed.username, "password": parsed.password}
     pool = pool_class(parsed.service_name, sentinel, **{**sentinel.connection_kwargs, **primary})
-    client = client_class(connection_pool=pool, single_connection_client=single)
+    client = client_class(connection_pool=pool)
     # As Redis.from_pool does: the client owns the pool made for it.
     client.auto_close_connection_pool = True
     return client
@@ -212,7 +219,10 @@ class _AsyncPrimary(redis.asyncio.Redis):
 def redis_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client for ``url``, plain or Sentinel; ``options`` as redis-py takes them.
 
-    ``single_connection_client=True`` keeps one connection, as with ``from_url``.
+    Through Sentinel, every connection the pool opens goes to the primary the
+    sentinels name at that moment. ``single_connection_client`` is refused
+    there (it would not follow a failover); ``max_connections=1`` keeps to
+    one connection instead.
     """
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
@@ -228,11 +238,7 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
 
 
 def async_redis_client(url: str, **options: Any) -> redis.asyncio.Redis:
-    """An asyncio client for ``url``, plain or Sentinel; ``options`` as redis-py takes them.
-
-    ``single_connection_client=True`` keeps one connection, as with ``from_url``;
-    through Sentinel, that connection reconnects to the new primary after a failover.
-    """
+    """An asyncio client for ``url``, plain or Sentinel; as :func:`redis_client`, for asyncio."""
     if not is_sentinel_url(url):
         return redis.asyncio.Redis.from_url(url, **options)
     sentinel = redis.asyncio.sentinel

@@ -53,14 +53,17 @@ def connect(settings: Settings) -> Connections:
         socket_timeout=COMMAND_TIMEOUT + wait,
         health_check_interval=30,
     )
-    # The reader blocks in XREAD for up to read_block_ms; its timeout must be longer.
+    # The reader blocks in XREAD for up to read_block_ms; its timeout must be
+    # longer. One connection, taken from its own pool for every XREAD: the pool
+    # reconnects it through the sentinels after a failover, which redis-py's
+    # single-connection client does not.
     reader = async_redis_client(
         settings.redis_url,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
-        single_connection_client=True,
+        max_connections=1,
     )
     return Connections(commands, reader)
 

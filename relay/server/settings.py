@@ -243,9 +243,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _replicas_need_redis(self) -> Settings:
         if self.min_replicas and self.embedded:
-            raise ValueError(
-                "min_replicas needs a Redis (redis_url): the in-process store has none"
-            )
+            raise ValueError("min_replicas needs a redis_url: the in-process store has no replicas")
         return self
 
     @property
