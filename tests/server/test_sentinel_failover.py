@@ -15,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from relay.client.reporters import Reporter
 from relay.client.retry import RetryPolicy
+from relay.server.connections import connect
+from relay.server.settings import Settings
 from tests.followers import WsFollower
 from tests.helpers import Gateway, eventually, until
 from tests.sentinel import Sentinels
@@ -174,3 +178,31 @@ async def test_a_failover_loses_and_repeats_nothing(
     assert tally.duplicated == []
     assert tally.reordered == []
     assert follower.signals == []  # no history was lost, so none was to be refetched
+
+
+@pytest.mark.slow
+async def test_the_gateways_clients_reach_the_promoted_replica(sentinels: Sentinels) -> None:
+    # Each of the gateway's clients on its own, with nothing else to wake it:
+    # redis-py's single-connection client, for one, would knock at the dead
+    # primary for ever.
+    connections = connect(Settings(redis_url=sentinels.url(), read_block_ms=100))
+    stream = f"workflow:progress:{TYPE}"
+    try:
+        await connections.commands.xadd(stream, {"n": "1"})
+        assert await connections.reader.xread({stream: "0"}, block=100)
+        sentinels.primary.stop(kill=True)
+
+        def answers(client: Redis) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                try:
+                    return bool(await client.xread({stream: "0"}, block=100))
+                except RedisError:
+                    return False
+
+            return check
+
+        for name, client in (("reader", connections.reader), ("commands", connections.commands)):
+            await until(answers(client), timeout=PROMOTION_TIMEOUT, what=f"the {name} client")
+        assert sentinels.primary_port() == sentinels.replica.port
+    finally:
+        await connections.aclose()
