@@ -170,7 +170,7 @@ def _sentinel_client(
     client_class: type[Any],
 ) -> Any:
     """A client of the primary of ``parsed``'s service, from either redis-py flavour's classes."""
-    if options.get("single_connection_client"):
+    if options.pop("single_connection_client", False):
         # redis-py's single-connection client reconnects its one connection
         # to the address it had, never asking the sentinels again: after a
         # failover it would knock at the dead primary for ever.

@@ -155,7 +155,10 @@ def test_a_plain_url_makes_a_plain_client() -> None:
     assert client.connection_pool.connection_kwargs["db"] == 2
 
 
-def test_a_single_connection_client_through_sentinel_is_refused() -> None:
+async def test_a_single_connection_client_through_sentinel_is_refused() -> None:
     # It would reconnect to the address it had, never to a promoted replica.
     with pytest.raises(ValueError, match="max_connections=1"):
         async_redis_client("redis+sentinel://a:1/relay", single_connection_client=True)
+    client = async_redis_client("redis+sentinel://a:1/relay", single_connection_client=False)
+    assert not client.single_connection_client
+    await client.aclose()
