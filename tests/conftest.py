@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, settings
 
 from tests.helpers import Gateway, wait_until
 
-# The browser and page fixtures, for every test that drives Chromium, and the
-# Docker engine and base image of the deployment tests.
-pytest_plugins = ("tests.browser", "tests.docker_stack")
+# The browser and page fixtures, for every test that drives Chromium; the
+# Sentinel-watched primary and replica, for the failover tests; the Docker
+# engine and base image of the deployment tests.
+pytest_plugins = ("tests.browser", "tests.sentinel", "tests.docker_stack")
 
 # Generated-input tests check behaviour, never speed: a slow first example on a
 # busy CI machine must not fail them.
@@ -48,29 +49,41 @@ class RedisServer:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # The port of the primary this server replicates, started as its replica.
+        self.replica_of: int | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *, appendonly: bool = False) -> None:
+    def command(self, *, appendonly: bool) -> list[str]:
+        """The command line that starts this server."""
         assert REDIS_BINARY is not None
+        command = [
+            REDIS_BINARY,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--protected-mode",
+            "no",
+            # A replica's first sync starts at once, not after 5 s of waiting for others.
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        if self.replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        return command
+
+    def start(self, *, appendonly: bool = False) -> None:
         self.process = subprocess.Popen(
-            [
-                REDIS_BINARY,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if appendonly else "no",
-                "--protected-mode",
-                "no",
-            ],
+            self.command(appendonly=appendonly),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -167,6 +180,7 @@ FIXTURE_MARKERS = {
     "start_gateway": pytest.mark.process,
     "module_gateway": pytest.mark.process,
     "own_redis": pytest.mark.process,
+    "sentinels": pytest.mark.process,
     "browser": pytest.mark.browser,
     "page": pytest.mark.browser,
     "docker_engine": pytest.mark.docker,

@@ -18,8 +18,9 @@ PACKAGE = Path(relay.__file__).parent
 ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "client": {"relay.protocol"},
-    # The gateway publishes through the client's stream publisher, and nothing else of it.
-    "server": {"relay.protocol", "relay.client.stream_publisher"},
+    # The gateway publishes through the client's stream publisher, and connects by
+    # the same Redis URLs as the reporters; nothing else of the client.
+    "server": {"relay.protocol", "relay.client.stream_publisher", "relay.client.redis_urls"},
     # The tools sit on top of everything, and read the version from the package itself.
     "cli": {"relay", "relay.protocol", "relay.client", "relay.server"},
 }

@@ -32,6 +32,7 @@ import redis.asyncio
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from relay.client.redis_urls import async_redis_client
 from relay.client.reporters import AsyncReporter, HttpReporter
 from relay.client.reporting_session import AsyncReportingSession, describe
 from relay.client.retry import ReportError, RetryPolicy
@@ -420,7 +421,7 @@ async def run_demo(
 ) -> Sequence[Ended]:
     """Run the simulation against a gateway (``url``) or a Redis (``redis_url``)."""
     if redis_url:
-        client = redis.asyncio.Redis.from_url(
+        client = async_redis_client(
             redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
         )
         async with AsyncReporter(retry=RetryPolicy(retry_for=5), client=client) as reporter:

@@ -3,8 +3,8 @@
 ``RELAY_LOG_FORMAT=json`` (or ``relay serve --log-format json``) turns on
 :class:`JsonFormatter`, for log collectors that parse each line. Either way a
 record carries only what the code logged: nothing logs event payloads.
-:class:`SecretScrubber` blanks tokens and bearer credentials out of every
-record, whichever library wrote it.
+:class:`SecretScrubber` blanks tokens, bearer credentials and the passwords
+of URLs out of every record, whichever library wrote it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay.client.redis_urls import REDACTED, redacted
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-REDACTED = "[redacted]"
 
 # ``token=`` in a query string (also ``access_token=``), a bearer credential
 # in a header, and a ``"token": "..."`` member of a logged frame.
@@ -30,10 +31,10 @@ _SECRETS = (
 
 
 def scrub(text: str) -> str:
-    """``text`` with every token and bearer credential replaced by ``[redacted]``."""
+    """``text`` with every token, bearer credential and URL password replaced by ``[redacted]``."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return redacted(text)
 
 
 class SecretScrubber(logging.Filter):

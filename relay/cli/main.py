@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+REDIS_URL_HELP = "publish straight to this Redis instead (redis+sentinel://... through Sentinel)"
 
 
 def _gateway_url(args: argparse.Namespace) -> str:
@@ -112,7 +113,7 @@ def _publish_parser(commands: Any) -> None:
     publish.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
     target = publish.add_mutually_exclusive_group()
     target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
-    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+    target.add_argument("--redis-url", help=REDIS_URL_HELP)
 
 
 def _watch_parser(commands: Any) -> None:
@@ -144,7 +145,7 @@ def _demo_parser(commands: Any) -> None:
     )
     target = demo.add_mutually_exclusive_group()
     target.add_argument("--url", help=f"gateway to post to (RELAY_URL, default {DEFAULT_GATEWAY})")
-    target.add_argument("--redis-url", help="publish straight to this Redis instead")
+    target.add_argument("--redis-url", help=REDIS_URL_HELP)
     demo.add_argument("--rate", type=float, default=1.0, help="new sessions a second (default 1)")
     demo.add_argument(
         "--duration", type=parse_duration, help="stop after this long: 30, 30s, 5m (default never)"
@@ -407,13 +408,14 @@ def demo(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from relay.cli.demo import DemoOptions, describe_end, run_demo
+    from relay.client.redis_urls import redacted
 
     if args.rate < 0 or args.max_sessions < 1:
         print("relay demo: --rate must be 0 or more, --max-sessions 1 or more", file=sys.stderr)
         return 2
     logging.basicConfig(level="WARNING", format="relay demo: %(message)s")
     url = None if args.redis_url else _gateway_url(args)
-    where = args.redis_url or url
+    where = redacted(args.redis_url) if args.redis_url else url
     until = f" for {args.duration:g}s" if args.duration else "; Ctrl-C stops"
     print(f"relay demo: publishing simulated sessions to {where}{until}", file=sys.stderr)
     options = DemoOptions(rate=args.rate, max_sessions=args.max_sessions, seed=args.seed)

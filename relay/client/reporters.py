@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.client.batching import Batcher
+from relay.client.redis_urls import async_redis_client, redis_client
 from relay.client.reporting_session import AsyncReportingSession, ReportingSession
 from relay.client.retry import (
     Outcome,
@@ -59,7 +60,7 @@ from relay.protocol.idempotency import (
     KeyReused,
 )
 from relay.protocol.keys import Keys
-from relay.protocol.store_errors import is_transient
+from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS, check_replicas, is_transient
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAXLEN = 10_000
@@ -76,6 +77,14 @@ UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 
 RETRYABLE_HTTP = frozenset({408, 429})
 # Refusals that may be one event's fault, so that sending the events apart finds it.
 EVENT_FAULTS = frozenset({409, 413, 422})
+
+
+def _client_options(min_replicas: int, replica_timeout_ms: int) -> dict[str, Any]:
+    """:data:`CLIENT_OPTIONS`, with time for a WAIT on top of the command timeout if one is made."""
+    if not min_replicas:
+        return CLIENT_OPTIONS
+    timeout = CLIENT_OPTIONS["socket_timeout"] + replica_timeout_ms / 1000
+    return {**CLIENT_OPTIONS, "socket_timeout": timeout}
 
 
 def store_failure(exc: redis.exceptions.RedisError | OSError) -> TransientError | ReportError:
@@ -157,6 +166,11 @@ class BlockingReporter(ABC):
 class Reporter(BlockingReporter):
     """Publishes progress straight to Redis, blocking.
 
+    ``redis_url`` may name a plain Redis or its sentinels (``redis+sentinel://``,
+    see :mod:`relay.client.redis_urls`). With ``min_replicas``, a report counts
+    as delivered once that many replicas acknowledged it within
+    ``replica_timeout_ms``; until then it is retried like an unreachable Redis.
+
     >>> with Reporter("redis://localhost:6379/0") as reporter:
     ...     reporter.report("s1", "map", "analyzing", 45, {"details": "forests"})
     '1700000000000-0'
@@ -171,12 +185,18 @@ class Reporter(BlockingReporter):
         retry: RetryPolicy | None = None,
         client: redis.Redis | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> None:
-        self._redis = client or redis.Redis.from_url(redis_url, **CLIENT_OPTIONS)
+        self._redis = client or redis_client(
+            redis_url, **_client_options(min_replicas, replica_timeout_ms)
+        )
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._idempotency_ttl = idempotency_ttl
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = replica_timeout_ms
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
 
@@ -189,10 +209,25 @@ class Reporter(BlockingReporter):
         sent = publications(parcels)
         args = publish_args(self._keys, sent, self._maxlen, idempotency_ttl=self._idempotency_ttl)
         try:
-            answer = self._publish_script(keys=[], args=args)
+            answer = self._run(args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise store_failure(exc) from None
         return [outcome(result) for result in receipts(answer, sent)]
+
+    def _run(self, args: list[int | str | bytes]) -> Any:
+        """The publish script's answer, once enough replicas have what it wrote.
+
+        As :class:`~relay.client.stream_publisher.StreamPublisher` does it: WAIT
+        in one pipeline with the script, so that both use the same connection.
+        """
+        if not self._min_replicas:
+            return self._publish_script(keys=[], args=args)
+        with self._redis.pipeline(transaction=False) as pipe:
+            self._publish_script(keys=[], args=args, client=pipe)
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            answer, acknowledged = pipe.execute()
+        check_replicas(acknowledged, self._min_replicas, self._replica_timeout_ms)
+        return answer
 
     def close(self) -> None:
         """Release the Redis connections."""
@@ -214,7 +249,8 @@ class AsyncReporter:
     """Publishes progress straight to Redis from asyncio code.
 
     Reports made concurrently share one script call, so many
-    coroutines reporting at once cost few round trips.
+    coroutines reporting at once cost few round trips. ``redis_url``,
+    ``min_replicas`` and ``replica_timeout_ms`` are as for :class:`Reporter`.
     """
 
     def __init__(
@@ -227,10 +263,18 @@ class AsyncReporter:
         max_batch: int = 1_000,
         client: redis.asyncio.Redis | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> None:
-        self._redis = client or redis.asyncio.Redis.from_url(redis_url, **CLIENT_OPTIONS)
+        options = _client_options(min_replicas, replica_timeout_ms)
+        self._redis = client or async_redis_client(redis_url, **options)
         self._store = StreamPublisher(
-            self._redis, Keys(prefix), maxlen=maxlen, idempotency_ttl=idempotency_ttl
+            self._redis,
+            Keys(prefix),
+            maxlen=maxlen,
+            idempotency_ttl=idempotency_ttl,
+            min_replicas=min_replicas,
+            replica_timeout_ms=replica_timeout_ms,
         )
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)

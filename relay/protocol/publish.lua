@@ -16,7 +16,7 @@
 -- ARGV[9] JSON: the publications the events make up, in order, as
 --         [[event count, idempotency record key or "", fingerprint or ""], ...];
 --         "" when the batch is one publication without a key (no lookup at all)
--- ARGV[10] "1" to look the keys up only: nothing is written
+-- ARGV[10] "1" to look the keys up only: no event is written
 --
 -- Publications are handled one after the other, so a key used twice in one
 -- batch writes once. A publication whose key has a record of the same
@@ -71,6 +71,11 @@ for p = 1, #publications do
     if record then
       local ids = recorded_ids(record, fingerprint, n)
       outcome = ids and 1 or 2
+      if ids then
+        -- A write that changes nothing, so that a WAIT after this call covers
+        -- the write replayed here too: Redis counts WAIT from the caller's last write.
+        redis.call('SET', key, record, 'KEEPTTL')
+      end
       for i = first, last do
         answer[i] = ids and ids[i - first + 1] or ''
       end

@@ -2,7 +2,8 @@
 
 A transient failure says nothing about the request: Redis is out of reach,
 out of memory, loading its data, read-only (a replica, or a failover under
-way), busy running a script, or its cluster is reconfiguring. The same
+way), busy running a script, short of the replicas a write must reach, or
+its cluster is reconfiguring. The same
 request may well succeed later, so the gateway answers 503 with Retry-After
 and reporters keep the event to send again. Anything else (a wrong password,
 a missing permission, a key of the wrong type) fails the same way every time.
@@ -12,10 +13,34 @@ from __future__ import annotations
 
 from redis import exceptions
 
+# How long a write waits for its replicas by default, when it waits for any.
+DEFAULT_REPLICA_TIMEOUT_MS = 1_000
 # Error replies redis-py has no class of its own for, by their leading code.
 TRANSIENT_CODES = frozenset({"BUSY", "NOREPLICAS"})
 
+
+class TooFewReplicas(exceptions.RedisError):
+    """Redis took a write, but fewer replicas than asked for acknowledged it in time.
+
+    Transient: the write is there, and a retry under the same idempotency key
+    writes nothing again but waits for the replicas anew.
+    """
+
+    def __init__(self, acknowledged: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"only {acknowledged} of {wanted} replica(s) acknowledged the write "
+            f"within {timeout_ms} ms"
+        )
+
+
+def check_replicas(acknowledged: int, wanted: int, timeout_ms: int) -> None:
+    """Raise :class:`TooFewReplicas` unless WAIT answered at least ``wanted`` replicas."""
+    if acknowledged < wanted:
+        raise TooFewReplicas(acknowledged, wanted, timeout_ms)
+
+
 _TRANSIENT_REPLIES = (
+    TooFewReplicas,
     exceptions.OutOfMemoryError,
     exceptions.ReadOnlyError,
     exceptions.ClusterDownError,  # MASTERDOWN too

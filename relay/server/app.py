@@ -42,6 +42,8 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> G
         maxlen=settings.stream_maxlen,
         cancel_ttl=session_ttl,
         idempotency_ttl=settings.idempotency_ttl,
+        min_replicas=settings.min_replicas,
+        replica_timeout_ms=settings.replica_timeout_ms,
     )
     hub = Hub()
     view = SessionView(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from relay.client.redis_urls import async_redis_client
 from relay.server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,25 +35,35 @@ class Connections:
 
 
 def connect(settings: Settings) -> Connections:
-    """Clients for ``settings.redis_url``, or an in-process store when it is unset."""
+    """Clients for ``settings.redis_url``, or an in-process store when it is unset.
+
+    Through Sentinel, both ask the sentinels for the primary whenever they
+    connect: after a failover the next command, or the reader's next XREAD,
+    reaches the promoted replica.
+    """
     if not settings.redis_url:
         return _embedded()
-    commands = Redis.from_url(
+    # A publish may wait for its replicas on top of running.
+    wait = settings.replica_timeout_ms / 1000 if settings.min_replicas else 0
+    commands = async_redis_client(
         settings.redis_url,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT + wait,
         health_check_interval=30,
     )
-    # The reader blocks in XREAD for up to read_block_ms; its timeout must be longer.
-    reader = Redis.from_url(
+    # The reader blocks in XREAD for up to read_block_ms; its timeout must be
+    # longer. One connection, taken from its own pool for every XREAD: the pool
+    # reconnects it through the sentinels after a failover, which redis-py's
+    # single-connection client does not.
+    reader = async_redis_client(
         settings.redis_url,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
-        single_connection_client=True,
+        max_connections=1,
     )
     return Connections(commands, reader)
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.client.redis_urls import check_redis_url
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
+from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 from relay.server.client_address import Network, parse_networks
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
-# The URL schemes the Redis client connects by.
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -31,7 +30,9 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Redis to use; when unset the gateway runs on an in-process store.",
+        description="Redis to use (redis://, rediss://, unix://, or "
+        "redis+sentinel://host:26379,.../service[/db] to find the primary through Sentinel); "
+        "when unset the gateway runs on an in-process store.",
     )
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
@@ -151,6 +152,17 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         default=DEFAULT_MAX_BATCH, ge=1, description="Most events in one batch request."
     )
+    min_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must acknowledge each publish (Redis WAIT) before it is "
+        "answered; fewer within replica_timeout_ms answer 503. 0: no waiting.",
+    )
+    replica_timeout_ms: int = Field(
+        default=DEFAULT_REPLICA_TIMEOUT_MS,
+        ge=1,
+        description="Milliseconds a publish waits for min_replicas replicas to acknowledge it.",
+    )
     idempotency_ttl: int = Field(
         default=DEFAULT_IDEMPOTENCY_TTL,
         ge=1,
@@ -221,18 +233,12 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url_has_a_scheme(cls, value: str | None) -> str | None:
+    def _redis_url_parses(cls, value: str | None) -> str | None:
         # Checked here rather than left to the Redis client, so a mistyped
         # URL stops the start with one line instead of a traceback. The value
         # is never quoted back: it may hold a password.
-        if not value:
-            return value
-        if not value.lower().startswith(REDIS_URL_SCHEMES):
-            raise ValueError(
-                f"not a Redis URL: it must start with {', '.join(REDIS_URL_SCHEMES[:-1])} "
-                f"or {REDIS_URL_SCHEMES[-1]}"
-            )
-        urlsplit(value).port  # noqa: B018 - raises ValueError on a port that is no number
+        if value:
+            check_redis_url(value)
         return value
 
     @model_validator(mode="after")
@@ -251,6 +257,12 @@ class Settings(BaseSettings):
         # Port 0 asks the system for a free port, so two zeros never collide.
         if self.port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_need_redis(self) -> Settings:
+        if self.min_replicas and self.embedded:
+            raise ValueError("min_replicas needs a redis_url: the in-process store has no replicas")
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""No token or bearer credential reaches the gateway's log, whoever logs it and at any level."""
+"""No token, bearer credential or URL password reaches the gateway's log, whoever logs it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ TOKEN = "eyJhbGciOi.secret-token-text-7d41.signature"
         (f"{{'Authorization': 'Bearer {TOKEN}'}}", "{'Authorization': 'Bearer [redacted]'}"),
         (f"authorization: bearer  {TOKEN}\n", "authorization: bearer  [redacted]\n"),
         (f'{{"action": "auth", "token": "{TOKEN}"}}', '{"action": "auth", "token": "[redacted]"}'),
+        (f"to redis://app:{TOKEN}@h:6379/0 now", "to redis://app:[redacted]@h:6379/0 now"),
+        (
+            f"redis+sentinel://h/relay?sentinel_password={TOKEN}&x=1 failed",
+            "redis+sentinel://h/relay?sentinel_password=[redacted]&x=1 failed",
+        ),
         # nothing secret: unchanged
+        ("from redis://h:6379/0 as user@example", None),
         ("a token is required: ?token= or Authorization: Bearer", None),
         ("WWW-Authenticate: Bearer", None),
         ("ws:127.0.0.1 connected", None),

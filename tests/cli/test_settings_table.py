@@ -44,16 +44,16 @@ def test_the_table_check_sees_a_stale_default() -> None:
 def test_one_row_per_setting_with_its_variable_flag_and_default() -> None:
     rows = table_lines()[len(TABLE_HEADER) :]
     assert len(rows) == len(Settings.model_fields)
-    assert rows[0] == (
-        "| `RELAY_REDIS_URL` | `--redis-url` | unset "
-        "| Redis to use; when unset the gateway runs on an in-process store. |"
-    )
+    assert rows[0].startswith("| `RELAY_REDIS_URL` | `--redis-url` | unset | Redis to use (")
+    assert "redis+sentinel://" in rows[0]
+    assert rows[0].endswith("; when unset the gateway runs on an in-process store. |")
     by_env = {row.split(" | ")[0]: row for row in rows}
     assert "| `--port` | `8080` |" in by_env["| `RELAY_PORT`"]
     assert "| `--demo` | `false` |" in by_env["| `RELAY_DEMO`"]
     assert "| `--stream-prefix` | empty |" in by_env["| `RELAY_STREAM_PREFIX`"]
     assert "| `--discovery-interval` | `0.5` |" in by_env["| `RELAY_DISCOVERY_INTERVAL`"]
     assert "| `--header-timeout` | `10` |" in by_env["| `RELAY_HEADER_TIMEOUT`"]
+    assert "| `--min-replicas` | `0` |" in by_env["| `RELAY_MIN_REPLICAS`"]
 
 
 def test_every_setting_is_a_serve_flag_with_its_help() -> None:

@@ -24,6 +24,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
 
+from relay.client.redis_urls import async_redis_client
 from tests.conftest import RedisServer
 from tests.followers import Follower, SseFollower, WsFollower
 from tests.helpers import Gateway, eventually
@@ -38,7 +39,7 @@ class Sequence:
 
     def __init__(self, http: aiohttp.ClientSession, redis_url: str) -> None:
         self.http = http
-        self.raw = Redis.from_url(redis_url, decode_responses=True)
+        self.raw: Redis = async_redis_client(redis_url, decode_responses=True)
         self.published: list[int] = []
         self.refusals = 0
 

@@ -1,0 +1,164 @@
+"""Redis URLs, plain and ``redis+sentinel://``: what they say, and how a bad one is told."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from pydantic import ValidationError
+
+from relay.cli.main import configuration_problems
+from relay.client.redis_urls import (
+    DEFAULT_SENTINEL_PORT,
+    SentinelUrl,
+    async_redis_client,
+    check_redis_url,
+    parse_sentinel_url,
+    redacted,
+    redis_client,
+)
+from relay.server.settings import Settings
+
+PASSWORD = "hunter2"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://127.0.0.1:26379/relay",
+            SentinelUrl((("127.0.0.1", 26379),), "relay"),
+        ),
+        (
+            "REDIS+SENTINEL://a:1,b:2,c/relay/3",
+            SentinelUrl((("a", 1), ("b", 2), ("c", DEFAULT_SENTINEL_PORT)), "relay", db=3),
+        ),
+        (
+            f"redis+sentinel://:{PASSWORD}@[::1]:26380,[fe80::1]/my%20service/",
+            SentinelUrl(
+                (("::1", 26380), ("fe80::1", DEFAULT_SENTINEL_PORT)),
+                "my service",
+                password=PASSWORD,
+            ),
+        ),
+        (
+            "redis+sentinel://app:p%40ss@h/relay?sentinel_username=s&sentinel_password=sp",
+            SentinelUrl(
+                (("h", DEFAULT_SENTINEL_PORT),),
+                "relay",
+                username="app",
+                password="p@ss",
+                sentinel_username="s",
+                sentinel_password="sp",
+            ),
+        ),
+    ],
+)
+def test_sentinel_urls_parse(url: str, expected: SentinelUrl) -> None:
+    assert parse_sentinel_url(url) == expected
+    check_redis_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"redis+sentinel://:{PASSWORD}@h:1", "names its service after the hosts"),
+        (f"redis+sentinel://:{PASSWORD}@h:1/", "names its service after the hosts"),
+        (f"redis+sentinel://:{PASSWORD}@/relay", "sentinel address 1 has no host"),
+        (f"redis+sentinel://:{PASSWORD}@a:1,/relay", "sentinel address 2 has no host"),
+        (f"redis+sentinel://:{PASSWORD}@a:1,b:port/relay", "sentinel address 2 has a port"),
+        (f"redis+sentinel://:{PASSWORD}@a:0/relay", "sentinel address 1 has a port"),
+        (f"redis+sentinel://:{PASSWORD}@a:65536/relay", "has a port that is not a number"),
+        (f"redis+sentinel://:{PASSWORD}@::1:26379/relay", "must be in brackets"),
+        (f"redis+sentinel://:{PASSWORD}@[::1/relay", "must be in brackets"),
+        (f"redis+sentinel://:{PASSWORD}@[::1]x/relay", "must be in brackets"),
+        (f"redis+sentinel://:{PASSWORD}@h/relay/zero", "database after the service name"),
+        (f"redis+sentinel://:{PASSWORD}@h/relay?ssl=true", "unknown Sentinel URL option 'ssl'"),
+        (f"redis+sentinel://:{PASSWORD}@h/relay#x", "no #fragment"),
+        (f"sentinel://:{PASSWORD}@h/relay", "not a Redis URL"),
+        (f"redis://:{PASSWORD}@h:port/0", "Port could not be cast"),
+    ],
+)
+def test_a_bad_url_says_what_is_wrong_without_quoting_it(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        check_redis_url(url)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_the_gateway_refuses_a_bad_sentinel_url_in_one_line_without_the_password() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis_url=f"redis+sentinel://:{PASSWORD}@h:1")
+    problems = configuration_problems(caught.value)
+    assert problems == [
+        "--redis-url / RELAY_REDIS_URL: a Sentinel URL names its service after the hosts: "
+        ".../service[/db]"
+    ]
+
+
+def test_the_gateway_takes_a_sentinel_url() -> None:
+    url = "redis+sentinel://a:26379,b:26379/relay/0"
+    assert Settings(redis_url=url).redis_url == url
+
+
+def test_min_replicas_needs_a_redis() -> None:
+    with pytest.raises(ValidationError, match="min_replicas needs a redis_url"):
+        Settings(min_replicas=1)
+    assert Settings(redis_url="redis://h", min_replicas=1).min_replicas == 1
+
+
+def test_redacted_hides_every_password() -> None:
+    url = f"redis+sentinel://app:{PASSWORD}@a:1,b:2/relay/0?sentinel_password={PASSWORD}"
+    shown = redacted(url)
+    assert PASSWORD not in shown
+    assert shown == ("redis+sentinel://app:[redacted]@a:1,b:2/relay/0?sentinel_password=[redacted]")
+    assert redacted("redis://h:6379/0") == "redis://h:6379/0"
+    assert redacted(f"redis://:{PASSWORD}@h") == "redis://:[redacted]@h"
+
+
+def test_the_repr_of_a_parsed_url_leaves_passwords_out() -> None:
+    parsed = parse_sentinel_url(f"redis+sentinel://:{PASSWORD}@h/r?sentinel_password={PASSWORD}")
+    assert PASSWORD not in repr(parsed)
+
+
+async def test_a_sentinel_client_asks_the_sentinels_with_their_own_credentials() -> None:
+    url = f"redis+sentinel://app:{PASSWORD}@a:1,b:2/relay/4?sentinel_password=sp"
+    client = async_redis_client(url, decode_responses=True)
+    pool = client.connection_pool
+    assert isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    assert pool.service_name == "relay"
+    assert pool.connection_kwargs["db"] == 4
+    assert pool.connection_kwargs["username"] == "app"
+    assert pool.connection_kwargs["password"] == PASSWORD
+    assert pool.connection_kwargs["decode_responses"] is True
+    sentinels = pool.sentinel_manager.sentinels
+    addresses = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in sentinels
+    ]
+    assert addresses == [("a", 1), ("b", 2)]
+    assert all(s.connection_pool.connection_kwargs["password"] == "sp" for s in sentinels)
+    await client.aclose()
+
+
+def test_a_blocking_sentinel_client_is_made_alike() -> None:
+    client = redis_client("redis+sentinel://a:1/relay", socket_timeout=3)
+    pool = client.connection_pool
+    assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
+    assert pool.connection_kwargs["socket_timeout"] == 3
+    client.close()
+
+
+def test_a_plain_url_makes_a_plain_client() -> None:
+    client = async_redis_client("redis://127.0.0.1:1/2")
+    assert type(client) is redis.asyncio.Redis
+    assert client.connection_pool.connection_kwargs["db"] == 2
+
+
+async def test_a_single_connection_client_through_sentinel_is_refused() -> None:
+    # It would reconnect to the address it had, never to a promoted replica.
+    with pytest.raises(ValueError, match="max_connections=1"):
+        async_redis_client("redis+sentinel://a:1/relay", single_connection_client=True)
+    client = async_redis_client("redis+sentinel://a:1/relay", single_connection_client=False)
+    assert not client.single_connection_client
+    await client.aclose()
