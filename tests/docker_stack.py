@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import OnLoopback, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
@@ -215,7 +215,7 @@ def build_base_image(engine: DockerEngine, workdir: Path, tag: str) -> None:
     shutil.rmtree(rootfs, ignore_errors=True)
 
 
-class ComposeStack:
+class ComposeStack(OnLoopback):
     """The project's compose deployment in a folder of its own, under its own project name."""
 
     def __init__(self, engine: DockerEngine, directory: Path, base_image: str) -> None:
@@ -259,14 +259,6 @@ class ComposeStack:
     def env(self) -> dict[str, str]:
         """The shell compose runs in: the engine's, and no RELAY_* variable of its own."""
         return dict(self.engine.env)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         """A compose command in the stack's folder; its output."""

@@ -114,15 +114,10 @@ async def read_back(
     await until(check, what=f"the reader to read {count} {workflow_type} events")
 
 
-class Gateway:
-    """A ``relay serve`` process."""
+class OnLoopback:
+    """Something clients reach on a port of this machine: its HTTP and WebSocket addresses."""
 
-    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str]) -> None:
-        self.args = args
-        self.port = port
-        self.log = log
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
+    port: int
 
     @property
     def url(self) -> str:
@@ -131,6 +126,17 @@ class Gateway:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+class Gateway(OnLoopback):
+    """A ``relay serve`` process."""
+
+    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str]) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, ready: bool = True) -> None:
         with self.log.open("ab") as log:

@@ -32,29 +32,35 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def require_publisher(request: web.Request) -> None:
     """Raise 401 without an API key and 403 with a wrong one, when keys are configured."""
     keys = request.app[GATEWAY].settings.publisher_keys
-    if not keys:
-        return
-    presented = bearer(request.headers.get("Authorization"))
-    if presented is None:
-        raise ApiError(
-            401, "an API key is required: Authorization: Bearer <key>", headers=CHALLENGE
-        )
-    if not key_matches(presented, keys):
-        raise ApiError(403, "the API key is not valid")
+    _require_bearer(request, keys, "an API key", "the API key is not valid", 403)
 
 
 def require_metrics_token(request: web.Request) -> None:
     """Raise 401 unless the request presents the metrics token, when one is configured."""
     token = request.app[GATEWAY].settings.metrics_token.get_secret_value()
-    if not token:
+    _require_bearer(
+        request,
+        (token,) if token else (),
+        "the metrics token",
+        "the metrics token is not valid",
+        401,
+    )
+
+
+def _require_bearer(
+    request: web.Request, accepted: tuple[str, ...], what: str, wrong: str, wrong_status: int
+) -> None:
+    # Nothing configured: nothing to present.
+    if not accepted:
         return
     presented = bearer(request.headers.get("Authorization"))
     if presented is None:
+        name = what.split()[-1]
         raise ApiError(
-            401, "the metrics token is required: Authorization: Bearer <token>", headers=CHALLENGE
+            401, f"{what} is required: Authorization: Bearer <{name}>", headers=CHALLENGE
         )
-    if not key_matches(presented, (token,)):
-        raise ApiError(401, "the metrics token is not valid", headers=CHALLENGE)
+    if not key_matches(presented, accepted):
+        raise ApiError(wrong_status, wrong, headers=CHALLENGE if wrong_status == 401 else None)
 
 
 def limit_publisher(request: web.Request, events: int) -> None:

@@ -134,18 +134,25 @@ class Publisher:
         self.published.append(n)
 
 
-def followers(
+async def followers(
     http: aiohttp.ClientSession, stack: ComposeStack, token: str, count: int
 ) -> list[Follower]:
-    """``count`` WebSocket followers and one SSE follower through nginx, started."""
+    """``count`` WebSocket followers and one SSE follower through nginx, each subscribed."""
     started: list[Follower] = [WsFollower(http, stack, TYPE, token) for _ in range(count)]
     started.append(SseFollower(http, stack, TYPE, token))
     for follower in started:
         follower.start()
+
+    async def check() -> bool:
+        return all(f.connections > 0 for f in started)
+
+    await until(check, timeout=30, what="every follower to subscribe")
     return started
 
 
 async def all_received(started: list[Follower], published: list[int]) -> None:
+    """Every follower got every number once and in order; then they stop."""
+
     async def check() -> bool:
         return all(not f.tally(published).lost for f in started)
 
@@ -153,13 +160,8 @@ async def all_received(started: list[Follower], published: list[int]) -> None:
     for follower in started:
         tally = follower.tally(published)
         assert (tally.lost, tally.duplicated, tally.reordered) == ([], [], []), follower.name
-
-
-async def subscribed(started: list[Follower]) -> None:
-    async def check() -> bool:
-        return all(f.connections > 0 for f in started)
-
-    await until(check, timeout=30, what="every follower to subscribe")
+    for follower in started:
+        await follower.stop()
 
 
 def upstreams(stack: ComposeStack, path: str) -> set[str]:
@@ -190,8 +192,7 @@ def test_compose_commands_need_no_secrets_in_the_shell(stack: ComposeStack) -> N
 async def test_events_reach_subscribers_on_every_replica(
     http: aiohttp.ClientSession, stack: ComposeStack, token: str, secrets: dict[str, str]
 ) -> None:
-    started = followers(http, stack, token, 6)
-    await subscribed(started)
+    started = await followers(http, stack, token, 6)
     publisher = Publisher(http, stack, secrets["key"])
     for n in range(20):
         if n % 4 == 3:
@@ -199,8 +200,6 @@ async def test_events_reach_subscribers_on_every_replica(
         else:
             await publisher.post(n)
     await all_received(started, publisher.published)
-    for follower in started:
-        await follower.stop()
     # Six sockets through nginx landed on more than one replica.
     assert len(upstreams(stack, "/ws")) >= 2
 
@@ -296,8 +295,7 @@ def test_scaled_gateways_all_take_requests(stack: ComposeStack) -> None:
 async def test_a_killed_replica_loses_nothing(
     http: aiohttp.ClientSession, stack: ComposeStack, token: str, secrets: dict[str, str]
 ) -> None:
-    started = followers(http, stack, token, 4)
-    await subscribed(started)
+    started = await followers(http, stack, token, 4)
     publisher = Publisher(http, stack, secrets["key"])
     for n in range(100, 120):
         await publisher.post(n)
@@ -310,8 +308,6 @@ async def test_a_killed_replica_loses_nothing(
     # Idempotent requests move on to a live replica; nobody sees the dead one.
     assert failed == 0
     await all_received(started, publisher.published)
-    for follower in started:
-        await follower.stop()
     stack.up("--scale", "gateway=5", "--no-recreate")
 
 
@@ -323,12 +319,9 @@ async def test_redis_restart_keeps_what_was_written(
         await publisher.post(n, session="aof")
     stack.compose("restart", "redis")
     stack.wait_ready()
-    started = followers(http, stack, token, 1)
-    await subscribed(started)
+    started = await followers(http, stack, token, 1)
     await publisher.post(210, session="aof")
     await all_received(started, [210])
-    for follower in started:
-        await follower.stop()
     # The gateways read the entries back from Redis by id: they outlived the restart.
     status, frames = fetch(
         f"{stack.url}/api/workflows/sessions/aof/events",
