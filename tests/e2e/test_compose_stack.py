@@ -170,6 +170,20 @@ def upstreams(stack: ComposeStack, path: str) -> set[str]:
     return set(pattern.findall(stack.logs("nginx")))
 
 
+METRICS_PROBE = (
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+)
+
+
+def subscribers_on(stack: ComposeStack, container: str) -> int:
+    """Subscribers connected to one gateway container, from its own metrics."""
+    metrics = stack.engine.docker("exec", container, "python3", "-c", METRICS_PROBE)
+    found = re.search(r"^relay_subscribers (\S+)$", metrics, re.MULTILINE)
+    assert found, metrics
+    return int(float(found.group(1)))
+
+
 def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
     """Status and decoded JSON body of a request; an HTTP error is an answer too."""
     request = urllib.request.Request(url, data=data, headers=headers or {})
@@ -253,8 +267,7 @@ def test_metrics_stay_inside_the_compose_network(stack: ComposeStack) -> None:
     status, answer = fetch(f"{stack.url}/metrics")
     assert status == 404
     assert answer["error"] == "not_found"
-    probe = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
-    assert "relay_" in stack.execute("gateway", "python3", "-c", probe)
+    assert "relay_subscribers" in stack.execute("gateway", "python3", "-c", METRICS_PROBE)
 
 
 def test_the_image_holds_the_pinned_versions(stack: ComposeStack) -> None:
@@ -299,7 +312,9 @@ async def test_a_killed_replica_loses_nothing(
     publisher = Publisher(http, stack, secrets["key"])
     for n in range(100, 120):
         await publisher.post(n)
-    victim = stack.containers("gateway")[0]
+    # The replica holding the most of them, so that some must reconnect and resume.
+    victim = max(stack.containers("gateway"), key=lambda c: subscribers_on(stack, c))
+    assert subscribers_on(stack, victim) > 0
     stack.engine.docker("kill", victim)
     failed = 0
     for n in range(120, 160):
@@ -308,6 +323,7 @@ async def test_a_killed_replica_loses_nothing(
     # Idempotent requests move on to a live replica; nobody sees the dead one.
     assert failed == 0
     await all_received(started, publisher.published)
+    assert sum(f.connections for f in started) > len(started), "nobody had to resume"
     stack.up("--scale", "gateway=5", "--no-recreate")
 
 
