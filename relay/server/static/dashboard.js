@@ -6,6 +6,10 @@
  * event: changed states collect in `pending` and are drawn once per animation
  * frame, each session's row updated in place (rows are keyed by session id,
  * never rebuilt, and move only when they learn when their session started).
+ *
+ * The list stays bounded: an ended session leaves it a while after it ended
+ * (the "Keep ended" select, 10 minutes unless `?keep_ended=<seconds>` says
+ * otherwise), and only the counts still speak of it.
  */
 import { AUTH_STATUSES, compareIds, watchWorkflow } from "./relay-client.js";
 
@@ -41,6 +45,10 @@ const detailEl = byId("detail");
 const detailTitleEl = byId("detail-title");
 const detailMetaEl = byId("detail-meta");
 const timelineEl = byId("timeline");
+const layoutEl = byId("layout");
+const filterEl = byId("filter");
+const keepEndedEl = byId("keep-ended");
+const hideEndedEl = byId("hide-ended");
 const groupTemplate = byId("group-template");
 const rowTemplate = byId("row-template");
 
@@ -64,18 +72,36 @@ const SIGN_IN_MESSAGES = {
   expired: "The token expired. Sign in with a new one.",
 };
 
+// What the page remembers across visits (localStorage, unlike the token).
+const HIDE_ENDED_KEY = "relay.hideEnded";
+const KEEP_ENDED_KEY = "relay.keepEnded";
+const FILTER_FIELDS = ["type", "id", "status"];
+
+const known = new Map(); // session id -> newest state, listed or not
 const rows = new Map(); // session id -> row (its elements and the state drawn)
 const groups = new Map(); // workflow type -> group (its elements)
 const pending = new Map(); // session id -> newest state not drawn yet
 let frameRequested = false;
 let clockDue = false;
+let keepEndedMs = readKeepEnded();
+let hideEnded = localStorage.getItem(HIDE_ENDED_KEY) === "true";
+let filterTerms = [];
+hideEndedEl.checked = hideEnded;
 
 // The open history panel: which session, whether its history has loaded, the
 // newest event shown, and live events waiting to be appended.
 const detail = { sessionId: null, loaded: false, lastId: null, queue: [] };
 
 watcher.onChange((state, event) => {
-  pending.set(state.sessionId, state);
+  if (state === null) {
+    // The watcher dropped what it knew (its history was reset): start over from what it has now.
+    known.clear();
+    for (const row of [...rows.values()]) removeRow(row);
+    for (const fresh of watcher.sessions().values()) remember(fresh);
+    scheduleDraw();
+    return;
+  }
+  remember(state);
   if (event && state.sessionId === detail.sessionId) detail.queue.push(event);
   scheduleDraw();
 });
@@ -102,6 +128,11 @@ setInterval(() => {
   scheduleDraw();
 }, 1000);
 
+function remember(state) {
+  known.set(state.sessionId, state);
+  pending.set(state.sessionId, state);
+}
+
 function scheduleDraw() {
   if (frameRequested) return;
   frameRequested = true;
@@ -112,7 +143,12 @@ function draw() {
   frameRequested = false;
   const now = Date.now();
   for (const state of pending.values()) {
-    const row = rows.get(state.sessionId) ?? createRow(state.sessionId);
+    const listedRow = rows.get(state.sessionId);
+    if (!isListed(state, now)) {
+      if (listedRow) removeRow(listedRow);
+      continue;
+    }
+    const row = listedRow ?? createRow(state.sessionId);
     const moved = row.state?.startTime !== state.startTime;
     drawRow(row, state, now);
     if (moved) place(row);
@@ -121,7 +157,10 @@ function draw() {
 
   if (clockDue) {
     clockDue = false;
-    for (const row of rows.values()) if (row.state.isInProgress) drawTimes(row, now);
+    for (const row of rows.values()) {
+      if (row.state.isInProgress) drawTimes(row, now);
+      else if (!isListed(row.state, now)) removeRow(row);
+    }
   }
   if (detail.sessionId) drawDetail();
   drawSummary();
@@ -148,6 +187,8 @@ function createRow(sessionId) {
     error: part(".error"),
   };
   row.name.textContent = sessionId;
+  // The column may cut a long id short; the whole of it shows on hover.
+  row.name.title = sessionId;
   if (sessionId === detail.sessionId) el.classList.add("selected");
   rows.set(sessionId, row);
   return row;
@@ -166,31 +207,102 @@ function drawRow(row, state, now) {
     row.pct.textContent = `${formatNumber(state.progress)}%`;
   }
   setText(row.step, state.step);
+  if (row.step.title !== state.step) row.step.title = state.step;
   setText(row.status, STATUS_LABELS[state.status] ?? state.status);
   row.cancel.hidden = state.status !== "running";
   if (changedStatus) row.cancel.disabled = false;
-  row.error.hidden = !state.error;
-  setText(row.error, state.error ?? "");
+  showError(row.error, state.error, state.isFailed);
   drawTimes(row, now);
+  drawVisibility(row);
+}
+
+/** Only a failed session's error is a failure; on any other it is a warning the worker gave. */
+function showError(el, text, isFailure) {
+  el.hidden = !text;
+  el.dataset.level = isFailure ? "error" : "warning";
+  setText(el, text ?? "");
 }
 
 function drawTimes(row, now) {
   const { state } = row;
-  // An ended session's clock stops at its last event.
-  const until = state.isInProgress ? now : state.updatedAt;
-  setText(
-    row.elapsed,
-    state.startTime ? `${duration((until - state.startTime) / 1000)} elapsed` : "",
-  );
+  let elapsed = "";
+  if (state.startTime && state.isInProgress) {
+    elapsed = `${duration((now - state.startTime) / 1000)} elapsed`;
+  } else if (state.startTime) {
+    // An ended session's clock stopped at its last event.
+    elapsed = `took ${duration((state.updatedAt - state.startTime) / 1000)}`;
+  }
+  setText(row.elapsed, elapsed);
   let eta = "";
+  let stalled = false;
   if (state.isComplete) {
     eta = "done";
   } else if (state.isInProgress && state.estimatedTimeRemaining != null) {
-    // The estimate holds as of the last event; count down from there.
+    // The estimate holds as of the last event; count down from there. Once it
+    // has run out without news the session is late, and no figure is honest.
     const left = state.estimatedTimeRemaining - (now - state.updatedAt) / 1000;
-    eta = `~${duration(left)} left`;
+    stalled = left <= 0;
+    eta = stalled ? "stalled" : `~${duration(Math.ceil(left))} left`;
   }
   setText(row.eta, eta);
+  row.el.toggleAttribute("data-stalled", stalled);
+}
+
+/** Whether a session has a row: running ones always, ended ones for `keepEndedMs` after they ended. */
+function isListed(state, now) {
+  return state.isInProgress || now - state.updatedAt < keepEndedMs;
+}
+
+/** A listed row shows unless the filter or "Hide ended" leaves it out. */
+function drawVisibility(row) {
+  const hidden = (hideEnded && !row.state.isInProgress) || !matchesFilter(row.state);
+  if (row.el.hidden !== hidden) row.el.hidden = hidden;
+}
+
+function removeRow(row) {
+  const { sessionId, workflowType } = row.state;
+  row.el.remove();
+  rows.delete(sessionId);
+  const group = groups.get(workflowType);
+  if (!group.rowsEl.querySelector(".session")) {
+    group.el.remove();
+    groups.delete(workflowType);
+  }
+  if (sessionId === detail.sessionId) anchorDetail();
+}
+
+// --- filter ------------------------------------------------------------------
+
+/**
+ * The filter is words that must all match: a bare word matches a session
+ * whose type, id or status (or its label) contains it; `type:`, `id:` or
+ * `status:` before a word narrows it to that one. Case does not matter.
+ */
+function parseFilter(text) {
+  return text
+    .toLowerCase()
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((word) => {
+      const colon = word.indexOf(":");
+      const field = word.slice(0, colon);
+      if (colon > 0 && FILTER_FIELDS.includes(field)) {
+        return { fields: [field], value: word.slice(colon + 1) };
+      }
+      return { fields: FILTER_FIELDS, value: word };
+    });
+}
+
+function matchesFilter(state) {
+  if (!filterTerms.length) return true;
+  const values = {
+    type: state.workflowType.toLowerCase(),
+    id: state.sessionId.toLowerCase(),
+    status: `${state.status} ${STATUS_LABELS[state.status] ?? ""}`,
+  };
+  return filterTerms.every(({ fields, value }) =>
+    fields.some((field) => values[field].includes(value)),
+  );
 }
 
 /**
@@ -202,7 +314,7 @@ function place(row) {
   const { rowsEl } = groupFor(row.state.workflowType);
   const startTime = row.state.startTime ?? 0;
   let before = null;
-  for (const el of rowsEl.children) {
+  for (const el of rowsEl.querySelectorAll(":scope > .session")) {
     if (el !== row.el && (rows.get(el.dataset.session).state.startTime ?? 0) < startTime) {
       before = el;
       break;
@@ -210,6 +322,7 @@ function place(row) {
   }
   if (before !== row.el.nextElementSibling || row.el.parentNode !== rowsEl) {
     rowsEl.insertBefore(row.el, before);
+    if (row.state.sessionId === detail.sessionId) anchorDetail();
   }
 }
 
@@ -227,26 +340,39 @@ function groupFor(workflowType) {
   return group;
 }
 
+/**
+ * The counts: per group its listed rows; on top, of the sessions the filter
+ * lets through, those running, the ended ones shown, and all the page knows
+ * of (ended ones that left the list included).
+ */
 function drawSummary() {
-  const byStatus = {};
   const byType = new Map();
-  for (const { state } of rows.values()) {
-    byStatus[state.status] = (byStatus[state.status] ?? 0) + 1;
-    const counts = byType.get(state.workflowType) ?? { all: 0, active: 0 };
+  let endedShown = 0;
+  for (const { el, state } of rows.values()) {
+    const counts = byType.get(state.workflowType) ?? { all: 0, active: 0, shown: 0 };
     counts.all += 1;
     if (state.isInProgress) counts.active += 1;
+    if (!el.hidden) counts.shown += 1;
+    if (!el.hidden && !state.isInProgress) endedShown += 1;
     byType.set(state.workflowType, counts);
   }
   for (const [type, counts] of byType) {
-    setText(groups.get(type).countEl, `${counts.active} active · ${counts.all} total`);
+    const group = groups.get(type);
+    setText(group.countEl, `${counts.active} active · ${counts.all} total`);
+    group.el.hidden = counts.shown === 0;
   }
-  const parts = Object.entries(STATUS_LABELS)
-    .filter(([status]) => byStatus[status])
-    .map(([status, label]) => `${byStatus[status]} ${label}`);
-  setText(summaryEl, parts.join(" · "));
-  emptyEl.hidden = rows.size > 0 || !signInEl.hidden;
-  const running = (byStatus.running ?? 0) + (byStatus.cancel_requested ?? 0);
-  document.title = running ? `(${running}) relay` : "relay";
+  let running = 0;
+  let matching = 0;
+  let runningAll = 0;
+  for (const state of known.values()) {
+    if (state.isInProgress) runningAll += 1;
+    if (!matchesFilter(state)) continue;
+    matching += 1;
+    if (state.isInProgress) running += 1;
+  }
+  setText(summaryEl, `${running} running · ${endedShown} ended shown · ${matching} total`);
+  emptyEl.hidden = known.size > 0 || !signInEl.hidden;
+  document.title = runningAll ? `(${runningAll}) relay` : "relay";
 }
 
 // --- actions ---------------------------------------------------------------
@@ -267,8 +393,7 @@ async function cancelSession(sessionId, button) {
   } catch (error) {
     button.disabled = false;
     const row = rows.get(sessionId);
-    row.error.hidden = false;
-    row.error.textContent = `Cancel failed: ${error.message}`;
+    if (row) showError(row.error, `Cancel failed: ${error.message}`, true);
   }
 }
 
@@ -307,9 +432,48 @@ function takeTokenFromAddress() {
   history.replaceState(history.state, "", address);
 }
 
-byId("hide-ended").addEventListener("change", (change) => {
-  document.body.classList.toggle("hide-ended", change.target.checked);
+hideEndedEl.addEventListener("change", () => {
+  hideEnded = hideEndedEl.checked;
+  localStorage.setItem(HIDE_ENDED_KEY, String(hideEnded));
+  redrawVisibility();
 });
+
+filterEl.addEventListener("input", () => {
+  filterTerms = parseFilter(filterEl.value);
+  redrawVisibility();
+});
+
+keepEndedEl.addEventListener("change", () => {
+  keepEndedMs = Number(keepEndedEl.value) * 1000;
+  localStorage.setItem(KEEP_ENDED_KEY, keepEndedEl.value);
+  // Sessions gone from the list come back if the new time still covers them.
+  for (const state of known.values()) pending.set(state.sessionId, state);
+  scheduleDraw();
+});
+
+function redrawVisibility() {
+  for (const row of rows.values()) drawVisibility(row);
+  scheduleDraw();
+}
+
+/**
+ * How long ended sessions stay listed, in ms: `?keep_ended=<seconds>` in the
+ * address (which gets its own choice in the select if it is not one of them),
+ * else the choice made last time, else the select's default.
+ */
+function readKeepEnded() {
+  const asked = Number(new URLSearchParams(location.search).get("keep_ended") ?? NaN);
+  const offered = (value) => [...keepEndedEl.options].some((option) => option.value === value);
+  if (asked >= 0) {
+    const value = String(asked);
+    if (!offered(value)) keepEndedEl.append(new Option(duration(asked), value));
+    keepEndedEl.value = value;
+  } else {
+    const stored = localStorage.getItem(KEEP_ENDED_KEY);
+    if (offered(stored)) keepEndedEl.value = stored;
+  }
+  return Number(keepEndedEl.value) * 1000;
+}
 
 byId("detail-close").addEventListener("click", closeHistory);
 document.addEventListener("keydown", (key) => {
@@ -324,6 +488,8 @@ async function openHistory(sessionId) {
   Object.assign(detail, { sessionId, loaded: false, lastId: null, queue: [] });
   detailEl.hidden = false;
   detailTitleEl.textContent = sessionId;
+  detailTitleEl.title = sessionId;
+  anchorDetail();
   timelineEl.replaceChildren(note("Loading history…"));
   drawDetail();
   let events;
@@ -348,10 +514,27 @@ function closeHistory() {
   rows.get(detail.sessionId)?.el.classList.remove("selected");
   Object.assign(detail, { sessionId: null, loaded: false, lastId: null, queue: [] });
   detailEl.hidden = true;
+  anchorDetail();
 }
 
+/**
+ * Where the history panel sits: beside the list on a wide screen, but where
+ * the stylesheet puts it in the flow (a narrow screen) right under its
+ * session's row, so a tap opens it where the finger is, not below every group.
+ */
+function anchorDetail() {
+  const row = rows.get(detail.sessionId);
+  const inFlow = getComputedStyle(detailEl).position === "static";
+  if (row && inFlow && !detailEl.hidden) {
+    if (row.el.nextElementSibling !== detailEl) row.el.after(detailEl);
+  } else if (detailEl.parentNode !== layoutEl) {
+    layoutEl.append(detailEl);
+  }
+}
+addEventListener("resize", anchorDetail);
+
 function drawDetail() {
-  const state = rows.get(detail.sessionId)?.state;
+  const state = known.get(detail.sessionId);
   if (state) {
     const started = state.startTime ? `started ${new Date(state.startTime).toLocaleString()}` : "";
     const metadata = Object.keys(state.metadata).length ? JSON.stringify(state.metadata) : "";
@@ -385,7 +568,7 @@ function timelineItem({ id, data }) {
   if (data.error) {
     const error = document.createElement("p");
     error.className = "error";
-    error.textContent = data.error;
+    showError(error, data.error, data.status === "failed");
     item.append(error);
   }
   return item;
