@@ -7,7 +7,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -37,9 +37,27 @@ def reporter(redis_url: str) -> Iterator[Reporter]:
         yield publisher
 
 
-def open_dashboard(page: Page, gateway: Gateway) -> None:
-    page.goto(gateway.url + "/")
+def open_dashboard(page: Page, gateway: Gateway, query: str = "") -> None:
+    page.goto(f"{gateway.url}/{query}")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+
+
+def publish_aged(
+    redis_url: str,
+    events: Sequence[tuple[str, str, str, float, float, Mapping[str, str]]],
+) -> None:
+    """XADD each (type, session, step, progress, age in seconds, extra fields) as if sent that long ago."""
+    now = int(time.time() * 1000)
+    with redis.Redis.from_url(redis_url) as raw:
+        for wtype, session_id, step, progress, age, extra in events:
+            fields = {
+                "session_id": session_id,
+                "step": step,
+                "progress": progress,
+                "ts": now - int(age * 1000),
+                **extra,
+            }
+            raw.xadd(f"workflow:progress:{wtype}", fields)
 
 
 def session_exists(gateway: Gateway, session_id: str) -> bool:
@@ -232,8 +250,142 @@ def test_dashboard_keeps_up_with_hundreds_of_sessions(
     expect(page.locator('[data-type="bulk"] .count')).to_have_text("299 active · 300 total")
 
 
+def test_dashboard_lets_ended_sessions_go_and_counts_them(
+    page: Page, gateway: Gateway, reporter: Reporter, redis_url: str
+) -> None:
+    # "old" ended a minute ago, longer than the page keeps ended sessions.
+    publish_aged(redis_url, [("map", "old", "done", 100, 60, {"status": "completed"})])
+    wait_until(partial(session_exists, gateway, "old"), what="old to be read")
+    reporter.report("run", "map", "meshing", 30)
+    open_dashboard(page, gateway, "?keep_ended=5")
+    summary = page.locator("#summary")
+    expect(page.locator('[data-session="run"]')).to_be_visible()
+    expect(summary).to_have_text("1 running · 0 ended shown · 2 total")
+    expect(page.locator('[data-session="old"]')).to_have_count(0)
+
+    reporter.report("new", "map", "done", 100, status="completed")
+    expect(page.locator('[data-session="new"] .status')).to_have_text("completed")
+    expect(summary).to_have_text("1 running · 1 ended shown · 3 total")
+    # Five seconds after it ended, it leaves the list; the running one stays.
+    expect(page.locator('[data-session="new"]')).to_have_count(0)
+    expect(summary).to_have_text("1 running · 0 ended shown · 3 total")
+    expect(page.locator('[data-session="run"]')).to_be_visible()
+
+    # A longer time brings back what it covers.
+    page.locator("#keep-ended").select_option(label="1 h")
+    expect(page.locator("[data-ended]")).to_have_count(2)
+    expect(summary).to_have_text("1 running · 2 ended shown · 3 total")
+
+    # "Hide ended" is remembered across visits.
+    page.locator("#hide-ended").check()
+    expect(page.locator("[data-ended]")).to_have_count(2)
+    expect(page.locator("[data-ended]").first).to_be_hidden()
+    expect(summary).to_have_text("1 running · 0 ended shown · 3 total")
+    open_dashboard(page, gateway)
+    expect(page.locator("#hide-ended")).to_be_checked()
+    expect(page.locator("#keep-ended")).to_have_value("3600")
+    expect(page.locator("[data-ended]")).to_have_count(2)
+    expect(page.locator('[data-session="old"]')).to_be_hidden()
+    expect(page.locator('[data-session="run"]')).to_be_visible()
+
+
+def test_dashboard_filters_by_type_id_and_status(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    reporter.report("m-alpha", "map", "meshing", 30)
+    reporter.report("m-beta", "map", "meshing", 60, status="failed", error="boom")
+    reporter.report("q-alpha", "quest", "writing", 100, status="completed")
+    open_dashboard(page, gateway)
+    expect(page.locator(".session")).to_have_count(3)
+    shown = page.locator(".session:visible")
+    names = shown.locator(".name")
+    box = page.locator("#filter")
+
+    box.fill("ALPHA")
+    expect(names).to_have_text(["m-alpha", "q-alpha"])
+    expect(page.locator("#summary")).to_have_text("1 running · 1 ended shown · 2 total")
+    box.fill("type:quest")
+    expect(names).to_have_text(["q-alpha"])
+    expect(page.locator('[data-type="map"]')).to_be_hidden()
+    box.fill("status:failed")
+    expect(names).to_have_text(["m-beta"])
+    box.fill("map running")
+    expect(names).to_have_text(["m-alpha"])
+    box.fill("id:quest")
+    expect(shown).to_have_count(0)
+    box.fill("")
+    expect(shown).to_have_count(3)
+
+
+def test_dashboard_times_and_warnings_say_what_is_known(
+    page: Page, gateway: Gateway, reporter: Reporter, redis_url: str
+) -> None:
+    publish_aged(
+        redis_url,
+        [
+            ("map", "done", "start", 0, 7, {}),
+            ("map", "done", "end", 100, 2, {"status": "completed"}),
+        ],
+    )
+    wait_until(partial(session_exists, gateway, "done"), what="done to be read")
+    open_dashboard(page, gateway)
+    expect(page.locator('[data-session="done"] .elapsed')).to_have_text("took 5s")
+
+    # One worker says it has a second left, then says nothing more.
+    reporter.report("late", "map", "meshing", 50, {"estimated_time_remaining": 1})
+    reporter.report("long", "map", "meshing", 50, {"estimated_time_remaining": 3000})
+    late = page.locator('[data-session="late"]')
+    expect(late.locator(".eta")).to_have_text("stalled")
+    expect(late).to_have_attribute("data-stalled", "")
+    expect(page.locator('[data-session="long"] .eta')).to_have_text(
+        re.compile(r"^~\d+m \d\ds left$")
+    )
+    expect(page.locator('[data-session="long"] .elapsed')).to_have_text(re.compile(r"elapsed$"))
+
+    # An error on a running event is the worker's warning, not a failure.
+    reporter.report("shaky", "map", "retrying", 40, error="timeout; retrying")
+    shaky = page.locator('[data-session="shaky"]')
+    expect(shaky.locator(".error")).to_have_text("timeout; retrying")
+    expect(shaky.locator(".error")).to_have_attribute("data-level", "warning")
+    expect(shaky).to_have_attribute("data-status", "running")
+    expect(shaky.locator(".status")).to_have_text("running")
+    expect(shaky.locator(".cancel")).to_be_visible()
+    reporter.report("shaky", "map", "retrying", 40, status="failed", error="gave up")
+    expect(shaky.locator(".error")).to_have_attribute("data-level", "error")
+    expect(shaky.locator(".status")).to_have_text("failed")
+
+
+def test_dashboard_shows_full_ids_and_on_a_phone_history_under_the_row(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    long_id = "map-" + "x" * 60 + "-end"
+    reporter.report(long_id, "map", "meshing", 30)
+    for n in range(3):
+        reporter.report(f"q-{n}", "quest", "writing", 10 * n)
+    page.set_viewport_size({"width": 390, "height": 800})
+    open_dashboard(page, gateway)
+    name = page.locator(f'[data-session="{long_id}"] .name')
+    expect(name).to_have_attribute("title", long_id)
+    # The id is cut short on screen; the title is what shows all of it.
+    assert name.evaluate("(el) => el.scrollWidth > el.clientWidth")
+
+    under = "#detail"
+    page.locator('[data-session="q-1"] .name').click()
+    expect(page.locator(f'[data-session="q-1"] + {under}')).to_be_visible()
+    expect(page.locator("#detail-title")).to_have_attribute("title", "q-1")
+    expect(page.locator("#timeline li[data-id]")).to_have_count(1)
+    page.locator(f'[data-session="{long_id}"] .name').click()
+    expect(page.locator(f'[data-session="{long_id}"] + {under}')).to_be_visible()
+    expect(page.locator("#detail-title")).to_have_text(long_id)
+
+    # On a wide screen it goes back beside the list.
+    page.set_viewport_size({"width": 1280, "height": 760})
+    expect(page.locator(f"#layout > {under}")).to_be_visible()
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator(f'[data-session="{long_id}"] + {under}')).to_be_visible()
+
+
 def test_dashboard_screenshot(page: Page, gateway: Gateway, redis_url: str) -> None:
-    now = int(time.time() * 1000)
     eta = {"metadata": json.dumps({"estimated_time_remaining": 25})}
     failed = {"status": "failed", "error": "RuntimeError: GPU out of memory while upscaling"}
     sessions = [
@@ -250,16 +402,7 @@ def test_dashboard_screenshot(page: Page, gateway: Gateway, redis_url: str) -> N
         ("quest", "quest-13", "outline", 55, 120, {}),
         ("quest", "quest-13", "outline", 55, 100, {"status": "cancelled"}),
     ]
-    with redis.Redis.from_url(redis_url) as raw:
-        for wtype, session_id, step, progress, age, extra in sessions:
-            fields = {
-                "session_id": session_id,
-                "step": step,
-                "progress": progress,
-                "ts": now - age * 1000,
-                **extra,
-            }
-            raw.xadd(f"workflow:progress:{wtype}", fields)
+    publish_aged(redis_url, sessions)
     for last in ("map-coast-03", "char-orc-11", "quest-13"):
         wait_until(partial(session_exists, gateway, last), what=f"{last} to be read")
     post_json(f"{gateway.url}/api/workflows/sessions/quest-12/cancel", {})
