@@ -46,7 +46,7 @@ def publish_aged(
     redis_url: str,
     events: Sequence[tuple[str, str, str, float, float, Mapping[str, str]]],
 ) -> None:
-    """XADD each (type, session, step, progress, age in seconds, extra fields) as if sent that long ago."""
+    """XADD each (type, session, step, progress, age in s, extra fields) as sent that long ago."""
     now = int(time.time() * 1000)
     with redis.Redis.from_url(redis_url) as raw:
         for wtype, session_id, step, progress, age, extra in events:
