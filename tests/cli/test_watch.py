@@ -108,7 +108,8 @@ def test_board_eta_is_the_gateways() -> None:
     # and a failed one has no estimate: the rule of relay.protocol.progress.
     board = ProgressBoard(clock=Clock())
     board.update(reported("done", 10, ts=1_700_000_000_000))
-    board.update(reported("done", 100, status="completed", metadata={"estimated_time_remaining": 30}))
+    eta = {"estimated_time_remaining": 30}
+    board.update(reported("done", 100, status="completed", metadata=eta))
     assert board.remaining(board.get("done")) == 0  # type: ignore[arg-type]
     board.update(reported("broke", 40, status="failed", metadata={"estimated_time_remaining": 5}))
     assert board.remaining(board.get("broke")) is None  # type: ignore[arg-type]
