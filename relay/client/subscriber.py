@@ -134,6 +134,45 @@ def _send(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> Awaitab
     return ws.send_str(orjson.dumps(frame).decode())
 
 
+class _Resume:
+    """Where a subscription stands: what to ask for on connecting, and what is news."""
+
+    def __init__(self, workflow_type: str, session_id: str | None, snapshot: bool) -> None:
+        self.target: dict[str, Any] = {"action": "subscribe", "workflow_type": workflow_type}
+        if session_id is not None:
+            self.target["session_id"] = session_id
+        self.snapshot = snapshot
+        # The last id yielded per workflow type: the resume point of a one-type subscription.
+        self.last_ids: dict[str, StreamId] = {}
+        # Ids up to these were yielded before what the gateway sends now began:
+        # a snapshot holds them again, and they are not news.
+        self.marks: dict[str, StreamId] = {}
+
+    def subscribe(self) -> dict[str, Any]:
+        """The subscribe frame of a new connection: resuming where it can, else a snapshot."""
+        self.marks = dict(self.last_ids)
+        workflow_type = self.target["workflow_type"]
+        resume_from = self.last_ids.get(workflow_type)
+        if resume_from is not None and workflow_type != ANY_TYPE:
+            return {**self.target, "since": str(resume_from)}
+        return {**self.target, "snapshot": True} if self.snapshot else dict(self.target)
+
+    def reset(self, workflow_type: str) -> dict[str, Any] | None:
+        """Forget ``workflow_type``'s ids; the frame asking for the state again, if wanted."""
+        self.last_ids.pop(workflow_type, None)
+        self.marks = dict(self.last_ids)
+        return {**self.target, "snapshot": True} if self.snapshot else None
+
+    def news(self, update: Update) -> bool:
+        """Whether ``update`` is new, noting its id if so."""
+        kind = update.event.workflow_type
+        mark = self.marks.get(kind)
+        if mark is not None and update.id <= mark:
+            return False
+        self.last_ids[kind] = max(update.id, self.last_ids.get(kind, update.id))
+        return True
+
+
 async def watch(
     url: str,
     *,
@@ -177,29 +216,18 @@ async def watch(
         if on_state is not None:
             on_state(change)
 
-    # The last id yielded per workflow type: the resume point, and the line
-    # below which a snapshot after a reconnect holds nothing new.
-    last_ids: dict[str, StreamId] = {}
+    resume = _Resume(workflow_type, session_id, snapshot)
     delay = RECONNECT_START
     refreshed = False
     async with aiohttp.ClientSession() as http:
         while True:
-            subscribe: dict[str, Any] = {"action": "subscribe", "workflow_type": workflow_type}
-            if session_id is not None:
-                subscribe["session_id"] = session_id
-            resume_from = last_ids.get(workflow_type)
-            if resume_from is not None and workflow_type != ANY_TYPE:
-                subscribe["since"] = str(resume_from)
-            elif snapshot:
-                subscribe["snapshot"] = True
-            seen_before = dict(last_ids)
             state(Connection("connecting"))
             try:
                 current = await _fetch_token(get_token) if get_token is not None else token
                 async with http.ws_connect(ws_url(url), heartbeat=HEARTBEAT) as ws:
                     if current:
                         await _send(ws, {"action": "auth", "token": current})
-                    await _send(ws, subscribe)
+                    await _send(ws, resume.subscribe())
                     async for message in ws:
                         if message.type is not aiohttp.WSMsgType.TEXT:
                             continue
@@ -213,26 +241,17 @@ async def watch(
                                         str(item.get("workflow_type")),
                                         str(item.get("message", "history was reset")),
                                     )
-                                    last_ids.pop(reset.workflow_type, None)
-                                    seen_before.pop(reset.workflow_type, None)
+                                    again = resume.reset(reset.workflow_type)
                                     if on_reset is not None:
                                         on_reset(reset)
-                                    if snapshot:
-                                        again = {**subscribe, "snapshot": True}
-                                        again.pop("since", None)
+                                    if again is not None:
                                         await _send(ws, again)
                                 elif item.get("type") == "error":
                                     state(Connection("error", message=str(item.get("message"))))
                                 continue
                             update = parse_update(item)
-                            if update is None:
-                                continue
-                            kind = update.event.workflow_type
-                            mark = seen_before.get(kind)
-                            if mark is not None and update.id <= mark:
-                                continue
-                            last_ids[kind] = max(update.id, last_ids.get(kind, update.id))
-                            yield update
+                            if update is not None and resume.news(update):
+                                yield update
                 if ws.close_code == CLOSE_UNAUTHORIZED:
                     raise TokenRefused(expired=False)
                 if ws.close_code == CLOSE_TOKEN_EXPIRED:
