@@ -5,7 +5,8 @@ number of gateways read those streams and push the events to WebSocket and
 SSE subscribers.
 
 The names below are imported on first use, so a worker's ``import relay``
-loads the reporters it uses and never the gateway.
+loads the reporters it uses and never the gateway; ``relay.watch``, the
+Python subscriber, needs aiohttp (the ``server`` extra).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ _EXPORTS = {
     "ReportingSession": "relay.client.reporting_session",
     "ReportError": "relay.client.retry",
     "RetryPolicy": "relay.client.retry",
+    "TokenRefused": "relay.client.subscriber",
+    "Update": "relay.client.subscriber",
+    "watch": "relay.client.subscriber",
     "EntryError": "relay.protocol.entries",
     "Receipt": "relay.protocol.entries",
     "TERMINAL_STATUSES": "relay.protocol.event",
@@ -52,6 +56,9 @@ if TYPE_CHECKING:
     from relay.client.reporting_session import ReportingSession as ReportingSession
     from relay.client.retry import ReportError as ReportError
     from relay.client.retry import RetryPolicy as RetryPolicy
+    from relay.client.subscriber import TokenRefused as TokenRefused
+    from relay.client.subscriber import Update as Update
+    from relay.client.subscriber import watch as watch
     from relay.protocol.entries import EntryError as EntryError
     from relay.protocol.entries import Receipt as Receipt
     from relay.protocol.event import TERMINAL_STATUSES as TERMINAL_STATUSES

@@ -375,7 +375,8 @@ def publish(args: argparse.Namespace) -> int:
 
 def watch(args: argparse.Namespace) -> int:
     """Show events of a type or session until interrupted."""
-    from relay.cli.watch import TokenRefused, choose_mode, watch_bars, watch_events
+    from relay.cli.watch import choose_mode, watch_bars, watch_events
+    from relay.client.subscriber import TokenRefused
 
     gateway = _gateway_url(args)
     token = args.token or os.environ.get("RELAY_TOKEN")

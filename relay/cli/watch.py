@@ -7,54 +7,39 @@ Three views of the same subscription:
 - one JSON event frame per line with ``--json``, for scripts;
 - one plain line per event otherwise (stdout is a pipe or a file).
 
-:func:`follow` is the network loop shared by all three: it resumes after each
-reconnect from the last event id seen, so nothing is missed or repeated. When
-the gateway says a type's history was reset, ids seen before mean nothing any
-more: the resume point is dropped and the state is loaded again. A gateway
-that refuses the token (or wants one) ends it with :class:`TokenRefused`, since
-trying again with the same token cannot succeed.
+All three iterate :func:`relay.client.subscriber.watch`, which reconnects,
+resumes and handles resets; a gateway that refuses the token ends them with
+:class:`~relay.client.subscriber.TokenRefused`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-import aiohttp
-import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from relay.protocol.event import TERMINAL_STATUSES
-from relay.protocol.frames import ANY_TYPE
+from relay.client.subscriber import Connection, Reset, Update, watch
+from relay.protocol.event import TERMINAL_STATUSES, ProgressEvent, format_number
+from relay.protocol.frames import encode_event_frame
 from relay.protocol.progress import estimated_time_remaining
 
-logger = logging.getLogger(__name__)
-
-# The gateway's close codes for a token it will not take.
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_TOKEN_EXPIRED = 4002
-
-RECONNECT_START = 0.2
-RECONNECT_CAP = 5.0
 REFRESH_INTERVAL = 0.25
 MAX_ROWS = 40
 BAR_WIDTH = 24
 
 Mode = Literal["bars", "json", "plain"]
-FrameHandler = Callable[[dict[str, Any]], None]
-StateHandler = Callable[[str, float | None], None]
 
 STATUS_STYLES = {
     "running": "cyan",
@@ -72,45 +57,14 @@ BAR_STYLES = {
 }
 
 
-class TokenRefused(Exception):
-    """The gateway wants a token and was given none, a bad one, or (``expired``) an old one."""
-
-    def __init__(self, *, expired: bool) -> None:
-        super().__init__("token expired" if expired else "authentication required")
-        self.expired = expired
-
-
-def ws_url(gateway: str) -> str:
-    """The WebSocket address of a gateway given by its HTTP address."""
-    base = gateway.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/ws"
-    if base.startswith("http://"):
-        return "ws://" + base[len("http://") :] + "/ws"
-    return base + "/ws"
-
-
-def _items(text: str) -> list[Any]:
-    decoded = orjson.loads(text)
-    return decoded if isinstance(decoded, list) else [decoded]
-
-
-def event_frames(text: str) -> Iterator[dict[str, Any]]:
-    """The event frames in one server frame, which may carry a JSON array of them."""
-    for item in _items(text):
-        if isinstance(item, dict) and "event" in item:
-            yield item
-
-
-def format_event(frame: dict[str, Any]) -> str:
-    """One readable line for an event frame."""
-    data = frame["data"]
+def format_event(event: ProgressEvent) -> str:
+    """One readable line for an event."""
     line = (
-        f"{data['workflow_type']:<12} {data['session_id']:<24} "
-        f"{data['progress']:>6}%  {data['status']:<16} {data['step']}"
+        f"{event.workflow_type:<12} {event.session_id:<24} "
+        f"{format_number(event.progress):>6}%  {event.status:<16} {event.step}"
     )
-    if data.get("error"):
-        line += f"  error: {data['error']}"
+    if event.error:
+        line += f"  error: {event.error}"
     return line
 
 
@@ -180,30 +134,34 @@ class ProgressBoard:
         """The row of one session, if shown."""
         return self._rows.get(session_id)
 
-    def set_connection(self, state: str, delay: float | None = None) -> None:
-        """Say whether the subscription is live: ``connecting``, ``live``, ``disconnected``."""
-        self.connection = f"{state}, retrying in {delay:.1f}s" if delay is not None else state
+    def set_connection(self, change: Connection) -> None:
+        """Show whether the subscription is live: ``connecting``, ``live``, ``disconnected``."""
+        shown: str = change.state
+        if change.message is not None:
+            shown += f": {change.message}"
+        if change.retry_in is not None:
+            shown += f", retrying in {change.retry_in:.1f}s"
+        self.connection = shown
 
     def forget_type(self, workflow_type: str) -> None:
         """Drop every row of ``workflow_type``: its history was reset, the rows may be wrong."""
         for key in [k for k, row in self._rows.items() if row.workflow_type == workflow_type]:
             del self._rows[key]
 
-    def update(self, frame: dict[str, Any]) -> None:
-        """Take one event frame as its session's latest."""
-        data = frame["data"]
+    def update(self, event: ProgressEvent) -> None:
+        """Take one event as its session's latest."""
         now = self._clock()
-        session_id = str(data["session_id"])
-        progress = float(data["progress"])
-        ts = float(data.get("ts") or now * 1000)
+        session_id = event.session_id
+        progress = event.progress
+        ts = float(event.ts or now * 1000)
         row = self._rows.get(session_id)
         if row is None:
             row = SessionRow(
-                workflow_type=str(data["workflow_type"]),
+                workflow_type=event.workflow_type,
                 session_id=session_id,
-                step=str(data["step"]),
+                step=event.step,
                 progress=progress,
-                status=str(data.get("status", "running")),
+                status=event.status,
                 error=None,
                 first_ts=ts,
                 first_progress=progress,
@@ -212,16 +170,16 @@ class ProgressBoard:
             )
             self._rows[session_id] = row
             self._evict()
-        row.workflow_type = str(data["workflow_type"])
-        row.step = str(data["step"])
+        row.workflow_type = event.workflow_type
+        row.step = event.step
         row.progress = progress
-        row.status = str(data.get("status", "running"))
-        row.error = data.get("error")
+        row.status = event.status
+        row.error = event.error
         row.seen_at = now
         row.eta = estimated_time_remaining(
             status=row.status,
             progress=progress,
-            metadata=data.get("metadata"),
+            metadata=event.metadata,
             first_progress=row.first_progress,
             started_at=row.first_ts,
             updated_at=ts,
@@ -307,92 +265,6 @@ class ProgressBoard:
         return self.render()
 
 
-async def follow(
-    gateway: str,
-    workflow_type: str,
-    session_id: str | None,
-    *,
-    on_frame: FrameHandler,
-    on_state: StateHandler | None = None,
-    on_reset: FrameHandler | None = None,
-    token: str | None = None,
-    snapshot: bool = False,
-) -> None:
-    """Hand every event of the subscription to ``on_frame``, resuming after each reconnect.
-
-    ``on_state(state, delay)`` hears ``connecting``, ``live`` (once the
-    gateway confirmed the subscription) and ``disconnected`` with the delay
-    before the next attempt; the default prints disconnections to stderr.
-    With ``snapshot``, a subscription that does not resume starts with the
-    latest event of every session still running. ``on_reset(frame)`` hears a
-    ``reset`` frame (the default prints it to stderr); with ``snapshot`` the
-    latest events are then asked for again, from what the gateway now holds.
-    Raises :class:`TokenRefused` when the gateway closes with 4001 or 4002, or
-    answers the upgrade with 401.
-    """
-
-    def default_state(state: str, delay: float | None) -> None:
-        if state == "disconnected":
-            print(f"# disconnected, reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
-
-    def default_reset(frame: dict[str, Any]) -> None:
-        message = f"{frame.get('workflow_type')}: {frame.get('message', 'history was reset')}"
-        print(f"# {message}", file=sys.stderr, flush=True)
-
-    state_changed = on_state or default_state
-    was_reset = on_reset or default_reset
-    last_id: str | None = None
-    delay = RECONNECT_START
-    async with aiohttp.ClientSession() as http:
-        while True:
-            subscribe: dict[str, Any] = {"action": "subscribe", "workflow_type": workflow_type}
-            if session_id:
-                subscribe["session_id"] = session_id
-            if last_id and workflow_type != ANY_TYPE:
-                subscribe["since"] = last_id
-            elif snapshot:
-                subscribe["snapshot"] = True
-            state_changed("connecting", None)
-            try:
-                async with http.ws_connect(ws_url(gateway), autoping=True, heartbeat=30) as ws:
-                    if token:
-                        await ws.send_str(orjson.dumps({"action": "auth", "token": token}).decode())
-                    await ws.send_str(orjson.dumps(subscribe).decode())
-                    delay = RECONNECT_START
-                    async for message in ws:
-                        if message.type is not aiohttp.WSMsgType.TEXT:
-                            continue
-                        for item in _items(message.data):
-                            if not isinstance(item, dict):
-                                continue
-                            if "event" in item:
-                                last_id = item["id"]
-                                on_frame(item)
-                            elif item.get("type") == "subscribed":
-                                state_changed("live", None)
-                            elif item.get("type") == "reset":
-                                # Like recovered: false: ids from before mean nothing now.
-                                last_id = None
-                                was_reset(item)
-                                if snapshot:
-                                    again = {**subscribe, "snapshot": True}
-                                    again.pop("since", None)
-                                    await ws.send_str(orjson.dumps(again).decode())
-                            elif item.get("type") == "error":
-                                state_changed(f"error: {item.get('message', '')}", None)
-                if ws.close_code in (CLOSE_UNAUTHORIZED, CLOSE_TOKEN_EXPIRED):
-                    raise TokenRefused(expired=ws.close_code == CLOSE_TOKEN_EXPIRED)
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status == 401:
-                    raise TokenRefused(expired=False) from None
-                logger.debug("watch connection refused: %s", exc)
-            except (aiohttp.ClientError, OSError) as exc:
-                logger.debug("watch connection lost: %s", exc)
-            state_changed("disconnected", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_CAP)
-
-
 async def watch_events(
     gateway: str,
     workflow_type: str,
@@ -402,14 +274,45 @@ async def watch_events(
     token: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print every event of the subscription, one line each, resuming after each reconnect."""
+    """Print every event of the subscription, one line each, resuming after each reconnect.
 
-    def show(frame: dict[str, Any]) -> None:
-        line = orjson.dumps(frame).decode() if as_json else format_event(frame)
-        print(line, file=out, flush=True)
+    Disconnections and resets are told on stderr, as ``#`` lines.
+    """
 
-    await follow(gateway, workflow_type, session_id, on_frame=show, token=token)
+    def disconnected(change: Connection) -> None:
+        if change.state == "disconnected":
+            note(f"disconnected, reconnecting in {change.retry_in:.1f}s")
+
+    def reset(told: Reset) -> None:
+        note(f"{told.workflow_type}: {told.message}")
+
+    updates = watch(
+        gateway,
+        workflow_type=workflow_type,
+        session_id=session_id,
+        token=token,
+        on_state=disconnected,
+        on_reset=reset,
+    )
+    async with contextlib.aclosing(updates):
+        async for update in updates:
+            if as_json:
+                line = encode_event_frame(str(update.id), update.event)
+            else:
+                line = format_event(update.event)
+            print(line, file=out, flush=True)
     return 0
+
+
+def note(message: str) -> None:
+    """A ``#`` line on stderr, beside the events on stdout."""
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+async def _show_on(board: ProgressBoard, updates: AsyncGenerator[Update, None]) -> None:
+    async with contextlib.aclosing(updates):
+        async for update in updates:
+            board.update(update.event)
 
 
 async def watch_bars(
@@ -435,18 +338,16 @@ async def watch_bars(
         redirect_stdout=False,
         redirect_stderr=False,
     ) as live:
-        following = asyncio.create_task(
-            follow(
-                gateway,
-                workflow_type,
-                session_id,
-                on_frame=board.update,
-                on_state=board.set_connection,
-                on_reset=lambda frame: board.forget_type(str(frame.get("workflow_type"))),
-                token=token,
-                snapshot=True,
-            )
+        updates = watch(
+            gateway,
+            workflow_type=workflow_type,
+            session_id=session_id,
+            token=token,
+            snapshot=True,
+            on_state=board.set_connection,
+            on_reset=lambda told: board.forget_type(told.workflow_type),
         )
+        following = asyncio.create_task(_show_on(board, updates))
         stopping = asyncio.create_task(stop.wait())
         try:
             done: set[asyncio.Task[None] | asyncio.Task[bool]] = set()

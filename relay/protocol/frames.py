@@ -13,6 +13,10 @@ from relay.protocol.stream_ids import StreamId
 
 ANY_TYPE = "*"
 
+# WebSocket close codes for a token the gateway will not take: missing or bad, and expired.
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4002
+
 SubscriptionKey = tuple[str, str | None]
 
 TypeOrAny = Annotated[str, Field(pattern=rf"^\*$|{WORKFLOW_TYPE_PATTERN}")]

@@ -12,6 +12,8 @@ from redis.exceptions import RedisError
 
 from relay.protocol.event import MalformedJson, validation_detail
 from relay.protocol.frames import (
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_UNAUTHORIZED,
     PONG_FRAME,
     Auth,
     Cancel,
@@ -47,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_TOKEN_EXPIRED = 4002
 
 # Seconds over which dropped frames are counted. A client is closed once it
 # has had more frames dropped within one window than it may send in that time

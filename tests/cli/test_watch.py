@@ -19,14 +19,16 @@ import pytest
 from rich.console import Console
 
 from relay.cli.main import main
-from relay.cli.watch import ProgressBoard, choose_mode, event_frames, format_eta, format_percent
+from relay.cli.watch import ProgressBoard, choose_mode, format_eta, format_percent
+from relay.client.subscriber import Connection
+from relay.protocol.event import ProgressEvent
 from relay.server.auth import mint_token, read_token
 from tests.helpers import Gateway, event, start_watch
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def frame(session_id: str, progress: float, **fields: Any) -> dict[str, Any]:
+def reported(session_id: str, progress: float, **fields: Any) -> ProgressEvent:
     data = {
         "session_id": session_id,
         "workflow_type": "map",
@@ -37,7 +39,7 @@ def frame(session_id: str, progress: float, **fields: Any) -> dict[str, Any]:
         "ts": 1_700_000_000_000,
     }
     data.update(fields)
-    return {"event": f"workflow:progress:{data['workflow_type']}", "id": "1-0", "data": data}
+    return ProgressEvent.model_validate(data)
 
 
 class Clock:
@@ -56,13 +58,13 @@ def rendered(board: ProgressBoard, width: int = 120) -> str:
 
 def test_board_rows_statuses_and_percentages() -> None:
     board = ProgressBoard(clock=Clock())
-    board.update(frame("m-1", 40, step="rendering tiles"))
-    board.update(frame("m-1", 100, step="rendering tiles", status="completed"))
-    board.update(frame("c-2", 30, workflow_type="character", step="portrait"))
-    board.update(frame("c-2", 30, workflow_type="character", status="failed", error="OOM: gpu"))
-    board.update(frame("e-3", 45.5, workflow_type="encounter", status="cancel_requested"))
-    board.update(frame("e-4", 12, workflow_type="encounter", status="cancelled"))
-    board.set_connection("live")
+    board.update(reported("m-1", 40, step="rendering tiles"))
+    board.update(reported("m-1", 100, step="rendering tiles", status="completed"))
+    board.update(reported("c-2", 30, workflow_type="character", step="portrait"))
+    board.update(reported("c-2", 30, workflow_type="character", status="failed", error="OOM: gpu"))
+    board.update(reported("e-3", 45.5, workflow_type="encounter", status="cancel_requested"))
+    board.update(reported("e-4", 12, workflow_type="encounter", status="cancelled"))
+    board.set_connection(Connection("live"))
     text = rendered(board)
     lines = {line.split()[1]: line for line in text.splitlines() if len(line.split()) > 1}
     assert "100%" in lines["m-1"]
@@ -82,7 +84,7 @@ def test_board_rows_statuses_and_percentages() -> None:
 def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
     clock = Clock()
     board = ProgressBoard(clock=clock)
-    board.update(frame("s1", 20, metadata={"estimated_time_remaining": 30}))
+    board.update(reported("s1", 20, metadata={"estimated_time_remaining": 30}))
     assert board.remaining(board.rows()[0]) == 30
     clock.now += 10
     assert board.remaining(board.rows()[0]) == 20
@@ -91,13 +93,13 @@ def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
     assert board.remaining(board.rows()[0]) == 0  # never negative
 
     # no figure from the worker: 10% to 30% in 10 s of event time is 2%/s, 70% left
-    board.update(frame("s2", 10, ts=1_700_000_000_000))
+    board.update(reported("s2", 10, ts=1_700_000_000_000))
     assert board.remaining(board.get("s2")) is None  # type: ignore[arg-type]
-    board.update(frame("s2", 30, ts=1_700_000_010_000))
+    board.update(reported("s2", 30, ts=1_700_000_010_000))
     assert board.remaining(board.get("s2")) == pytest.approx(35)  # type: ignore[arg-type]
-    board.update(frame("s2", 100, status="completed"))
+    board.update(reported("s2", 100, status="completed"))
     assert board.remaining(board.get("s2")) == 0  # type: ignore[arg-type]
-    board.update(frame("s3", 50, status="failed", error="x"))
+    board.update(reported("s3", 50, status="failed", error="x"))
     assert board.remaining(board.get("s3")) is None  # type: ignore[arg-type]
 
 
@@ -105,21 +107,22 @@ def test_board_eta_is_the_gateways() -> None:
     # A completed session has nothing left, even when its last event said otherwise,
     # and a failed one has no estimate: the rule of relay.protocol.progress.
     board = ProgressBoard(clock=Clock())
-    board.update(frame("done", 10, ts=1_700_000_000_000))
-    board.update(frame("done", 100, status="completed", metadata={"estimated_time_remaining": 30}))
+    board.update(reported("done", 10, ts=1_700_000_000_000))
+    eta = {"estimated_time_remaining": 30}
+    board.update(reported("done", 100, status="completed", metadata=eta))
     assert board.remaining(board.get("done")) == 0  # type: ignore[arg-type]
-    board.update(frame("broke", 40, status="failed", metadata={"estimated_time_remaining": 5}))
+    board.update(reported("broke", 40, status="failed", metadata={"estimated_time_remaining": 5}))
     assert board.remaining(board.get("broke")) is None  # type: ignore[arg-type]
 
 
 def test_board_keeps_at_most_max_rows_dropping_ended_sessions_first() -> None:
     board = ProgressBoard(clock=Clock(), max_rows=3)
-    board.update(frame("done", 100, status="completed"))
-    board.update(frame("run-1", 10))
-    board.update(frame("run-2", 20))
-    board.update(frame("run-3", 30))
+    board.update(reported("done", 100, status="completed"))
+    board.update(reported("run-1", 10))
+    board.update(reported("run-2", 20))
+    board.update(reported("run-3", 30))
     assert [row.session_id for row in board.rows()] == ["run-1", "run-2", "run-3"]
-    board.update(frame("run-4", 40))
+    board.update(reported("run-4", 40))
     assert [row.session_id for row in board.rows()] == ["run-2", "run-3", "run-4"]
 
 
@@ -135,8 +138,6 @@ def test_formats_and_mode_choice() -> None:
     assert choose_mode(as_json=False, bars=True, is_terminal=False) == "bars"
     assert choose_mode(as_json=False, bars=False, is_terminal=True) == "bars"
     assert choose_mode(as_json=False, bars=False, is_terminal=False) == "plain"
-    batch = '[{"event": "e", "id": "1-0", "data": {}}, {"type": "pong"}]'
-    assert [f["id"] for f in event_frames(batch)] == ["1-0"]
 
 
 class Output:

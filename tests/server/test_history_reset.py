@@ -17,7 +17,7 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.cli.watch import follow
+from relay.client.subscriber import Reset, Update, watch
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import START, StreamId
 from relay.server.settings import Settings
@@ -272,9 +272,10 @@ async def test_every_gateway_agrees_on_one_new_epoch(redis_url: str) -> None:
             await client.aclose()
 
 
-async def test_relay_watch_drops_its_resume_point_on_reset() -> None:
+async def test_the_python_subscriber_drops_its_resume_point_on_reset() -> None:
     subscribes: list[list[dict[str, Any]]] = []
-    resets_seen: list[Any] = []
+    resets_seen: list[Reset] = []
+    updates: list[Update] = []
 
     async def gateway(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -284,7 +285,8 @@ async def test_relay_watch_drops_its_resume_point_on_reset() -> None:
         frames.append(orjson.loads((await ws.receive()).data))
         if len(subscribes) == 1:
             await ws.send_str('{"type":"subscribed","workflow_type":"map","session_id":null}')
-            await ws.send_str('{"event":"workflow:progress:map","id":"9-0","data":{}}')
+            data = orjson.dumps(event(workflow_type="map")).decode()
+            await ws.send_str(f'{{"event":"workflow:progress:map","id":"9-0","data":{data}}}')
             await ws.send_str('{"type":"reset","workflow_type":"map","epoch":"ab","message":"m"}')
             frames.append(orjson.loads((await ws.receive()).data))
         await ws.close()
@@ -294,24 +296,27 @@ async def test_relay_watch_drops_its_resume_point_on_reset() -> None:
     app.router.add_get("/ws", gateway)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    watching = asyncio.create_task(
-        follow(
+
+    async def follow() -> None:
+        subscription = watch(
             str(server.make_url("")),
-            "map",
-            None,
-            on_frame=lambda frame: None,
-            on_state=lambda state, delay: None,
+            workflow_type="map",
             on_reset=resets_seen.append,
             snapshot=True,
         )
-    )
+        async with contextlib.aclosing(subscription):
+            async for update in subscription:
+                updates.append(update)
+
+    watching = asyncio.create_task(follow())
     try:
         await eventually(lambda: len(subscribes) == 2 and subscribes[1])
     finally:
         watching.cancel()
         await asyncio.wait([watching])
         await server.close()
-    assert [frame["type"] for frame in resets_seen] == ["reset"]
+    assert resets_seen == [Reset("map", "m")]
+    assert [str(update.id) for update in updates] == ["9-0"]
     plain = {"action": "subscribe", "workflow_type": "map", "snapshot": True}
     # The state is asked for again at once, and a reconnect does not resume from 9-0.
     assert subscribes == [[plain, plain], [plain]]
