@@ -223,12 +223,16 @@ class Envelope:
         return self._frame
 
     @property
+    def data_json(self) -> str:
+        """The event's ``data`` object as JSON, cut from the frame."""
+        return self.frame[len(frame_prefix(self.workflow_type, self.id)) : -1]
+
+    @property
     def sse(self) -> str:
         """The Server-Sent Events message for this event, built on first use."""
         if self._sse is None:
-            data = self.frame[len(frame_prefix(self.workflow_type, self.id)) : -1]
             name = event_name(self.workflow_type)
-            self._sse = f"id: {self.id}\nevent: {name}\ndata: {data}\n\n"
+            self._sse = f"id: {self.id}\nevent: {name}\ndata: {self.data_json}\n\n"
         return self._sse
 
     @classmethod

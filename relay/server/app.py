@@ -11,7 +11,16 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from relay.protocol.keys import Keys
-from relay.server import http_publish, http_sessions, metrics, openapi, sse, static_files, websocket
+from relay.server import (
+    http_publish,
+    http_sessions,
+    metrics,
+    openapi,
+    socketio,
+    sse,
+    static_files,
+    websocket,
+)
 from relay.server.catchup import CatchUp
 from relay.server.connections import Connections, connect
 from relay.server.cors import add_cors_headers, preflight
@@ -111,6 +120,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.add_routes(static_files.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
+    socketio.setup(app)
     for resource in list(app.router.resources()):
         if isinstance(resource, web.Resource):  # static files need no preflight
             resource.add_route("OPTIONS", preflight)

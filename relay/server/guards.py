@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from relay.protocol.event import validation_detail
-from relay.protocol.frames import Subscribe, parse_query_subscription
+from relay.protocol.frames import Subscribe, SubscriptionKey, parse_query_subscription
 from relay.server.auth import (
     OPEN,
     WATCH_ALL,
@@ -197,3 +198,15 @@ def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> N
     """Raise 403 unless ``grant`` covers the subscription or session."""
     if not grant.allows(workflow_type, session_id):
         raise ApiError(403, "the token does not grant this", code="forbidden")
+
+
+def check_subscription(
+    grant: Grant | None, held: Collection[SubscriptionKey], frame: Subscribe, limit: int
+) -> None:
+    """Raise unless a connection holding ``held`` may add the subscription ``frame`` names."""
+    if grant is None or not grant.allows(frame.workflow_type, frame.session_id):
+        raise ApiError(403, "the token does not grant this subscription")
+    if frame.key not in held and len(held) >= limit:
+        raise ApiError(
+            429, f"at most {limit} subscriptions per connection", code="too_many_subscriptions"
+        )

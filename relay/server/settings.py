@@ -201,7 +201,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
     )
     max_connections: int = Field(
-        default=20_000, ge=1, description="WebSocket and SSE connections one gateway accepts."
+        default=20_000,
+        ge=1,
+        description="WebSocket, SSE and Socket.IO connections one gateway accepts.",
     )
     ws_rate: float = Field(
         default=50, ge=0, description="Frames a second one WebSocket client may send (0: no limit)."
@@ -220,6 +222,14 @@ class Settings(BaseSettings):
     )
     sse_keepalive: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on event streams."
+    )
+    socketio_ping_interval: float = Field(
+        default=25.0, gt=0, description="Seconds between Engine.IO pings to each Socket.IO client."
+    )
+    socketio_ping_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds a Socket.IO client has to answer a ping before it is dropped.",
     )
     retry_after_seconds: int = Field(
         default=1, ge=1, description="Retry-After sent with 503 answers while Redis is down."

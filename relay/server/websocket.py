@@ -36,6 +36,7 @@ from relay.server.guards import (
     anonymous_grant,
     check_cancel,
     check_capacity,
+    check_subscription,
     query_subscription,
     refusal,
     token_of,
@@ -259,18 +260,14 @@ class Connection:
         else:
             self.subscriber.deliver(cancel_requested_frame(session_id, receipt.id))
 
-    def _granted(self, workflow_type: str, session_id: str | None) -> bool:
-        return self.grant is not None and self.grant.allows(workflow_type, session_id)
-
     def subscribe(self, frame: Subscribe) -> None:
         """Route the frame's target to this client from now on."""
         subscriber = self.subscriber
-        if not self._granted(frame.workflow_type, frame.session_id):
-            self.error("forbidden", "the token does not grant this subscription")
-            return
         limit = self.gateway.settings.max_subscriptions
-        if frame.key not in subscriber.subscriptions and len(subscriber.subscriptions) >= limit:
-            self.error("too_many_subscriptions", f"at most {limit} subscriptions per connection")
+        try:
+            check_subscription(self.grant, subscriber.subscriptions, frame, limit)
+        except ApiError as exc:
+            self.error(exc.code, exc.message)
             return
         replay = self.gateway.catchup.subscribe(subscriber, frame)
         if replay is not None:

@@ -1,0 +1,525 @@
+"""The Socket.IO endpoint, ``/socket.io/``: Engine.IO v4 sessions riding on the hub.
+
+An unchanged ``socket.io-client`` 4.x connects with HTTP long-polling and
+upgrades to a WebSocket, or opens a WebSocket at once. Each Engine.IO
+session is one :class:`~relay.server.subscriber.Subscriber` whose items are
+rendered as Socket.IO packets: an event becomes
+``42["workflow:progress:<type>",<data>]``, a control frame
+(``subscribed``, ``error``, ...) an event named after its ``type``. Every
+packet the server sends goes through that outbox, pings and the CONNECT
+answer included, so the order is kept across the upgrade and a client that
+reads nothing is conflated and dropped like any other subscriber.
+
+A polling session lives in the gateway that made it: the client's requests
+must all reach that gateway (sticky sessions behind a load balancer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from relay.protocol.event import MalformedJson
+from relay.protocol.frames import (
+    ANY_TYPE,
+    Envelope,
+    Subscribe,
+    SubscriptionKey,
+    Unsubscribe,
+    error_frame,
+    parse_client_frame,
+    unsubscribed_frame,
+)
+from relay.protocol.keys import event_name
+from relay.server import socketio_protocol as sio
+from relay.server.auth import AuthError, Grant
+from relay.server.client_address import client_address
+from relay.server.cors import check_origin
+from relay.server.errors import ApiError, streaming
+from relay.server.gateway import GATEWAY, Gateway
+from relay.server.guards import (
+    anonymous_grant,
+    check_capacity,
+    check_subscription,
+    refusal,
+    verify_token,
+)
+from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
+
+logger = logging.getLogger(__name__)
+
+PATH = "/socket.io/"
+TRANSPORTS = ("polling", "websocket")
+# Seconds a close the gateway starts may take on a WebSocket.
+CLOSE_TIMEOUT = 5.0
+
+routes = web.RouteTableDef()
+
+
+def render(item: Envelope | str) -> str:
+    """One outbox item as the Engine.IO packet carrying it.
+
+    Relay's control frames are JSON objects and become events named after
+    their ``type``; anything else in the outbox is an Engine.IO packet already.
+    """
+    if isinstance(item, Envelope):
+        return sio.event_packet(event_name(item.workflow_type), item.data_json)
+    if item.startswith("{"):
+        return sio.event_packet(orjson.loads(item)["type"], item)
+    return item
+
+
+class Sessions:
+    """The Engine.IO sessions of one gateway, by sid."""
+
+    def __init__(self) -> None:
+        self.by_sid: dict[str, EngineSession] = {}
+        # Subscribers of closed sessions still being stopped.
+        self.stopping: set[asyncio.Task[None]] = set()
+
+
+SESSIONS = web.AppKey("socketio_sessions", Sessions)
+
+
+class EngineSession:
+    """One Engine.IO session and the Socket.IO connection to ``/`` it may hold."""
+
+    __slots__ = (
+        "_drained",
+        "_expiry",
+        "_ping",
+        "_poll",
+        "_pong_deadline",
+        "buffer",
+        "closed",
+        "gateway",
+        "grant",
+        "own_subscriptions",
+        "posting",
+        "sessions",
+        "sid",
+        "subscriber",
+        "tasks",
+        "token",
+        "ws",
+    )
+
+    def __init__(self, gateway: Gateway, sessions: Sessions, name: str, token: str | None) -> None:
+        self.gateway = gateway
+        self.sessions = sessions
+        self.sid = secrets.token_urlsafe(15)
+        # The token of the handshake's query string, for a CONNECT without one.
+        self.token = token
+        # Set once the client is connected to the main namespace.
+        self.grant: Grant | None = None
+        # Whether the client has made a subscription of its own (which drops the default ones).
+        self.own_subscriptions = False
+        # Packets taken by the next poll, while the session polls.
+        self.buffer: list[str] = []
+        self._drained: asyncio.Future[None] | None = None
+        self._poll: asyncio.Future[None] | None = None
+        self.posting = False
+        self.ws: web.WebSocketResponse | None = None
+        self.closed = False
+        self.tasks: set[asyncio.Task[None]] | None = None
+        self._ping: asyncio.TimerHandle | None = None
+        self._pong_deadline: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        settings = gateway.settings
+        self.subscriber = Subscriber(
+            self._send,
+            self._close,
+            limit=settings.outbox_limit,
+            send_timeout=settings.send_timeout,
+            name=name,
+            render=render,
+            join=sio.encode_payload,
+        )
+
+    def open(self, ws: web.WebSocketResponse | None) -> str:
+        """Register the session and start its heartbeat; the open packet for the client."""
+        settings = self.gateway.settings
+        self.ws = ws
+        self.sessions.by_sid[self.sid] = self
+        self.gateway.hub.attach(self.subscriber)
+        self.gateway.event_streams.add(self.subscriber)
+        self.subscriber.start()
+        self._schedule_ping()
+        logger.info("%s connected (%s)", self.subscriber.name, "websocket" if ws else "polling")
+        return sio.open_packet(
+            self.sid,
+            upgrades=[] if ws else ["websocket"],
+            ping_interval=settings.socketio_ping_interval,
+            ping_timeout=settings.socketio_ping_timeout,
+            max_payload=settings.max_body_bytes,
+        )
+
+    # Sending: the subscriber's writer hands every batch to _send.
+
+    async def _send(self, text: str) -> None:
+        ws = self.ws
+        if ws is not None:
+            for packet in text.split(sio.SEPARATOR):
+                await ws.send_str(packet)
+            return
+        if self.closed:
+            raise ConnectionError("session closed")
+        self.push(text)
+        # Wait until a poll takes the batch: a client that stops polling holds the writer,
+        # and the subscriber's send timeout and conflation take over.
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
+
+    def push(self, packets: str) -> None:
+        """Queue packets for the next poll and wake a poll waiting for them."""
+        self.buffer.append(packets)
+        _resolve(self._poll)
+
+    def take(self) -> str:
+        """Everything queued for polling, as one body; the writer may go on."""
+        body = sio.encode_payload(self.buffer)
+        self.buffer = []
+        drained, self._drained = self._drained, None
+        _resolve(drained)
+        return body
+
+    async def poll(self) -> str:
+        """Wait for packets to send, or for the session's end; one poll at a time."""
+        if self._poll is not None:
+            raise ApiError(400, "a poll is already waiting for this session")
+        if not self.buffer and not self.closed:
+            self._poll = asyncio.get_running_loop().create_future()
+            try:
+                await self._poll
+            finally:
+                self._poll = None
+        return self.take() if self.buffer else sio.CLOSE
+
+    async def upgrade(self, ws: web.WebSocketResponse) -> None:
+        """Move the session to ``ws``: what polling had not sent yet goes first."""
+        if self.buffer:
+            for packet in sio.encode_payload(self.buffer).split(sio.SEPARATOR):
+                await ws.send_str(packet)
+        # The writer, waiting for the batch to be taken, now sends on the WebSocket.
+        self.ws = ws
+        self.take()
+        logger.info("%s upgraded to websocket", self.subscriber.name)
+
+    def end_polling(self) -> None:
+        """Answer a waiting poll with a noop, as the upgrade begins."""
+        if self._poll is not None and not self.buffer:
+            self.push(sio.NOOP)
+
+    # Heartbeat.
+
+    def _schedule_ping(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ping = loop.call_later(self.gateway.settings.socketio_ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self.subscriber.deliver(sio.PING)
+        self._pong_deadline = asyncio.get_running_loop().call_later(
+            self.gateway.settings.socketio_ping_timeout, self.close, "ping timeout"
+        )
+
+    def pong(self) -> None:
+        """The client answered: ping again after the interval."""
+        if self._pong_deadline is not None:
+            self._pong_deadline.cancel()
+            self._pong_deadline = None
+            self._schedule_ping()
+
+    # Receiving.
+
+    def receive(self, packet: str) -> None:
+        """Act on one Engine.IO packet from the client."""
+        kind, payload = packet[:1], packet[1:]
+        if kind == sio.PONG:
+            self.pong()
+        elif kind == sio.MESSAGE:
+            try:
+                self.on_socket_packet(sio.decode_socket_packet(payload))
+            except sio.PacketError as exc:
+                logger.info("closing %s: %s", self.subscriber.name, exc)
+                self.gateway.stats.reject("invalid_message")
+                self.close("invalid packet")
+        elif kind == sio.CLOSE:
+            self.close("closed by the client")
+        elif kind != sio.NOOP:
+            self.gateway.stats.reject("invalid_message")
+            self.close(f"unexpected packet type {kind!r}")
+
+    def on_socket_packet(self, packet: sio.SocketPacket) -> None:
+        """Act on one Socket.IO packet."""
+        if packet.namespace != sio.MAIN_NAMESPACE:
+            if packet.type == sio.CONNECT:
+                self.subscriber.deliver(
+                    sio.connect_error_packet("Invalid namespace", packet.namespace)
+                )
+            return
+        if packet.type == sio.CONNECT:
+            self.connect(packet.data)
+        elif packet.type == sio.DISCONNECT:
+            self.close("client namespace disconnect")
+        elif packet.type == sio.EVENT:
+            self.on_event(packet.data[0], packet.data[1:], packet.ack_id)
+
+    def connect(self, auth: dict[str, Any] | None) -> None:
+        """Connect to the main namespace with the token of ``auth`` or of the query string."""
+        settings = self.gateway.settings
+        if self.grant is not None:
+            return
+        if settings.secret is None:
+            grant = anonymous_grant(settings)
+        else:
+            token = (auth or {}).get("token") or self.token
+            try:
+                if not isinstance(token, str):
+                    raise AuthError("a token is required: auth {token} or ?token=")
+                grant = verify_token(settings, token)
+            except AuthError as exc:
+                self.gateway.stats.reject("unauthorized")
+                self.subscriber.deliver(sio.connect_error_packet(str(exc)[:120]))
+                return
+        self.grant = grant
+        if grant.expires_at is not None:
+            # The connection lives no longer than its token.
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(grant.expires_at - time.time(), 0), self.close, "token expired"
+            )
+        self.subscriber.deliver(sio.connect_packet(secrets.token_urlsafe(15)))
+        for key in default_subscriptions(grant):
+            self._subscribe(Subscribe(action="subscribe", workflow_type=key[0], session_id=key[1]))
+
+    def on_event(self, name: str, args: list[Any], ack_id: int | None) -> None:
+        """``subscribe`` or ``unsubscribe`` with ``{workflow_type, session_id}``."""
+        if self.grant is None:
+            return
+        outcome = self._on_action(self.grant, name, args)
+        if ack_id is not None:
+            self.subscriber.deliver(sio.ack_packet(ack_id, [outcome]))
+        elif outcome is not None:
+            self.subscriber.deliver(error_frame(outcome["code"], outcome["message"]))
+
+    def _on_action(self, grant: Grant, name: str, args: list[Any]) -> dict[str, str] | None:
+        """Do what the client asked; the error, if any."""
+        if (
+            name not in ("subscribe", "unsubscribe")
+            or len(args) != 1
+            or not isinstance(args[0], dict)
+        ):
+            return _error("invalid_message", "emit subscribe or unsubscribe with one object")
+        try:
+            frame = parse_client_frame(orjson.dumps({**args[0], "action": name}))
+        except (MalformedJson, ValidationError):
+            return _error("invalid_message", f"not a valid {name}: workflow_type, session_id")
+        if isinstance(frame, Unsubscribe):
+            if not self.gateway.hub.unsubscribe(self.subscriber, frame.key):
+                return _error("not_subscribed", "there is no such subscription on this connection")
+            self.subscriber.deliver(unsubscribed_frame(frame))
+            return None
+        assert isinstance(frame, Subscribe)
+        if not self.own_subscriptions:
+            # The first subscription of the client's own narrows what it receives.
+            self.own_subscriptions = True
+            for key in default_subscriptions(grant):
+                if key != frame.key:
+                    self.gateway.hub.unsubscribe(self.subscriber, key)
+        return self._subscribe(frame)
+
+    def _subscribe(self, frame: Subscribe) -> dict[str, str] | None:
+        subscriber = self.subscriber
+        limit = self.gateway.settings.max_subscriptions
+        try:
+            check_subscription(self.grant, subscriber.subscriptions, frame, limit)
+        except ApiError as exc:
+            return _error(exc.code, exc.message)
+        replay = self.gateway.catchup.subscribe(subscriber, frame)
+        if replay is not None:
+            if self.tasks is None:
+                self.tasks = set()
+            self.tasks.add(replay)
+            replay.add_done_callback(self.tasks.discard)
+        return None
+
+    # The end.
+
+    async def _close(self, code: int, reason: str) -> None:
+        """The subscriber's way to end the session (slow consumer, shutdown)."""
+        self.close(reason, code)
+
+    def close(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
+        """End the session: forget it, wake a waiting poll, stop the writer soon."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.info("%s disconnected: %s", self.subscriber.name, reason)
+        for timer in (self._ping, self._pong_deadline, self._expiry):
+            if timer is not None:
+                timer.cancel()
+        self.sessions.by_sid.pop(self.sid, None)
+        self.gateway.hub.detach(self.subscriber)
+        self.gateway.event_streams.discard(self.subscriber)
+        for task in self.tasks or ():
+            task.cancel()
+        _resolve(self._poll)
+        if self.ws is not None and not self.ws.closed:
+            self._track(self.ws.close(code=code, message=reason.encode()))
+        self._track(self.subscriber.stop())
+
+    def _track(self, work: Any) -> None:
+        stopping = self.sessions.stopping
+        task = asyncio.get_running_loop().create_task(work)
+        stopping.add(task)
+        task.add_done_callback(stopping.discard)
+
+
+def default_subscriptions(grant: Grant) -> list[SubscriptionKey]:
+    """What a client is subscribed to on connecting: every type and session its grant names."""
+    if ANY_TYPE in grant.workflow_types:
+        return [(ANY_TYPE, None)]
+    types: list[SubscriptionKey] = [(wtype, None) for wtype in sorted(grant.workflow_types)]
+    return types + [(ANY_TYPE, session) for session in sorted(grant.sessions)]
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _check_query(request: web.Request) -> str:
+    """The transport the request names; 400 unless it speaks Engine.IO v4."""
+    if request.query.get("EIO") != sio.PROTOCOL_VERSION:
+        raise ApiError(400, "unsupported protocol version: EIO=4 is required")
+    transport = request.query.get("transport", "")
+    if transport not in TRANSPORTS:
+        raise ApiError(400, "transport must be polling or websocket")
+    return transport
+
+
+def _session(request: web.Request) -> EngineSession:
+    session = request.app[SESSIONS].by_sid.get(request.query.get("sid", ""))
+    if session is None:
+        raise ApiError(400, "unknown session id")
+    return session
+
+
+def _new_session(request: web.Request) -> EngineSession:
+    check_origin(request)
+    check_capacity(request)
+    gateway = request.app[GATEWAY]
+    name = f"socketio:{client_address(request, gateway.settings.proxies)}"
+    return EngineSession(gateway, request.app[SESSIONS], name, request.query.get("token"))
+
+
+def _text(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+
+@routes.get(PATH)
+@streaming
+async def engine_get(request: web.Request) -> web.StreamResponse:
+    """A handshake, a poll, or a WebSocket (new or upgrading a polling session)."""
+    try:
+        if _check_query(request) == "websocket":
+            return await _websocket(request)
+        if "sid" not in request.query:
+            return _text(_new_session(request).open(None))
+        return _text(await _poll(_session(request)))
+    except ApiError as error:
+        return refusal(request, error)
+
+
+async def _poll(session: EngineSession) -> str:
+    if session.ws is not None:
+        raise ApiError(400, "the session has moved to a websocket")
+    try:
+        return await session.poll()
+    except ApiError:
+        session.close("two polls at once")
+        raise
+
+
+@routes.post(PATH)
+async def engine_post(request: web.Request) -> web.Response:
+    """Packets from a polling client."""
+    _check_query(request)
+    session = _session(request)
+    if session.posting:
+        session.close("two posts at once")
+        raise ApiError(400, "a post is already being read for this session")
+    session.posting = True
+    try:
+        body = await request.text()
+    finally:
+        session.posting = False
+    try:
+        packets = sio.decode_payload(body)
+    except sio.PacketError as exc:
+        session.close(str(exc))
+        raise ApiError(400, str(exc)) from None
+    for packet in packets:
+        session.receive(packet)
+    return _text("ok")
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[GATEWAY].settings
+    upgrading = _session(request) if "sid" in request.query else None
+    if upgrading is not None and upgrading.ws is not None:
+        raise ApiError(400, "the session has a websocket already")
+    session = upgrading or _new_session(request)
+    ws = web.WebSocketResponse(
+        timeout=CLOSE_TIMEOUT, compress=False, max_msg_size=settings.max_ws_frame_bytes
+    )
+    await ws.prepare(request)
+    if upgrading is None:
+        await ws.send_str(session.open(ws))
+    try:
+        async for message in ws:
+            if message.type is not WSMsgType.TEXT:
+                session.close("binary frames are not accepted")
+                break
+            packet: str = message.data
+            if upgrading is not None and session.ws is None:
+                if packet == sio.PING + sio.PROBE:
+                    await ws.send_str(sio.PONG + sio.PROBE)
+                    session.end_polling()
+                elif packet == sio.UPGRADE:
+                    await session.upgrade(ws)
+                continue
+            session.receive(packet)
+            if session.closed:
+                break
+    finally:
+        if session.ws is ws or upgrading is None:
+            session.close("websocket closed")
+    return ws
+
+
+async def close_sessions(app: web.Application) -> None:
+    """End every session as the gateway shuts down, and wait for their writers."""
+    sessions = app[SESSIONS]
+    for session in list(sessions.by_sid.values()):
+        session.close("server shutting down")
+    if sessions.stopping:
+        await asyncio.wait(list(sessions.stopping))
+
+
+def setup(app: web.Application) -> None:
+    """Serve ``/socket.io/`` on ``app``."""
+    app[SESSIONS] = Sessions()
+    app.add_routes(routes)
+    app.on_shutdown.append(close_sessions)

@@ -1,0 +1,153 @@
+"""Engine.IO v4 and Socket.IO v5 packets as text: pure encoding and decoding.
+
+An Engine.IO packet is one digit (its type) and an optional payload. Over
+HTTP long-polling several packets travel in one body, separated by the record
+separator ``\\x1e``; over a WebSocket each packet is one text frame. A
+Socket.IO packet is the payload of an Engine.IO ``message`` (``4``): a digit,
+an optional namespace (``/name,``), an optional ack id and a JSON payload,
+so an event on the main namespace reads ``42["name",{...}]``.
+
+Binary packets are not supported: relay's events are JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Engine.IO packet types.
+OPEN = "0"
+CLOSE = "1"
+PING = "2"
+PONG = "3"
+MESSAGE = "4"
+UPGRADE = "5"
+NOOP = "6"
+
+PROBE = "probe"
+SEPARATOR = "\x1e"
+PROTOCOL_VERSION = "4"
+
+# Socket.IO packet types.
+CONNECT = 0
+DISCONNECT = 1
+EVENT = 2
+ACK = 3
+CONNECT_ERROR = 4
+BINARY_EVENT = 5
+BINARY_ACK = 6
+
+MAIN_NAMESPACE = "/"
+
+
+class PacketError(ValueError):
+    """A packet that does not follow the protocols; the session is closed."""
+
+
+def encode_payload(packets: list[str]) -> str:
+    """Engine.IO packets as one HTTP long-polling body."""
+    return SEPARATOR.join(packets)
+
+
+def decode_payload(body: str) -> list[str]:
+    """The Engine.IO packets of one HTTP long-polling body."""
+    packets = body.split(SEPARATOR)
+    if any(not packet for packet in packets):
+        raise PacketError("empty packet in payload")
+    return packets
+
+
+def open_packet(
+    sid: str, *, upgrades: list[str], ping_interval: float, ping_timeout: float, max_payload: int
+) -> str:
+    """The handshake: the session id and the heartbeat (given in seconds, sent in ms)."""
+    handshake = {
+        "sid": sid,
+        "upgrades": upgrades,
+        "pingInterval": round(ping_interval * 1000),
+        "pingTimeout": round(ping_timeout * 1000),
+        "maxPayload": max_payload,
+    }
+    return OPEN + orjson.dumps(handshake).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class SocketPacket:
+    """One decoded Socket.IO packet."""
+
+    type: int
+    namespace: str = MAIN_NAMESPACE
+    data: Any = None
+    ack_id: int | None = None
+
+
+def decode_socket_packet(text: str) -> SocketPacket:
+    """A Socket.IO packet from the payload of an Engine.IO message; raises PacketError."""
+    if not text or not text[0].isdigit() or int(text[0]) > BINARY_ACK:
+        raise PacketError("unknown Socket.IO packet type")
+    kind = int(text[0])
+    if kind in (BINARY_EVENT, BINARY_ACK):
+        raise PacketError("binary packets are not supported")
+    rest = text[1:]
+    namespace = MAIN_NAMESPACE
+    if rest.startswith("/"):
+        namespace, comma, rest = rest.partition(",")
+        if not comma:
+            raise PacketError("namespace without its comma")
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    ack_id = int(rest[:digits]) if digits else None
+    rest = rest[digits:]
+    try:
+        data = orjson.loads(rest) if rest else None
+    except orjson.JSONDecodeError as exc:
+        raise PacketError(f"payload is not valid JSON: {exc}") from None
+    packet = SocketPacket(kind, namespace, data, ack_id)
+    _check(packet)
+    return packet
+
+
+def _check(packet: SocketPacket) -> None:
+    data = packet.data
+    if packet.type == EVENT and not (data and isinstance(data, list) and isinstance(data[0], str)):
+        raise PacketError("an event needs a non-empty array starting with its name")
+    if packet.type == ACK and (packet.ack_id is None or not isinstance(data, list)):
+        raise PacketError("an ack needs its id and an array")
+    if packet.type == CONNECT and data is not None and not isinstance(data, dict):
+        raise PacketError("connect data must be an object")
+
+
+def encode_socket_packet(packet: SocketPacket) -> str:
+    """A Socket.IO packet as the Engine.IO message that carries it."""
+    parts = [MESSAGE, str(packet.type)]
+    if packet.namespace != MAIN_NAMESPACE:
+        parts.append(packet.namespace + ",")
+    if packet.ack_id is not None:
+        parts.append(str(packet.ack_id))
+    if packet.data is not None:
+        parts.append(orjson.dumps(packet.data).decode())
+    return "".join(parts)
+
+
+def event_packet(name: str, data_json: str) -> str:
+    """An EVENT on the main namespace whose one argument is already encoded JSON.
+
+    ``name`` must need no JSON escaping (relay's event names are validated so).
+    """
+    return f'{MESSAGE}{EVENT}["{name}",{data_json}]'
+
+
+def connect_packet(sid: str) -> str:
+    """The server's answer to a successful CONNECT on the main namespace."""
+    return encode_socket_packet(SocketPacket(CONNECT, data={"sid": sid}))
+
+
+def connect_error_packet(message: str, namespace: str = MAIN_NAMESPACE) -> str:
+    """The server's answer to a refused CONNECT."""
+    return encode_socket_packet(SocketPacket(CONNECT_ERROR, namespace, {"message": message}))
+
+
+def ack_packet(ack_id: int, args: list[Any]) -> str:
+    """The answer to an event the client sent with an ack id."""
+    return encode_socket_packet(SocketPacket(ACK, data=args, ack_id=ack_id))
