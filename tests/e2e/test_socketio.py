@@ -1,0 +1,217 @@
+"""An unchanged socket.io-client 4.x against real gateways: polling, then a WebSocket, or one."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.client.reporters import Reporter
+from relay.server.auth import mint_token
+from tests.helpers import DEFAULT_TIMEOUT, Gateway, event
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "socketio"
+CLIENT_FILES = ("package.json", "package-lock.json", "listen.js")
+SECRET = "a-socketio-test-secret-of-enough-bytes"
+BODY_FIELDS = ("session_id", "workflow_type", "step", "progress", "metadata")
+
+
+@pytest.fixture(scope="session")
+def client_script() -> Path:
+    """listen.js beside socket.io-client installed by ``npm ci``, cached by the lock file."""
+    lock = (CLIENT_DIR / "package-lock.json").read_bytes()
+    folder = Path(tempfile.gettempdir()) / f"relay-socketio-{hashlib.sha256(lock).hexdigest()[:16]}"
+    if not (folder / "node_modules" / "socket.io-client").is_dir():
+        folder.mkdir(exist_ok=True)
+        for name in CLIENT_FILES[:2]:
+            shutil.copy(CLIENT_DIR / name, folder / name)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            check=True,
+            timeout=300,
+        )
+    shutil.copy(CLIENT_DIR / "listen.js", folder / "listen.js")
+    return folder / "listen.js"
+
+
+class Listener:
+    """A running listen.js: what it printed, line by line, and what it is told to emit."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.seen: list[dict[str, Any]] = []
+
+    async def next(self, kind: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The next line of ``kind``; the lines of other kinds before it are kept in ``seen``."""
+        assert self.process.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            assert raw, f"listen.js ended; it printed {self.seen}"
+            line: dict[str, Any] = json.loads(raw)
+            self.seen.append(line)
+            if line["kind"] == kind:
+                return line
+
+    async def events(self, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` progress events, skipping control events."""
+        received: list[dict[str, Any]] = []
+        while len(received) < count:
+            line = await self.next("event")
+            if line["name"].startswith("workflow:progress:"):
+                received.append(line)
+        return received
+
+    async def subscribed(self) -> dict[str, Any]:
+        """Wait for the next ``subscribed`` control event; its data."""
+        while True:
+            line = await self.next("event")
+            if line["name"] == "subscribed":
+                return dict(line["data"])
+
+    def emit(self, name: str, payload: dict[str, Any]) -> None:
+        """Have the client emit ``name`` with ``payload``."""
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps([name, payload]) + "\n").encode())
+
+
+@asynccontextmanager
+async def listening(script: Path, gateway: Gateway, *args: str) -> AsyncIterator[Listener]:
+    """Run listen.js against ``gateway``; it is stopped, by its pid, at the end."""
+    process = await asyncio.create_subprocess_exec(
+        "node",
+        str(script),
+        gateway.url,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=script.parent,
+    )
+    try:
+        yield Listener(process)
+    finally:
+        if process.returncode is None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), DEFAULT_TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def publish_mixed(
+    http: aiohttp.ClientSession, gateway: Gateway, redis_url: str, workflow_type: str = "map"
+) -> list[dict[str, Any]]:
+    """Publish four events, by HTTP and by a Reporter; their bodies in publishing order."""
+    # Sessions of their own: one that completed cannot take events any more.
+    one, two = (f"{workflow_type}-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    bodies = [
+        event(one, workflow_type, step="fetch", progress=10),
+        event(two, workflow_type, step="draw", progress=20, metadata={"tile": 3}),
+        event(one, workflow_type, step="render", progress=30),
+        event(one, workflow_type, step="done", progress=100, status="completed"),
+    ]
+    for body in bodies[:2]:
+        async with http.post(f"{gateway.url}/api/workflows/progress", json=body) as resp:
+            assert resp.status == 202, gateway.logs()
+    with Reporter(redis_url) as reporter:
+        for body in bodies[2:]:
+            fields = {k: body[k] for k in BODY_FIELDS}
+            reporter.report(**fields, status=body.get("status"))
+    return bodies
+
+
+def assert_delivered(received: list[dict[str, Any]], bodies: list[dict[str, Any]]) -> None:
+    """Every body once, in order, as the payload of its workflow:progress:{type} event."""
+    assert [line["name"] for line in received] == [
+        f"workflow:progress:{body['workflow_type']}" for body in bodies
+    ]
+    for line, body in zip(received, bodies, strict=True):
+        data = line["data"]
+        assert {k: data[k] for k in BODY_FIELDS} == {k: body[k] for k in BODY_FIELDS}
+        assert data["status"] == body.get("status", "running")
+        assert isinstance(data["ts"], int)
+
+
+@pytest.mark.parametrize("transport", ["default", "websocket"])
+async def test_every_event_arrives_once_in_order_with_its_body(
+    transport: str,
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = start_gateway(redis_url)
+    args = ("", "websocket") if transport == "websocket" else ()
+    async with listening(client_script, gateway, *args) as listener:
+        connected = await listener.next("connect")
+        assert await listener.subscribed() == {
+            "type": "subscribed",
+            "workflow_type": "*",
+            "session_id": None,
+        }
+        if transport == "default":
+            # Default options: long-polling first, then the upgrade to a WebSocket.
+            if connected["transport"] == "polling":
+                await listener.next("upgrade")
+        else:
+            assert connected["transport"] == "websocket"
+        bodies = await publish_mixed(http, gateway, redis_url)
+        bodies += await publish_mixed(http, gateway, redis_url, "plan")
+        assert_delivered(await listener.events(len(bodies)), bodies)
+        assert not any(line["kind"] == "disconnect" for line in listener.seen)
+
+
+async def test_subscribe_narrows_to_one_type(
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = start_gateway(redis_url)
+    async with listening(client_script, gateway) as listener:
+        await listener.subscribed()
+        listener.emit("subscribe", {"workflow_type": "plan"})
+        assert (await listener.subscribed())["workflow_type"] == "plan"
+        await publish_mixed(http, gateway, redis_url, "map")
+        bodies = await publish_mixed(http, gateway, redis_url, "plan")
+        assert_delivered(await listener.events(len(bodies)), bodies)
+
+
+async def test_a_token_is_required_when_the_gateway_has_a_secret(
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    async with listening(client_script, gateway) as refused:
+        error = await refused.next("connect_error")
+        assert "token" in error["message"]
+    async with listening(client_script, gateway, "not-a-token") as forged:
+        assert "invalid token" in (await forged.next("connect_error"))["message"]
+
+    token = mint_token(SECRET, "viewer", workflow_types=["map"])
+    async with listening(client_script, gateway, token) as listener:
+        await listener.next("connect")
+        assert (await listener.subscribed())["workflow_type"] == "map"
+        await publish_mixed(http, gateway, redis_url, "plan")
+        bodies = await publish_mixed(http, gateway, redis_url, "map")
+        received = await listener.events(len(bodies))
+        assert_delivered(received, bodies)
+        listener.emit("subscribe", {"workflow_type": "plan"})
+        error = await listener.next("event")
+        assert error["name"] == "error"
+        assert error["data"]["code"] == "forbidden"
