@@ -1,7 +1,7 @@
 /**
  * relay browser client: live progress of workflow sessions from a relay gateway.
  *
- *   import { watchWorkflow } from "/static/relay-client.js";
+ *   import { watchWorkflow } from "relay-progress-client";   // or "/static/relay-client.js"
  *
  *   const watcher = watchWorkflow({ url: "http://localhost:8080", workflowType: "map", sessionId: "s1" });
  *   const stop = watcher.onChange((state, event) => render(state));
@@ -9,10 +9,11 @@
  *   stop();                          // remove that listener
  *   watcher.close();                 // close the socket; no more callbacks
  *
- * A dependency-free ES module: load it from the gateway (`/static/relay-client.js`)
- * or copy it into a bundled app. Each watcher owns its WebSocket, its session
- * states and its listeners, so watchers never share or disturb each other.
- * The wire protocol is described in docs/protocol.md.
+ * A dependency-free ES module: the npm package relay-progress-client (types in
+ * index.d.ts), which the gateway also serves at `/static/relay-client.js`.
+ * Each watcher owns its WebSocket, its session states and its listeners, so
+ * watchers never share or disturb each other. The wire protocol is described
+ * in docs/protocol.md.
  */
 
 /** The workflow type that stands for every type. */
@@ -48,15 +49,23 @@ const EXPIRED_MESSAGE = "token expired";
 /** The statuses in which the watcher waits for a token (see setToken()). */
 export const AUTH_STATUSES = Object.freeze(["unauthorized", "expired"]);
 
-/** An HTTP answer from the gateway that was not a success. */
+/**
+ * Something that went wrong between the watcher and the gateway: an HTTP
+ * answer that was not a success (`status`), a WebSocket closed by the gateway
+ * or the network (`closeCode`), an error frame, or a getToken() that threw.
+ */
 export class RelayError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, closeCode = null) {
     super(message);
     this.name = "RelayError";
     this.status = status;
     this.code = code;
+    this.closeCode = closeCode;
   }
 }
+
+// The `code` of a RelayError for a closed WebSocket, by close code.
+const CLOSE_ERROR_CODES = { [CLOSE_UNAUTHORIZED]: "unauthorized", [CLOSE_TOKEN_EXPIRED]: "token_expired" };
 
 /**
  * Order two stream entry ids ("1700000000000-3"): negative, zero or positive.
@@ -84,30 +93,51 @@ export function compareIds(a, b) {
  *   `Authorization: Bearer` on HTTP requests (never in a URL, which proxies
  *   log). When the gateway refuses it, the watcher stops with the status
  *   "unauthorized" or "expired" instead of reconnecting; setToken() resumes.
+ * - `getToken`: a function returning the token, or a promise of it, called
+ *   before every (re)connect and when the gateway refuses the token (4001,
+ *   4002, HTTP 401): a token other than the refused one connects again, the
+ *   same one (or null) leaves the watcher stopped.
+ * - `keepEnded`: milliseconds an ended session stays in the state after the
+ *   watcher learned it ended; kept for good when omitted.
  */
 export function watchWorkflow({
   url,
   workflowType = ANY_TYPE,
   sessionId = null,
   token = null,
+  getToken = null,
   snapshot = false,
   limit = 100,
+  keepEnded = Infinity,
 } = {}) {
-  return new Watcher({ url, workflowType, sessionId, token, snapshot, limit });
+  return new Watcher({
+    url,
+    workflowType,
+    sessionId,
+    token,
+    getToken,
+    snapshot,
+    limit,
+    keepEnded,
+  });
 }
 
 class Watcher {
   #base;
   #wsUrl;
   #token;
+  #getToken;
+  #keepEnded;
   #workflowType;
   #sessionId;
   #snapshot;
   #limit;
 
   #records = new Map(); // session id -> { state, firstProgress }
+  #evictions = new Map(); // session id -> timer dropping it once ended for keepEnded ms
   #listeners = new Set();
   #statusListeners = new Set();
+  #errorListeners = new Set();
 
   #socket = null;
   #connectedBefore = false;
@@ -119,8 +149,11 @@ class Watcher {
   #lastHeard = 0;
   #closed = false;
   #status = "connecting";
+  // Bumped whenever a pending getToken() answer must be ignored: a newer
+  // connect, setToken() or close() came in while it was on its way.
+  #generation = 0;
 
-  constructor({ url, workflowType, sessionId, token, snapshot, limit }) {
+  constructor({ url, workflowType, sessionId, token, getToken, snapshot, limit, keepEnded }) {
     const base = new URL(url ?? globalThis.location.origin, globalThis.location?.href);
     if (!base.pathname.endsWith("/")) base.pathname += "/";
     base.search = "";
@@ -129,18 +162,21 @@ class Watcher {
     this.#wsUrl = new URL("ws", base);
     this.#wsUrl.protocol = base.protocol === "https:" ? "wss:" : "ws:";
     this.#token = token;
+    this.#getToken = getToken;
+    this.#keepEnded = keepEnded;
     this.#workflowType = workflowType;
     this.#sessionId = sessionId;
     this.#snapshot = snapshot;
     this.#limit = limit;
-    this.#connect();
+    this.#open();
   }
 
   /**
    * Call `callback(state, event)` after every change of a session's state.
    * `event` is the event frame (`{event, id, data}`) that caused it, or null
    * when the state came over HTTP. After reset() it is called once with
-   * `(null, null)`. Returns a function that removes the callback.
+   * `(null, null)`, as after the gateway reset a type's history or ended
+   * sessions were dropped (keepEnded). Returns a function that removes the callback.
    */
   onChange(callback) {
     this.#listeners.add(callback);
@@ -151,6 +187,18 @@ class Watcher {
   onStatus(callback) {
     this.#statusListeners.add(callback);
     return () => this.#statusListeners.delete(callback);
+  }
+
+  /**
+   * Call `callback(error)`, a RelayError, for every socket the gateway or the
+   * network closed (`closeCode`: 4001 unauthorized and 4002 token expired
+   * stop the watcher, others are followed by a reconnect), every error frame,
+   * state load that failed, and getToken() that threw. Without a callback
+   * these go to console.warn. Returns an unsubscribe.
+   */
+  onError(callback) {
+    this.#errorListeners.add(callback);
+    return () => this.#errorListeners.delete(callback);
   }
 
   /**
@@ -167,6 +215,7 @@ class Watcher {
    */
   setToken(token) {
     if (this.#closed) return;
+    this.#generation += 1;
     this.#token = token;
     clearTimeout(this.#retryTimer);
     this.#dropSocket();
@@ -187,7 +236,7 @@ class Watcher {
 
   /** Forget every state and where to resume from; later events start afresh. */
   reset() {
-    this.#records.clear();
+    this.#forgetAll();
     this.#resumeFrom = null;
     this.#emit(null, null);
   }
@@ -196,11 +245,15 @@ class Watcher {
   close() {
     if (this.#closed) return;
     this.#closed = true;
+    this.#generation += 1;
     clearTimeout(this.#retryTimer);
     this.#dropSocket();
+    for (const timer of this.#evictions.values()) clearTimeout(timer);
+    this.#evictions.clear();
     this.#setStatus("closed");
     this.#listeners.clear();
     this.#statusListeners.clear();
+    this.#errorListeners.clear();
   }
 
   /**
@@ -230,6 +283,34 @@ class Watcher {
 
   // --- connection -------------------------------------------------------
 
+  /** Connect, with a token from getToken() when there is one. */
+  async #open() {
+    if (this.#getToken) {
+      const generation = ++this.#generation;
+      const token = await this.#askToken();
+      if (generation !== this.#generation || this.#closed) return;
+      if (token === undefined) {
+        this.#disconnected();
+        return;
+      }
+      this.#token = token;
+    }
+    this.#connect();
+  }
+
+  /** What getToken() gives (null for none), or undefined when it threw. */
+  async #askToken() {
+    // Not before the caller's own turn is over, so the onError() callbacks
+    // it adds right after watchWorkflow() hear of a first getToken() failing.
+    await null;
+    try {
+      return (await this.#getToken()) ?? null;
+    } catch (error) {
+      this.#fail(new RelayError(null, "get_token_failed", String(error?.message ?? error)));
+      return undefined;
+    }
+  }
+
   #connect() {
     const socket = new WebSocket(this.#wsUrl);
     this.#socket = socket;
@@ -244,8 +325,12 @@ class Watcher {
       this.#lastHeard = Date.now();
       this.#receive(message.data);
     };
-    // An error is always followed by a close, which does the work.
+    // An error is always followed by a close, which does the work. Closes
+    // of our own never get here: the socket is detached first.
     socket.onclose = (close) => {
+      const code = CLOSE_ERROR_CODES[close.code] ?? "connection_closed";
+      const message = close.reason || `connection closed (${close.code})`;
+      this.#fail(new RelayError(null, code, message, close.code));
       if (close.code === CLOSE_UNAUTHORIZED) this.#refused("unauthorized");
       else if (close.code === CLOSE_TOKEN_EXPIRED) this.#refused("expired");
       else this.#disconnected();
@@ -297,14 +382,30 @@ class Watcher {
     this.#setStatus("reconnecting");
     const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
     this.#attempt += 1;
-    this.#retryTimer = setTimeout(() => this.#connect(), delay * (0.5 + Math.random() / 2));
+    this.#retryTimer = setTimeout(() => this.#open(), delay * (0.5 + Math.random() / 2));
   }
 
-  /** The gateway will not take the token: stop until setToken() gives another. */
+  /**
+   * The gateway will not take the token: stop until getToken() or setToken()
+   * gives another.
+   */
   #refused(status) {
     clearTimeout(this.#retryTimer);
     this.#dropSocket();
-    if (!this.#closed) this.#setStatus(status);
+    if (this.#closed) return;
+    this.#setStatus(status);
+    if (this.#getToken) this.#retryWithNewToken();
+  }
+
+  async #retryWithNewToken() {
+    const refused = this.#token;
+    const generation = ++this.#generation;
+    const token = await this.#askToken();
+    if (generation !== this.#generation || this.#closed) return;
+    if (!token || token === refused) return;
+    this.#token = token;
+    this.#setStatus("connecting");
+    this.#connect();
   }
 
   #setStatus(status) {
@@ -327,7 +428,7 @@ class Watcher {
       if (frame && "event" in frame) this.#onEvent(frame);
       else if (frame?.type === "subscribed") this.#onSubscribed(frame);
       else if (frame?.type === "reset") this.#onReset(frame);
-      else if (frame?.type === "error") console.warn(`relay: ${frame.code}: ${frame.message}`);
+      else if (frame?.type === "error") this.#fail(new RelayError(null, frame.code, frame.message));
     }
   }
 
@@ -353,7 +454,7 @@ class Watcher {
     // may be wrong: drop it and take the gateway's rebuilt state instead.
     this.#resumeFrom = null;
     for (const [sessionId, record] of this.#records) {
-      if (record.state.workflowType === frame.workflow_type) this.#records.delete(sessionId);
+      if (record.state.workflowType === frame.workflow_type) this.#forget(sessionId);
     }
     this.#emit(null, null);
     this.#refetch();
@@ -388,7 +489,7 @@ class Watcher {
       // refused token shows in the status; other failures leave the state as
       // the events made it.
       if (!(error instanceof RelayError && [401, 404].includes(error.status))) {
-        console.warn("relay: could not load the session state:", error);
+        this.#fail(error instanceof RelayError ? error : new RelayError(null, "fetch_failed", String(error)));
       }
       return;
     }
@@ -400,8 +501,31 @@ class Watcher {
   }
 
   #store(record, frame) {
-    this.#records.set(record.state.sessionId, record);
+    const { sessionId, isInProgress } = record.state;
+    this.#records.set(sessionId, record);
+    if (!isInProgress && Number.isFinite(this.#keepEnded) && !this.#evictions.has(sessionId)) {
+      const evict = () => {
+        this.#forget(sessionId);
+        this.#emit(null, null);
+      };
+      this.#evictions.set(sessionId, setTimeout(evict, this.#keepEnded));
+    }
     this.#emit(record.state, frame);
+  }
+
+  #forget(sessionId) {
+    clearTimeout(this.#evictions.get(sessionId));
+    this.#evictions.delete(sessionId);
+    this.#records.delete(sessionId);
+  }
+
+  #forgetAll() {
+    for (const sessionId of [...this.#records.keys()]) this.#forget(sessionId);
+  }
+
+  #fail(error) {
+    if (this.#errorListeners.size === 0) console.warn(`relay: ${error.code}: ${error.message}`);
+    for (const callback of [...this.#errorListeners]) guarded(callback, error);
   }
 
   #emit(state, frame) {
