@@ -24,7 +24,8 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 @routes.get("/static/relay-client.js")
 async def browser_client(request: web.Request) -> web.FileResponse:
     """The browser client, an ES module."""
-    return web.FileResponse(CLIENT)
+    # Named here rather than guessed from the suffix, whose type varies by platform.
+    return web.FileResponse(CLIENT, headers={"Content-Type": "text/javascript"})
 
 
 routes.static("/static", STATIC_DIR)
