@@ -16,6 +16,8 @@ ENV RELAY_HOST=0.0.0.0 \
 
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+# The browser client's source, which relay/server/static links to.
+COPY clients/js/relay-client.js ./clients/js/relay-client.js
 COPY relay ./relay
 # A virtualenv of its own, so the base image's Python packages stay out of it.
 # constraints.txt pins every dependency to the versions the test suite passed

@@ -48,6 +48,7 @@ PROJECT_FILES = (
     "README.md",
     "constraints.txt",
     "relay",
+    "clients/js/relay-client.js",
 )
 ENGINE_TIMEOUT = 60.0
 
@@ -230,11 +231,16 @@ class ComposeStack(OnLoopback):
         """Copy the deployment, write its ``.env`` with ``relay init``; the variables written."""
         for name in PROJECT_FILES:
             source = ROOT / name
+            # Links stay links, as in a checkout (relay/server/static links to clients/js).
             if source.is_dir():
                 shutil.copytree(
-                    source, self.directory / name, ignore=shutil.ignore_patterns("__pycache__")
+                    source,
+                    self.directory / name,
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"),
                 )
             else:
+                (self.directory / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, self.directory / name)
         run([sys.executable, "-m", "relay", "init", "--dir", str(self.directory)], env=self.env())
         self.port = port

@@ -2,7 +2,7 @@
 
 The gateway's session view and ``relay watch`` both call
 :func:`estimated_time_remaining`, and the browser client
-(``relay/server/static/relay-client.js``) carries a line-for-line copy that a
+(``clients/js/relay-client.js``) carries a line-for-line copy that a
 test runs against this function on a shared table of cases. Every reader of
 a session therefore shows the same figure for the same events.
 """

@@ -328,6 +328,13 @@ def operations(settings: Settings) -> list[Operation]:
             "The live dashboard",
             {200: Answer("The page.", str, "text/html")},
         ),
+        Operation(
+            "get",
+            "/static/relay-client.js",
+            "browser_client",
+            "The browser client, an ES module (the npm package relay-progress-client)",
+            {200: Answer("The module.", str, "text/javascript")},
+        ),
     ]
 
 

@@ -15,6 +15,7 @@ import pytest
 from relay.protocol.event import TERMINAL_STATUSES
 from relay.protocol.frames import ANY_TYPE
 from relay.protocol.progress import ETA_METADATA_KEY, estimated_time_remaining
+from relay.server.static_files import CLIENT
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, get_json, load_client, post_json
 from tests.helpers import Gateway
 
@@ -23,7 +24,6 @@ try:
 except ImportError:  # run_client says what is missing
     sync_playwright = None  # type: ignore[assignment]
 
-CLIENT = Path(__file__).resolve().parents[2] / "relay" / "server" / "static" / "relay-client.js"
 NOW = 1_700_000_000_000
 
 STATUSES = ("running", "cancel_requested", "completed", "failed", "cancelled")

@@ -1,0 +1,172 @@
+// Types of relay-progress-client, the browser client of a relay gateway
+// (relay-client.js). The wire protocol is described in docs/protocol.md.
+
+/** The workflow type that stands for every type. */
+export declare const ANY_TYPE: "*";
+
+/** A session's status; the last three are terminal. */
+export type Status = "running" | "cancel_requested" | "completed" | "failed" | "cancelled";
+
+/** The statuses a session ends with; no later report revives it. */
+export declare const TERMINAL_STATUSES: readonly ["completed", "failed", "cancelled"];
+
+/** The metadata key under which a worker may give its own seconds-left figure. */
+export declare const ETA_METADATA_KEY: "estimated_time_remaining";
+
+/** The statuses in which the watcher waits for a token. */
+export declare const AUTH_STATUSES: readonly ["unauthorized", "expired"];
+
+/** The watcher's connection status. */
+export type ConnectionStatus =
+  | "connecting"
+  | "live"
+  | "reconnecting"
+  | "closed"
+  | (typeof AUTH_STATUSES)[number];
+
+/** A token, or none. */
+export type Token = string | null;
+
+/**
+ * Something that went wrong between the watcher and the gateway: an HTTP
+ * answer that was not a success (`status`), a WebSocket closed by the gateway
+ * or the network (`closeCode`), an error frame, or a getToken() that threw.
+ */
+export declare class RelayError extends Error {
+  constructor(status: number | null, code: string, message: string, closeCode?: number | null);
+  readonly name: "RelayError";
+  /** The HTTP status, or null when the error did not come from an HTTP answer. */
+  readonly status: number | null;
+  /** What went wrong: the gateway's error code, "unauthorized", "token_expired", "connection_closed", "get_token_failed", ... */
+  readonly code: string;
+  /** The WebSocket close code (4001 unauthorized, 4002 token expired, ...), or null. */
+  readonly closeCode: number | null;
+}
+
+/** A session's state, frozen. */
+export interface SessionState {
+  readonly sessionId: string;
+  readonly workflowType: string;
+  readonly step: string;
+  /** 0 to 100. */
+  readonly progress: number;
+  readonly status: Status;
+  readonly metadata: Readonly<Record<string, unknown>>;
+  readonly error: string | null;
+  /** When the session started, ms since the epoch. */
+  readonly startTime: number;
+  /** When its latest report was made, ms since the epoch. */
+  readonly updatedAt: number;
+  /** Seconds left, or null when there is no estimate. */
+  readonly estimatedTimeRemaining: number | null;
+  /** The stream entry id of its latest event. */
+  readonly lastEventId: string;
+  readonly isComplete: boolean;
+  readonly isFailed: boolean;
+  readonly isCancelled: boolean;
+  readonly isInProgress: boolean;
+}
+
+/** The data of an event frame: a worker's report. */
+export interface EventData {
+  session_id: string;
+  workflow_type: string;
+  step: string;
+  progress: number;
+  status?: Status;
+  metadata?: Record<string, unknown>;
+  error?: string | null;
+  ts: number;
+}
+
+/** An event frame as the gateway sends it. */
+export interface EventFrame {
+  /** The stream, `workflow:progress:{type}`. */
+  event: string;
+  /** The stream entry id. */
+  id: string;
+  data: EventData;
+}
+
+/** What watchWorkflow() takes. */
+export interface WatchOptions {
+  /** The gateway's base http(s) URL; the page's origin when omitted. */
+  url?: string | URL;
+  /** The type watched, `"*"` (the default) for every type. */
+  workflowType?: string;
+  /** One session to watch instead of the whole type. */
+  sessionId?: string | null;
+  /** Sent in an `auth` frame and as `Authorization: Bearer`; never in a URL. */
+  token?: Token;
+  /**
+   * Called before every (re)connect and when the gateway refuses the token;
+   * a token other than the refused one connects again.
+   */
+  getToken?: (() => Token | undefined | PromiseLike<Token | undefined>) | null;
+  /** For a type watcher: start from the type's current state. */
+  snapshot?: boolean;
+  /** How many recent sessions a type watcher loads over HTTP (1 to 1000). */
+  limit?: number;
+  /** Milliseconds an ended session is kept after it ended; for good when omitted. */
+  keepEnded?: number;
+}
+
+/** A removal of the callback it was returned for. */
+export type Unsubscribe = () => void;
+
+/** The gateway's answer to a cancel request. */
+export interface CancelAnswer {
+  session_id: string;
+  [key: string]: unknown;
+}
+
+/** A watcher of one session or of every session of a type. */
+export interface Watcher {
+  /**
+   * Called after every change of a session's state, with the event frame that
+   * caused it (null when it came over HTTP); with `(null, null)` when states
+   * were dropped (reset(), a gateway reset, keepEnded).
+   */
+  onChange(callback: (state: SessionState | null, event: EventFrame | null) => void): Unsubscribe;
+  /** Called whenever the connection status changes. */
+  onStatus(callback: (status: ConnectionStatus) => void): Unsubscribe;
+  /** Called for every closed socket, error frame, failed state load and failed getToken(). */
+  onError(callback: (error: RelayError) => void): Unsubscribe;
+  readonly status: ConnectionStatus;
+  /** Connect again with another token (null for none), resuming where the watcher was. */
+  setToken(token: Token): void;
+  /** The state of a session (the watcher's own by default), or null. */
+  get(sessionId?: string): SessionState | null;
+  /** Every known session's state, by session id. */
+  sessions(): Map<string, SessionState>;
+  /** Forget every state and where to resume from. */
+  reset(): void;
+  /** Stop watching: close the socket and drop the listeners. */
+  close(): void;
+  /** Ask the worker running a session to stop. */
+  cancel(sessionId?: string): Promise<CancelAnswer>;
+  /** Every retained event of a session, oldest first. */
+  history(sessionId?: string): Promise<EventFrame[]>;
+}
+
+/** Watch one session (`sessionId`) or every session of a workflow type. */
+export declare function watchWorkflow(options?: WatchOptions): Watcher;
+
+/** Order two stream entry ids: negative, zero or positive; a missing id sorts first. */
+export declare function compareIds(a: string | null | undefined, b: string | null | undefined): number;
+
+/** What estimatedTimeRemaining() works from. */
+export interface EtaPoint {
+  status: Status;
+  progress: number;
+  metadata?: Record<string, unknown> | null;
+  /** Progress of the session's first event. */
+  firstProgress: number;
+  /** When the first event was made, ms since the epoch. */
+  startedAt: number;
+  /** When the latest event was made, ms since the epoch. */
+  updatedAt: number;
+}
+
+/** Seconds a session has left as of its latest event, by the gateway's rule; null when unknown. */
+export declare function estimatedTimeRemaining(point: EtaPoint): number | null;

@@ -1,0 +1,677 @@
+/**
+ * relay browser client: live progress of workflow sessions from a relay gateway.
+ *
+ *   import { watchWorkflow } from "relay-progress-client";   // or "/static/relay-client.js"
+ *
+ *   const watcher = watchWorkflow({ url: "http://localhost:8080", workflowType: "map", sessionId: "s1" });
+ *   const stop = watcher.onChange((state, event) => render(state));
+ *   await watcher.cancel();          // ask the worker to stop
+ *   stop();                          // remove that listener
+ *   watcher.close();                 // close the socket; no more callbacks
+ *
+ * A dependency-free ES module: the npm package relay-progress-client (types in
+ * index.d.ts), which the gateway also serves at `/static/relay-client.js`.
+ * Each watcher owns its WebSocket, its session states and its listeners, so
+ * watchers never share or disturb each other. The wire protocol is described
+ * in docs/protocol.md.
+ */
+
+/** The workflow type that stands for every type. */
+export const ANY_TYPE = "*";
+/** The statuses a session ends with; no later report revives it. */
+export const TERMINAL_STATUSES = Object.freeze(["completed", "failed", "cancelled"]);
+/** The metadata key under which a worker may give its own seconds-left figure. */
+export const ETA_METADATA_KEY = "estimated_time_remaining";
+
+const TERMINAL = new Set(TERMINAL_STATUSES);
+
+// Reconnect delays: 250 ms doubling up to 5 s, each scaled by a random factor
+// in [0.5, 1) so a restarted gateway is not hit by every browser at once.
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 5000;
+
+// The gateway pings us, but browsers answer those pings without telling the
+// page. A connection that died without a close (a laptop lid, a dropped NAT
+// entry) is only noticed by sending something: ping, and give up on a socket
+// that has said nothing for a while.
+const PING_EVERY_MS = 20000;
+const SILENCE_LIMIT_MS = 2 * PING_EVERY_MS + 5000;
+
+// History pages fetched at a time by history().
+const HISTORY_PAGE = 1000;
+
+// The gateway's answers to a token it will not take (close codes 4001 and
+// 4002, HTTP 401): retrying with the same token cannot help, so the watcher
+// stops and says so until it is given another token.
+const CLOSE_UNAUTHORIZED = 4001;
+const CLOSE_TOKEN_EXPIRED = 4002;
+const EXPIRED_MESSAGE = "token expired";
+/** The statuses in which the watcher waits for a token (see setToken()). */
+export const AUTH_STATUSES = Object.freeze(["unauthorized", "expired"]);
+
+/**
+ * Something that went wrong between the watcher and the gateway: an HTTP
+ * answer that was not a success (`status`), a WebSocket closed by the gateway
+ * or the network (`closeCode`), an error frame, or a getToken() that threw.
+ */
+export class RelayError extends Error {
+  constructor(status, code, message, closeCode = null) {
+    super(message);
+    this.name = "RelayError";
+    this.status = status;
+    this.code = code;
+    this.closeCode = closeCode;
+  }
+}
+
+// The `code` of a RelayError for a closed WebSocket, by close code.
+const CLOSE_ERROR_CODES = { [CLOSE_UNAUTHORIZED]: "unauthorized", [CLOSE_TOKEN_EXPIRED]: "token_expired" };
+
+/**
+ * Order two stream entry ids ("1700000000000-3"): negative, zero or positive.
+ * A missing id sorts before every id. Ids only compare within one workflow type.
+ */
+export function compareIds(a, b) {
+  if (a === b) return 0;
+  if (a == null) return -1;
+  if (b == null) return 1;
+  const [aMs, aSeq] = a.split("-").map(Number);
+  const [bMs, bSeq] = b.split("-").map(Number);
+  return aMs - bMs || aSeq - bSeq;
+}
+
+/**
+ * Watch one session (`sessionId`) or every session of a workflow type
+ * (`workflowType`, `"*"` for all types).
+ *
+ * - `url`: the gateway's base http(s) URL; the page's origin when omitted.
+ * - `snapshot`: for a type watcher, start from the current state of the
+ *   type's sessions (the latest event of every running one, then the recent
+ *   sessions over HTTP, ended ones included) instead of only new events.
+ * - `limit`: how many recent sessions a type watcher loads over HTTP (1 to 1000).
+ * - `token`: sent in an `auth` frame first thing on every WebSocket and as
+ *   `Authorization: Bearer` on HTTP requests (never in a URL, which proxies
+ *   log). When the gateway refuses it, the watcher stops with the status
+ *   "unauthorized" or "expired" instead of reconnecting; setToken() resumes.
+ * - `getToken`: a function returning the token, or a promise of it, called
+ *   before every (re)connect and when the gateway refuses the token (4001,
+ *   4002, HTTP 401): a token other than the refused one connects again, the
+ *   same one (or null) leaves the watcher stopped.
+ * - `keepEnded`: milliseconds an ended session stays in the state after the
+ *   watcher learned it ended; kept for good when omitted.
+ */
+export function watchWorkflow({
+  url,
+  workflowType = ANY_TYPE,
+  sessionId = null,
+  token = null,
+  getToken = null,
+  snapshot = false,
+  limit = 100,
+  keepEnded = Infinity,
+} = {}) {
+  return new Watcher({
+    url,
+    workflowType,
+    sessionId,
+    token,
+    getToken,
+    snapshot,
+    limit,
+    keepEnded,
+  });
+}
+
+class Watcher {
+  #base;
+  #wsUrl;
+  #token;
+  #getToken;
+  #keepEnded;
+  #workflowType;
+  #sessionId;
+  #snapshot;
+  #limit;
+
+  #records = new Map(); // session id -> { state, firstProgress }
+  #evictions = new Map(); // session id -> timer dropping it once ended for keepEnded ms
+  #listeners = new Set();
+  #statusListeners = new Set();
+  #errorListeners = new Set();
+
+  #socket = null;
+  #connectedBefore = false;
+  #resumeFrom = null; // newest event id received on the subscription
+  #resumed = false; // whether the current subscription was asked with `since`
+  #attempt = 0;
+  #retryTimer = null;
+  #pingTimer = null;
+  #lastHeard = 0;
+  #closed = false;
+  #status = "connecting";
+  // Bumped whenever a pending getToken() answer must be ignored: a newer
+  // connect, setToken() or close() came in while it was on its way.
+  #generation = 0;
+
+  constructor({ url, workflowType, sessionId, token, getToken, snapshot, limit, keepEnded }) {
+    const base = new URL(url ?? globalThis.location.origin, globalThis.location?.href);
+    if (!base.pathname.endsWith("/")) base.pathname += "/";
+    base.search = "";
+    base.hash = "";
+    this.#base = base;
+    this.#wsUrl = new URL("ws", base);
+    this.#wsUrl.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    this.#token = token;
+    this.#getToken = getToken;
+    this.#keepEnded = keepEnded;
+    this.#workflowType = workflowType;
+    this.#sessionId = sessionId;
+    this.#snapshot = snapshot;
+    this.#limit = limit;
+    this.#open();
+  }
+
+  /**
+   * Call `callback(state, event)` after every change of a session's state.
+   * `event` is the event frame (`{event, id, data}`) that caused it, or null
+   * when the state came over HTTP. After reset() it is called once with
+   * `(null, null)`, as after the gateway reset a type's history or ended
+   * sessions were dropped (keepEnded). Returns a function that removes the callback.
+   */
+  onChange(callback) {
+    this.#listeners.add(callback);
+    return () => this.#listeners.delete(callback);
+  }
+
+  /** Call `callback(status)` whenever the connection status changes; returns an unsubscribe. */
+  onStatus(callback) {
+    this.#statusListeners.add(callback);
+    return () => this.#statusListeners.delete(callback);
+  }
+
+  /**
+   * Call `callback(error)`, a RelayError, for every socket the gateway or the
+   * network closed (`closeCode`: 4001 unauthorized and 4002 token expired
+   * stop the watcher, others are followed by a reconnect), every error frame,
+   * state load that failed, and getToken() that threw. Without a callback
+   * these go to console.warn. Returns an unsubscribe.
+   */
+  onError(callback) {
+    this.#errorListeners.add(callback);
+    return () => this.#errorListeners.delete(callback);
+  }
+
+  /**
+   * "connecting", "live" (subscribed), "reconnecting", "closed", or, when the
+   * gateway refused the token (or wanted one), "unauthorized" or "expired".
+   */
+  get status() {
+    return this.#status;
+  }
+
+  /**
+   * Use another token (null for none) from now on: the watcher connects again
+   * with it, resuming where it was, also after it stopped on a refused token.
+   */
+  setToken(token) {
+    if (this.#closed) return;
+    this.#generation += 1;
+    this.#token = token;
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    this.#attempt = 0;
+    this.#setStatus("connecting");
+    this.#connect();
+  }
+
+  /** The state of a session (this watcher's own session by default), or null. */
+  get(sessionId = this.#sessionId) {
+    return this.#records.get(sessionId)?.state ?? null;
+  }
+
+  /** Every known session's state, by session id. */
+  sessions() {
+    return new Map(Array.from(this.#records, ([id, record]) => [id, record.state]));
+  }
+
+  /** Forget every state and where to resume from; later events start afresh. */
+  reset() {
+    this.#forgetAll();
+    this.#resumeFrom = null;
+    this.#emit(null, null);
+  }
+
+  /** Stop watching: close the socket and drop this watcher's listeners. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#generation += 1;
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    for (const timer of this.#evictions.values()) clearTimeout(timer);
+    this.#evictions.clear();
+    this.#setStatus("closed");
+    this.#listeners.clear();
+    this.#statusListeners.clear();
+    this.#errorListeners.clear();
+  }
+
+  /**
+   * Ask the worker running a session to stop; resolves to the gateway's answer.
+   * A gateway with credentials wants a `token` with the cancel claim (watching
+   * alone is refused with 403) or a publisher key.
+   */
+  cancel(sessionId = this.#sessionId) {
+    if (!sessionId) return Promise.reject(new TypeError("cancel() needs a session id"));
+    return this.#request(`api/workflows/sessions/${encodeURIComponent(sessionId)}/cancel`, {
+      method: "POST",
+    });
+  }
+
+  /** Every retained event of a session, oldest first, shaped like event frames. */
+  async history(sessionId = this.#sessionId) {
+    const events = [];
+    const path = `api/workflows/sessions/${encodeURIComponent(sessionId)}/events`;
+    for (;;) {
+      const query = new URLSearchParams({ limit: HISTORY_PAGE });
+      if (events.length) query.set("since", events[events.length - 1].id);
+      const page = await this.#read(`${path}?${query}`);
+      events.push(...page);
+      if (page.length < HISTORY_PAGE) return events;
+    }
+  }
+
+  // --- connection -------------------------------------------------------
+
+  /** Connect, with a token from getToken() when there is one. */
+  async #open() {
+    if (this.#getToken) {
+      const generation = ++this.#generation;
+      const token = await this.#askToken();
+      if (generation !== this.#generation || this.#closed) return;
+      if (token === undefined) {
+        this.#disconnected();
+        return;
+      }
+      this.#token = token;
+    }
+    this.#connect();
+  }
+
+  /** What getToken() gives (null for none), or undefined when it threw. */
+  async #askToken() {
+    // Not before the caller's own turn is over, so the onError() callbacks
+    // it adds right after watchWorkflow() hear of a first getToken() failing.
+    await null;
+    try {
+      return (await this.#getToken()) ?? null;
+    } catch (error) {
+      this.#fail(new RelayError(null, "get_token_failed", String(error?.message ?? error)));
+      return undefined;
+    }
+  }
+
+  #connect() {
+    const socket = new WebSocket(this.#wsUrl);
+    this.#socket = socket;
+    socket.onopen = () => {
+      this.#lastHeard = Date.now();
+      this.#pingTimer = setInterval(() => this.#keepAlive(), PING_EVERY_MS);
+      // The gateway reads frames in order: the subscription is checked against this token.
+      if (this.#token) socket.send(JSON.stringify({ action: "auth", token: this.#token }));
+      socket.send(JSON.stringify(this.#subscription()));
+    };
+    socket.onmessage = (message) => {
+      this.#lastHeard = Date.now();
+      this.#receive(message.data);
+    };
+    // An error is always followed by a close, which does the work. Closes
+    // of our own never get here: the socket is detached first.
+    socket.onclose = (close) => {
+      const code = CLOSE_ERROR_CODES[close.code] ?? "connection_closed";
+      const message = close.reason || `connection closed (${close.code})`;
+      this.#fail(new RelayError(null, code, message, close.code));
+      if (close.code === CLOSE_UNAUTHORIZED) this.#refused("unauthorized");
+      else if (close.code === CLOSE_TOKEN_EXPIRED) this.#refused("expired");
+      else this.#disconnected();
+    };
+  }
+
+  /** The subscribe frame: resume where we were when we can, else start from the current state. */
+  #subscription() {
+    const frame = { action: "subscribe", workflow_type: this.#workflowType };
+    if (this.#sessionId) frame.session_id = this.#sessionId;
+    // `since` needs one workflow type. A session watcher on "*" learns its
+    // session's type from the first event and can resume in that type.
+    const resumeType =
+      this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
+    this.#resumed = Boolean(this.#resumeFrom && resumeType);
+    if (this.#resumed) {
+      frame.workflow_type = resumeType;
+      frame.since = this.#resumeFrom;
+    } else if (!this.#sessionId && (this.#snapshot || this.#connectedBefore)) {
+      // Reconnecting without a resume point: events were missed, so start
+      // again from the current state. (A session subscription gets its
+      // session's latest event anyway.)
+      frame.snapshot = true;
+    }
+    return frame;
+  }
+
+  #keepAlive() {
+    if (Date.now() - this.#lastHeard > SILENCE_LIMIT_MS) {
+      this.#disconnected();
+    } else {
+      this.#socket.send(JSON.stringify({ action: "ping" }));
+    }
+  }
+
+  /** Detach the current socket so none of its late callbacks reach us, then close it. */
+  #dropSocket() {
+    clearInterval(this.#pingTimer);
+    const socket = this.#socket;
+    if (!socket) return;
+    this.#socket = null;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    socket.close();
+  }
+
+  #disconnected() {
+    this.#dropSocket();
+    if (this.#closed) return;
+    this.#setStatus("reconnecting");
+    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
+    this.#attempt += 1;
+    this.#retryTimer = setTimeout(() => this.#open(), delay * (0.5 + Math.random() / 2));
+  }
+
+  /**
+   * The gateway will not take the token: stop until getToken() or setToken()
+   * gives another.
+   */
+  #refused(status) {
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    if (this.#closed) return;
+    this.#setStatus(status);
+    if (this.#getToken) this.#retryWithNewToken();
+  }
+
+  async #retryWithNewToken() {
+    const refused = this.#token;
+    const generation = ++this.#generation;
+    const token = await this.#askToken();
+    if (generation !== this.#generation || this.#closed) return;
+    if (!token || token === refused) return;
+    this.#token = token;
+    this.#setStatus("connecting");
+    this.#connect();
+  }
+
+  #setStatus(status) {
+    if (status === this.#status) return;
+    this.#status = status;
+    for (const callback of [...this.#statusListeners]) guarded(callback, status);
+  }
+
+  // --- frames -----------------------------------------------------------
+
+  #receive(text) {
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return;
+    }
+    // The gateway may batch several frames into one JSON array.
+    for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
+      if (frame && "event" in frame) this.#onEvent(frame);
+      else if (frame?.type === "subscribed") this.#onSubscribed(frame);
+      else if (frame?.type === "reset") this.#onReset(frame);
+      else if (frame?.type === "error") this.#fail(new RelayError(null, frame.code, frame.message));
+    }
+  }
+
+  #onSubscribed(frame) {
+    const firstTime = !this.#connectedBefore;
+    this.#connectedBefore = true;
+    this.#attempt = 0;
+    this.#setStatus("live");
+    // Load the state over HTTP when the subscription cannot tell us all of it:
+    // its history did not reach back to `since`, or we started from the
+    // current state (where only HTTP knows when a session started, and which
+    // sessions ended while we were away).
+    const fromState = !this.#resumed && (this.#sessionId || this.#snapshot || !firstTime);
+    if (frame.recovered === false || fromState) this.#refetch();
+  }
+
+  /** The gateway found a type's history lost or rewritten: treat it like `recovered: false`. */
+  #onReset(frame) {
+    const type =
+      this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
+    if (type && frame.workflow_type !== type) return;
+    // Ids from before the reset mean nothing now, and what we built from them
+    // may be wrong: drop it and take the gateway's rebuilt state instead.
+    this.#resumeFrom = null;
+    for (const [sessionId, record] of this.#records) {
+      if (record.state.workflowType === frame.workflow_type) this.#forget(sessionId);
+    }
+    this.#emit(null, null);
+    this.#refetch();
+  }
+
+  #onEvent(frame) {
+    const data = frame.data;
+    if (!data) return;
+    // Never let another session's or type's event into this watcher's state.
+    if (this.#sessionId && data.session_id !== this.#sessionId) return;
+    if (this.#workflowType !== ANY_TYPE && data.workflow_type !== this.#workflowType) return;
+    if (compareIds(frame.id, this.#resumeFrom) > 0) this.#resumeFrom = frame.id;
+    const previous = this.#records.get(data.session_id);
+    const record = recordFromEvent(previous, frame);
+    if (record) this.#store(record, frame);
+  }
+
+  async #refetch() {
+    let states;
+    try {
+      if (this.#sessionId) {
+        states = [
+          await this.#read(`api/workflows/sessions/${encodeURIComponent(this.#sessionId)}`),
+        ];
+      } else {
+        const query = new URLSearchParams({ limit: this.#limit });
+        if (this.#workflowType !== ANY_TYPE) query.set("workflow_type", this.#workflowType);
+        states = await this.#read(`api/workflows/sessions?${query}`);
+      }
+    } catch (error) {
+      // A session the gateway does not know yet has no state to load, and a
+      // refused token shows in the status; other failures leave the state as
+      // the events made it.
+      if (!(error instanceof RelayError && [401, 404].includes(error.status))) {
+        this.#fail(error instanceof RelayError ? error : new RelayError(null, "fetch_failed", String(error)));
+      }
+      return;
+    }
+    if (this.#closed) return;
+    for (const server of states) {
+      if (this.#sessionId && server.session_id !== this.#sessionId) continue;
+      this.#store(recordFromServer(this.#records.get(server.session_id), server), null);
+    }
+  }
+
+  #store(record, frame) {
+    const { sessionId, isInProgress } = record.state;
+    this.#records.set(sessionId, record);
+    if (!isInProgress && Number.isFinite(this.#keepEnded) && !this.#evictions.has(sessionId)) {
+      const evict = () => {
+        this.#forget(sessionId);
+        this.#emit(null, null);
+      };
+      this.#evictions.set(sessionId, setTimeout(evict, this.#keepEnded));
+    }
+    this.#emit(record.state, frame);
+  }
+
+  #forget(sessionId) {
+    clearTimeout(this.#evictions.get(sessionId));
+    this.#evictions.delete(sessionId);
+    this.#records.delete(sessionId);
+  }
+
+  #forgetAll() {
+    for (const sessionId of [...this.#records.keys()]) this.#forget(sessionId);
+  }
+
+  #fail(error) {
+    if (this.#errorListeners.size === 0) console.warn(`relay: ${error.code}: ${error.message}`);
+    for (const callback of [...this.#errorListeners]) guarded(callback, error);
+  }
+
+  #emit(state, frame) {
+    for (const callback of [...this.#listeners]) guarded(callback, state, frame);
+  }
+
+  /**
+   * A GET of what the token may watch. Its 401 refuses the token as the socket's
+   * 4001/4002 does; a refused cancel does not, since watching may need no
+   * credential where cancelling does.
+   */
+  async #read(path) {
+    try {
+      return await this.#request(path);
+    } catch (error) {
+      if (error instanceof RelayError && error.status === 401) {
+        this.#refused(error.message === EXPIRED_MESSAGE ? "expired" : "unauthorized");
+      }
+      throw error;
+    }
+  }
+
+  async #request(path, init = {}) {
+    const headers = this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+    const response = await fetch(new URL(path, this.#base), { ...init, headers });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const message = body?.message ?? `${response.status} ${response.statusText}`;
+      throw new RelayError(response.status, body?.error ?? "http_error", message);
+    }
+    return body;
+  }
+}
+
+/** One listener's exception must not keep the others from hearing about a change. */
+function guarded(callback, ...args) {
+  try {
+    callback(...args);
+  } catch (error) {
+    (globalThis.reportError ?? console.error)(error);
+  }
+}
+
+// --- session state --------------------------------------------------------
+//
+// A record is { state, firstProgress }: the public, frozen state object, and
+// the progress of the first event known of the session, which with
+// `state.startTime` is the point the average progress rate is measured from.
+// The gateway's answers carry both (`first_progress`, `started_at`) and its
+// own time remaining; live events are folded in by the gateway's rule.
+
+function makeState(fields) {
+  const status = fields.status ?? "running";
+  return Object.freeze({
+    ...fields,
+    status,
+    isComplete: status === "completed",
+    isFailed: status === "failed",
+    isCancelled: status === "cancelled",
+    isInProgress: !TERMINAL.has(status),
+  });
+}
+
+/** The worker's own time remaining (`metadata.estimated_time_remaining`), if it gave a valid one. */
+function reportedEta(metadata) {
+  const reported = metadata?.[ETA_METADATA_KEY];
+  return typeof reported === "number" && reported >= 0 ? reported : null;
+}
+
+/**
+ * Seconds a session has left as of its latest event, by the gateway's rule
+ * (relay/protocol/progress.py; a test runs both on one table of cases):
+ * 0 once completed; null once failed or cancelled; else the worker's own
+ * figure in `metadata`; else the average rate from the first event
+ * (`firstProgress` at `startedAt`, in ms) to the latest (`progress` at
+ * `updatedAt`) projected to 100, in whole milliseconds; null while there is
+ * no rate yet.
+ */
+export function estimatedTimeRemaining({
+  status,
+  progress,
+  metadata,
+  firstProgress,
+  startedAt,
+  updatedAt,
+}) {
+  if (status === "completed") return 0;
+  if (TERMINAL.has(status)) return null;
+  const reported = reportedEta(metadata);
+  if (reported !== null) return reported;
+  const elapsedMs = updatedAt - startedAt;
+  const gained = progress - firstProgress;
+  if (!(elapsedMs > 0 && gained > 0)) return null;
+  const leftMs = ((100 - progress) * elapsedMs) / gained;
+  return Math.floor(leftMs + 0.5) / 1000;
+}
+
+/** A record whose time remaining is worked out here, from its first point. */
+function projected(fields, firstProgress) {
+  const point = { ...fields, firstProgress, startedAt: fields.startTime };
+  const state = makeState({ ...fields, estimatedTimeRemaining: estimatedTimeRemaining(point) });
+  return { state, firstProgress };
+}
+
+/** The record after an event frame, or null when the event changes nothing. */
+function recordFromEvent(previous, frame) {
+  const data = frame.data;
+  if (previous) {
+    if (compareIds(frame.id, previous.state.lastEventId) <= 0) return null; // seen already
+    // An ended session stays ended; a stray late report does not revive it.
+    if (!previous.state.isInProgress && !TERMINAL.has(data.status)) return null;
+  }
+  const fields = {
+    sessionId: data.session_id,
+    workflowType: data.workflow_type,
+    step: data.step,
+    progress: data.progress,
+    status: data.status ?? "running",
+    metadata: data.metadata ?? {},
+    error: data.error ?? null,
+    startTime: previous?.state.startTime ?? data.ts,
+    updatedAt: data.ts,
+    lastEventId: frame.id,
+  };
+  return projected(fields, previous?.firstProgress ?? data.progress);
+}
+
+/** The record after a state from the HTTP API, which says how the gateway sees the session. */
+function recordFromServer(previous, server) {
+  if (previous && compareIds(server.last_event_id, previous.state.lastEventId) < 0) {
+    // Our events are newer; take only what the gateway knows better: the
+    // session's first point, from which its rate is measured.
+    return projected({ ...previous.state, startTime: server.started_at }, server.first_progress);
+  }
+  const state = makeState({
+    sessionId: server.session_id,
+    workflowType: server.workflow_type,
+    step: server.step,
+    progress: server.progress,
+    status: server.status,
+    metadata: server.metadata ?? {},
+    error: server.error ?? null,
+    startTime: server.started_at,
+    updatedAt: server.updated_at,
+    estimatedTimeRemaining: server.estimated_time_remaining,
+    lastEventId: server.last_event_id,
+  });
+  return { state, firstProgress: server.first_progress };
+}

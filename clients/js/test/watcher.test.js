@@ -1,0 +1,179 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { afterEach, beforeEach, mock, test } from "node:test";
+
+import * as client from "../relay-client.js";
+import { clear, event, install, sockets, until } from "./fake.js";
+
+const { RelayError, watchWorkflow } = client;
+const URL_ = "http://gateway.test:9000";
+
+install();
+let watcher = null;
+
+beforeEach(() => clear());
+afterEach(() => {
+  watcher?.close();
+  watcher = null;
+  mock.timers.reset();
+});
+
+/** A watcher of `options`, live on its first socket, which it returns. */
+async function live(options) {
+  watcher = watchWorkflow({ url: URL_, workflowType: "map", ...options });
+  await until(() => sockets.length === 1 && sockets[0].frames.some((f) => f.action === "subscribe"));
+  const [socket] = sockets;
+  socket.receive({ type: "subscribed", workflow_type: "map", recovered: true });
+  return socket;
+}
+
+test("events become the session's state", async () => {
+  const socket = await live({ token: "t1" });
+  assert.equal(socket.url, "ws://gateway.test:9000/ws");
+  assert.deepEqual(socket.frames[0], { action: "auth", token: "t1" });
+  socket.receive(event("1-0", "s1", { progress: 40 }));
+  assert.equal(watcher.get("s1").progress, 40);
+  assert.equal(watcher.status, "live");
+});
+
+test("getToken is asked on every connect, sync or async", async () => {
+  const tokens = ["first", "second"];
+  let asked = 0;
+  const getToken = async () => tokens[asked++];
+  const socket = await live({ getToken });
+  assert.deepEqual(socket.frames[0], { action: "auth", token: "first" });
+  socket.drop(1006);
+  assert.equal(watcher.status, "reconnecting");
+  await until(() => sockets.length === 2 && sockets[1].sent.length > 0);
+  assert.deepEqual(sockets[1].frames[0], { action: "auth", token: "second" });
+  assert.equal(asked, 2);
+});
+
+test("a refused token with a new one from getToken connects again", async () => {
+  const tokens = ["old", "new"];
+  const getToken = () => tokens.shift();
+  const errors = [];
+  const socket = await live({ getToken });
+  watcher.onError((error) => errors.push(error));
+  socket.drop(4002, "token expired");
+  assert.equal(watcher.status, "expired");
+  await until(() => sockets.length === 2 && sockets[1].sent.length > 0);
+  assert.deepEqual(sockets[1].frames[0], { action: "auth", token: "new" });
+  assert.equal(watcher.status, "connecting");
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof RelayError);
+  assert.deepEqual([errors[0].closeCode, errors[0].code, errors[0].message], [
+    4002,
+    "token_expired",
+    "token expired",
+  ]);
+});
+
+for (const [code, status] of [
+  [4001, "unauthorized"],
+  [4002, "expired"],
+]) {
+  test(`close ${code} with the same token from getToken stays ${status}`, async () => {
+    let asked = 0;
+    const getToken = () => {
+      asked += 1;
+      return "same";
+    };
+    const socket = await live({ getToken });
+    socket.drop(code);
+    await until(() => asked === 2);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(watcher.status, status);
+    assert.equal(sockets.length, 1);
+  });
+}
+
+test("a refused token without getToken stops until setToken", async () => {
+  const socket = await live({ token: "bad" });
+  socket.drop(4001);
+  assert.equal(watcher.status, "unauthorized");
+  watcher.setToken("good");
+  await until(() => sockets.length === 2 && sockets[1].sent.length > 0);
+  assert.deepEqual(sockets[1].frames[0], { action: "auth", token: "good" });
+});
+
+test("a getToken that throws is reported and retried like a lost connection", async () => {
+  let asked = 0;
+  const getToken = () => {
+    asked += 1;
+    if (asked === 1) throw new Error("no session");
+    return "late";
+  };
+  const errors = [];
+  watcher = watchWorkflow({ url: URL_, workflowType: "map", getToken });
+  watcher.onError((error) => errors.push(error));
+  await until(() => sockets.length === 1 && sockets[0].sent.length > 0);
+  assert.deepEqual(sockets[0].frames[0], { action: "auth", token: "late" });
+  assert.deepEqual(
+    errors.map((error) => [error.code, error.message]),
+    [["get_token_failed", "no session"]],
+  );
+});
+
+test("onError hears error frames and closes, and its unsubscribe works", async () => {
+  const socket = await live({});
+  const errors = [];
+  const stop = watcher.onError((error) => errors.push(error));
+  socket.receive({ type: "error", code: "invalid_message", message: "bad frame" });
+  assert.deepEqual(
+    errors.map((error) => [error.code, error.message, error.closeCode]),
+    [["invalid_message", "bad frame", null]],
+  );
+  socket.drop(1011, "internal error");
+  assert.deepEqual([errors[1].code, errors[1].closeCode], ["connection_closed", 1011]);
+  stop();
+  await until(() => sockets.length === 2);
+  sockets[1].receive({ type: "error", code: "invalid_message", message: "again" });
+  assert.equal(errors.length, 2);
+});
+
+test("keepEnded drops an ended session that long after it ended", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  const socket = await live({ keepEnded: 1000 });
+  const changes = [];
+  watcher.onChange((state) => changes.push(state?.sessionId ?? null));
+  socket.receive(event("1-0", "done", { status: "completed", progress: 100 }));
+  socket.receive(event("2-0", "busy"));
+  mock.timers.tick(999);
+  assert.equal(watcher.get("done").status, "completed");
+  mock.timers.tick(1);
+  assert.equal(watcher.get("done"), null);
+  assert.deepEqual([...watcher.sessions().keys()], ["busy"]);
+  assert.deepEqual(changes, ["done", "busy", null]);
+});
+
+test("without keepEnded an ended session stays", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  const socket = await live({});
+  socket.receive(event("1-0", "done", { status: "failed" }));
+  mock.timers.tick(365 * 24 * 3600 * 1000);
+  assert.equal(watcher.get("done").status, "failed");
+});
+
+test("reset() also cancels pending evictions", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  const socket = await live({ keepEnded: 1000 });
+  socket.receive(event("1-0", "done", { status: "cancelled" }));
+  watcher.reset();
+  const changes = [];
+  watcher.onChange((state) => changes.push(state));
+  socket.receive(event("2-0", "done", { status: "running" }));
+  mock.timers.tick(1000);
+  assert.equal(watcher.get("done").status, "running");
+  assert.equal(changes.length, 1);
+});
+
+test("index.d.ts declares every export of the module", () => {
+  const declarations = readFileSync(new URL("../index.d.ts", import.meta.url), "utf8");
+  const declared = new Set(
+    [...declarations.matchAll(/^export (?:declare )?(?:function|const|class) (\w+)/gm)].map(
+      (match) => match[1],
+    ),
+  );
+  assert.deepEqual([...declared].sort(), Object.keys(client).sort());
+});
