@@ -108,6 +108,7 @@ class EngineSession:
         "subscriber",
         "tasks",
         "token",
+        "upgrading",
         "ws",
     )
 
@@ -126,6 +127,8 @@ class EngineSession:
         self._drained: asyncio.Future[None] | None = None
         self._poll: asyncio.Future[None] | None = None
         self.posting = False
+        # Between the WebSocket probe and the upgrade packet: polls answer at once.
+        self.upgrading = False
         self.ws: web.WebSocketResponse | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[None]] | None = None
@@ -195,13 +198,15 @@ class EngineSession:
         """Wait for packets to send, or for the session's end; one poll at a time."""
         if self._poll is not None:
             raise ApiError(400, "a poll is already waiting for this session")
-        if not self.buffer and not self.closed:
+        if not self.buffer and not self.closed and not self.upgrading:
             self._poll = asyncio.get_running_loop().create_future()
             try:
                 await self._poll
             finally:
                 self._poll = None
-        return self.take() if self.buffer else sio.CLOSE
+        if self.buffer:
+            return self.take()
+        return sio.NOOP if self.upgrading and not self.closed else sio.CLOSE
 
     async def upgrade(self, ws: web.WebSocketResponse) -> None:
         """Move the session to ``ws``: what polling had not sent yet goes first."""
@@ -210,11 +215,19 @@ class EngineSession:
                 await ws.send_str(packet)
         # The writer, waiting for the batch to be taken, now sends on the WebSocket.
         self.ws = ws
+        self.upgrading = False
         self.take()
         logger.info("%s upgraded to websocket", self.subscriber.name)
 
     def end_polling(self) -> None:
-        """Answer a waiting poll with a noop, as the upgrade begins."""
+        """The upgrade begins: a waiting poll, and any poll until the upgrade, get a noop.
+
+        The client sends the upgrade packet only once its polling has paused,
+        which waits for the poll in flight: one that reaches the gateway after
+        the probe must not wait for events, or the upgrade (and whatever the
+        client sends meanwhile) waits for the next ping.
+        """
+        self.upgrading = True
         if self._poll is not None and not self.buffer:
             self.push(sio.NOOP)
 
@@ -506,6 +519,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     finally:
         if session.ws is ws or upgrading is None:
             session.close("websocket closed")
+        else:
+            # The probe went away before the upgrade: the session goes on polling.
+            session.upgrading = False
     return ws
 
 
