@@ -305,7 +305,8 @@ class ProgressBoard:
                 break
             shown[column.key] = column
         spare = width - _width_of(shown.values())
-        # Room goes first where it saves a truncation, then to the bar and step.
+        # Room goes first where it saves a truncation, then to the bar and step, the rest
+        # to the status, where an error has all of it.
         for key, wanted in [
             ("session", id_width),
             ("status", 16),
@@ -313,6 +314,7 @@ class ProgressBoard:
             ("bar", 20),
             ("step", 30),
             ("bar", 30),
+            ("status", width),
         ]:
             growing = shown.get(key)
             if growing is None or spare <= 0:
