@@ -154,13 +154,19 @@ def test_board_fits_the_width_with_id_bar_percent_and_status_on_one_line(width: 
     rows = {line.split()[1 if width > 40 else 0]: line for line in lines[2:]}
     assert len(rows) == 20
     running = rows["sess-05"]
-    assert "━━" in running and "45%" in running and running.rstrip().endswith("running")
+    assert "━━" in running
+    assert "45%" in running
+    assert running.rstrip().endswith("running")
     failed = rows["sess-02"]
-    assert "30%" in failed and "failed" in failed and "Traceback" not in failed
+    assert "30%" in failed
+    assert "failed" in failed
+    assert "Traceback" not in failed
     assert "…" in failed  # the error is cut at the end of the line
     done = rows["sess-00"]
-    assert "100%" in done and "complete" in done
-    assert "eta" not in done and " 0s" not in done
+    assert "100%" in done
+    assert "complete" in done
+    assert "eta" not in done
+    assert " 0s" not in done
 
 
 def test_board_times_say_took_for_ended_sessions_and_time_left_for_running_ones() -> None:
@@ -187,7 +193,8 @@ def test_board_fits_the_height_running_sessions_first_and_counts_the_rest() -> N
     assert lines[9] == "… 13 more (3 running)"
     assert len(board_text(80, 13)) == 13
     tiny = board_text(80, 1)
-    assert len(tiny) == 1 and tiny[0].startswith("live")
+    assert len(tiny) == 1
+    assert tiny[0].startswith("live")
 
 
 def test_board_header_tells_the_connection_and_counts_down_a_retry() -> None:
