@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from relay.client.reporters import Reporter
+from relay.protocol.event import Status
 from tests.helpers import Gateway, wait_until
 
 RUNNING = [f"term-{n:02d}" for n in range(18)]
-ENDED = {f"term-{n:02d}": ("completed", "failed", "cancelled")[n % 3] for n in range(18, 30)}
+ENDED_STATUSES: tuple[Status, ...] = ("completed", "failed", "cancelled")
+ENDED = {f"term-{n:02d}": ENDED_STATUSES[n % 3] for n in range(18, 30)}
 
 
 class Tmux:
