@@ -19,7 +19,13 @@ import pytest
 from rich.console import Console
 
 from relay.cli.main import main
-from relay.cli.watch import ProgressBoard, choose_mode, format_eta, format_percent
+from relay.cli.watch import (
+    ProgressBoard,
+    choose_mode,
+    format_eta,
+    format_event,
+    format_percent,
+)
 from relay.client.subscriber import Connection
 from relay.protocol.event import ProgressEvent
 from relay.server.auth import mint_token, read_token
@@ -256,14 +262,36 @@ def test_board_eta_is_the_gateways() -> None:
 
 
 def test_board_keeps_at_most_max_rows_dropping_ended_sessions_first() -> None:
-    board = ProgressBoard(clock=Clock(), max_rows=3)
-    board.update(reported("done", 100, status="completed"))
-    board.update(reported("run-1", 10))
-    board.update(reported("run-2", 20))
-    board.update(reported("run-3", 30))
-    assert [row.session_id for row in board.rows()] == ["run-1", "run-2", "run-3"]
+    clock = Clock()
+    board = ProgressBoard(clock=clock, max_rows=3)
+    for session, progress in [("done", 100), ("run-1", 10), ("run-2", 20), ("run-3", 30)]:
+        clock.now += 1
+        board.update(
+            reported(session, progress, status="completed" if progress == 100 else "running")
+        )
+    assert [row.session_id for row in board.rows()] == ["run-3", "run-2", "run-1"]
+    clock.now += 1
     board.update(reported("run-4", 40))
-    assert [row.session_id for row in board.rows()] == ["run-2", "run-3", "run-4"]
+    assert [row.session_id for row in board.rows()] == ["run-4", "run-3", "run-2"]
+
+
+def test_plain_lines_carry_an_error_on_their_one_line() -> None:
+    told = reported("p-1", 30, status="failed", error="disk full\nTraceback:\n  line 3")
+    line = format_event(told)
+    assert "\n" not in line
+    assert line.endswith("error: disk full Traceback: line 3")
+
+
+def test_linger_flag_reaches_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: dict[str, Any] = {}
+
+    async def fake_bars(*args: Any, **options: Any) -> int:
+        given.update(options)
+        return 0
+
+    monkeypatch.setattr("relay.cli.watch.watch_bars", fake_bars)
+    assert main(["watch", "--bars", "--linger", "5", "--url", "http://127.0.0.1:1"]) == 0
+    assert given["linger"] == 5
 
 
 def test_formats_and_mode_choice() -> None:
