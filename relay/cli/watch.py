@@ -379,7 +379,7 @@ def _width_of(columns: Iterable[Column]) -> int:
 
 def _line(cells: list[tuple[Text, Column]], style: str = "") -> Text:
     """Cells cut or padded to their column's width, one space apart."""
-    line = Text(style=style, no_wrap=True, overflow="ellipsis", end="\n")
+    line = Text(style=style, no_wrap=True, overflow="ellipsis")
     for index, (cell, column) in enumerate(cells):
         if index:
             line.append(" ")
