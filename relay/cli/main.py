@@ -134,6 +134,12 @@ def _watch_parser(commands: Any) -> None:
         "--bars", action="store_true", help="live progress bars even when not on a terminal"
     )
     watch.add_argument("--token", help="subscriber token (RELAY_TOKEN)")
+    watch.add_argument(
+        "--linger",
+        type=float,
+        metavar="SECONDS",
+        help="how long an ended session stays on the bars (default: a minute)",
+    )
 
 
 def _demo_parser(commands: Any) -> None:
@@ -384,7 +390,9 @@ def watch(args: argparse.Namespace) -> int:
     try:
         if mode == "bars":
             return asyncio.run(
-                watch_bars(gateway, args.workflow_type, args.session_id, token=token)
+                watch_bars(
+                    gateway, args.workflow_type, args.session_id, token=token, linger=args.linger
+                )
             )
         return asyncio.run(
             watch_events(

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 import time
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Literal, TextIO
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
@@ -36,8 +34,10 @@ from relay.protocol.frames import encode_event_frame
 from relay.protocol.progress import estimated_time_remaining
 
 REFRESH_INTERVAL = 0.25
-MAX_ROWS = 40
-BAR_WIDTH = 24
+LINGER = 60.0
+"""Seconds an ended session stays on the board after its last event."""
+MAX_ROWS = 500
+"""Sessions remembered at most, whatever fits on the screen; ended ones are forgotten first."""
 
 Mode = Literal["bars", "json", "plain"]
 
@@ -55,6 +55,18 @@ BAR_STYLES = {
     "cancelled": "grey50",
     "cancel_requested": "yellow",
 }
+CONNECTION_STYLES = {
+    "connecting": "yellow",
+    "live": "bold green",
+    "disconnected": "bold red",
+    "error": "bold red",
+}
+SUMMARY_STATUSES = ("running", "completed", "failed", "cancelled")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, newlines included, made one space."""
+    return " ".join(text.split())
 
 
 def format_event(event: ProgressEvent) -> str:
@@ -64,7 +76,7 @@ def format_event(event: ProgressEvent) -> str:
         f"{format_number(event.progress):>6}%  {event.status:<16} {event.step}"
     )
     if event.error:
-        line += f"  error: {event.error}"
+        line += f"  error: {one_line(event.error)}"
     return line
 
 
@@ -99,6 +111,7 @@ class SessionRow:
     error: str | None
     first_ts: float
     first_progress: float
+    last_ts: float
     eta: float | None
     """Seconds left when the latest event arrived."""
     seen_at: float
@@ -109,12 +122,34 @@ class SessionRow:
         """Whether the session completed, failed or was cancelled."""
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def took(self) -> float | None:
+        """Seconds from start to end of an ended session, when the board saw it start."""
+        if not self.ended or self.first_progress > 0:
+            return None
+        return max(self.last_ts - self.first_ts, 0.0) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of the board: ``width`` is its minimum until the spare room is shared."""
+
+    key: str
+    heading: str
+    width: int
+    justify: Literal["left", "right"] = "left"
+
 
 class ProgressBoard:
-    """The state of every session seen, rendered as a table of progress bars.
+    """The state of every session seen, rendered as a header line and one line a session.
 
-    Feed it event frames with :meth:`update`; rich calls :meth:`__rich__` to
-    draw it. It does no I/O, so it can be driven and rendered in tests.
+    Feed it event frames with :meth:`update`; rich renders it at the console's
+    width and height. Running sessions come first, the most recently updated
+    on top, then the sessions that ended in the last ``linger`` seconds, the
+    most recent first; as many as fit, the rest counted on the last line.
+    Column widths depend on the width of the terminal and the longest id and
+    type seen, never on the values shown, so nothing shifts as sessions move.
+    It does no I/O, so it can be driven and rendered in tests.
     """
 
     def __init__(
@@ -122,26 +157,40 @@ class ProgressBoard:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_rows: int = MAX_ROWS,
+        linger: float = LINGER,
         title: str | None = None,
     ) -> None:
         self._clock = clock
         self._max_rows = max_rows
-        self._rows: OrderedDict[str, SessionRow] = OrderedDict()
+        self._linger = linger
+        self._rows: dict[str, SessionRow] = {}
+        self._id_width = len("session")
+        self._type_width = len("type")
         self.title = title
-        self.connection = "connecting"
+        self.connection: str = "connecting"
+        self._retry_at: float | None = None
+        self._connection_note: str | None = None
 
     def get(self, session_id: str) -> SessionRow | None:
-        """The row of one session, if shown."""
+        """The row of one session, if still on the board."""
+        self._expire()
         return self._rows.get(session_id)
 
     def set_connection(self, change: Connection) -> None:
-        """Show whether the subscription is live: ``connecting``, ``live``, ``disconnected``."""
-        shown: str = change.state
-        if change.message is not None:
-            shown += f": {change.message}"
-        if change.retry_in is not None:
-            shown += f", retrying in {change.retry_in:.1f}s"
-        self.connection = shown
+        """Take the subscription's new state (``connecting``, ``live``, ``disconnected``...)."""
+        self.connection = change.state
+        self._connection_note = change.message
+        self._retry_at = None if change.retry_in is None else self._clock() + change.retry_in
+
+    def connection_text(self) -> str:
+        """The state as the header shows it, with the seconds left before a retry."""
+        shown = self.connection
+        if self._connection_note is not None:
+            shown += f": {one_line(self._connection_note)}"
+        if self._retry_at is not None:
+            left = max(self._retry_at - self._clock(), 0.0)
+            shown += f", retry in {math.ceil(left)}s"
+        return shown
 
     def forget_type(self, workflow_type: str) -> None:
         """Drop every row of ``workflow_type``: its history was reset, the rows may be wrong."""
@@ -151,34 +200,36 @@ class ProgressBoard:
     def update(self, event: ProgressEvent) -> None:
         """Take one event as its session's latest."""
         now = self._clock()
-        session_id = event.session_id
-        progress = event.progress
         ts = float(event.ts or now * 1000)
-        row = self._rows.get(session_id)
+        row = self._rows.get(event.session_id)
         if row is None:
             row = SessionRow(
                 workflow_type=event.workflow_type,
-                session_id=session_id,
+                session_id=event.session_id,
                 step=event.step,
-                progress=progress,
+                progress=event.progress,
                 status=event.status,
                 error=None,
                 first_ts=ts,
-                first_progress=progress,
+                first_progress=event.progress,
+                last_ts=ts,
                 eta=None,
                 seen_at=now,
             )
-            self._rows[session_id] = row
+            self._rows[event.session_id] = row
+            self._id_width = max(self._id_width, len(event.session_id))
+            self._type_width = max(self._type_width, len(event.workflow_type))
             self._evict()
         row.workflow_type = event.workflow_type
         row.step = event.step
-        row.progress = progress
+        row.progress = event.progress
         row.status = event.status
         row.error = event.error
+        row.last_ts = ts
         row.seen_at = now
         row.eta = estimated_time_remaining(
             status=row.status,
-            progress=progress,
+            progress=event.progress,
             metadata=event.metadata,
             first_progress=row.first_progress,
             started_at=row.first_ts,
@@ -191,78 +242,163 @@ class ProgressBoard:
             return row.eta
         return max(row.eta - (self._clock() - row.seen_at), 0.0)
 
+    def _expire(self) -> None:
+        """Forget the sessions that ended more than ``linger`` seconds ago."""
+        horizon = self._clock() - self._linger
+        for key in [k for k, row in self._rows.items() if row.ended and row.seen_at < horizon]:
+            del self._rows[key]
+
     def _evict(self) -> None:
-        """Keep ``max_rows`` rows: the oldest ended sessions go first, then the oldest."""
+        """Keep ``max_rows`` rows: the ended sessions go first, then the least recently updated."""
         excess = len(self._rows) - self._max_rows
         if excess <= 0:
             return
-        ended = [key for key, row in self._rows.items() if row.ended][:excess]
-        for key in ended:
-            del self._rows[key]
-        while len(self._rows) > self._max_rows:
-            self._rows.popitem(last=False)
+        by_value = sorted(self._rows.values(), key=lambda row: (not row.ended, row.seen_at))
+        for row in by_value[:excess]:
+            del self._rows[row.session_id]
 
     def rows(self) -> list[SessionRow]:
-        """The rows, in the order their sessions were first seen."""
-        return list(self._rows.values())
+        """The rows in board order: running by latest update, then ended by latest end."""
+        self._expire()
+        return sorted(self._rows.values(), key=lambda row: (row.ended, -row.seen_at))
+
+    def counts(self) -> dict[str, int]:
+        """Sessions on the board that are running (cancel requests included) or ended, by status."""
+        self._expire()
+        counts = dict.fromkeys(SUMMARY_STATUSES, 0)
+        for row in self._rows.values():
+            counts[row.status if row.ended else "running"] += 1
+        return counts
 
     def summary(self) -> str:
-        """How many sessions are in each status."""
-        counts: dict[str, int] = {}
-        for row in self._rows.values():
-            counts[row.status] = counts.get(row.status, 0) + 1
-        return ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        """``3 running · 2 completed · 0 failed · 1 cancelled``."""
+        return " · ".join(f"{count} {status}" for status, count in self.counts().items())
 
-    def render(self) -> Table:
-        """The board as a rich table."""
+    def header(self) -> Text:
+        """The first line: connection state, counts, then what is watched."""
+        state = Text(self.connection_text(), style=CONNECTION_STYLES.get(self.connection, ""))
+        line = Text.assemble(state, "  ", self.summary())
+        if self.title:
+            line.append(f"  {self.title}", style="dim")
+        return line
+
+    def columns(self, width: int) -> list[Column]:
+        """The columns that fit ``width``, widened to share the spare room.
+
+        Session, bar, percentage and status always show; time, type and step
+        join in that order while they fit at their minimum width.
+        """
+        id_width = min(self._id_width, 24)
+        shown = {
+            "session": Column("session", "session", min(id_width, 8)),
+            "bar": Column("bar", "progress", 8),
+            "percent": Column("percent", "%", 5, "right"),
+            "status": Column("status", "status", 9),
+        }
+        optional = [
+            Column("time", "time", 10, "right"),
+            Column("type", "type", min(self._type_width, 12)),
+            Column("step", "step", 12),
+        ]
+        for column in optional:
+            if _width_of(shown.values()) + 1 + column.width > width:
+                break
+            shown[column.key] = column
+        spare = width - _width_of(shown.values())
+        # Room goes first where it saves a truncation, then to the bar and step, the rest
+        # to the status, where an error has all of it.
+        for key, wanted in [
+            ("session", id_width),
+            ("status", 16),
+            ("step", 16),
+            ("bar", 20),
+            ("step", 30),
+            ("bar", 30),
+            ("status", width),
+        ]:
+            growing = shown.get(key)
+            if growing is None or spare <= 0:
+                continue
+            grow = max(min(wanted - growing.width, spare), 0)
+            shown[key] = replace(growing, width=growing.width + grow)
+            spare -= grow
+        order = ["type", "session", "bar", "percent", "step", "time", "status"]
+        return [shown[key] for key in order if key in shown]
+
+    def render(self, width: int, height: int | None = None) -> list[Text]:
+        """The board's lines for a terminal of ``width`` columns and ``height`` lines."""
+        columns = self.columns(width)
         rows = self.rows()
-        caption = self.connection
-        if rows:
-            caption += f" · {self.summary()}"
-        table = Table(
-            title=self.title,
-            caption=caption,
-            caption_justify="left",
-            expand=False,
-            header_style="bold",
-            box=None,
-            pad_edge=False,
-        )
-        id_width = min(max((len(row.session_id) for row in rows), default=7), 48)
-        type_width = min(max((len(row.workflow_type) for row in rows), default=4), 24)
-        table.add_column("type", no_wrap=True, min_width=type_width)
-        table.add_column("session", no_wrap=True, min_width=id_width)
-        table.add_column("progress", no_wrap=True, width=BAR_WIDTH)
-        table.add_column("%", justify="right", no_wrap=True, min_width=6)
-        table.add_column("step", no_wrap=True, overflow="ellipsis", ratio=1)
-        table.add_column("eta", justify="right", no_wrap=True, min_width=6)
-        table.add_column("status", overflow="fold", ratio=1, min_width=16)
-        for row in rows:
-            style = STATUS_STYLES.get(row.status, "")
-            bar_style = BAR_STYLES.get(row.status, "cyan")
-            bar = ProgressBar(
-                total=100,
-                completed=row.progress,
-                width=BAR_WIDTH,
-                complete_style=bar_style,
-                finished_style=bar_style,
-            )
-            status = row.status
-            if row.status == "failed" and row.error:
-                status += f": {row.error}"
-            table.add_row(
-                row.workflow_type,
-                row.session_id,
-                bar,
-                format_percent(row.progress),
-                row.step,
-                format_eta(self.remaining(row)),
-                Text(status, style=style),
-            )
-        return table
+        lines = [self.header()]
+        lines.append(_line([(Text(c.heading), c) for c in columns], style="bold"))
+        room = len(rows) if height is None else max(height - len(lines), 0)
+        shown = rows if len(rows) <= room else rows[: max(room - 1, 0)]
+        lines.extend(self._row_line(row, columns) for row in shown)
+        if len(shown) < len(rows) and room > 0:
+            hidden = rows[len(shown) :]
+            running = sum(not row.ended for row in hidden)
+            more = f"… {len(hidden)} more ({running} running)"
+            lines.append(Text(more, style="dim"))
+        for line in lines:
+            line.truncate(width, overflow="ellipsis")
+        return lines[:height] if height is not None else lines
 
-    def __rich__(self) -> Table:
-        return self.render()
+    def _row_line(self, row: SessionRow, columns: list[Column]) -> Text:
+        style = STATUS_STYLES.get(row.status, "")
+        status = row.status
+        if row.status == "failed" and row.error:
+            status += f": {one_line(row.error)}"
+        cells = {
+            "type": Text(row.workflow_type),
+            "session": Text(row.session_id),
+            "percent": Text(format_percent(row.progress)),
+            "step": Text(one_line(row.step)),
+            "time": Text(self._time(row), style="dim" if row.ended else ""),
+            "status": Text(status, style=style),
+        }
+        return _line([(_bar(row, c.width) if c.key == "bar" else cells[c.key], c) for c in columns])
+
+    def _time(self, row: SessionRow) -> str:
+        """``took 5s`` for an ended session seen from its start, the time left for a running one."""
+        if row.ended:
+            took = row.took
+            return "" if took is None else f"took {format_eta(took)}"
+        left = self.remaining(row)
+        # An estimate run out says nothing useful: the session is late, not done.
+        return "" if left is None or round(left) == 0 else format_eta(left)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.render(options.max_width, options.height or options.max_height)
+
+
+def _width_of(columns: Iterable[Column]) -> int:
+    """The width of columns side by side, one space apart."""
+    widths = [column.width for column in columns]
+    return sum(widths) + len(widths) - 1
+
+
+def _line(cells: list[tuple[Text, Column]], style: str = "") -> Text:
+    """Cells cut or padded to their column's width, one space apart."""
+    line = Text(style=style, no_wrap=True, overflow="ellipsis")
+    for index, (cell, column) in enumerate(cells):
+        if index:
+            line.append(" ")
+        cell.truncate(column.width, overflow="ellipsis")
+        if column.justify == "right":
+            cell.pad_left(column.width - cell.cell_len)
+        else:
+            cell.pad_right(column.width - cell.cell_len)
+        line.append_text(cell)
+    return line
+
+
+def _bar(row: SessionRow, width: int) -> Text:
+    """A bar of ``width`` cells, its filled part in the status's colour."""
+    filled = round(width * min(max(row.progress, 0.0), 100.0) / 100)
+    return Text.assemble(
+        ("━" * filled, BAR_STYLES.get(row.status, "cyan")),
+        ("─" * (width - filled), "grey35"),
+    )
 
 
 async def watch_events(
@@ -322,10 +458,17 @@ async def watch_bars(
     *,
     token: str | None = None,
     console: Console | None = None,
+    linger: float | None = None,
 ) -> int:
-    """Show live progress bars of the subscription until interrupted (SIGINT or SIGTERM)."""
+    """Show live progress bars of the subscription until interrupted (SIGINT or SIGTERM).
+
+    The board is drawn at the terminal's size, as it is at each refresh; ended
+    sessions stay ``linger`` seconds (default :data:`LINGER`).
+    """
     target = workflow_type if session_id is None else f"{workflow_type} / {session_id}"
-    board = ProgressBoard(title=f"relay watch {target} · {gateway}")
+    board = ProgressBoard(
+        title=f"{target} @ {gateway}", linger=LINGER if linger is None else linger
+    )
     console = console or Console(force_terminal=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -337,6 +480,8 @@ async def watch_bars(
         auto_refresh=False,
         redirect_stdout=False,
         redirect_stderr=False,
+        # The board fits itself to the height; rich's own cut would drop the last line.
+        vertical_overflow="crop",
     ) as live:
         updates = watch(
             gateway,

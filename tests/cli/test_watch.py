@@ -19,7 +19,13 @@ import pytest
 from rich.console import Console
 
 from relay.cli.main import main
-from relay.cli.watch import ProgressBoard, choose_mode, format_eta, format_percent
+from relay.cli.watch import (
+    ProgressBoard,
+    choose_mode,
+    format_eta,
+    format_event,
+    format_percent,
+)
 from relay.client.subscriber import Connection
 from relay.protocol.event import ProgressEvent
 from relay.server.auth import mint_token, read_token
@@ -50,10 +56,17 @@ class Clock:
         return self.now
 
 
-def rendered(board: ProgressBoard, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
+def rendered(board: ProgressBoard, width: int = 120, height: int = 40) -> str:
+    console = Console(
+        file=io.StringIO(), width=width, height=height, color_system=None, record=True
+    )
     console.print(board)
     return console.export_text()
+
+
+def by_id(text: str) -> dict[str, str]:
+    """The board's lines by session id, the first word of a line without the type column."""
+    return {line.split()[0]: line for line in text.splitlines()[2:] if line.split()}
 
 
 def test_board_rows_statuses_and_percentages() -> None:
@@ -66,7 +79,7 @@ def test_board_rows_statuses_and_percentages() -> None:
     board.update(reported("e-4", 12, workflow_type="encounter", status="cancelled"))
     board.set_connection(Connection("live"))
     text = rendered(board)
-    lines = {line.split()[1]: line for line in text.splitlines() if len(line.split()) > 1}
+    lines = {line.split()[1]: line for line in text.splitlines()[2:] if line.split()}
     assert "100%" in lines["m-1"]
     assert "completed" in lines["m-1"]
     assert "rendering tiles" in lines["m-1"]
@@ -75,10 +88,143 @@ def test_board_rows_statuses_and_percentages() -> None:
     assert "45.5%" in lines["e-3"]
     assert "cancel_requested" in lines["e-3"]
     assert "cancelled" in lines["e-4"]
-    assert "live" in text
-    assert "1 cancel_requested, 1 cancelled, 1 completed, 1 failed" in text
-    # first seen first
-    assert [row.session_id for row in board.rows()] == ["m-1", "c-2", "e-3", "e-4"]
+    assert text.startswith("live  1 running · 1 completed · 1 failed · 1 cancelled")
+
+
+def scene(clock: Clock, board: ProgressBoard) -> None:
+    """Ten running sessions and ten ended ones, one event each second."""
+    for n in range(20):
+        session = f"sess-{n:02d}"
+        board.update(reported(session, 0, ts=1_700_000_000_000 + n * 1000))
+        clock.now += 1
+        if n % 2:
+            board.update(reported(session, 40 + n, metadata={"estimated_time_remaining": 90}))
+        elif n % 4:
+            board.update(
+                reported(
+                    session,
+                    30,
+                    status="failed",
+                    ts=1_700_000_005_000 + n * 1000,
+                    error="GPU out of memory\nTraceback (most recent call last):\n  x",
+                )
+            )
+        else:
+            board.update(
+                reported(session, 100, status="completed", ts=1_700_000_065_000 + n * 1000)
+            )
+    board.set_connection(Connection("live"))
+
+
+def test_board_shows_running_sessions_first_most_recent_on_top() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    scene(clock, board)
+    order = [row.session_id for row in board.rows()]
+    running = [f"sess-{n:02d}" for n in range(19, 0, -2)]
+    assert order[:10] == running
+    assert order[10:] == [f"sess-{n:02d}" for n in range(18, -1, -2)]
+    clock.now += 1
+    board.update(reported("sess-01", 60))
+    assert [row.session_id for row in board.rows()][:2] == ["sess-01", "sess-19"]
+
+
+def test_board_ended_sessions_leave_after_the_linger() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock, linger=60)
+    scene(clock, board)  # sess-NN ended at 101 + NN on the board's clock, now 120
+    clock.now += 40
+    assert len(board.rows()) == 20
+    clock.now += 10
+    ended = [row.session_id for row in board.rows() if row.ended]
+    assert ended == ["sess-18", "sess-16", "sess-14", "sess-12", "sess-10"]
+    clock.now += 60
+    assert all(not row.ended for row in board.rows())
+    assert board.counts() == {"running": 10, "completed": 0, "failed": 0, "cancelled": 0}
+
+
+def board_text(width: int, height: int) -> list[str]:
+    clock = Clock()
+    board = ProgressBoard(clock=clock, title="map @ http://127.0.0.1:9999")
+    scene(clock, board)
+    return rendered(board, width=width, height=height).splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 60, 40])
+def test_board_fits_the_width_with_id_bar_percent_and_status_on_one_line(width: int) -> None:
+    lines = board_text(width, 24)
+    assert len(lines) == 22  # the header, the headings and 20 rows: no line wrapped
+    assert max(len(line) for line in lines) == width
+    header = "live  10 running · 5 completed · 5 failed · 0 cancelled  map @ http://127.0.0.1:9999"
+    assert lines[0] == header if len(header) <= width else lines[0] == header[: width - 1] + "…"
+    rows = {line.split()[1 if width > 40 else 0]: line for line in lines[2:]}
+    assert len(rows) == 20
+    running = rows["sess-05"]
+    assert "━━" in running
+    assert "45%" in running
+    assert running.rstrip().endswith("running")
+    failed = rows["sess-02"]
+    assert "30%" in failed
+    assert "failed" in failed
+    assert "Traceback" not in failed
+    assert "…" in failed  # the error is cut at the end of the line
+    done = rows["sess-00"]
+    assert "100%" in done
+    assert "complete" in done
+    assert "eta" not in done
+    assert " 0s" not in done
+
+
+def test_board_times_say_took_for_ended_sessions_and_time_left_for_running_ones() -> None:
+    rows = {line.split()[1]: line for line in board_text(100, 40)[2:]}
+    assert "took 1m05s" in rows["sess-00"]  # completed, seen from 0%
+    assert "took 5s" in rows["sess-02"]  # failed 5 s after it started
+    assert re.search(r" 1m\d\ds running", rows["sess-05"])  # 90 s left, counted down since
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    board.update(reported("late", 100, status="completed"))  # its start was not seen
+    board.update(reported("overdue", 50, metadata={"estimated_time_remaining": 1}))
+    clock.now += 5
+    lines = {line.split()[1]: line for line in rendered(board).splitlines()[2:]}
+    assert "took" not in lines["late"]
+    assert not re.search(r"\d+s", lines["late"] + lines["overdue"])
+
+
+def test_board_fits_the_height_running_sessions_first_and_counts_the_rest() -> None:
+    lines = board_text(80, 10)
+    assert len(lines) == 10
+    assert lines[0].startswith("live  10 running")
+    ids = [line.split()[1] for line in lines[2:9]]
+    assert ids == ["sess-19", "sess-17", "sess-15", "sess-13", "sess-11", "sess-09", "sess-07"]
+    assert lines[9] == "… 13 more (3 running)"
+    assert len(board_text(80, 13)) == 13
+    tiny = board_text(80, 1)
+    assert len(tiny) == 1
+    assert tiny[0].startswith("live")
+
+
+def test_board_header_tells_the_connection_and_counts_down_a_retry() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    assert rendered(board).startswith("connecting  0 running · 0 completed")
+    board.set_connection(Connection("disconnected", retry_in=3.2))
+    assert rendered(board).startswith("disconnected, retry in 4s  0 running")
+    clock.now += 2
+    assert rendered(board).startswith("disconnected, retry in 2s")
+    board.set_connection(Connection("live"))
+    assert rendered(board, width=40).startswith("live  0 running")
+
+
+def test_board_columns_degrade_from_80_to_40() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    scene(clock, board)
+    headings = {
+        width: rendered(board, width=width).splitlines()[1].split() for width in (80, 60, 40)
+    }
+    assert headings[80] == ["type", "session", "progress", "%", "step", "time", "status"]
+    assert headings[60] == ["type", "session", "progress", "%", "time", "status"]
+    assert headings[40] == ["session", "progress", "%", "status"]
 
 
 def test_board_eta_from_metadata_counts_down_then_from_the_rate() -> None:
@@ -116,14 +262,36 @@ def test_board_eta_is_the_gateways() -> None:
 
 
 def test_board_keeps_at_most_max_rows_dropping_ended_sessions_first() -> None:
-    board = ProgressBoard(clock=Clock(), max_rows=3)
-    board.update(reported("done", 100, status="completed"))
-    board.update(reported("run-1", 10))
-    board.update(reported("run-2", 20))
-    board.update(reported("run-3", 30))
-    assert [row.session_id for row in board.rows()] == ["run-1", "run-2", "run-3"]
+    clock = Clock()
+    board = ProgressBoard(clock=clock, max_rows=3)
+    for session, progress in [("done", 100), ("run-1", 10), ("run-2", 20), ("run-3", 30)]:
+        clock.now += 1
+        board.update(
+            reported(session, progress, status="completed" if progress == 100 else "running")
+        )
+    assert [row.session_id for row in board.rows()] == ["run-3", "run-2", "run-1"]
+    clock.now += 1
     board.update(reported("run-4", 40))
-    assert [row.session_id for row in board.rows()] == ["run-2", "run-3", "run-4"]
+    assert [row.session_id for row in board.rows()] == ["run-4", "run-3", "run-2"]
+
+
+def test_plain_lines_carry_an_error_on_their_one_line() -> None:
+    told = reported("p-1", 30, status="failed", error="disk full\nTraceback:\n  line 3")
+    line = format_event(told)
+    assert "\n" not in line
+    assert line.endswith("error: disk full Traceback: line 3")
+
+
+def test_linger_flag_reaches_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: dict[str, Any] = {}
+
+    async def fake_bars(*args: Any, **options: Any) -> int:
+        given.update(options)
+        return 0
+
+    monkeypatch.setattr("relay.cli.watch.watch_bars", fake_bars)
+    assert main(["watch", "--bars", "--linger", "5", "--url", "http://127.0.0.1:1"]) == 0
+    assert given["linger"] == 5
 
 
 def test_formats_and_mode_choice() -> None:
@@ -222,7 +390,7 @@ async def test_watch_bars_draws_sessions_percentages_and_final_statuses(
         await output.finish()
     assert code == 0
     assert output.raw.endswith(b"\x1b[?25h")  # the cursor is given back on the way out
-    last_frame = output.text[output.text.rfind("relay watch map") :]
+    last_frame = output.text[output.text.rfind("map @ http") :]
     for wanted in ("bar-done", "completed", "failed: disk full", "45.5%"):
         assert wanted in last_frame
 
