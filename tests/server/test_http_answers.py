@@ -438,6 +438,7 @@ SCENARIOS += [
     Scenario("metrics", 401, request("no_token", "GET", "/metrics"), {"metrics_token": "m"}),
     Scenario("openapi", 200, request("document", "GET", "/openapi.json")),
     Scenario("dashboard", 200, request("page", "GET", "/")),
+    Scenario("browser_client", 200, request("module", "GET", "/static/relay-client.js")),
 ]
 
 
