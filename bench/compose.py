@@ -54,10 +54,7 @@ def nginx_url(stack: ComposeStack) -> str:
     connection under the engine's own limit: it, not nginx, would be measured.
     """
     (nginx,) = stack.containers("nginx")
-    networks = stack.inspect(nginx)["NetworkSettings"]
-    assert isinstance(networks, dict)
-    address = next(iter(networks["Networks"].values()))["IPAddress"]
-    return f"http://{address}:80"
+    return f"http://{stack.addresses(nginx)[0]}:80"
 
 
 async def capacity(base: str, token: str, key: str, count: int) -> tuple[int, int]:

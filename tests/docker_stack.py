@@ -20,13 +20,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import OnLoopback, wait_until
+from tests.helpers import OnLoopback, answers_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
@@ -314,11 +313,13 @@ class ComposeStack(OnLoopback):
 
     def answers(self, path: str) -> bool:
         """True when nginx answers ``path`` with 200."""
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=3) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers_ok(self.url + path, timeout=3)
+
+    def addresses(self, container: str) -> list[str]:
+        """The container's addresses, one per network it is on."""
+        settings = self.inspect(container)["NetworkSettings"]
+        assert isinstance(settings, dict)
+        return [network["IPAddress"] for network in settings["Networks"].values()]
 
     def logs(self, service: str) -> str:
         """Everything the service's containers printed."""

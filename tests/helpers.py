@@ -114,6 +114,15 @@ async def read_back(
     await until(check, what=f"the reader to read {count} {workflow_type} events")
 
 
+def answers_ok(url: str, timeout: float = 1) -> bool:
+    """True when ``url`` answers 200; a refusal, error status or timeout is False."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 class OnLoopback:
     """Something clients reach on a port of this machine: its HTTP and WebSocket addresses."""
 
@@ -149,11 +158,7 @@ class Gateway(OnLoopback):
     def _answers(self, path: str) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{self.log.read_text()}")
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers_ok(self.url + path)
 
     def stop(self, *, kill: bool = False) -> int | None:
         if self.process is None:
