@@ -13,6 +13,12 @@ export declare const TERMINAL_STATUSES: readonly ["completed", "failed", "cancel
 /** The metadata key under which a worker may give its own seconds-left figure. */
 export declare const ETA_METADATA_KEY: "estimated_time_remaining";
 
+/**
+ * Watchers one WebSocket carries: the watchers of a page with the same
+ * gateway and credential (token or getToken function) share sockets.
+ */
+export declare const WATCHERS_PER_SOCKET: 50;
+
 /** The statuses in which the watcher waits for a token. */
 export declare const AUTH_STATUSES: readonly ["unauthorized", "expired"];
 
@@ -133,7 +139,10 @@ export interface Watcher {
   /** Called for every closed socket, error frame, failed state load and failed getToken(). */
   onError(callback: (error: RelayError) => void): Unsubscribe;
   readonly status: ConnectionStatus;
-  /** Connect again with another token (null for none), resuming where the watcher was. */
+  /**
+   * Connect again with another token (null for none), resuming where the
+   * watcher was; with getToken, for every watcher sharing that getToken.
+   */
   setToken(token: Token): void;
   /** The state of a session (the watcher's own by default), or null. */
   get(sessionId?: string): SessionState | null;
@@ -141,7 +150,7 @@ export interface Watcher {
   sessions(): Map<string, SessionState>;
   /** Forget every state and where to resume from. */
   reset(): void;
-  /** Stop watching: close the socket and drop the listeners. */
+  /** Stop watching and drop the listeners; the shared socket closes once no watcher is on it. */
   close(): void;
   /** Ask the worker running a session to stop. */
   cancel(sessionId?: string): Promise<CancelAnswer>;

@@ -7,13 +7,13 @@
  *   const stop = watcher.onChange((state, event) => render(state));
  *   await watcher.cancel();          // ask the worker to stop
  *   stop();                          // remove that listener
- *   watcher.close();                 // close the socket; no more callbacks
+ *   watcher.close();                 // no more callbacks
  *
  * A dependency-free ES module: the npm package relay-progress-client (types in
  * index.d.ts), which the gateway also serves at `/static/relay-client.js`.
- * Each watcher owns its WebSocket, its session states and its listeners, so
- * watchers never share or disturb each other. The wire protocol is described
- * in docs/protocol.md.
+ * Watchers of one gateway share a WebSocket (see "shared sockets" below),
+ * but each keeps its own session states and listeners, so none disturbs
+ * another. The wire protocol is described in docs/protocol.md.
  */
 
 /** The workflow type that stands for every type. */
@@ -122,11 +122,334 @@ export function watchWorkflow({
   });
 }
 
+// --- shared sockets -------------------------------------------------------
+//
+// Every watcher of a page with the same gateway and the same credential (one
+// token, or one getToken function) rides on one WebSocket: the protocol lets
+// a connection hold many subscriptions and delivers each event to it once,
+// however they overlap. A socket carries at most WATCHERS_PER_SOCKET
+// watchers; more open another. Each watcher sends its own subscribe frame
+// and keeps its own resume point and state, so sharing changes what goes
+// over the network, never what a watcher sees.
+
+/**
+ * Watchers one WebSocket carries. Half the gateway's default limit of 100
+ * subscriptions per connection, so that the frames a reconnect sends at
+ * once (the auth frame, then one subscribe per watcher) stay within its
+ * default burst of 100 frames.
+ */
+export const WATCHERS_PER_SOCKET = 50;
+
+// The error frames that answer a subscribe frame; the others (rate_limited)
+// concern the whole connection.
+const SUBSCRIBE_ERRORS = new Set(["invalid_message", "forbidden", "too_many_subscriptions"]);
+
+/** Open shared sockets by WebSocket URL; a refused or closed socket leaves. */
+const pool = new Map();
+
+/** The shared socket `watcher` should join: one with room for the same credential, or a new one. */
+function socketFor(wsUrl, credential) {
+  const open = poolOf(wsUrl);
+  const found = open.find(
+    (shared) => shared.credential === credential && shared.size < WATCHERS_PER_SOCKET,
+  );
+  if (found) return found;
+  const shared = new SharedSocket(wsUrl, credential);
+  open.push(shared);
+  return shared;
+}
+
+/** The shared sockets open on `wsUrl`, a list kept in the pool. */
+function poolOf(wsUrl) {
+  if (!pool.has(wsUrl)) pool.set(wsUrl, []);
+  return pool.get(wsUrl);
+}
+
+/** The subscription key of a subscribe, subscribed or unsubscribe frame. */
+function keyOf(frame) {
+  return `${frame.workflow_type}\u0000${frame.session_id ?? ""}`;
+}
+
+class SharedSocket {
+  // Either a token (a string or null) or a getToken function; watchers with
+  // the same one share the socket.
+  credential;
+  /** The token the socket presents now. */
+  token;
+
+  #wsUrl;
+  #getToken;
+  #watchers = new Set();
+  // What each watcher is subscribed to on the current socket ({workflow_type,
+  // session_id}, as its subscribe frame said), and how many hold each key:
+  // the gateway keeps one subscription per key, so it is unsubscribed only
+  // when the last watcher holding it leaves.
+  #held = new Map();
+  #keyCounts = new Map();
+  // Subscribe frames sent and not yet answered, oldest first: the gateway
+  // answers them in the order it got them, by a subscribed or an error frame.
+  #pending = [];
+  #socket = null;
+  #open = false;
+  #attempt = 0;
+  #retryTimer = null;
+  #pingTimer = null;
+  #lastHeard = 0;
+  #closing = false;
+  #refused = false;
+  // Bumped whenever a pending getToken() answer must be ignored: a newer
+  // connect, setToken() or the socket's end came in while it was on its way.
+  #generation = 0;
+
+  constructor(wsUrl, credential) {
+    this.#wsUrl = wsUrl;
+    this.credential = credential;
+    this.#getToken = typeof credential === "function" ? credential : null;
+    this.token = this.#getToken ? null : credential;
+    this.#start();
+  }
+
+  /** Watchers on this socket. */
+  get size() {
+    return this.#watchers.size;
+  }
+
+  /** The connection status a watcher joining now starts with. */
+  get joiningStatus() {
+    return this.#attempt > 0 ? "reconnecting" : "connecting";
+  }
+
+  /** Take `watcher` on; it subscribes now if the socket is open, else once it opens. */
+  attach(watcher) {
+    this.#watchers.add(watcher);
+    if (this.#open) this.#subscribe(watcher);
+  }
+
+  /** Let `watcher` go; its subscription ends once no other watcher holds the same. */
+  detach(watcher) {
+    if (!this.#watchers.delete(watcher)) return;
+    const target = this.#release(watcher);
+    if (target && this.#open) this.#send({ action: "unsubscribe", ...target });
+    // Its answer may still come; it must reach nobody.
+    for (const entry of this.#pending) if (entry.watcher === watcher) entry.watcher = null;
+    // Not at once: a framework that closes a watcher and opens one like it in
+    // the same turn (React's strict mode, a changed argument) keeps the socket.
+    if (this.#watchers.size === 0) queueMicrotask(() => this.#endIfEmpty());
+  }
+
+  /** Present another token from now on (a getToken socket's watchers share it). */
+  setToken(token) {
+    this.#generation += 1;
+    this.token = token;
+    if (this.#refused) {
+      this.#refused = false;
+      poolOf(this.#wsUrl).push(this);
+    }
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    this.#attempt = 0;
+    this.#tell((watcher) => watcher.socketStatus("connecting"));
+    this.#connect();
+  }
+
+  /** The gateway refused the token (close 4001/4002, or 401 over HTTP). */
+  refuse(status) {
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    if (this.#closing) return;
+    this.#refused = true;
+    this.#leavePool();
+    this.#tell((watcher) => watcher.socketStatus(status));
+    if (this.#getToken) this.#retryWithNewToken();
+  }
+
+  #endIfEmpty() {
+    if (this.#watchers.size > 0 || this.#closing) return;
+    this.#closing = true;
+    this.#generation += 1;
+    clearTimeout(this.#retryTimer);
+    this.#dropSocket();
+    this.#leavePool();
+  }
+
+  #leavePool() {
+    const open = pool.get(this.#wsUrl);
+    const index = open?.indexOf(this) ?? -1;
+    if (index >= 0) open.splice(index, 1);
+    if (open?.length === 0) pool.delete(this.#wsUrl);
+  }
+
+  /** Connect, with a token from getToken() when there is one. */
+  async #start() {
+    if (this.#getToken) {
+      const generation = ++this.#generation;
+      const token = await this.#askToken();
+      if (generation !== this.#generation || this.#closing) return;
+      if (token === undefined) {
+        this.#disconnected();
+        return;
+      }
+      this.token = token;
+    }
+    this.#connect();
+  }
+
+  /** What getToken() gives (null for none), or undefined when it threw. */
+  async #askToken() {
+    // Not before the caller's own turn is over, so the onError() callbacks
+    // it adds right after watchWorkflow() hear of a first getToken() failing.
+    await null;
+    try {
+      return (await this.#getToken()) ?? null;
+    } catch (error) {
+      const message = String(error?.message ?? error);
+      this.#tell((watcher) => watcher.fail(new RelayError(null, "get_token_failed", message)));
+      return undefined;
+    }
+  }
+
+  #connect() {
+    const socket = new WebSocket(this.#wsUrl);
+    this.#socket = socket;
+    socket.onopen = () => {
+      this.#open = true;
+      this.#lastHeard = Date.now();
+      this.#pingTimer = setInterval(() => this.#keepAlive(), PING_EVERY_MS);
+      // The gateway reads frames in order: the subscriptions are checked against this token.
+      if (this.token) this.#send({ action: "auth", token: this.token });
+      for (const watcher of this.#watchers) this.#subscribe(watcher);
+    };
+    socket.onmessage = (message) => {
+      this.#lastHeard = Date.now();
+      this.#receive(message.data);
+    };
+    // An error is always followed by a close, which does the work. Closes
+    // of our own never get here: the socket is detached first.
+    socket.onclose = (close) => {
+      const code = CLOSE_ERROR_CODES[close.code] ?? "connection_closed";
+      const message = close.reason || `connection closed (${close.code})`;
+      this.#tell((watcher) => watcher.fail(new RelayError(null, code, message, close.code)));
+      if (close.code === CLOSE_UNAUTHORIZED) this.refuse("unauthorized");
+      else if (close.code === CLOSE_TOKEN_EXPIRED) this.refuse("expired");
+      else this.#disconnected();
+    };
+  }
+
+  #subscribe(watcher) {
+    const frame = watcher.subscription();
+    const key = keyOf(frame);
+    this.#held.set(watcher, { workflow_type: frame.workflow_type, session_id: frame.session_id ?? null });
+    this.#keyCounts.set(key, (this.#keyCounts.get(key) ?? 0) + 1);
+    this.#pending.push({ key, watcher });
+    this.#send(frame);
+  }
+
+  /** Forget what `watcher` held; the target to unsubscribe when it was the last to hold it. */
+  #release(watcher) {
+    const target = this.#held.get(watcher);
+    if (!target) return null;
+    this.#held.delete(watcher);
+    const key = keyOf(target);
+    const left = this.#keyCounts.get(key) - 1;
+    if (left > 0) {
+      this.#keyCounts.set(key, left);
+      return null;
+    }
+    this.#keyCounts.delete(key);
+    return target;
+  }
+
+  #send(frame) {
+    this.#socket.send(JSON.stringify(frame));
+  }
+
+  #keepAlive() {
+    if (Date.now() - this.#lastHeard > SILENCE_LIMIT_MS) this.#disconnected();
+    else this.#send({ action: "ping" });
+  }
+
+  /** Detach the current socket so none of its late callbacks reach us, then close it. */
+  #dropSocket() {
+    clearInterval(this.#pingTimer);
+    this.#open = false;
+    this.#pending = [];
+    this.#held.clear();
+    this.#keyCounts.clear();
+    const socket = this.#socket;
+    if (!socket) return;
+    this.#socket = null;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    socket.close();
+  }
+
+  #disconnected() {
+    this.#dropSocket();
+    if (this.#closing) return;
+    this.#tell((watcher) => watcher.socketStatus("reconnecting"));
+    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
+    this.#attempt += 1;
+    this.#retryTimer = setTimeout(() => this.#start(), delay * (0.5 + Math.random() / 2));
+  }
+
+  async #retryWithNewToken() {
+    const refused = this.token;
+    const generation = ++this.#generation;
+    const token = await this.#askToken();
+    if (generation !== this.#generation || this.#closing || !this.#refused) return;
+    if (!token || token === refused) return;
+    this.setToken(token);
+  }
+
+  /** Call `action(watcher)` for every watcher, as the set is when the call starts. */
+  #tell(action) {
+    for (const watcher of [...this.#watchers]) action(watcher);
+  }
+
+  #receive(text) {
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return;
+    }
+    // The gateway may batch several frames into one JSON array.
+    for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
+      if (frame && "event" in frame) this.#tell((watcher) => watcher.onEvent(frame));
+      else if (frame?.type === "subscribed") this.#answer(frame, keyOf(frame))?.onSubscribed(frame);
+      else if (frame?.type === "reset") this.#tell((watcher) => watcher.onReset(frame));
+      else if (frame?.type === "error") this.#onError(frame);
+    }
+  }
+
+  /** The watcher whose subscribe `frame` answers (null if it has left), taken off the pending list. */
+  #answer(frame, key = null) {
+    const index = key === null ? 0 : this.#pending.findIndex((entry) => entry.key === key);
+    if (index < 0 || index >= this.#pending.length) return null;
+    this.#attempt = 0;
+    return this.#pending.splice(index, 1)[0].watcher;
+  }
+
+  #onError(frame) {
+    const error = new RelayError(null, frame.code, frame.message);
+    if (SUBSCRIBE_ERRORS.has(frame.code) && this.#pending.length > 0) {
+      // Refused: the gateway holds nothing for it.
+      const watcher = this.#answer(frame);
+      if (watcher) {
+        this.#release(watcher);
+        watcher.fail(error);
+      }
+    } else {
+      this.#tell((watcher) => watcher.fail(error));
+    }
+  }
+}
+
+// --- watchers -------------------------------------------------------------
+
 class Watcher {
   #base;
   #wsUrl;
-  #token;
-  #getToken;
+  #shared = null;
   #keepEnded;
   #workflowType;
   #sessionId;
@@ -139,19 +462,11 @@ class Watcher {
   #statusListeners = new Set();
   #errorListeners = new Set();
 
-  #socket = null;
   #connectedBefore = false;
   #resumeFrom = null; // newest event id received on the subscription
   #resumed = false; // whether the current subscription was asked with `since`
-  #attempt = 0;
-  #retryTimer = null;
-  #pingTimer = null;
-  #lastHeard = 0;
   #closed = false;
   #status = "connecting";
-  // Bumped whenever a pending getToken() answer must be ignored: a newer
-  // connect, setToken() or close() came in while it was on its way.
-  #generation = 0;
 
   constructor({ url, workflowType, sessionId, token, getToken, snapshot, limit, keepEnded }) {
     const base = new URL(url ?? globalThis.location.origin, globalThis.location?.href);
@@ -159,16 +474,15 @@ class Watcher {
     base.search = "";
     base.hash = "";
     this.#base = base;
-    this.#wsUrl = new URL("ws", base);
-    this.#wsUrl.protocol = base.protocol === "https:" ? "wss:" : "ws:";
-    this.#token = token;
-    this.#getToken = getToken;
+    const wsUrl = new URL("ws", base);
+    wsUrl.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    this.#wsUrl = String(wsUrl);
     this.#keepEnded = keepEnded;
     this.#workflowType = workflowType;
     this.#sessionId = sessionId;
     this.#snapshot = snapshot;
     this.#limit = limit;
-    this.#open();
+    this.#join(getToken ?? token);
   }
 
   /**
@@ -212,16 +526,18 @@ class Watcher {
   /**
    * Use another token (null for none) from now on: the watcher connects again
    * with it, resuming where it was, also after it stopped on a refused token.
+   * A watcher made with getToken presents it until getToken is next asked,
+   * and so do the watchers sharing that getToken.
    */
   setToken(token) {
     if (this.#closed) return;
-    this.#generation += 1;
-    this.#token = token;
-    clearTimeout(this.#retryTimer);
-    this.#dropSocket();
-    this.#attempt = 0;
-    this.#setStatus("connecting");
-    this.#connect();
+    const shared = this.#shared;
+    if (typeof shared.credential === "function") {
+      shared.setToken(token);
+    } else {
+      shared.detach(this);
+      this.#join(token);
+    }
   }
 
   /** The state of a session (this watcher's own session by default), or null. */
@@ -241,13 +557,11 @@ class Watcher {
     this.#emit(null, null);
   }
 
-  /** Stop watching: close the socket and drop this watcher's listeners. */
+  /** Stop watching: leave the shared socket (closed once no watcher is on it) and drop this watcher's listeners. */
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    this.#generation += 1;
-    clearTimeout(this.#retryTimer);
-    this.#dropSocket();
+    this.#shared.detach(this);
     for (const timer of this.#evictions.values()) clearTimeout(timer);
     this.#evictions.clear();
     this.#setStatus("closed");
@@ -281,64 +595,10 @@ class Watcher {
     }
   }
 
-  // --- connection -------------------------------------------------------
-
-  /** Connect, with a token from getToken() when there is one. */
-  async #open() {
-    if (this.#getToken) {
-      const generation = ++this.#generation;
-      const token = await this.#askToken();
-      if (generation !== this.#generation || this.#closed) return;
-      if (token === undefined) {
-        this.#disconnected();
-        return;
-      }
-      this.#token = token;
-    }
-    this.#connect();
-  }
-
-  /** What getToken() gives (null for none), or undefined when it threw. */
-  async #askToken() {
-    // Not before the caller's own turn is over, so the onError() callbacks
-    // it adds right after watchWorkflow() hear of a first getToken() failing.
-    await null;
-    try {
-      return (await this.#getToken()) ?? null;
-    } catch (error) {
-      this.#fail(new RelayError(null, "get_token_failed", String(error?.message ?? error)));
-      return undefined;
-    }
-  }
-
-  #connect() {
-    const socket = new WebSocket(this.#wsUrl);
-    this.#socket = socket;
-    socket.onopen = () => {
-      this.#lastHeard = Date.now();
-      this.#pingTimer = setInterval(() => this.#keepAlive(), PING_EVERY_MS);
-      // The gateway reads frames in order: the subscription is checked against this token.
-      if (this.#token) socket.send(JSON.stringify({ action: "auth", token: this.#token }));
-      socket.send(JSON.stringify(this.#subscription()));
-    };
-    socket.onmessage = (message) => {
-      this.#lastHeard = Date.now();
-      this.#receive(message.data);
-    };
-    // An error is always followed by a close, which does the work. Closes
-    // of our own never get here: the socket is detached first.
-    socket.onclose = (close) => {
-      const code = CLOSE_ERROR_CODES[close.code] ?? "connection_closed";
-      const message = close.reason || `connection closed (${close.code})`;
-      this.#fail(new RelayError(null, code, message, close.code));
-      if (close.code === CLOSE_UNAUTHORIZED) this.#refused("unauthorized");
-      else if (close.code === CLOSE_TOKEN_EXPIRED) this.#refused("expired");
-      else this.#disconnected();
-    };
-  }
+  // --- what the shared socket calls ---------------------------------------
 
   /** The subscribe frame: resume where we were when we can, else start from the current state. */
-  #subscription() {
+  subscription() {
     const frame = { action: "subscribe", workflow_type: this.#workflowType };
     if (this.#sessionId) frame.session_id = this.#sessionId;
     // `since` needs one workflow type. A session watcher on "*" learns its
@@ -358,84 +618,19 @@ class Watcher {
     return frame;
   }
 
-  #keepAlive() {
-    if (Date.now() - this.#lastHeard > SILENCE_LIMIT_MS) {
-      this.#disconnected();
-    } else {
-      this.#socket.send(JSON.stringify({ action: "ping" }));
-    }
+  /** The shared socket's status changed: connecting, reconnecting, or a refused token. */
+  socketStatus(status) {
+    if (!this.#closed) this.#setStatus(status);
   }
 
-  /** Detach the current socket so none of its late callbacks reach us, then close it. */
-  #dropSocket() {
-    clearInterval(this.#pingTimer);
-    const socket = this.#socket;
-    if (!socket) return;
-    this.#socket = null;
-    socket.onopen = socket.onmessage = socket.onclose = null;
-    socket.close();
+  fail(error) {
+    if (this.#errorListeners.size === 0) console.warn(`relay: ${error.code}: ${error.message}`);
+    for (const callback of [...this.#errorListeners]) guarded(callback, error);
   }
 
-  #disconnected() {
-    this.#dropSocket();
-    if (this.#closed) return;
-    this.#setStatus("reconnecting");
-    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
-    this.#attempt += 1;
-    this.#retryTimer = setTimeout(() => this.#open(), delay * (0.5 + Math.random() / 2));
-  }
-
-  /**
-   * The gateway will not take the token: stop until getToken() or setToken()
-   * gives another.
-   */
-  #refused(status) {
-    clearTimeout(this.#retryTimer);
-    this.#dropSocket();
-    if (this.#closed) return;
-    this.#setStatus(status);
-    if (this.#getToken) this.#retryWithNewToken();
-  }
-
-  async #retryWithNewToken() {
-    const refused = this.#token;
-    const generation = ++this.#generation;
-    const token = await this.#askToken();
-    if (generation !== this.#generation || this.#closed) return;
-    if (!token || token === refused) return;
-    this.#token = token;
-    this.#setStatus("connecting");
-    this.#connect();
-  }
-
-  #setStatus(status) {
-    if (status === this.#status) return;
-    this.#status = status;
-    for (const callback of [...this.#statusListeners]) guarded(callback, status);
-  }
-
-  // --- frames -----------------------------------------------------------
-
-  #receive(text) {
-    let parsed;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      return;
-    }
-    // The gateway may batch several frames into one JSON array.
-    for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
-      if (frame && "event" in frame) this.#onEvent(frame);
-      else if (frame?.type === "subscribed") this.#onSubscribed(frame);
-      else if (frame?.type === "reset") this.#onReset(frame);
-      else if (frame?.type === "error") this.#fail(new RelayError(null, frame.code, frame.message));
-    }
-  }
-
-  #onSubscribed(frame) {
+  onSubscribed(frame) {
     const firstTime = !this.#connectedBefore;
     this.#connectedBefore = true;
-    this.#attempt = 0;
     this.#setStatus("live");
     // Load the state over HTTP when the subscription cannot tell us all of it:
     // its history did not reach back to `since`, or we started from the
@@ -446,10 +641,11 @@ class Watcher {
   }
 
   /** The gateway found a type's history lost or rewritten: treat it like `recovered: false`. */
-  #onReset(frame) {
+  onReset(frame) {
     const type =
       this.#workflowType !== ANY_TYPE ? this.#workflowType : this.get()?.workflowType;
     if (type && frame.workflow_type !== type) return;
+    if (!type && this.#sessionId) return; // a session watcher that has not seen its session's type
     // Ids from before the reset mean nothing now, and what we built from them
     // may be wrong: drop it and take the gateway's rebuilt state instead.
     this.#resumeFrom = null;
@@ -460,16 +656,31 @@ class Watcher {
     this.#refetch();
   }
 
-  #onEvent(frame) {
+  onEvent(frame) {
     const data = frame.data;
     if (!data) return;
-    // Never let another session's or type's event into this watcher's state.
+    // The socket carries other watchers' events: take only this watcher's.
     if (this.#sessionId && data.session_id !== this.#sessionId) return;
     if (this.#workflowType !== ANY_TYPE && data.workflow_type !== this.#workflowType) return;
     if (compareIds(frame.id, this.#resumeFrom) > 0) this.#resumeFrom = frame.id;
     const previous = this.#records.get(data.session_id);
     const record = recordFromEvent(previous, frame);
     if (record) this.#store(record, frame);
+  }
+
+  // --- inside -------------------------------------------------------------
+
+  /** Ride on the shared socket for `credential` (a token or a getToken function). */
+  #join(credential) {
+    this.#shared = socketFor(this.#wsUrl, credential);
+    this.#setStatus(this.#shared.joiningStatus);
+    this.#shared.attach(this);
+  }
+
+  #setStatus(status) {
+    if (status === this.#status) return;
+    this.#status = status;
+    for (const callback of [...this.#statusListeners]) guarded(callback, status);
   }
 
   async #refetch() {
@@ -489,7 +700,7 @@ class Watcher {
       // refused token shows in the status; other failures leave the state as
       // the events made it.
       if (!(error instanceof RelayError && [401, 404].includes(error.status))) {
-        this.#fail(error instanceof RelayError ? error : new RelayError(null, "fetch_failed", String(error)));
+        this.fail(error instanceof RelayError ? error : new RelayError(null, "fetch_failed", String(error)));
       }
       return;
     }
@@ -523,11 +734,6 @@ class Watcher {
     for (const sessionId of [...this.#records.keys()]) this.#forget(sessionId);
   }
 
-  #fail(error) {
-    if (this.#errorListeners.size === 0) console.warn(`relay: ${error.code}: ${error.message}`);
-    for (const callback of [...this.#errorListeners]) guarded(callback, error);
-  }
-
   #emit(state, frame) {
     for (const callback of [...this.#listeners]) guarded(callback, state, frame);
   }
@@ -541,15 +747,16 @@ class Watcher {
     try {
       return await this.#request(path);
     } catch (error) {
-      if (error instanceof RelayError && error.status === 401) {
-        this.#refused(error.message === EXPIRED_MESSAGE ? "expired" : "unauthorized");
+      if (error instanceof RelayError && error.status === 401 && !this.#closed) {
+        this.#shared.refuse(error.message === EXPIRED_MESSAGE ? "expired" : "unauthorized");
       }
       throw error;
     }
   }
 
   async #request(path, init = {}) {
-    const headers = this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+    const token = this.#shared.token;
+    const headers = token ? { authorization: `Bearer ${token}` } : {};
     const response = await fetch(new URL(path, this.#base), { ...init, headers });
     const body = await response.json().catch(() => null);
     if (!response.ok) {

@@ -174,7 +174,7 @@ def test_client_reloads_the_state_when_history_no_longer_reaches_back(
     assert page.evaluate("watcher.get('s1').progress") == 30
 
 
-def test_client_keeps_sessions_apart_and_watchers_independent(
+def test_client_keeps_sessions_apart_and_watchers_independent_on_one_socket(
     page: Page, gateway: Gateway, reporter: Reporter, redis_url: str
 ) -> None:
     # a1 started a minute ago: its start is only known to the gateway, not
@@ -185,6 +185,7 @@ def test_client_keeps_sessions_apart_and_watchers_independent(
             fields = {"session_id": "a1", "step": "a", "progress": progress, "ts": ts}
             raw.xadd("workflow:progress:map", fields)
     wait_until(lambda: session_exists(gateway, "a1"), what="a1 to be read")
+    opened = count_sockets(page)
     load_client(page, gateway)
     page.evaluate(
         """(url) => {
@@ -201,6 +202,7 @@ def test_client_keeps_sessions_apart_and_watchers_independent(
     )
     page.wait_for_function("Object.values(watchers).every((w) => w.status === 'live')")
     page.wait_for_function("t => watchers.a1.get()?.startTime === t", arg=started)
+    assert opened == [gateway.url.replace("http", "ws", 1) + "/ws"], "three watchers, one socket"
 
     reporter.report("b1", "map", "b", 15)
     reporter.report("a1", "map", "a", 30)

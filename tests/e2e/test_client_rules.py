@@ -15,6 +15,7 @@ import pytest
 from relay.protocol.event import TERMINAL_STATUSES
 from relay.protocol.frames import ANY_TYPE
 from relay.protocol.progress import ETA_METADATA_KEY, estimated_time_remaining
+from relay.server.settings import Settings
 from relay.server.static_files import CLIENT
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, get_json, load_client, post_json
 from tests.helpers import Gateway
@@ -123,11 +124,16 @@ def test_client_constants_are_the_gateways(tmp_path: Path) -> None:
     constants = run_client(
         tmp_path,
         "return { any: client.ANY_TYPE, terminal: client.TERMINAL_STATUSES,"
-        " eta: client.ETA_METADATA_KEY };",
+        " eta: client.ETA_METADATA_KEY, perSocket: client.WATCHERS_PER_SOCKET };",
     )
     assert constants["any"] == ANY_TYPE
     assert sorted(constants["terminal"]) == sorted(TERMINAL_STATUSES)
     assert constants["eta"] == ETA_METADATA_KEY
+    # A shared socket's subscriptions fit the gateway's default limit, and what
+    # a reconnect sends at once (an auth frame, a subscribe per watcher) its burst.
+    defaults = Settings.model_fields
+    assert constants["perSocket"] <= defaults["max_subscriptions"].default
+    assert constants["perSocket"] + 1 <= defaults["ws_burst"].default
 
 
 @pytest.mark.browser
