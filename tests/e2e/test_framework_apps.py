@@ -49,6 +49,7 @@ def app(
 ) -> Iterator[str]:
     """The app's name, once it is built for the gateway and served at its origin."""
     name: str = request.param
+    tool("node")  # what npm and Vite run on
     npm = tool("npm")
     tree = tmp_path_factory.mktemp(name)
     ignore = shutil.ignore_patterns("node_modules", "dist")
