@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 from relay.client.reporters import Reporter, build_event
 from tests.conftest import RedisServer, free_port
-from tests.e2e.test_js_package import run, tool
+from tests.e2e.test_js_package import PACKAGE, manifest, run, tool
 from tests.helpers import Gateway, answers_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def app(
     npm = tool("npm")
     tree = tmp_path_factory.mktemp(name)
     ignore = shutil.ignore_patterns("node_modules", "dist")
-    shutil.copytree(ROOT / "clients" / "js", tree / "clients" / "js", ignore=ignore)
+    shutil.copytree(PACKAGE, tree / "clients" / "js", ignore=ignore)
     directory = tree / "examples" / name
     shutil.copytree(ROOT / "examples" / name, directory, ignore=ignore)
     run([npm, "ci", "--no-audit", "--no-fund"], directory)
@@ -135,3 +135,18 @@ def test_the_readme_shows_each_source_file_as_it_is(name: str, source: str) -> N
     text = (ROOT / "examples" / name / source).read_text(encoding="utf-8")
     assert text.strip()
     assert text in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("framework", sorted(SOURCES))
+def test_the_package_exports_the_binding_with_the_framework_as_an_optional_peer(
+    framework: str,
+) -> None:
+    package = manifest()
+    entry = package["exports"][f"./{framework}"]
+    assert {entry["types"], entry["default"]} == {f"./{framework}.d.ts", f"./{framework}.js"}
+    assert {f"{framework}.js", f"{framework}.d.ts", "progress.js", "progress.d.ts"} <= set(
+        package["files"]
+    )
+    assert framework in package["peerDependencies"]
+    assert package["peerDependenciesMeta"][framework] == {"optional": True}
+    assert "dependencies" not in package
