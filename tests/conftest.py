@@ -211,8 +211,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
+def module_gateway_env() -> dict[str, str]:
+    """More environment variables for ``module_gateway``; a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def module_gateway(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    module_gateway_env: dict[str, str],
 ) -> Iterator[Gateway]:
     """One real gateway shared by a module's tests (for generated-input tests)."""
     port = free_port()
@@ -220,6 +228,7 @@ def module_gateway(
     args = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
     args += ["--redis-url", redis_server.url]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environment.update(module_gateway_env)
     gateway = Gateway(args, port, log, environment)
     gateway.start()
     yield gateway
