@@ -12,7 +12,7 @@ PEERS_DIR = BENCH_DIR / "peers"
 NODE_PEER_DIR = PEERS_DIR / "node-socketio"
 RESULTS_DIR = BENCH_DIR / "results"
 
-SYSTEMS = ("relay", "node", "pysio", "bare")
+SYSTEMS = ("relay", "relay-sio", "relay-sio-poll", "node", "pysio", "bare")
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 WORKFLOW_TYPE = "map"
 SESSIONS = 20

@@ -40,7 +40,12 @@ def _bare_argv(port: int, redis_url: str) -> list[str]:
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """One system: its start command, instance count, readiness path and client protocol."""
+    """One system: its start command, instance count, readiness path and client protocol.
+
+    ``client`` is the load generator's kind: ``ws`` (a bare WebSocket), ``sio``
+    (socket.io-client over the websocket transport alone) or ``sio-polling``
+    (socket.io-client's default: long-polling, then the upgrade to a WebSocket).
+    """
 
     argv: Callable[[int, str], list[str]]
     instances: int
@@ -50,8 +55,13 @@ class SystemSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+_RELAY_ENV = {"RELAY_LOG_LEVEL": "warning"}
+
 SPECS = {
-    "relay": SystemSpec(_relay_argv, 2, "/readyz", "ws", env={"RELAY_LOG_LEVEL": "warning"}),
+    "relay": SystemSpec(_relay_argv, 2, "/readyz", "ws", env=_RELAY_ENV),
+    # The same gateways, with subscribers on /socket.io/ instead of /ws.
+    "relay-sio": SystemSpec(_relay_argv, 2, "/readyz", "sio", env=_RELAY_ENV),
+    "relay-sio-poll": SystemSpec(_relay_argv, 2, "/readyz", "sio-polling", env=_RELAY_ENV),
     "node": SystemSpec(_node_argv, 2, "/healthz", "sio"),
     "pysio": SystemSpec(_pysio_argv, 2, "/healthz", "sio"),
     "bare": SystemSpec(_bare_argv, 1, "/healthz", "ws", uses_redis=False),

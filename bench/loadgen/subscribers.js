@@ -3,7 +3,8 @@
 // given, counting every event each one receives (loss, duplicates) and the
 // latency from the publisher's stamp to receipt.
 //
-// argv[2] is JSON: {kind: "ws"|"sio", urls: [...], count, event, stalled, connectConcurrency}
+// argv[2] is JSON: {kind: "ws"|"sio"|"sio-polling", urls: [...], count, event, stalled,
+// connectConcurrency}
 // stdin commands (JSON lines): begin {run, events, sessions} | pause | resume |
 // collect {drainMs, rejected}; closing stdin closes every connection and exits.
 // Events the server refused (`rejected` seqs) are not expected, so not lost.
@@ -121,16 +122,30 @@ function connectWs(sub, url) {
   });
 }
 
+// "sio" opens a WebSocket at once; "sio-polling" starts with long-polling and
+// upgrades, as socket.io-client does by default.
+const SIO_TRANSPORTS = opts.kind === 'sio-polling' ? ['polling', 'websocket'] : ['websocket'];
+
 function connectSio(sub, url) {
   return new Promise((resolve) => {
     const socket = io(url, {
-      transports: ['websocket'],
+      transports: SIO_TRANSPORTS,
       reconnection: false,
       forceNew: true,
       timeout: CONNECT_TIMEOUT_MS,
     });
     sub.socket = socket;
-    socket.on('connect', () => resolve(true));
+    // A polling subscriber counts as connected once it has upgraded, so what is
+    // measured after "ready" is a WebSocket session that began as a polling one.
+    socket.on('connect', () => {
+      const engine = socket.io.engine;
+      if (engine.transport.name === 'websocket') {
+        resolve(true);
+        return;
+      }
+      engine.once('upgrade', () => resolve(true));
+      engine.once('upgradeError', () => resolve(false));
+    });
     socket.on('connect_error', () => resolve(false));
     socket.on('disconnect', () => {
       sub.closed = true;

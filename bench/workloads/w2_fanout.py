@@ -16,7 +16,7 @@ from systems import deploy
 
 from workloads.fanout import fanout_step
 
-SYSTEMS = ("relay", "node", "pysio", "bare")
+SYSTEMS = ("relay", "relay-sio", "node", "pysio", "bare")
 
 
 async def measure(system: str, cfg: Config, rate: int, run: int) -> dict[str, Any]:

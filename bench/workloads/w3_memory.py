@@ -9,7 +9,9 @@ from config import Config
 from drivers import Subscribers, event_body, post_event
 from systems import Deployment, deploy
 
-SYSTEMS = ("relay", "node", "pysio", "bare")
+SYSTEMS = ("relay", "relay-sio", "relay-sio-poll", "node", "pysio", "bare")
+# Systems that also hold 10,000 idle subscribers on one gateway: relay, on /ws and on /socket.io/.
+BIG_SYSTEMS = ("relay", "relay-sio")
 SETTLE_SECONDS = 2.0
 BROADCAST_DRAIN_SECONDS = 15.0
 
@@ -59,7 +61,7 @@ async def run(system: str, cfg: Config) -> dict[str, Any]:
     """2,000 idle subscribers for every system; 10,000 on one relay gateway too."""
     async with deploy(system, cfg, "W3") as dep:
         result = {"idle": await idle_rss(dep, cfg, cfg.w3_idle, broadcast=False)}
-    if system == "relay":
+    if system in BIG_SYSTEMS:
         async with deploy(system, cfg, "W3big") as dep:
             result["big"] = await idle_rss(dep, cfg, cfg.w3_big, broadcast=True)
     return result

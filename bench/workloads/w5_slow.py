@@ -10,7 +10,7 @@ from systems import deploy
 
 from workloads.fanout import fanout_step
 
-SYSTEMS = ("relay", "node", "pysio", "bare")
+SYSTEMS = ("relay", "relay-sio", "node", "pysio", "bare")
 RATE = 500
 
 
