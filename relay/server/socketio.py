@@ -379,21 +379,30 @@ class EngineSession:
         except TimeoutError:
             return None
         known = {gateway.keys.workflow_type(stream) for stream in reader.positions}
-        types = sorted({wtype for wtype in known if wtype is not None} | offset.positions.keys())
-        plan: list[Subscribe] = []
+        every_type = sorted(
+            {wtype for wtype in known if wtype is not None} | offset.positions.keys()
+        )
+        defaults = default_subscriptions(grant)
+        live = [key for key in defaults if key[0] == ANY_TYPE]
+        resumed = [
+            (wtype, session)
+            for key_type, session in defaults
+            for wtype in (every_type if key_type == ANY_TYPE else [key_type])
+        ]
+        if len(live) + len(resumed) > gateway.settings.max_subscriptions:
+            return None
+        # One look-up per type, all at once: after a restart every client comes back together.
+        needed = sorted({wtype for wtype, _ in resumed})
         try:
-            for wtype, session in default_subscriptions(grant):
-                if wtype == ANY_TYPE:
-                    plan.append(_subscription(wtype, session))
-                for resumed in types if wtype == ANY_TYPE else [wtype]:
-                    since = await self._since(resumed, offset)
-                    if since is None:
-                        return None
-                    plan.append(_subscription(resumed, session, since))
+            found = await asyncio.gather(*(self._since(wtype, offset) for wtype in needed))
         except (RedisError, OSError) as exc:
             logger.info("%s not recovered: %s", self.subscriber.name, exc)
             return None
-        return plan if len(plan) <= gateway.settings.max_subscriptions else None
+        if None in found:
+            return None
+        sinces = dict(zip(needed, found, strict=True))
+        plan = [_subscription(*key) for key in live]
+        return plan + [_subscription(wtype, session, sinces[wtype]) for wtype, session in resumed]
 
     async def _since(self, workflow_type: str, offset: sio.Offset) -> StreamId | None:
         """Where to resume ``workflow_type`` from; None when its history is gone."""
