@@ -150,9 +150,11 @@ def report(redis_url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]
     return bodies
 
 
-def fresh_events(workflow_type: str, count: int) -> list[dict[str, Any]]:
-    """``count`` running events of one new session of ``workflow_type``."""
-    session = f"{workflow_type}-{uuid.uuid4().hex[:8]}"
+def fresh_events(
+    workflow_type: str, count: int, session: str | None = None
+) -> list[dict[str, Any]]:
+    """``count`` running events of ``session`` (by default a new one) of ``workflow_type``."""
+    session = session or f"{workflow_type}-{uuid.uuid4().hex[:8]}"
     return [event(session, workflow_type, step=f"s{n}", progress=n) for n in range(count)]
 
 
@@ -326,6 +328,32 @@ async def test_a_client_with_a_token_recovers_what_its_token_allows(
             return [body for body in bodies if body["workflow_type"] == "map"]
 
         await across_a_restart(listener, gateway, redis_url, http, maps)
+
+
+async def test_a_client_with_a_session_token_recovers_its_sessions_of_every_type(
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    mapped, planned = (f"watched-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    token = mint_token(SECRET, "viewer", sessions=[mapped, planned])
+    async with listening(client_script, gateway, token) as listener:
+        assert (await upgraded(listener))["session_id"] in (mapped, planned)
+        wanted = report(redis_url, fresh_events("map", 2, mapped))
+        report(redis_url, fresh_events("map", 2))
+        first = await listener.events(len(wanted))
+        gateway.stop()
+        wanted += report(redis_url, fresh_events("map", 2, mapped))
+        wanted += report(redis_url, fresh_events("plan", 2, planned))
+        report(redis_url, fresh_events("plan", 2))
+        gateway.start()
+        assert (await listener.next("connect", timeout=30))["recovered"] is True
+        wanted += report(redis_url, fresh_events("plan", 1, planned))
+        rest = await listener.events(len(wanted) - len(first))
+        assert_delivered_per_type(first + rest, wanted)
+        last = report(redis_url, fresh_events("map", 1, mapped))
+        assert_delivered(await listener.events(1), last)
 
 
 async def connect_by_polling(
