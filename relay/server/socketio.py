@@ -12,6 +12,12 @@ reads nothing is conflated and dropped like any other subscriber.
 
 A polling session lives in the gateway that made it: the client's requests
 must all reach that gateway (sticky sessions behind a load balancer).
+
+Connection state recovery: every event ends with the connection's offset
+(see :class:`~relay.server.socketio_protocol.Offset`), which the client sends
+back with the pid of its CONNECT answer when it reconnects. Any gateway,
+restarted or another one, resumes every type from that offset with
+``since``, so nothing of a connection is kept on the server.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
+from relay.protocol.entries import now_ms
 from relay.protocol.event import MalformedJson
 from relay.protocol.frames import (
     ANY_TYPE,
@@ -35,9 +43,11 @@ from relay.protocol.frames import (
     Unsubscribe,
     error_frame,
     parse_client_frame,
+    subscribed_frame,
     unsubscribed_frame,
 )
 from relay.protocol.keys import event_name
+from relay.protocol.stream_ids import START, STREAM_ID_PART_MAX, StreamId
 from relay.server import socketio_protocol as sio
 from relay.server.auth import AuthError, Grant
 from relay.server.client_address import client_address
@@ -63,16 +73,18 @@ CLOSE_TIMEOUT = 5.0
 routes = web.RouteTableDef()
 
 
-def render(item: Envelope | str) -> str:
+def render(item: Envelope | str, offset: sio.Offset) -> str:
     """One outbox item as the Engine.IO packet carrying it.
 
     Relay's control frames are JSON objects and become events named after
-    their ``type``; anything else in the outbox is an Engine.IO packet already.
+    their ``type``; anything else in the outbox is an Engine.IO packet
+    already. Every event ends with ``offset``, the connection's resume
+    position, which socket.io-client keeps and sends back when it reconnects.
     """
     if isinstance(item, Envelope):
-        return sio.event_packet(event_name(item.workflow_type), item.data_json)
+        return sio.event_packet(event_name(item.workflow_type), item.data_json, offset.encode())
     if item.startswith("{"):
-        return sio.event_packet(orjson.loads(item)["type"], item)
+        return sio.event_packet(orjson.loads(item)["type"], item, offset.encode())
     return item
 
 
@@ -94,6 +106,7 @@ class EngineSession:
     __slots__ = (
         "_drained",
         "_expiry",
+        "_offset",
         "_ping",
         "_poll",
         "_pong_deadline",
@@ -132,6 +145,8 @@ class EngineSession:
         self.ws: web.WebSocketResponse | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[None]] | None = None
+        # Where the connection is, as every event tells the client (see _render).
+        self._offset = sio.Offset(now_ms())
         self._ping: asyncio.TimerHandle | None = None
         self._pong_deadline: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -142,7 +157,7 @@ class EngineSession:
             limit=settings.outbox_limit,
             send_timeout=settings.send_timeout,
             name=name,
-            render=render,
+            render=self._render,
             join=sio.encode_payload,
         )
 
@@ -165,6 +180,13 @@ class EngineSession:
         )
 
     # Sending: the subscriber's writer hands every batch to _send.
+
+    def _render(self, item: Envelope | str) -> str:
+        # The writer renders in outbox order: the offset an event carries is
+        # where the client is once it has that event.
+        if isinstance(item, Envelope):
+            self._offset.advance(item.workflow_type, item.key)
+        return render(item, self._offset)
 
     async def _send(self, text: str) -> None:
         ws = self.ws
@@ -286,7 +308,11 @@ class EngineSession:
             self.on_event(packet.data[0], packet.data[1:], packet.ack_id)
 
     def connect(self, auth: dict[str, Any] | None) -> None:
-        """Connect to the main namespace with the token of ``auth`` or of the query string."""
+        """Connect to the main namespace with the token of ``auth`` or of the query string.
+
+        A CONNECT carrying the ``pid`` and ``offset`` of an earlier connection
+        (to this gateway or any other) resumes it, see :meth:`_recover`.
+        """
         settings = self.gateway.settings
         if self.grant is not None:
             return
@@ -308,9 +334,90 @@ class EngineSession:
             self._expiry = asyncio.get_running_loop().call_later(
                 max(grant.expires_at - time.time(), 0), self.close, "token expired"
             )
-        self.subscriber.deliver(sio.connect_packet(secrets.token_urlsafe(15)))
-        for key in default_subscriptions(grant):
-            self._subscribe(Subscribe(action="subscribe", workflow_type=key[0], session_id=key[1]))
+        resume = sio.resume_point(auth)
+        if resume is None:
+            self._start_fresh(grant)
+        else:
+            self._track_task(asyncio.get_running_loop().create_task(self._recover(grant, *resume)))
+
+    def _start_fresh(self, grant: Grant) -> None:
+        """Connected with a new pid: live events from now on, on the default subscriptions."""
+        self._offset = sio.Offset(now_ms())
+        self.subscriber.deliver(sio.connect_packet(_new_id(), _new_id()))
+        for wtype, session in default_subscriptions(grant):
+            self._subscribe(_subscription(wtype, session))
+
+    async def _recover(self, grant: Grant, pid: str, offset: sio.Offset) -> None:
+        """Resume a connection from its offset, or start afresh if its history is gone.
+
+        Nothing of the earlier connection is kept anywhere: the offset says
+        how far the client got, per type, and the pid is only echoed back.
+        """
+        plan = await self._resume_plan(grant, offset)
+        if plan is None:
+            self._start_fresh(grant)
+            return
+        self._offset = offset
+        self.subscriber.deliver(sio.connect_packet(_new_id(), pid))
+        for frame in plan:
+            if frame.workflow_type == ANY_TYPE:
+                self._follow(frame)
+            else:
+                self._subscribe(frame)
+
+    async def _resume_plan(self, grant: Grant, offset: sio.Offset) -> list[Subscribe] | None:
+        """The default subscriptions of ``grant``, resumed; None unless history reaches back.
+
+        ``since`` needs one workflow type, so a subscription to ``*`` is made
+        live, beside one per type the gateway knows of or the offset names,
+        each resumed from where the client got to in it (or its time floor).
+        """
+        gateway = self.gateway
+        reader = gateway.reader
+        try:
+            await asyncio.wait_for(reader.started.wait(), gateway.settings.replay_wait)
+        except TimeoutError:
+            return None
+        known = {gateway.keys.workflow_type(stream) for stream in reader.positions}
+        every_type = sorted(
+            {wtype for wtype in known if wtype is not None} | offset.positions.keys()
+        )
+        defaults = default_subscriptions(grant)
+        live = [key for key in defaults if key[0] == ANY_TYPE]
+        resumed = [
+            (wtype, session)
+            for key_type, session in defaults
+            for wtype in (every_type if key_type == ANY_TYPE else [key_type])
+        ]
+        if len(live) + len(resumed) > gateway.settings.max_subscriptions:
+            return None
+        # One look-up per type, all at once: after a restart every client comes back together.
+        needed = sorted({wtype for wtype, _ in resumed})
+        try:
+            found = await asyncio.gather(*(self._since(wtype, offset) for wtype in needed))
+        except (RedisError, OSError) as exc:
+            logger.info("%s not recovered: %s", self.subscriber.name, exc)
+            return None
+        if None in found:
+            return None
+        sinces = dict(zip(needed, found, strict=True))
+        plan = [_subscription(*key) for key in live]
+        return plan + [_subscription(wtype, session, sinces[wtype]) for wtype, session in resumed]
+
+    async def _since(self, workflow_type: str, offset: sio.Offset) -> StreamId | None:
+        """Where to resume ``workflow_type`` from; None when its history is gone."""
+        store = self.gateway.store
+        stream = self.gateway.keys.stream(workflow_type)
+        since = offset.positions.get(workflow_type)
+        if since is None:
+            # No event of the type reached the client: it has missed what came
+            # after its time floor, so resume from the last entry before it.
+            before = StreamId(max(offset.floor - 1, 0), STREAM_ID_PART_MAX)
+            found: Any = await store.redis.xrevrange(stream, max=str(before), min="-", count=1)
+            if found:
+                return StreamId.from_redis(found[0][0])
+            since = START
+        return since if await store.reaches_back_to(stream, since) else None
 
     def on_event(self, name: str, args: list[Any], ack_id: int | None) -> None:
         """``subscribe`` or ``unsubscribe`` with ``{workflow_type, session_id}``."""
@@ -349,19 +456,37 @@ class EngineSession:
         return self._subscribe(frame)
 
     def _subscribe(self, frame: Subscribe) -> dict[str, str] | None:
-        subscriber = self.subscriber
-        limit = self.gateway.settings.max_subscriptions
         try:
-            check_subscription(self.grant, subscriber.subscriptions, frame, limit)
+            check_subscription(self.grant, self.subscriber.subscriptions, frame, self._limit())
         except ApiError as exc:
             return _error(exc.code, exc.message)
-        replay = self.gateway.catchup.subscribe(subscriber, frame)
+        replay = self.gateway.catchup.subscribe(self.subscriber, frame)
         if replay is not None:
-            if self.tasks is None:
-                self.tasks = set()
-            self.tasks.add(replay)
-            replay.add_done_callback(self.tasks.discard)
+            self._track_task(replay)
         return None
+
+    def _follow(self, frame: Subscribe) -> None:
+        """Subscribe live, beside resumed subscriptions that send what was missed.
+
+        Without the current state :meth:`_subscribe` would send, which the
+        client has had, and claiming nothing, so no replay is held back for it.
+        """
+        try:
+            check_subscription(self.grant, self.subscriber.subscriptions, frame, self._limit())
+        except ApiError as exc:
+            self.subscriber.deliver(error_frame(exc.code, exc.message))
+            return
+        self.subscriber.deliver(subscribed_frame(frame))
+        self.gateway.hub.subscribe(self.subscriber, frame.key)
+
+    def _limit(self) -> int:
+        return self.gateway.settings.max_subscriptions
+
+    def _track_task(self, task: asyncio.Task[None]) -> None:
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # The end.
 
@@ -401,6 +526,20 @@ def default_subscriptions(grant: Grant) -> list[SubscriptionKey]:
         return [(ANY_TYPE, None)]
     types: list[SubscriptionKey] = [(wtype, None) for wtype in sorted(grant.workflow_types)]
     return types + [(ANY_TYPE, session) for session in sorted(grant.sessions)]
+
+
+def _subscription(
+    workflow_type: str, session_id: str | None, since: StreamId | None = None
+) -> Subscribe:
+    # since is validated from its text, as it comes from clients.
+    fields = {"workflow_type": workflow_type, "session_id": session_id}
+    return Subscribe.model_validate(
+        {"action": "subscribe", **fields, "since": None if since is None else str(since)}
+    )
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(15)
 
 
 def _error(code: str, message: str) -> dict[str, str]:

@@ -12,10 +12,14 @@ Binary packets are not supported: relay's events are JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from relay.protocol.event import WORKFLOW_TYPE_PATTERN
+from relay.protocol.stream_ids import STREAM_ID_PART_MAX, StreamId
 
 # Engine.IO packet types.
 OPEN = "0"
@@ -130,17 +134,22 @@ def encode_socket_packet(packet: SocketPacket) -> str:
     return "".join(parts)
 
 
-def event_packet(name: str, data_json: str) -> str:
-    """An EVENT on the main namespace whose one argument is already encoded JSON.
+def event_packet(name: str, data_json: str, offset: str) -> str:
+    """An EVENT on the main namespace: ``data_json`` (encoded JSON) and the connection's offset.
 
-    ``name`` must need no JSON escaping (relay's event names are validated so).
+    ``name`` and ``offset`` must need no JSON escaping (relay's event names
+    are validated so, and :meth:`Offset.encode` writes none).
     """
-    return f'{MESSAGE}{EVENT}["{name}",{data_json}]'
+    return f'{MESSAGE}{EVENT}["{name}",{data_json},"{offset}"]'
 
 
-def connect_packet(sid: str) -> str:
-    """The server's answer to a successful CONNECT on the main namespace."""
-    return encode_socket_packet(SocketPacket(CONNECT, data={"sid": sid}))
+def connect_packet(sid: str, pid: str) -> str:
+    """The server's answer to a successful CONNECT on the main namespace.
+
+    ``pid`` turns on the client's connection state recovery: it keeps the
+    last offset it received and sends both back on its next CONNECT.
+    """
+    return encode_socket_packet(SocketPacket(CONNECT, data={"sid": sid, "pid": pid}))
 
 
 def connect_error_packet(message: str, namespace: str = MAIN_NAMESPACE) -> str:
@@ -151,3 +160,97 @@ def connect_error_packet(message: str, namespace: str = MAIN_NAMESPACE) -> str:
 def ack_packet(ack_id: int, args: list[Any]) -> str:
     """The answer to an event the client sent with an ack id."""
     return encode_socket_packet(SocketPacket(ACK, data=args, ack_id=ack_id))
+
+
+# Connection state recovery. An offset is the connection's resume position,
+# as text the client hands back unread: a version, the time floor in ms, then
+# per workflow type the newest stream id delivered, numbers in base 36:
+# ``1.lk2x9c0w.map:lk2x9e4a-0.plan:lk2xa1b2-3``. Type names hold neither
+# ``.`` nor ``:``, and none of it needs escaping in JSON.
+OFFSET_VERSION = "1"
+# Longer offsets are refused: a client's offset is untrusted input. About a
+# hundred workflow types fit.
+MAX_OFFSET_CHARS = 4096
+MAX_PID_CHARS = 64
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_BASE36 = frozenset(_DIGITS)
+
+
+@dataclass(slots=True)
+class Offset:
+    """Where a connection is: the newest id delivered per type, and a time floor.
+
+    The floor (the gateway's clock in ms as the connection's subscriptions
+    began) stands for every type the connection has had no event of.
+    """
+
+    floor: int
+    positions: dict[str, StreamId] = field(default_factory=dict)
+
+    def advance(self, workflow_type: str, entry_id: StreamId) -> None:
+        """An event of ``workflow_type`` with ``entry_id`` was delivered."""
+        known = self.positions.get(workflow_type)
+        if known is None or known < entry_id:
+            self.positions[workflow_type] = entry_id
+
+    def encode(self) -> str:
+        """The offset as the text an event carries."""
+        parts = [OFFSET_VERSION, _base36(self.floor)]
+        parts += [
+            f"{wtype}:{_base36(entry_id.ms)}-{_base36(entry_id.seq)}"
+            for wtype, entry_id in sorted(self.positions.items())
+        ]
+        return ".".join(parts)
+
+
+def parse_offset(text: object) -> Offset | None:
+    """The offset a client sent back; None for anything but one this module encoded."""
+    if not isinstance(text, str) or not text.isascii() or len(text) > MAX_OFFSET_CHARS:
+        return None
+    version, *parts = text.split(".")
+    floor = _number(parts[0]) if parts else None
+    if version != OFFSET_VERSION or floor is None:
+        return None
+    offset = Offset(floor)
+    for entry in parts[1:]:
+        wtype, colon, entry_id = entry.partition(":")
+        ms, dash, seq = entry_id.partition("-")
+        ms_part, seq_part = _number(ms), _number(seq)
+        if (
+            not (colon and dash)
+            or ms_part is None
+            or seq_part is None
+            or wtype in offset.positions
+            or not re.fullmatch(WORKFLOW_TYPE_PATTERN, wtype)
+        ):
+            return None
+        offset.positions[wtype] = StreamId(ms_part, seq_part)
+    return offset
+
+
+def resume_point(auth: dict[str, Any] | None) -> tuple[str, Offset] | None:
+    """The pid and offset of a CONNECT made to recover a connection, if valid."""
+    if not auth:
+        return None
+    pid = auth.get("pid")
+    if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PID_CHARS or not pid.isascii():
+        return None
+    offset = parse_offset(auth.get("offset"))
+    return None if offset is None else (pid, offset)
+
+
+def _base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = _DIGITS[digit] + digits
+        if not number:
+            return digits
+
+
+def _number(text: str) -> int | None:
+    """A base-36 number of :func:`_base36`'s spelling within a stream id part, else None."""
+    if not text or not _BASE36.issuperset(text) or (text[0] == "0" and len(text) > 1):
+        return None
+    number = int(text, 36)
+    return number if number <= STREAM_ID_PART_MAX else None

@@ -77,27 +77,27 @@ def test_decode_refuses_what_the_specification_forbids(text: str) -> None:
 
 
 def test_encode_the_specification_examples() -> None:
-    assert sio.connect_packet("wZX3") == '40{"sid":"wZX3"}'
+    assert sio.connect_packet("wZX3", "p1") == '40{"sid":"wZX3","pid":"p1"}'
     assert sio.connect_error_packet("Not authorized") == '44{"message":"Not authorized"}'
     assert sio.connect_error_packet("Invalid", "/admin") == '44/admin,{"message":"Invalid"}'
     assert sio.ack_packet(12, []) == "4312[]"
     assert sio.encode_socket_packet(sio.SocketPacket(sio.DISCONNECT, "/admin")) == "41/admin,"
-    assert sio.event_packet("foo", '{"a":1}') == '42["foo",{"a":1}]'
+    assert sio.event_packet("foo", '{"a":1}', "1.a") == '42["foo",{"a":1},"1.a"]'
 
 
 def test_an_event_is_rendered_with_its_body_as_payload() -> None:
     progress = ProgressEvent.model_validate(
         {"session_id": "s1", "workflow_type": "map", "step": "a", "progress": 5, "ts": 7}
     )
-    packet = render(Envelope.of("1-0", progress))
+    packet = render(Envelope.of("1-0", progress), sio.Offset(1))
     assert packet.startswith("42")
-    assert orjson.loads(packet[2:]) == ["workflow:progress:map", progress.data()]
+    assert orjson.loads(packet[2:]) == ["workflow:progress:map", progress.data(), "1.1"]
 
 
 def test_control_frames_become_events_named_by_type_and_packets_pass_as_they_are() -> None:
     frame = error_frame("forbidden", "no")
-    assert orjson.loads(render(frame)[2:]) == ["error", orjson.loads(frame)]
-    assert render("2") == "2"
+    assert orjson.loads(render(frame, sio.Offset(1))[2:]) == ["error", orjson.loads(frame), "1.1"]
+    assert render("2", sio.Offset(1)) == "2"
 
 
 def test_a_client_is_subscribed_to_what_its_grant_names() -> None:
