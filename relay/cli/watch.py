@@ -16,26 +16,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import signal
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
+import aiohttp
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
 from relay.protocol.event import TERMINAL_STATUSES, ProgressEvent, format_number
-from relay.protocol.frames import encode_event_frame
+from relay.protocol.frames import ANY_TYPE, encode_event_frame
 from relay.protocol.progress import estimated_time_remaining
+from relay.server.http_sessions import MAX_LIST
+
+logger = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 0.25
 LINGER = 60.0
 """Seconds an ended session stays on the board after its last event."""
+FETCH_TIMEOUT = 10.0
+"""Seconds the running sessions' starts may take to come, once live."""
 MAX_ROWS = 500
 """Sessions remembered at most, whatever fits on the screen; ended ones are forgotten first."""
 
@@ -99,6 +106,14 @@ def format_eta(seconds: float | None) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """How a session began, as the gateway knows it: ``started_at`` in epoch milliseconds."""
+
+    started_at: float
+    first_progress: float
+
+
 @dataclass(slots=True)
 class SessionRow:
     """What the board knows of one session."""
@@ -111,7 +126,11 @@ class SessionRow:
     error: str | None
     first_ts: float
     first_progress: float
+    from_start: bool
+    """Whether ``first_ts`` and ``first_progress`` are the session's start, not a later sighting."""
     last_ts: float
+    metadata: dict[str, Any]
+    """The latest event's, kept to estimate again when the start becomes known."""
     eta: float | None
     """Seconds left when the latest event arrived."""
     seen_at: float
@@ -124,8 +143,8 @@ class SessionRow:
 
     @property
     def took(self) -> float | None:
-        """Seconds from start to end of an ended session, when the board saw it start."""
-        if not self.ended or self.first_progress > 0:
+        """Seconds from start to end of an ended session, when its start is known."""
+        if not self.ended or not self.from_start:
             return None
         return max(self.last_ts - self.first_ts, 0.0) / 1000
 
@@ -149,6 +168,13 @@ class ProgressBoard:
     most recent first; as many as fit, the rest counted on the last line.
     Column widths depend on the width of the terminal and the longest id and
     type seen, never on the values shown, so nothing shifts as sessions move.
+
+    A row says ``took 5s`` when it ends, and estimates from the session's real
+    start, when that start is known: told by :meth:`learn_starts` (the
+    gateway's running sessions, asked for each time the subscription goes
+    live), or seen, the session's first event having come after that answer
+    on the same live connection. Otherwise only a first event at 0% is taken
+    for the start.
     It does no I/O, so it can be driven and rendered in tests.
     """
 
@@ -164,6 +190,13 @@ class ProgressBoard:
         self._max_rows = max_rows
         self._linger = linger
         self._rows: dict[str, SessionRow] = {}
+        # The starts of the latest answer, for the sessions whose first event is still to come.
+        self._starts: dict[str, SessionStart] = {}
+        self._live = False
+        # Whether a session the answer did not name shows up with its first event. Not
+        # before the answer: the events ahead of it (a snapshot among them) may be of
+        # sessions that ended or had a cancel requested before the gateway answered.
+        self._sees_starts = False
         self._id_width = len("session")
         self._type_width = len("type")
         self.title = title
@@ -179,6 +212,9 @@ class ProgressBoard:
     def set_connection(self, change: Connection) -> None:
         """Take the subscription's new state (``connecting``, ``live``, ``disconnected``...)."""
         self.connection = change.state
+        if change.state != "error":  # a refused frame leaves the connection as it was
+            self._live = change.state == "live"
+            self._sees_starts = False
         self._connection_note = change.message
         self._retry_at = None if change.retry_in is None else self._clock() + change.retry_in
 
@@ -192,6 +228,24 @@ class ProgressBoard:
             shown += f", retry in {math.ceil(left)}s"
         return shown
 
+    def learn_starts(self, starts: Mapping[str, SessionStart]) -> None:
+        """Take the starts of the running sessions, listed after the connection went live.
+
+        Rows on the board take their session's start now, the others when
+        their first event comes. Until the connection goes down, a session
+        not named here that shows up was seen from its start. An answer to a
+        request made before the latest change of connection must not be given.
+        """
+        self._starts = dict(starts)
+        for session_id, start in starts.items():
+            row = self._rows.get(session_id)
+            if row is not None:
+                row.first_ts = start.started_at
+                row.first_progress = start.first_progress
+                row.from_start = True
+                row.eta = _estimate(row)
+        self._sees_starts = self._live
+
     def forget_type(self, workflow_type: str) -> None:
         """Drop every row of ``workflow_type``: its history was reset, the rows may be wrong."""
         for key in [k for k, row in self._rows.items() if row.workflow_type == workflow_type]:
@@ -203,6 +257,7 @@ class ProgressBoard:
         ts = float(event.ts or now * 1000)
         row = self._rows.get(event.session_id)
         if row is None:
+            start = self._starts.get(event.session_id)
             row = SessionRow(
                 workflow_type=event.workflow_type,
                 session_id=event.session_id,
@@ -210,9 +265,11 @@ class ProgressBoard:
                 progress=event.progress,
                 status=event.status,
                 error=None,
-                first_ts=ts,
-                first_progress=event.progress,
+                first_ts=ts if start is None else start.started_at,
+                first_progress=event.progress if start is None else start.first_progress,
+                from_start=start is not None or self._sees_starts or event.progress == 0,
                 last_ts=ts,
+                metadata=event.metadata,
                 eta=None,
                 seen_at=now,
             )
@@ -226,15 +283,9 @@ class ProgressBoard:
         row.status = event.status
         row.error = event.error
         row.last_ts = ts
+        row.metadata = event.metadata
         row.seen_at = now
-        row.eta = estimated_time_remaining(
-            status=row.status,
-            progress=event.progress,
-            metadata=event.metadata,
-            first_progress=row.first_progress,
-            started_at=row.first_ts,
-            updated_at=ts,
-        )
+        row.eta = _estimate(row)
 
     def remaining(self, row: SessionRow) -> float | None:
         """Seconds left now: the estimate at the latest event, counted down since."""
@@ -371,6 +422,18 @@ class ProgressBoard:
         yield from self.render(options.max_width, options.height or options.max_height)
 
 
+def _estimate(row: SessionRow) -> float | None:
+    """Seconds left as of the row's latest event, by the gateway's rule."""
+    return estimated_time_remaining(
+        status=row.status,
+        progress=row.progress,
+        metadata=row.metadata,
+        first_progress=row.first_progress,
+        started_at=row.first_ts,
+        updated_at=row.last_ts,
+    )
+
+
 def _width_of(columns: Iterable[Column]) -> int:
     """The width of columns side by side, one space apart."""
     widths = [column.width for column in columns]
@@ -445,6 +508,80 @@ def note(message: str) -> None:
     print(f"# {message}", file=sys.stderr, flush=True)
 
 
+async def running_starts(
+    http: aiohttp.ClientSession, gateway: str, workflow_type: str, *, token: str | None = None
+) -> dict[str, SessionStart]:
+    """The starts of the sessions running on ``gateway`` (of ``workflow_type``, unless ``*``)."""
+    query = {"status": "running", "limit": str(MAX_LIST)}
+    if workflow_type != ANY_TYPE:
+        query["workflow_type"] = workflow_type
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    url = gateway.rstrip("/") + "/api/workflows/sessions"
+    async with http.get(url, params=query, headers=headers, raise_for_status=True) as response:
+        listed = await response.json()
+    return {
+        str(item["session_id"]): SessionStart(
+            float(item["started_at"]), float(item["first_progress"])
+        )
+        for item in listed
+    }
+
+
+class _StartFetcher:
+    """Asks for the running sessions' starts each time the subscription goes live."""
+
+    def __init__(
+        self,
+        board: ProgressBoard,
+        http: aiohttp.ClientSession,
+        gateway: str,
+        workflow_type: str,
+        token: str | None,
+    ) -> None:
+        self._board = board
+        self._http = http
+        self._gateway = gateway
+        self._workflow_type = workflow_type
+        self._token = token
+        self._task: asyncio.Task[None] | None = None
+
+    def on_state(self, change: Connection) -> None:
+        """Give the board the change, and start or drop the request it calls for."""
+        self._board.set_connection(change)
+        if change.state == "error":
+            return
+        # An answer to a request of an earlier connection would say nothing of this one.
+        self.cancel()
+        if change.state == "live":
+            self._task = asyncio.create_task(self._fetch())
+
+    def cancel(self) -> None:
+        """Drop the request under way, if any."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def __aenter__(self) -> _StartFetcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task = self._task
+        self.cancel()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _fetch(self) -> None:
+        try:
+            starts = await running_starts(
+                self._http, self._gateway, self._workflow_type, token=self._token
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            # The board goes on without: its rows keep the starts it saw itself.
+            logger.debug("running sessions not fetched from %s: %r", self._gateway, exc)
+            return
+        self._board.learn_starts(starts)
+
+
 async def _show_on(board: ProgressBoard, updates: AsyncGenerator[Update, None]) -> None:
     async with contextlib.aclosing(updates):
         async for update in updates:
@@ -474,42 +611,47 @@ async def watch_bars(
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    with Live(
-        board,
-        console=console,
-        auto_refresh=False,
-        redirect_stdout=False,
-        redirect_stderr=False,
-        # The board fits itself to the height; rich's own cut would drop the last line.
-        vertical_overflow="crop",
-    ) as live:
-        updates = watch(
-            gateway,
-            workflow_type=workflow_type,
-            session_id=session_id,
-            token=token,
-            snapshot=True,
-            on_state=board.set_connection,
-            on_reset=lambda told: board.forget_type(told.workflow_type),
-        )
-        following = asyncio.create_task(_show_on(board, updates))
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            done: set[asyncio.Task[None] | asyncio.Task[bool]] = set()
-            while not done:
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        _StartFetcher(board, http, gateway, workflow_type, token) as fetcher,
+    ):
+        with Live(
+            board,
+            console=console,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            # The board fits itself to the height; rich's own cut would drop the last line.
+            vertical_overflow="crop",
+        ) as live:
+            updates = watch(
+                gateway,
+                workflow_type=workflow_type,
+                session_id=session_id,
+                token=token,
+                snapshot=True,
+                on_state=fetcher.on_state,
+                on_reset=lambda told: board.forget_type(told.workflow_type),
+            )
+            following = asyncio.create_task(_show_on(board, updates))
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                done: set[asyncio.Task[None] | asyncio.Task[bool]] = set()
+                while not done:
+                    live.refresh()
+                    done, _ = await asyncio.wait(
+                        [following, stopping],
+                        timeout=REFRESH_INTERVAL,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            finally:
+                for task in (following, stopping):
+                    task.cancel()
+                await asyncio.gather(following, stopping, return_exceptions=True)
                 live.refresh()
-                done, _ = await asyncio.wait(
-                    [following, stopping],
-                    timeout=REFRESH_INTERVAL,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-        finally:
-            for task in (following, stopping):
-                task.cancel()
-            await asyncio.gather(following, stopping, return_exceptions=True)
-            live.refresh()
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGTERM)
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(signal.SIGTERM)
     if not following.cancelled() and (error := following.exception()) is not None:
         raise error
     return 0
