@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -88,6 +89,23 @@ def render(item: Envelope | str, offset: sio.Offset) -> str:
     return item
 
 
+def new_sid() -> str:
+    """A fresh Engine.IO sid, naming the gateway that holds the session.
+
+    Polling requests carry the sid, and only the gateway that made the session
+    knows it: a load balancer in front of several gateways must send them all
+    there. In a Docker container the hostname is the container's short id
+    (12 hex digits), which Docker's DNS resolves on the container's networks,
+    so the sid starts with it and a dot (no character of the random part),
+    and a proxy can route by it (deploy/nginx.conf) with no table of its own.
+    Any other hostname is left out: it is not known to resolve, and could say
+    more about the host than a client needs to know.
+    """
+    host = socket.gethostname()
+    owned = len(host) == 12 and all(c in "0123456789abcdef" for c in host)
+    return f"{host}.{secrets.token_urlsafe(15)}" if owned else secrets.token_urlsafe(15)
+
+
 class Sessions:
     """The Engine.IO sessions of one gateway, by sid."""
 
@@ -128,7 +146,7 @@ class EngineSession:
     def __init__(self, gateway: Gateway, sessions: Sessions, name: str, token: str | None) -> None:
         self.gateway = gateway
         self.sessions = sessions
-        self.sid = secrets.token_urlsafe(15)
+        self.sid = new_sid()
         # The token of the handshake's query string, for a CONNECT without one.
         self.token = token
         # Set once the client is connected to the main namespace.

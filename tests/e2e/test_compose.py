@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from relay.cli.main import build_parser, settings_from_args
+from relay.server import socketio
 from relay.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,3 +261,48 @@ def test_metrics_are_not_public(services: dict[str, Any]) -> None:
     assert int(env["RELAY_METRICS_PORT"]) != int(env["RELAY_PORT"])
     conf = NGINX_CONF.read_text(encoding="utf-8")
     assert re.search(r"location\s+=\s+/metrics\s*\{[^}]*return 404", conf)
+
+
+def _sid_map(conf: str) -> tuple[re.Pattern[str], str, str]:
+    """The Socket.IO sid map: its one pattern, the target it gives, and its default."""
+    # Up to the brace alone on its line: the pattern holds braces of its own.
+    found = re.search(r"map\s+\$arg_sid\s+\$socketio_gateway\s*\{(.*?)^\s*\}", conf, re.M | re.S)
+    assert found, "no map from the sid to the gateway that owns it"
+    (rule,) = re.findall(r'^\s*"~([^"]+)"\s+(\S+);', found.group(1), re.MULTILINE)
+    default = re.search(r"^\s*default\s+(\S+);", found.group(1), re.MULTILINE)
+    assert default
+    return re.compile(rule[0]), rule[1], default.group(1)
+
+
+def test_nginx_sends_a_polling_request_to_the_gateway_that_made_its_sid(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    location = re.search(r"location\s+/socket\.io/\s*\{([^}]*)\}", conf)
+    assert location
+    assert "proxy_pass http://$socketio_gateway;" in location.group(1)
+    pattern, target, default = _sid_map(conf)
+    # The owner on the gateway port, and nothing a client picks.
+    assert target == f"$1:{_environment(services['gateway'])['RELAY_PORT']}"
+    assert default == "$gateway"
+    monkeypatch.setattr(socket, "gethostname", lambda: "0123456789ab")
+    owned = pattern.match(socketio.new_sid())
+    assert owned
+    assert owned.group(1) == "0123456789ab"
+    # Outside a container the sid names no host, and any replica is asked.
+    monkeypatch.setattr(socket, "gethostname", lambda: "build-host")
+    assert "build-host" not in socketio.new_sid()
+    for sid in (
+        "",
+        socketio.new_sid(),
+        "0123456789AB.x",
+        "0123456789a.x",
+        "0123456789abc.x",
+        "0123456789ab",
+        "0123456789abx",
+        "x0123456789ab.x",
+        "redis.x",
+        "evil.example:80/x.",
+        "0123456789ab:22.x",
+    ):
+        assert not pattern.match(sid), sid

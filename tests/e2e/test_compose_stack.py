@@ -18,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +29,8 @@ from playwright.sync_api import Page, expect
 from relay.server.auth import mint_token
 from tests.conftest import free_port
 from tests.docker_stack import ROOT, ComposeStack, DockerEngine
+from tests.e2e import test_socketio
+from tests.e2e.test_socketio import Listener, listening
 from tests.followers import Follower, SseFollower, WsFollower
 from tests.helpers import until, wait_until
 
@@ -36,6 +40,8 @@ ALLOWED_ORIGIN = "http://dashboard.example"
 # At most what the engine may hand out, which is what this process may have.
 NOFILE_LIMIT = min(70_000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 TYPE = "map"
+# The Socket.IO tests' client, installed once for both modules.
+client_script = test_socketio.client_script
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +222,85 @@ async def test_events_reach_subscribers_on_every_replica(
     await all_received(started, publisher.published)
     # Six sockets through nginx landed on more than one replica.
     assert len(upstreams(stack, "/ws")) >= 2
+
+
+SOCKETIO_REQUEST = re.compile(
+    r'"(?:GET|POST) /socket\.io/\?[^"]*\bsid=([^&"\s]+)[^"]*" (\d+) .* upstream=([\d.:]+) '
+)
+
+
+def socketio_requests(stack: ComposeStack) -> list[tuple[str, str, str]]:
+    """Every Socket.IO request with a sid nginx logged: the sid, its status and its upstream."""
+    return [tuple(found) for found in SOCKETIO_REQUEST.findall(stack.logs("nginx"))]
+
+
+def gateway_addresses(stack: ComposeStack) -> dict[str, str]:
+    """Each gateway container's short id (its hostname) and the address nginx reaches it on."""
+    return {c: f"{stack.addresses(c)[0]}:8080" for c in stack.containers("gateway")}
+
+
+async def test_polling_socketio_clients_stay_with_the_gateway_of_their_session(
+    http: aiohttp.ClientSession,
+    stack: ComposeStack,
+    token: str,
+    secrets: dict[str, str],
+    client_script: Path,
+) -> None:
+    gateways = gateway_addresses(stack)
+    assert len(gateways) >= 2
+    async with AsyncExitStack() as running:
+        listeners: list[Listener] = []
+
+        async def spread() -> bool:
+            # Handshakes go to any replica: one more client until two own sessions.
+            listener = await running.enter_async_context(listening(client_script, stack, token))
+            await listener.subscribed()
+            listeners.append(listener)
+            owners = {sid.split(".")[0] for sid, _, _ in socketio_requests(stack)}
+            return len(owners) >= 2
+
+        await until(spread, timeout=60, what="Socket.IO sessions on two replicas")
+        publisher = Publisher(http, stack, secrets["key"])
+        for n in range(300, 310):
+            await publisher.post(n)
+        for listener in listeners:
+            received = await listener.events(len(publisher.published))
+            assert [line["data"]["metadata"]["seq"] for line in received] == publisher.published
+            assert (await listener.seen_or_next("upgrade"))["transport"] == "websocket"
+            assert not [line for line in listener.seen if line["kind"] == "connect_error"]
+    requests = socketio_requests(stack)
+    sids = {sid for sid, _, _ in requests}
+    assert len(sids) == len(listeners)
+    owners = {sid.split(".")[0] for sid in sids}
+    print(f"{len(sids)} sessions on {len(owners)} replicas, {len(requests)} requests with a sid")
+    # Every poll, post and upgrade reached the replica its sid names, and it knew the session.
+    for sid, status, upstream in requests:
+        assert upstream == gateways[sid.split(".")[0]], (sid, upstream)
+        assert status in ("200", "101"), (sid, status)
+
+
+def poll_status(stack: ComposeStack, sid: str) -> int:
+    """The status of a poll with this sid through nginx, answered within seconds or failing."""
+    url = f"{stack.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_sid_naming_no_gateway_gets_a_quick_error(stack: ComposeStack) -> None:
+    (redis,) = stack.containers("redis")
+    (nginx,) = stack.containers("nginx")
+    assert stack.execute("nginx", "getent", "hosts", redis).split()[0] == stack.addresses(redis)[0]
+    # Other containers do not listen on the gateway port; no container has the third name.
+    for owner in (redis, nginx, "0123456789ab"):
+        started = time.monotonic()
+        assert poll_status(stack, f"{owner}.forged") == 502, owner
+        print(f"forged sid naming {owner}: answered in {time.monotonic() - started:.2f} s")
+    # A sid of any other shape names no host at all: a gateway answers it.
+    status, answer = fetch(f"{stack.url}/socket.io/?EIO=4&transport=polling&sid=evil.example")
+    assert (status, answer["message"]) == (400, "unknown session id")
 
 
 def test_gateways_see_the_client_not_nginx(stack: ComposeStack) -> None:

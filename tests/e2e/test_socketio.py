@@ -20,7 +20,7 @@ from playwright.sync_api import Page
 
 from relay.client.reporters import Reporter
 from relay.server.auth import mint_token
-from tests.helpers import DEFAULT_TIMEOUT, Gateway, event, read_back
+from tests.helpers import DEFAULT_TIMEOUT, Gateway, OnLoopback, event, read_back
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "socketio"
 CLIENT_FILES = ("package.json", "package-lock.json", "listen.js")
@@ -98,7 +98,7 @@ class Listener:
 
 
 @asynccontextmanager
-async def listening(script: Path, gateway: Gateway, *args: str) -> AsyncIterator[Listener]:
+async def listening(script: Path, gateway: OnLoopback, *args: str) -> AsyncIterator[Listener]:
     """Run listen.js against ``gateway``; it is stopped, by its pid, at the end."""
     process = await asyncio.create_subprocess_exec(
         "node",
