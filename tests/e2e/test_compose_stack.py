@@ -34,7 +34,10 @@ from tests.e2e.test_socketio import Listener, listening
 from tests.followers import Follower, SseFollower, WsFollower
 from tests.helpers import until, wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first test's set-up builds the base images and brings the stack up: about
+# two minutes on a quiet machine, more on a busy one, beyond the suite's
+# default timeout.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ALLOWED_ORIGIN = "http://dashboard.example"
 # At most what the engine may hand out, which is what this process may have.
