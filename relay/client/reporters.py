@@ -12,6 +12,7 @@ whether the session's cancellation was requested.
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
@@ -27,7 +28,11 @@ from redis.retry import Retry
 
 from relay.client.batching import Batcher
 from relay.client.redis_urls import async_redis_client, redis_client
-from relay.client.reporting_session import AsyncReportingSession, ReportingSession
+from relay.client.reporting_session import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    AsyncReportingSession,
+    ReportingSession,
+)
 from relay.client.retry import (
     Outcome,
     Packing,
@@ -136,11 +141,23 @@ def build_event(
 
 
 class BlockingReporter(ABC):
-    """What the blocking reporters share: ``report`` and ``session`` over ``publish``."""
+    """What the blocking reporters share: ``report`` and ``session`` over ``publish``.
 
-    @abstractmethod
+    Publishing is serialised, so that sessions' heartbeat threads (and other
+    threads) may share one reporter and its buffer of undelivered events.
+    """
+
+    def __init__(self) -> None:
+        self._sending = threading.Lock()
+
     def publish(self, event: ProgressEvent) -> Receipt:
         """Publish a validated event; raises ReportError once retrying is over."""
+        with self._sending:
+            return self._publish(event.stamped())
+
+    @abstractmethod
+    def _publish(self, event: ProgressEvent) -> Receipt:
+        """Publish a stamped event, one thread at a time."""
 
     def report(
         self,
@@ -157,10 +174,25 @@ class BlockingReporter(ABC):
         return self.publish(event).id
 
     def session(
-        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+        self,
+        workflow_type: str,
+        session_id: str | None = None,
+        *,
+        raise_on_cancel: bool = False,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> ReportingSession:
-        """A context manager reporting one session's steps and its end."""
-        return ReportingSession(self, workflow_type, session_id, raise_on_cancel=raise_on_cancel)
+        """A context manager reporting one session's steps, heartbeats and its end.
+
+        ``heartbeat_interval`` is the seconds of silence after which a
+        heartbeat repeats the latest report; 0 or None sends none.
+        """
+        return ReportingSession(
+            self,
+            workflow_type,
+            session_id,
+            raise_on_cancel=raise_on_cancel,
+            heartbeat_interval=heartbeat_interval,
+        )
 
 
 class Reporter(BlockingReporter):
@@ -188,6 +220,7 @@ class Reporter(BlockingReporter):
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> None:
+        super().__init__()
         self._redis = client or redis_client(
             redis_url, **_client_options(min_replicas, replica_timeout_ms)
         )
@@ -200,9 +233,8 @@ class Reporter(BlockingReporter):
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
 
-    def publish(self, event: ProgressEvent) -> Receipt:
-        """Publish a validated event; raises ReportError once retrying is over."""
-        (receipt,) = send_with_retry(self._send, [event.stamped()], self._retry, self.pending)
+    def _publish(self, event: ProgressEvent) -> Receipt:
+        (receipt,) = send_with_retry(self._send, [event], self._retry, self.pending)
         return receipt
 
     def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
@@ -312,11 +344,23 @@ class AsyncReporter:
         return [outcome(result) for result in results]
 
     def session(
-        self, workflow_type: str, session_id: str | None = None, *, raise_on_cancel: bool = False
+        self,
+        workflow_type: str,
+        session_id: str | None = None,
+        *,
+        raise_on_cancel: bool = False,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> AsyncReportingSession:
-        """An async context manager reporting one session's steps and its end."""
+        """An async context manager reporting one session's steps, heartbeats and its end.
+
+        ``heartbeat_interval`` is as for :meth:`BlockingReporter.session`.
+        """
         return AsyncReportingSession(
-            self, workflow_type, session_id, raise_on_cancel=raise_on_cancel
+            self,
+            workflow_type,
+            session_id,
+            raise_on_cancel=raise_on_cancel,
+            heartbeat_interval=heartbeat_interval,
         )
 
     async def aclose(self) -> None:
@@ -356,6 +400,7 @@ class HttpReporter(BlockingReporter):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        super().__init__()
         self._base = url.rstrip("/") + "/api/workflows/progress"
         self._api_key = api_key
         self._timeout = timeout
@@ -365,11 +410,8 @@ class HttpReporter(BlockingReporter):
         self._packing = Packing(one_per_call=True, pack=self._pack)
         self.pending = PendingBuffer(self._retry.buffer_size)
 
-    def publish(self, event: ProgressEvent) -> Receipt:
-        """Publish a validated event; raises ReportError once retrying is over."""
-        (receipt,) = send_with_retry(
-            self._send, [event.stamped()], self._retry, self.pending, self._packing
-        )
+    def _publish(self, event: ProgressEvent) -> Receipt:
+        (receipt,) = send_with_retry(self._send, [event], self._retry, self.pending, self._packing)
         return receipt
 
     def _pack(self, parcels: list[Parcel]) -> list[Parcel]:

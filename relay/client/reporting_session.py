@@ -5,11 +5,25 @@ gives, then ``completed`` when the body returns, ``failed`` (with the
 exception's message) when it raises, and ``cancelled`` when it raises
 :class:`CancelRequested` (which the ``with`` then swallows: stopping on request
 is a normal way for a workflow to end).
+
+While the body runs, the session keeps itself alive: whenever it has made no
+report for ``heartbeat_interval`` seconds (by default
+:func:`~relay.protocol.liveness.heartbeat_interval` of the default stall
+time), a background thread (blocking) or task (asyncio) publishes its latest
+report again, unchanged but for a fresh ``ts``. A gateway takes such a repeat
+as a heartbeat: the session is not stalled, and subscribers are not sent it.
+A heartbeat that fails is logged and tried again an interval later; one whose
+answer says a cancellation was requested sets :attr:`cancel_requested`, so the
+body's next report raises :class:`CancelRequested` (with ``raise_on_cancel``).
+Heartbeats end before the session's final event is published.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import time
 import uuid
 from types import TracebackType
 from typing import Any, Protocol
@@ -17,6 +31,10 @@ from typing import Any, Protocol
 from relay.client.retry import ReportError
 from relay.protocol.entries import Receipt
 from relay.protocol.event import MAX_ERROR_CHARS, ProgressEvent
+from relay.protocol.liveness import heartbeat_interval
+
+# Seconds between heartbeats unless a session is told otherwise.
+DEFAULT_HEARTBEAT_INTERVAL = heartbeat_interval()
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +65,33 @@ def describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def heartbeat_name(session_id: str) -> str:
+    """The name of the thread or task that sends a session's heartbeats."""
+    return f"relay-heartbeat-{session_id}"
+
+
 class _SessionState:
     """The bookkeeping shared by the blocking and asyncio sessions."""
 
-    def __init__(self, workflow_type: str, session_id: str | None, raise_on_cancel: bool) -> None:
+    def __init__(
+        self,
+        workflow_type: str,
+        session_id: str | None,
+        raise_on_cancel: bool,
+        heartbeat_interval: float | None,
+    ) -> None:
         self.workflow_type = workflow_type
         self.session_id = session_id or uuid.uuid4().hex
         self.raise_on_cancel = raise_on_cancel
+        if heartbeat_interval is not None and heartbeat_interval < 0:
+            raise ValueError(f"heartbeat_interval must not be negative: {heartbeat_interval}")
+        self.heartbeat_interval = heartbeat_interval or None
         self.step = "started"
         self.progress = 0.0
         self.cancel_requested = False
+        # The report a heartbeat repeats, and when the session was last heard.
+        self.latest: ProgressEvent | None = None
+        self.reported_at = time.monotonic()
 
     def event(self, step: str, progress: float, **fields: Any) -> ProgressEvent:
         """A validated event of this session."""
@@ -69,13 +104,44 @@ class _SessionState:
         )
 
     def noted(self, event: ProgressEvent, receipt: Receipt) -> str:
-        """Remember what was reported; raise CancelRequested if asked to."""
+        """Remember what was reported; raise CancelRequested if asked to.
+
+        A cancellation a heartbeat learned of counts as much as this report's.
+        """
+        self.latest, self.reported_at = event, time.monotonic()
         self.step, self.progress = event.step, event.progress
+        self.heard(receipt)
+        if self.cancel_requested and self.raise_on_cancel and not event.terminal:
+            raise CancelRequested(self.session_id)
+        return receipt.id
+
+    def heard(self, receipt: Receipt) -> None:
+        """Take note of a cancellation a publish answer tells of."""
         if receipt.cancel_requested:
             self.cancel_requested = True
-            if self.raise_on_cancel and not event.terminal:
-                raise CancelRequested(self.session_id)
-        return receipt.id
+
+    def until_heartbeat(self, interval: float) -> float:
+        """Seconds until the next heartbeat is due, for heartbeats every ``interval``."""
+        if self.latest is None:
+            return interval
+        return max(0.0, self.reported_at + interval - time.monotonic())
+
+    def heartbeat(self, interval: float) -> ProgressEvent | None:
+        """The event a heartbeat publishes now, or None when none is due.
+
+        Due when nothing was reported for the interval, and only once the body
+        reported something: before that there is nothing to repeat. The timer
+        restarts whether or not the heartbeat then gets through, so a failed
+        one is tried again an interval later rather than at once.
+        """
+        if self.latest is None or self.until_heartbeat(interval) > 0:
+            return None
+        self.reported_at = time.monotonic()
+        return self.latest.model_copy(update={"ts": None})
+
+    def heartbeat_failed(self, exc: Exception) -> None:
+        """A failed heartbeat is the body's business only through its next report."""
+        logger.warning("heartbeat of session %s failed: %s", self.session_id, exc)
 
     def raise_if_cancel_requested(self) -> None:
         """Raise CancelRequested if a report has learned of a cancellation request."""
@@ -109,16 +175,42 @@ class ReportingSession(_SessionState):
         session_id: str | None = None,
         *,
         raise_on_cancel: bool = False,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel)
+        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval)
         self._reporter = reporter
+        # Held from choosing an event until it is published and noted, so that
+        # a heartbeat never repeats a report after a newer one was published.
+        self._publishing = threading.Lock()
+        self._ended = threading.Event()
+        self._beating: threading.Thread | None = None
 
     def report(self, step: str, progress: float, metadata: dict[str, Any] | None = None) -> str:
         """Report a step; returns its stream id."""
         event = self.event(step, progress, metadata=metadata or {})
-        return self.noted(event, self._reporter.publish(event))
+        with self._publishing:
+            return self.noted(event, self._reporter.publish(event))
+
+    def _beat(self, interval: float) -> None:
+        while not self._ended.wait(self.until_heartbeat(interval)):
+            with self._publishing:
+                event = self.heartbeat(interval)
+                if event is None:
+                    continue
+                try:
+                    self.heard(self._reporter.publish(event))
+                except Exception as exc:
+                    self.heartbeat_failed(exc)
 
     def __enter__(self) -> ReportingSession:
+        if self.heartbeat_interval is not None:
+            self._beating = threading.Thread(
+                target=self._beat,
+                args=(self.heartbeat_interval,),
+                name=heartbeat_name(self.session_id),
+                daemon=True,
+            )
+            self._beating.start()
         return self
 
     def __exit__(
@@ -127,6 +219,9 @@ class ReportingSession(_SessionState):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        self._ended.set()
+        if self._beating is not None:
+            self._beating.join()
         try:
             self._reporter.publish(self.final_event(exc))
         except ReportError as error:
@@ -145,19 +240,58 @@ class AsyncReportingSession(_SessionState):
         session_id: str | None = None,
         *,
         raise_on_cancel: bool = False,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel)
+        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval)
         self._reporter = reporter
+        # As for the blocking session: a heartbeat never overtakes a newer report.
+        self._publishing = asyncio.Lock()
+        self._ended = asyncio.Event()
+        self._beating: asyncio.Task[None] | None = None
 
     async def report(
         self, step: str, progress: float, metadata: dict[str, Any] | None = None
     ) -> str:
         """Report a step; returns its stream id."""
         event = self.event(step, progress, metadata=metadata or {})
-        return self.noted(event, await self._reporter.publish(event))
+        async with self._publishing:
+            return self.noted(event, await self._reporter.publish(event))
+
+    async def _beat(self, interval: float) -> None:
+        while not await self._ended_within(self.until_heartbeat(interval)):
+            async with self._publishing:
+                event = self.heartbeat(interval)
+                if event is None:
+                    continue
+                try:
+                    self.heard(await self._reporter.publish(event))
+                except Exception as exc:
+                    self.heartbeat_failed(exc)
+
+    async def _ended_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ended.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def __aenter__(self) -> AsyncReportingSession:
+        if self.heartbeat_interval is not None:
+            self._beating = asyncio.create_task(
+                self._beat(self.heartbeat_interval), name=heartbeat_name(self.session_id)
+            )
         return self
+
+    async def _stop_beating(self) -> None:
+        """Let a heartbeat in flight finish, so that none follows the final event."""
+        self._ended.set()
+        if self._beating is None:
+            return
+        try:
+            await asyncio.shield(self._beating)
+        except asyncio.CancelledError:
+            self._beating.cancel()
+            raise
 
     async def __aexit__(
         self,
@@ -165,6 +299,7 @@ class AsyncReportingSession(_SessionState):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        await self._stop_beating()
         try:
             await self._reporter.publish(self.final_event(exc))
         except ReportError as error:
