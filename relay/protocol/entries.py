@@ -200,7 +200,9 @@ class EntryError(ValueError):
     """A stream entry that is not a valid event."""
 
 
-_ENTRY_FIELDS = frozenset({"session_id", "step", "progress", "metadata", "status", "error", "ts"})
+_ENTRY_FIELDS = frozenset(
+    {"session_id", "step", "progress", "metadata", "status", "error", "attempt", "ts"}
+)
 
 
 def _utf8(text: str) -> bool:
@@ -231,6 +233,8 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
             raw["progress"] = float(raw["progress"])
         if "metadata" in raw:
             raw["metadata"] = orjson.loads(raw["metadata"])
+        if "attempt" in raw:
+            raw["attempt"] = int(raw["attempt"])
         raw["ts"] = int(raw["ts"]) if "ts" in raw else StreamId.from_redis(entry_id).ms
     except (ValueError, TypeError) as exc:
         raise EntryError(f"entry {entry_id} of {workflow_type!r}: {exc}") from None

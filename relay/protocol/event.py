@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-Status = Literal["running", "completed", "failed", "cancel_requested", "cancelled"]
+Status = Literal["running", "retrying", "completed", "failed", "cancel_requested", "cancelled"]
 
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -34,6 +34,10 @@ MAX_METADATA_DEPTH = 8
 
 
 MAX_ERROR_CHARS = 4096
+
+
+# Attempts are counted in small numbers; the bound keeps them exact in JSON and JavaScript.
+MAX_ATTEMPT = 1_000_000
 
 
 SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
@@ -88,15 +92,18 @@ class ProgressEvent(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: Status = "running"
     error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
+    # Which try of the job this is, once it has been retried: a ``retrying``
+    # event names the attempt it starts, and that attempt's reports repeat it.
+    attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT)
     ts: int | None = Field(default=None, ge=0, le=2**53)
 
-    @field_validator("ts", mode="before")
+    @field_validator("ts", "attempt", mode="before")
     @classmethod
-    def _whole_number(cls, ts: Any) -> Any:
+    def _whole_number(cls, value: Any) -> Any:
         # JSON does not tell 1700000000000.0 from 1700000000000 (nor does JSON Schema).
-        if isinstance(ts, float) and ts.is_integer():
-            return int(ts)
-        return ts
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
     @field_validator("step")
     @classmethod
@@ -143,6 +150,8 @@ class ProgressEvent(BaseModel):
         }
         if self.error is not None:
             fields["error"] = self.error
+        if self.attempt is not None:
+            fields["attempt"] = str(self.attempt)
         if self.metadata:
             fields["metadata"] = orjson.dumps(self.metadata).decode()
         ts = self.ts if self.ts is not None else now_ms
@@ -163,6 +172,8 @@ class ProgressEvent(BaseModel):
         }
         if self.error is not None:
             data["error"] = self.error
+        if self.attempt is not None:
+            data["attempt"] = self.attempt
         return data
 
 

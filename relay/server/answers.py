@@ -90,6 +90,12 @@ class SessionStateAnswer(_Answer):
     progress: float = Field(ge=0, le=100)
     status: Status
     error: str | None
+    attempt: int = Field(
+        ge=1, description="The attempt the worker is on: 1 until it reported a retry."
+    )
+    last_error: str | None = Field(
+        description="The error of the latest event that had one, such as a failed attempt's."
+    )
     metadata: dict[str, Any]
     first_progress: float = Field(
         ge=0, le=100, description="The first event's progress, where the estimate starts from."

@@ -26,10 +26,12 @@ class SessionState:
     """What is known of one session: its latest event, when it started, how fast it moves."""
 
     __slots__ = (
+        "attempt",
         "error",
         "first_progress",
         "history",
         "last",
+        "last_error",
         "latest",
         "metadata",
         "progress",
@@ -53,6 +55,8 @@ class SessionState:
         self.workflow_type = event.workflow_type
         # The ids of its latest events, all in the stream of its workflow type.
         self.history = RecentIds(history_limit)
+        self.attempt = 1
+        self.last_error: str | None = None
         self.apply(envelope, event)
 
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
@@ -66,6 +70,11 @@ class SessionState:
         self.progress = event.progress
         self.status = event.status
         self.error = event.error
+        # Reports that do not say keep the attempt and error a retry announced.
+        if event.attempt is not None:
+            self.attempt = event.attempt
+        if event.error is not None:
+            self.last_error = event.error
         self.metadata = event.metadata
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
@@ -100,6 +109,8 @@ class SessionState:
             "progress": format_number(self.progress),
             "status": self.status,
             "error": self.error,
+            "attempt": self.attempt,
+            "last_error": self.last_error,
             "metadata": self.metadata,
             "first_progress": format_number(self.first_progress),
             "started_at": self.started_at,

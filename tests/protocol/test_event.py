@@ -52,6 +52,10 @@ def test_original_request_body_is_accepted() -> None:
         ("metadata", "text"),
         ("status", "paused"),
         ("error", "e" * 5000),
+        ("attempt", 0),
+        ("attempt", 2.5),
+        ("attempt", "2"),
+        ("attempt", 10**7),
     ],
 )
 def test_each_limit_is_enforced_and_named(field: str, value: Any) -> None:
@@ -113,10 +117,13 @@ def test_stream_entry_round_trip_keeps_every_field() -> None:
         step="render",
         progress=12.5,
         metadata={"eta": 3, "nested": {"a": [1, 2]}},
-        status="failed",
+        status="retrying",
         error="boom",
+        attempt=2,
     ).stamped(1_700_000_000_123)
     fields = original.stream_fields()
+    assert fields["attempt"] == "2"
+    assert original.data()["attempt"] == 2
     assert fields["progress"] == "12.5"
     assert fields["ts"] == "1700000000123"
     assert event_from_entry("map", "1700000000123-0", fields) == original
@@ -136,6 +143,20 @@ def test_raw_xadd_entry_with_only_required_fields() -> None:
     assert parsed.ts == 1_700_000_000_000
     assert parsed.status == "running"
     assert parsed.metadata == {}
+    assert parsed.attempt is None
+    assert "attempt" not in parsed.stream_fields()
+    assert "attempt" not in parsed.data()
+
+
+def test_a_raw_retrying_entry_names_its_attempt() -> None:
+    fields = {"session_id": "s1", "step": "a", "progress": "5", "status": "retrying"}
+    parsed = event_from_entry("map", "1-0", {**fields, "attempt": "3", "error": "timeout"})
+    assert (parsed.status, parsed.attempt, parsed.error, parsed.terminal) == (
+        "retrying",
+        3,
+        "timeout",
+        False,
+    )
 
 
 def test_raw_entry_ignores_foreign_fields_and_the_key_names_the_type() -> None:
@@ -152,6 +173,8 @@ def test_raw_entry_ignores_foreign_fields_and_the_key_names_the_type() -> None:
         {"session_id": "s1", "step": "a", "progress": "1", "metadata": "{not json"},
         {"session_id": "s1", "step": "a", "progress": "1", "metadata": "[1]"},
         {"session_id": "s1", "step": "a", "progress": "1", "ts": "yesterday"},
+        {"session_id": "s1", "step": "a", "progress": "1", "attempt": "second"},
+        {"session_id": "s1", "step": "a", "progress": "1", "attempt": "0"},
     ],
 )
 def test_bad_raw_entries_raise_entry_error(fields: dict[str, str]) -> None:
