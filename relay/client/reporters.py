@@ -125,6 +125,7 @@ def build_event(
     metadata: dict[str, Any] | None = None,
     status: Status | None = None,
     error: str | None = None,
+    attempt: int | None = None,
 ) -> ProgressEvent:
     """Validate reporter arguments with the same rules as every other edge.
 
@@ -135,6 +136,8 @@ def build_event(
         fields["status"] = status
     if error is not None:
         fields["error"] = error
+    if attempt is not None:
+        fields["attempt"] = attempt
     return ProgressEvent(
         session_id=session_id, workflow_type=workflow_type, step=step, progress=progress, **fields
     )
@@ -168,9 +171,12 @@ class BlockingReporter(ABC):
         metadata: dict[str, Any] | None = None,
         status: Status | None = None,
         error: str | None = None,
+        attempt: int | None = None,
     ) -> str:
         """Publish one event and return its stream id."""
-        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
+        event = build_event(
+            session_id, workflow_type, step, progress, metadata, status, error, attempt
+        )
         return self.publish(event).id
 
     def session(
@@ -323,9 +329,12 @@ class AsyncReporter:
         metadata: dict[str, Any] | None = None,
         status: Status | None = None,
         error: str | None = None,
+        attempt: int | None = None,
     ) -> str:
         """Publish one event and return its stream id."""
-        event = build_event(session_id, workflow_type, step, progress, metadata, status, error)
+        event = build_event(
+            session_id, workflow_type, step, progress, metadata, status, error, attempt
+        )
         return (await self.publish(event)).id
 
     async def publish(self, event: ProgressEvent) -> Receipt:

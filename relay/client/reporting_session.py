@@ -16,6 +16,12 @@ A heartbeat that fails is logged and tried again an interval later; one whose
 answer says a cancellation was requested sets :attr:`cancel_requested`, so the
 body's next report raises :class:`CancelRequested` (with ``raise_on_cancel``).
 Heartbeats end before the session's final event is published.
+
+A job that failed and will be tried again says so with ``session.retry(exc)``
+inside the body: the session becomes ``retrying`` with the new attempt's
+number and the error, and stays open for that attempt's reports. The caller
+decides what is worth retrying (the exceptions it catches), so no exception is
+retried behind its back.
 """
 
 from __future__ import annotations
@@ -89,12 +95,15 @@ class _SessionState:
         self.step = "started"
         self.progress = 0.0
         self.cancel_requested = False
+        self.attempt = 1
         # The report a heartbeat repeats, and when the session was last heard.
         self.latest: ProgressEvent | None = None
         self.reported_at = time.monotonic()
 
     def event(self, step: str, progress: float, **fields: Any) -> ProgressEvent:
-        """A validated event of this session."""
+        """A validated event of this session; once it was retried, of its current attempt."""
+        if self.attempt > 1:
+            fields.setdefault("attempt", self.attempt)
         return ProgressEvent(
             session_id=self.session_id,
             workflow_type=self.workflow_type,
@@ -102,6 +111,12 @@ class _SessionState:
             progress=progress,
             **fields,
         )
+
+    def retry_event(self, error: BaseException | str) -> ProgressEvent:
+        """The ``retrying`` event that starts the next attempt, with the failed one's error."""
+        text = error[:MAX_ERROR_CHARS] if isinstance(error, str) else describe(error)
+        self.attempt += 1
+        return self.event(self.step, self.progress, status="retrying", error=text)
 
     def noted(self, event: ProgressEvent, receipt: Receipt) -> str:
         """Remember what was reported; raise CancelRequested if asked to.
@@ -191,6 +206,17 @@ class ReportingSession(_SessionState):
         with self._publishing:
             return self.noted(event, self._reporter.publish(event))
 
+    def retry(self, error: BaseException | str) -> str:
+        """Report that this attempt failed with ``error`` and the next one starts.
+
+        The session stays open: it is ``retrying``, with the new attempt's
+        number, and the reports that follow carry that number. Returns the
+        event's stream id.
+        """
+        with self._publishing:
+            event = self.retry_event(error)
+            return self.noted(event, self._reporter.publish(event))
+
     def _beat(self, interval: float) -> None:
         while not self._ended.wait(self.until_heartbeat(interval)):
             with self._publishing:
@@ -255,6 +281,12 @@ class AsyncReportingSession(_SessionState):
         """Report a step; returns its stream id."""
         event = self.event(step, progress, metadata=metadata or {})
         async with self._publishing:
+            return self.noted(event, await self._reporter.publish(event))
+
+    async def retry(self, error: BaseException | str) -> str:
+        """As :meth:`ReportingSession.retry`: report a failed attempt and start the next."""
+        async with self._publishing:
+            event = self.retry_event(error)
             return self.noted(event, await self._reporter.publish(event))
 
     async def _beat(self, interval: float) -> None:
