@@ -4,8 +4,14 @@
 /** The workflow type that stands for every type. */
 export declare const ANY_TYPE: "*";
 
-/** A session's status; the last three are terminal. */
-export type Status = "running" | "cancel_requested" | "completed" | "failed" | "cancelled";
+/** A session's status; the last three are terminal. `retrying`: an attempt failed, the next runs. */
+export type Status =
+  | "running"
+  | "retrying"
+  | "cancel_requested"
+  | "completed"
+  | "failed"
+  | "cancelled";
 
 /** The statuses a session ends with; no later report revives it. */
 export declare const TERMINAL_STATUSES: readonly ["completed", "failed", "cancelled"];
@@ -59,6 +65,10 @@ export interface SessionState {
   readonly status: Status;
   readonly metadata: Readonly<Record<string, unknown>>;
   readonly error: string | null;
+  /** The attempt the worker is on: 1 until it reported `retrying`. */
+  readonly attempt: number;
+  /** The error of the latest event that had one, such as a failed attempt's. */
+  readonly lastError: string | null;
   /** When the session started, ms since the epoch. */
   readonly startTime: number;
   /** When its latest report was made, ms since the epoch. */
@@ -82,6 +92,8 @@ export interface EventData {
   status?: Status;
   metadata?: Record<string, unknown>;
   error?: string | null;
+  /** The attempt, once the session was retried (a `retrying` event names the one it starts). */
+  attempt?: number;
   ts: number;
 }
 

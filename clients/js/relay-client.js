@@ -853,6 +853,9 @@ function recordFromEvent(previous, frame) {
     status: data.status ?? "running",
     metadata: data.metadata ?? {},
     error: data.error ?? null,
+    // Reports that do not say keep the attempt and error a retry announced.
+    attempt: data.attempt ?? previous?.state.attempt ?? 1,
+    lastError: data.error ?? previous?.state.lastError ?? null,
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
     lastEventId: frame.id,
@@ -875,6 +878,8 @@ function recordFromServer(previous, server) {
     status: server.status,
     metadata: server.metadata ?? {},
     error: server.error ?? null,
+    attempt: server.attempt ?? 1,
+    lastError: server.last_error ?? null,
     startTime: server.started_at,
     updatedAt: server.updated_at,
     estimatedTimeRemaining: server.estimated_time_remaining,

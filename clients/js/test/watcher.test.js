@@ -34,6 +34,24 @@ test("events become the session's state", async () => {
   assert.equal(watcher.status, "live");
 });
 
+test("a retry's attempt and error stay in the state through later reports", async () => {
+  const socket = await live({});
+  socket.receive(event("1-0", "s1"));
+  assert.deepEqual([watcher.get("s1").attempt, watcher.get("s1").lastError], [1, null]);
+  socket.receive(event("2-0", "s1", { status: "retrying", attempt: 2, error: "timed out" }));
+  const retrying = watcher.get("s1");
+  assert.deepEqual([retrying.status, retrying.attempt, retrying.error], ["retrying", 2, "timed out"]);
+  assert.equal(retrying.isInProgress, true);
+  socket.receive(event("3-0", "s1", { progress: 20 }));
+  const running = watcher.get("s1");
+  assert.deepEqual([running.status, running.attempt, running.error, running.lastError], [
+    "running",
+    2,
+    null,
+    "timed out",
+  ]);
+});
+
 test("getToken is asked on every connect, sync or async", async () => {
   const tokens = ["first", "second"];
   let asked = 0;

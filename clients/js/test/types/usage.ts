@@ -35,6 +35,8 @@ const left: number | null = estimatedTimeRemaining({
 const order: number = compareIds("1-0", null);
 void watcher.cancel("s1").then((answer) => answer.session_id);
 void watcher.history("s1").then((events) => events.map((frame) => frame.data.progress));
+const retried = watcher.get("s1");
+if (retried?.status === "retrying") console.log(retried.attempt.toFixed(0), retried.lastError);
 console.log(states.size, left, order, watcher.get()?.status);
 stop();
 watcher.close();
