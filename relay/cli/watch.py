@@ -50,6 +50,7 @@ Mode = Literal["bars", "json", "plain"]
 
 STATUS_STYLES = {
     "running": "cyan",
+    "retrying": "magenta",
     "completed": "bold green",
     "failed": "bold red",
     "cancelled": "grey50",
@@ -57,6 +58,7 @@ STATUS_STYLES = {
 }
 BAR_STYLES = {
     "running": "cyan",
+    "retrying": "magenta",
     "completed": "green",
     "failed": "red",
     "cancelled": "grey50",
@@ -82,6 +84,8 @@ def format_event(event: ProgressEvent) -> str:
         f"{event.workflow_type:<12} {event.session_id:<24} "
         f"{format_number(event.progress):>6}%  {event.status:<16} {event.step}"
     )
+    if event.attempt is not None:
+        line += f"  attempt {event.attempt}"
     if event.error:
         line += f"  error: {one_line(event.error)}"
     return line
@@ -135,6 +139,8 @@ class SessionRow:
     """Seconds left when the latest event arrived."""
     seen_at: float
     """The board's clock when the latest event arrived."""
+    attempt: int | None = None
+    """The latest attempt an event named, if any did."""
 
     @property
     def ended(self) -> bool:
@@ -282,6 +288,8 @@ class ProgressBoard:
         row.progress = event.progress
         row.status = event.status
         row.error = event.error
+        if event.attempt is not None:
+            row.attempt = event.attempt
         row.last_ts = ts
         row.metadata = event.metadata
         row.seen_at = now
@@ -397,7 +405,9 @@ class ProgressBoard:
     def _row_line(self, row: SessionRow, columns: list[Column]) -> Text:
         style = STATUS_STYLES.get(row.status, "")
         status = row.status
-        if row.status == "failed" and row.error:
+        if row.status == "retrying" and row.attempt is not None:
+            status += f" (attempt {row.attempt})"
+        if row.status in ("failed", "retrying") and row.error:
             status += f": {one_line(row.error)}"
         cells = {
             "type": Text(row.workflow_type),

@@ -282,6 +282,20 @@ def test_plain_lines_carry_an_error_on_their_one_line() -> None:
     assert line.endswith("error: disk full Traceback: line 3")
 
 
+def test_retries_say_their_attempt_and_error_on_the_board_and_plain_lines() -> None:
+    board = ProgressBoard(clock=Clock())
+    board.update(reported("r-1", 30))
+    board.update(reported("r-1", 30, status="retrying", attempt=2, error="timed out\nagain"))
+    board.set_connection(Connection("live"))
+    text = rendered(board, width=160)
+    assert "retrying (attempt 2): timed out again" in text
+    assert text.startswith("live  1 running · 0 completed")
+    board.update(reported("r-1", 40, attempt=2))
+    assert "attempt" not in rendered(board)
+    line = format_event(reported("r-1", 30, status="retrying", attempt=2, error="timed out"))
+    assert line.endswith("retrying         analyzing  attempt 2  error: timed out")
+
+
 def test_linger_flag_reaches_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
     given: dict[str, Any] = {}
 

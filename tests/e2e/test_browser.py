@@ -115,6 +115,20 @@ def test_dashboard_shows_a_failure_with_its_error_and_history(
     expect(timeline.nth(1).locator(".error")).to_have_text("GPU out of memory")
 
 
+def test_dashboard_says_which_attempt_a_retry_starts_and_why(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    open_dashboard(page, gateway)
+    reporter.report("r1", "map", "fetching", 30)
+    reporter.report("r1", "map", "fetching", 30, status="retrying", error="timed out", attempt=2)
+    row = page.locator('[data-session="r1"]')
+    expect(row.locator(".status")).to_have_text("retrying (attempt 2): timed out")
+    expect(row.locator(".error")).to_be_hidden()
+    expect(row.locator(".cancel")).to_be_visible()
+    reporter.report("r1", "map", "fetching", 40, attempt=2)
+    expect(row.locator(".status")).to_have_text("running")
+
+
 def test_client_survives_a_killed_gateway_without_missing_a_step(
     page: Page, gateway: Gateway, reporter: Reporter
 ) -> None:

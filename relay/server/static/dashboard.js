@@ -54,6 +54,7 @@ const rowTemplate = byId("row-template");
 
 const STATUS_LABELS = {
   running: "running",
+  retrying: "retrying",
   cancel_requested: "cancelling",
   completed: "completed",
   failed: "failed",
@@ -208,12 +209,20 @@ function drawRow(row, state, now) {
   }
   setText(row.step, state.step);
   if (row.step.title !== state.step) row.step.title = state.step;
-  setText(row.status, STATUS_LABELS[state.status] ?? state.status);
-  row.cancel.hidden = state.status !== "running";
+  const retrying = state.status === "retrying";
+  setText(row.status, retrying ? retryText(state) : (STATUS_LABELS[state.status] ?? state.status));
+  row.cancel.hidden = state.status !== "running" && !retrying;
   if (changedStatus) row.cancel.disabled = false;
-  showError(row.error, state.error, state.isFailed);
+  // A retry's error is already in its status text.
+  showError(row.error, retrying ? null : state.error, state.isFailed);
   drawTimes(row, now);
   drawVisibility(row);
+}
+
+/** "retrying (attempt 2): <error>": which attempt runs now, and why the one before failed. */
+function retryText(state) {
+  const text = `${STATUS_LABELS.retrying} (attempt ${state.attempt})`;
+  return state.error ? `${text}: ${state.error}` : text;
 }
 
 /** Only a failed session's error is a failure; on any other it is a warning the worker gave. */
