@@ -83,6 +83,12 @@ export interface EventData {
   metadata?: Record<string, unknown>;
   error?: string | null;
   ts: number;
+  /**
+   * True, with `status` "cancel_requested", from the cancel_requested event
+   * until the session ends: the worker's ordinary reports meanwhile keep the
+   * session cancelling. Absent otherwise.
+   */
+  cancel_requested?: true;
 }
 
 /** An event frame as the gateway sends it. */
