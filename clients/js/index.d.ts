@@ -95,6 +95,12 @@ export interface EventData {
   /** The attempt, once the session was retried (a `retrying` event names the one it starts). */
   attempt?: number;
   ts: number;
+  /**
+   * True, with `status` "cancel_requested", from the cancel_requested event
+   * until the session ends: the worker's ordinary reports meanwhile keep the
+   * session cancelling. Absent otherwise.
+   */
+  cancel_requested?: true;
 }
 
 /** An event frame as the gateway sends it. */

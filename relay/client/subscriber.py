@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from relay.protocol.event import ProgressEvent
+from relay.protocol.event import ProgressEvent, event_from_data
 from relay.protocol.frames import ANY_TYPE, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED
 from relay.protocol.stream_ids import StreamId
 
@@ -116,7 +116,7 @@ def parse_update(frame: dict[str, Any]) -> Update | None:
     try:
         return Update(
             id=StreamId.parse(str(frame.get("id"))),
-            event=ProgressEvent.model_validate(frame.get("data")),
+            event=event_from_data(frame.get("data")),
         )
     except (ValueError, ValidationError) as exc:
         logger.debug("skipped an invalid event frame %r: %s", frame.get("id"), exc)

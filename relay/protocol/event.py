@@ -21,6 +21,13 @@ Status = Literal["running", "retrying", "completed", "failed", "cancel_requested
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
+CANCEL_REQUESTED = "cancel_requested"
+
+
+# In the ``data`` of an event delivered while a cancel is pending; never part of a report.
+CANCEL_FLAG = "cancel_requested"
+
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
@@ -174,7 +181,30 @@ class ProgressEvent(BaseModel):
             data["error"] = self.error
         if self.attempt is not None:
             data["attempt"] = self.attempt
+        if self.status == CANCEL_REQUESTED:
+            data[CANCEL_FLAG] = True
         return data
+
+
+def as_delivered(event: ProgressEvent, cancel_pending: bool) -> ProgressEvent:
+    """The event as subscribers and the session view take it: the one rule of a pending cancel.
+
+    Once a session's stream holds a ``cancel_requested`` event, the worker's
+    ordinary reports after it still say the session is cancelling (its
+    ``data`` then carries ``cancel_requested: true``, see :meth:`ProgressEvent.data`),
+    so nobody is offered Cancel again; a terminal event ends the cancel.
+    ``cancel_pending`` tells whether the stream held such an event before this one.
+    """
+    if not cancel_pending or event.terminal or event.status == CANCEL_REQUESTED:
+        return event
+    return event.model_copy(update={"status": CANCEL_REQUESTED})
+
+
+def event_from_data(data: Any) -> ProgressEvent:
+    """The event an event frame's ``data`` carries, the delivery's own flag left out."""
+    if isinstance(data, dict) and CANCEL_FLAG in data:
+        data = {name: value for name, value in data.items() if name != CANCEL_FLAG}
+    return ProgressEvent.model_validate(data)
 
 
 EVENT_LIST = TypeAdapter(list[ProgressEvent])

@@ -88,7 +88,13 @@ class SessionStateAnswer(_Answer):
     workflow_type: WorkflowType
     step: str
     progress: float = Field(ge=0, le=100)
-    status: Status
+    status: Status = Field(
+        description="cancel_requested from the cancel_requested event until the session ends, "
+        "whatever the worker reports meanwhile."
+    )
+    cancel_requested: bool = Field(
+        description="Whether a cancel is pending: requested, and the session has not ended."
+    )
     error: str | None
     attempt: int = Field(
         ge=1, description="The attempt the worker is on: 1 until it reported a retry."
@@ -110,12 +116,22 @@ class SessionStateAnswer(_Answer):
     last_event_id: StreamId
 
 
+class EventData(ProgressEvent):
+    """A report as delivered: while a cancel is pending, an ordinary report says so."""
+
+    cancel_requested: Literal[True] | None = Field(
+        default=None,
+        description="Present (true) when status is cancel_requested: the stream held a "
+        "cancel_requested event before this one, or this is it, and it is not terminal.",
+    )
+
+
 class EventFrame(_Answer):
     """One event as subscribers receive it, over WebSocket and in a session's history."""
 
     event: EventName
     id: StreamId
-    data: ProgressEvent
+    data: EventData
 
 
 class HealthAnswer(_Answer):

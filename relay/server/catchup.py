@@ -257,7 +257,7 @@ class CatchUp:
             if len(entries) <= limit:
                 return True, [
                     envelope
-                    for envelope, _ in decode(frame.workflow_type, entries)
+                    for envelope, _ in decode(frame.workflow_type, entries, self._view)
                     if frame.session_id in (None, envelope.session_id)
                 ]
             recovered = False

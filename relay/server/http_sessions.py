@@ -127,7 +127,7 @@ async def session_events(request: web.Request) -> web.Response:
     # An id may name another entry by now, if Redis lost its data; skip what is not the session's.
     frames = [
         envelope.frame
-        for envelope, _ in decode(state.workflow_type, entries)
+        for envelope, _ in decode(state.workflow_type, entries, gateway.view)
         if envelope.session_id == session_id
     ]
     return _json_array(frames)

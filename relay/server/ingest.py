@@ -18,13 +18,17 @@ logger = logging.getLogger(__name__)
 def decode(
     workflow_type: str,
     entries: list[StreamEntry],
+    view: SessionView,
     on_invalid: Callable[[EntryError], None] | None = None,
 ) -> Iterator[tuple[Envelope, ProgressEvent]]:
-    """Valid entries with their envelopes; invalid ones are skipped.
+    """Valid entries as delivered (see :meth:`SessionView.delivered`); invalid ones are skipped.
 
     Only the reader passes ``on_invalid``, so an entry is counted and logged
     once, when first read, not again by every replay or history request.
+    Each entry is taken as delivered when it is reached, so the reader, which
+    applies one before asking for the next, gets each as of the ones before it.
     """
+    delivered = view.delivered
     for entry_id, fields in entries:
         try:
             event = event_from_entry(workflow_type, entry_id, fields)
@@ -32,7 +36,7 @@ def decode(
             if on_invalid is not None:
                 on_invalid(exc)
             continue
-        yield Envelope.of(entry_id, event), event
+        yield delivered(entry_id, event)
 
 
 class Ingest:
@@ -68,7 +72,7 @@ class Ingest:
             return
         apply, route = self._view.apply, self._hub.route
         accepted = 0
-        for envelope, event in decode(workflow_type, entries, self._skipped):
+        for envelope, event in decode(workflow_type, entries, self._view, self._skipped):
             accepted += 1
             apply(envelope, event)
             if live:

@@ -459,7 +459,8 @@ def document(settings: Settings) -> dict[str, Any]:
     for operation in operations(settings):
         paths.setdefault(operation.path, {})[operation.method] = _operation(operation, schemas)
     # The model checks step with a validator, which a JSON schema cannot carry.
-    schemas.components["ProgressEvent"]["properties"]["step"]["pattern"] = printable_pattern()
+    for event_model in ("ProgressEvent", "EventData"):
+        schemas.components[event_model]["properties"]["step"]["pattern"] = printable_pattern()
     return {
         "openapi": "3.1.0",
         "info": {

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from relay.protocol.entries import Publication, Published, Receipt, now_ms
 from relay.protocol.event import ProgressEvent
-from relay.protocol.frames import Envelope
 from relay.protocol.idempotency import REUSED, KeyReused
 from relay.server.errors import ApiError
 from relay.server.gateway import Gateway
@@ -68,8 +67,9 @@ def _session_ended(state: SessionState) -> ApiError:
 
 def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
     """Fold what was just written into the view, as the reader will when it reads it back."""
+    view = gateway.view
     for event, receipt in zip(events, receipts, strict=True):
-        gateway.view.apply(Envelope.of(receipt.id, event), event)
+        view.apply(*view.delivered(receipt.id, event))
 
 
 def unknown_session(session_id: str) -> ApiError:
@@ -88,8 +88,8 @@ async def request_cancel(gateway: Gateway, session_id: str) -> tuple[Receipt, st
         raise unknown_session(session_id)
     if state.terminal:
         raise _session_ended(state)
-    if state.status == "cancel_requested":
-        return Receipt(state.latest.id, True), state.workflow_type
+    if state.cancel is not None:
+        return Receipt(state.cancel.id, True), state.workflow_type
     event = ProgressEvent(
         session_id=session_id,
         workflow_type=state.workflow_type,

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay.protocol.entries import now_ms
-from relay.protocol.event import ProgressEvent, format_number
+from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered, format_number
 from relay.protocol.frames import Envelope
 from relay.protocol.progress import estimated_time_remaining
+from relay.protocol.stream_ids import StreamId
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 
 
@@ -27,6 +28,7 @@ class SessionState:
 
     __slots__ = (
         "attempt",
+        "cancel",
         "error",
         "first_progress",
         "history",
@@ -57,6 +59,8 @@ class SessionState:
         self.history = RecentIds(history_limit)
         self.attempt = 1
         self.last_error: str | None = None
+        # The session's cancel_requested event, once its stream holds one.
+        self.cancel: Envelope | None = None
         self.apply(envelope, event)
 
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
@@ -65,6 +69,9 @@ class SessionState:
             # A session id reused in another type: history follows the latest type's stream.
             self.history.clear()
             self.workflow_type = event.workflow_type
+            self.cancel = None
+        if event.status == CANCEL_REQUESTED and self.cancel is None:
+            self.cancel = envelope
         self.record(envelope)
         self.step = event.step
         self.progress = event.progress
@@ -89,6 +96,22 @@ class SessionState:
         """Whether the session has ended."""
         return self.latest.terminal
 
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether a cancel is pending: requested, and the session has not ended yet."""
+        return self.status == CANCEL_REQUESTED
+
+    def cancel_pending_at(self, key: StreamId) -> bool:
+        """Whether the session's event at ``key`` comes while a cancel is pending.
+
+        After the cancel_requested event and, once the session ended, before
+        the event that ended it: a replay of an older entry says what it said.
+        """
+        cancel = self.cancel
+        if cancel is None or key < cancel.key:
+            return False
+        return not self.terminal or key < self.latest.key
+
     def estimated_time_remaining(self) -> float | None:
         """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`."""
         return estimated_time_remaining(
@@ -108,6 +131,7 @@ class SessionState:
             "step": self.step,
             "progress": format_number(self.progress),
             "status": self.status,
+            "cancel_requested": self.cancel_requested,
             "error": self.error,
             "attempt": self.attempt,
             "last_error": self.last_error,
@@ -152,8 +176,26 @@ class SessionView:
             return None
         return state
 
+    def delivered(self, entry_id: str, event: ProgressEvent) -> tuple[Envelope, ProgressEvent]:
+        """The session's entry as delivered, by :func:`~relay.protocol.event.as_delivered`.
+
+        Whether a cancel is pending at the entry depends only on the entries
+        before it in the stream, so every gateway delivers the same, live or
+        in a replay. Live, call it before applying the entry, after the ones before it.
+        """
+        envelope = Envelope.of(entry_id, event)
+        state = self._sessions.get(event.session_id)
+        if (
+            state is None
+            or state.workflow_type != event.workflow_type
+            or not state.cancel_pending_at(envelope.key)
+        ):
+            return envelope, event
+        shown = as_delivered(event, cancel_pending=True)
+        return (envelope, event) if shown is event else (Envelope.of(entry_id, shown), shown)
+
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
-        """Fold one event into the view."""
+        """Fold one event into the view (as delivered, see :meth:`delivered`)."""
         sessions = self._sessions
         state = sessions.get(event.session_id)
         if state is None:

@@ -222,11 +222,13 @@ async def test_cancelled_sessions_go_through_the_cancel_flow(
         for ended in list(simulation.ended)[:3]:
             assert ended.status == "cancelled"
             statuses = await history(http, base, ended.session_id)
-            # asked to stop, the worker's next report learned of it, then it stopped
+            # asked to stop, the worker's next report learned of it, then it stopped;
+            # the reports in between are delivered as cancelling
             assert statuses[-1] == "cancelled"
             assert "cancel_requested" in statuses
-            assert statuses.index("cancel_requested") < len(statuses) - 2
-            assert statuses[-2] == "running"
+            asked = statuses.index("cancel_requested")
+            assert asked < len(statuses) - 2
+            assert set(statuses[asked:-1]) == {"cancel_requested"}
 
 
 async def test_failed_sessions_report_their_error(

@@ -96,6 +96,31 @@ def test_dashboard_bar_follows_the_reported_progress_and_cancels(
     expect(row.locator(".status")).to_have_text("cancelled")
 
 
+def test_dashboard_keeps_a_pending_cancel_through_the_workers_next_report(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    reporter.report("s1", "map", "analyzing", 45)
+    open_dashboard(page, gateway)
+    row = page.locator('[data-session="s1"]')
+    expect(row.locator(".cancel")).to_be_visible()
+    row.locator(".cancel").click()
+    expect(row).to_have_attribute("data-status", "cancel_requested")
+    # The worker has not looked yet: its next ordinary report must not offer Cancel again.
+    reporter.report("s1", "map", "texturing", 60)
+    expect(row.locator(".step")).to_have_text("texturing")
+    expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "60")
+    expect(row).to_have_attribute("data-status", "cancel_requested")
+    expect(row.locator(".status")).to_have_text("cancelling")
+    expect(row.locator(".cancel")).to_be_hidden()
+    # So does a page opened afterwards, from the gateway's state and snapshot.
+    page.reload()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    expect(row.locator(".status")).to_have_text("cancelling")
+    expect(row.locator(".cancel")).to_be_hidden()
+    reporter.report("s1", "map", "texturing", 60, status="cancelled")
+    expect(row.locator(".status")).to_have_text("cancelled")
+
+
 def test_dashboard_shows_a_failure_with_its_error_and_history(
     page: Page, gateway: Gateway, reporter: Reporter
 ) -> None:
