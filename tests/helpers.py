@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -339,3 +340,19 @@ async def start_watch(gateway: Gateway, *args: str) -> asyncio.subprocess.Proces
         stderr=asyncio.subprocess.DEVNULL,
         env=env,
     )
+
+
+async def first_watch_line(
+    watcher: asyncio.subprocess.Process, post: Callable[[int], Awaitable[object]]
+) -> bytes:
+    """The first line ``watcher`` prints, calling ``post(n)`` until it prints one.
+
+    Events published before its subscription is in place are not shown, so
+    keep posting until one is: its subscription is then live.
+    """
+    assert watcher.stdout is not None
+    for attempt in range(100):
+        await post(attempt)
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(watcher.stdout.readline(), 0.2)
+    raise AssertionError("relay watch printed nothing")

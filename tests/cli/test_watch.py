@@ -29,7 +29,7 @@ from relay.cli.watch import (
 from relay.client.subscriber import Connection
 from relay.protocol.event import ProgressEvent
 from relay.server.auth import mint_token, read_token
-from tests.helpers import Gateway, event, start_watch
+from tests.helpers import Gateway, event, first_watch_line, start_watch
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -416,14 +416,9 @@ async def test_watch_without_a_terminal_prints_plain_lines(
     watcher = await start_watch(gateway, "--type", "map")
     assert watcher.stdout is not None
     try:
-        # post until the watcher shows one: its subscription is then in place
-        line = b""
-        for attempt in range(100):
-            await post(http, gateway, session_id="plain-1", progress=attempt)
-            with contextlib.suppress(TimeoutError):
-                line = await asyncio.wait_for(watcher.stdout.readline(), 0.2)
-                break
-        assert line
+        line = await first_watch_line(
+            watcher, lambda attempt: post(http, gateway, session_id="plain-1", progress=attempt)
+        )
         await post(http, gateway, session_id="plain-1", progress=100, status="completed")
         while b"completed" not in line:
             line = await asyncio.wait_for(watcher.stdout.readline(), 10)

@@ -8,7 +8,6 @@ way a subscriber or caller learns of the session says it is cancelling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.helpers import (
     DEFAULT_TIMEOUT,
     Gateway,
     event,
+    first_watch_line,
     read_back,
     receive,
     receive_events,
@@ -213,14 +213,9 @@ async def test_relay_watch_shows_the_report_after_a_cancel_as_cancelling(
     watcher = await start_watch(gateway, "--type", "map")
     assert watcher.stdout is not None
     try:
-        # Post until the watcher shows one: its subscription is then in place.
-        line = b""
-        for attempt in range(100):
-            await post(http, gateway.url, progress=attempt)
-            with contextlib.suppress(TimeoutError):
-                line = await asyncio.wait_for(watcher.stdout.readline(), 0.2)
-                break
-        assert line
+        line = await first_watch_line(
+            watcher, lambda attempt: post(http, gateway.url, progress=attempt)
+        )
         await cancel(http, gateway.url)
         await post(http, gateway.url, progress=60, step="texturing")
         while b"texturing" not in line:
