@@ -15,10 +15,15 @@ from pydantic import (
     field_validator,
 )
 
-Status = Literal["running", "completed", "failed", "cancel_requested", "cancelled"]
+Status = Literal["running", "completed", "failed", "cancel_requested", "cancelled", "stalled"]
 
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+# Sessions in these statuses are expected to keep reporting: the gateways'
+# liveness check calls one that falls silent ``stalled`` (see relay.server.liveness).
+REPORTING_STATUSES: frozenset[str] = frozenset({"running", "cancel_requested"})
 
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
