@@ -69,7 +69,7 @@ def _session_ended(state: SessionState) -> ApiError:
 def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
     """Fold what was just written into the view, as the reader will when it reads it back."""
     for event, receipt in zip(events, receipts, strict=True):
-        gateway.view.apply(Envelope.of(receipt.id, event), event)
+        gateway.view.apply(Envelope.of(receipt.id, event), event, ahead=True)
 
 
 def unknown_session(session_id: str) -> ApiError:
