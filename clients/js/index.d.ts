@@ -5,7 +5,13 @@
 export declare const ANY_TYPE: "*";
 
 /** A session's status; the last three are terminal. */
-export type Status = "running" | "cancel_requested" | "completed" | "failed" | "cancelled";
+export type Status =
+  | "running"
+  | "cancel_requested"
+  | "stalled"
+  | "completed"
+  | "failed"
+  | "cancelled";
 
 /** The statuses a session ends with; no later report revives it. */
 export declare const TERMINAL_STATUSES: readonly ["completed", "failed", "cancelled"];

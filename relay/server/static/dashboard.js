@@ -55,6 +55,7 @@ const rowTemplate = byId("row-template");
 const STATUS_LABELS = {
   running: "running",
   cancel_requested: "cancelling",
+  stalled: "stalled",
   completed: "completed",
   failed: "failed",
   cancelled: "cancelled",
@@ -237,6 +238,10 @@ function drawTimes(row, now) {
   let stalled = false;
   if (state.isComplete) {
     eta = "done";
+  } else if (state.status === "stalled") {
+    // The gateways said so: the worker has sent nothing for the stall time.
+    stalled = true;
+    eta = "stalled";
   } else if (state.isInProgress && state.estimatedTimeRemaining != null) {
     // The estimate holds as of the last event; count down from there. Once it
     // has run out without news the session is late, and no figure is honest.
