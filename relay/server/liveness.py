@@ -131,13 +131,17 @@ class Liveness:
         # Why the latest check failed, None once one succeeds: readiness reports it.
         self.last_error: str | None = None
 
-    def due(self) -> Iterator[tuple[SessionState, ProgressEvent]]:
-        """Every remembered session whose silence calls for an event now, with that event."""
+    def due(self) -> Iterator[tuple[SessionState, Envelope, ProgressEvent]]:
+        """Every remembered session whose silence calls for an event now.
+
+        Each comes with the entry the decision is about (its ``heard`` entry
+        now) and the event.
+        """
         now = self._clock()
         for state in self._view.sessions():
             event = self.rules.verdict(state, now)
             if event is not None:
-                yield state, event
+                yield state, state.heard, event
 
     async def check(self) -> int:
         """Publish what every silent session calls for; answers how many this gateway wrote.
@@ -147,16 +151,20 @@ class Liveness:
         be logged with its traceback by the task that runs the checks.
         """
         written = 0
+        keys = self._store.keys
         try:
-            for state, event in list(self.due()):
+            for state, heard, event in list(self.due()):
+                # The view may have moved on while earlier decisions were
+                # written (another gateway's decision read back, say): the
+                # event decided on is about the entry heard then, or nothing.
+                if state.heard is not heard:
+                    continue
                 receipt = await self._store.decide(
-                    marker=self._store.keys.liveness(
-                        self._store.keys.stream(state.workflow_type),
-                        state.session_id,
-                        state.heard.id,
+                    marker=keys.liveness(
+                        keys.stream(heard.workflow_type), heard.session_id, heard.id
                     ),
                     marker_ttl_ms=self.rules.marker_ttl_ms,
-                    after=state.heard.id,
+                    after=heard.id,
                     event=event,
                     later_entries=LATER_ENTRIES,
                 )

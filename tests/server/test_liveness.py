@@ -10,8 +10,11 @@ from typing import Any
 
 import aiohttp
 
+from relay.protocol.entries import now_ms
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
+from relay.server.app import build_relay
+from relay.server.ingest import decode
 from relay.server.liveness import LivenessRules
 from relay.server.session_view import SessionState
 from relay.server.settings import Settings
@@ -207,7 +210,7 @@ async def test_a_store_error_is_reported_and_the_checks_go_on(
         with own_redis.client() as client:
             # Scripts are refused now: the liveness check cannot publish,
             # while the reader and the readiness probe carry on.
-            client.acl_setuser("default", reset=False, commands=["-eval", "-evalsha"])
+            client.acl_setuser("default", enabled=True, commands=["-eval", "-evalsha"])
             try:
                 await until(failing, what="readiness to report the failing check")
                 # The liveness check's problem alone, saying why.
@@ -215,7 +218,7 @@ async def test_a_store_error_is_reported_and_the_checks_go_on(
                 assert "permission" in problem.lower(), problem
                 assert (await session_state(http, base, "s1"))["status"] == "running"
             finally:
-                client.acl_setuser("default", reset=False, commands=["+eval", "+evalsha"])
+                client.acl_setuser("default", enabled=True, commands=["+eval", "+evalsha"])
         await state_when(http, base, "s1", status="stalled")
 
         async def ready() -> bool:
@@ -257,3 +260,41 @@ def test_the_rules_stall_infer_and_abandon_by_the_stream_id_time() -> None:
     assert quiet is not None
     assert quiet.status == "stalled"
     assert LivenessRules(stall_after=600).interval == 5.0
+
+
+async def test_a_decision_read_back_midway_through_a_check_is_not_taken_again(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    settings = Settings(redis_url=redis_url, stall_after=STALL_AFTER)
+    first, second = build_relay(settings), build_relay(settings)
+    try:
+        old = now_ms() - 10_000
+        with redis_server.client() as client:
+            for n, session in enumerate(("a", "b")):
+                fields = {"session_id": session, "step": "s", "progress": "5"}
+                client.xadd(STREAM, fields, id=f"{old + n}-0")
+            entries = client.xrange(STREAM)
+        for gateway in (first, second):
+            for envelope, found in decode("map", entries):
+                gateway.view.apply(envelope, found)
+        assert await second.liveness.check() == 2
+        with redis_server.client() as client:
+            stalls = {
+                found.session_id: (envelope, found)
+                for envelope, found in decode("map", client.xrange(STREAM, min=f"({old + 1}-0"))
+            }
+        decide = first.store.decide
+
+        async def reader_reads_the_other_stall_meanwhile(**kwargs: Any) -> str | None:
+            if len(stalls) == 2:  # while the first decision is written
+                other = "b" if kwargs["event"].session_id == "a" else "a"
+                first.view.apply(*stalls.pop(other))
+            return await decide(**kwargs)
+
+        first.store.decide = reader_reads_the_other_stall_meanwhile  # type: ignore[method-assign]
+        assert await first.liveness.check() == 0
+        assert statuses(redis_server, "a") == ["running", "stalled"]
+        assert statuses(redis_server, "b") == ["running", "stalled"]
+    finally:
+        for gateway in (first, second):
+            await gateway.connections.aclose()
