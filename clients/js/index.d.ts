@@ -4,11 +4,15 @@
 /** The workflow type that stands for every type. */
 export declare const ANY_TYPE: "*";
 
-/** A session's status; the last three are terminal. `retrying`: an attempt failed, the next runs. */
+/**
+ * A session's status; the last three are terminal. `retrying`: an attempt
+ * failed, the next runs. `stalled`: the worker fell silent.
+ */
 export type Status =
   | "running"
   | "retrying"
   | "cancel_requested"
+  | "stalled"
   | "completed"
   | "failed"
   | "cancelled";

@@ -73,6 +73,13 @@ PUBLISH_SCRIPT = (files("relay.protocol") / "publish.lua").read_text(encoding="u
 ANNOUNCEMENTS_MAXLEN = 100
 
 
+def cancel_action(event: ProgressEvent) -> str:
+    """What writing ``event`` does to its session's pending-cancel flag: "set", "del" or ""."""
+    if event.status == "cancel_requested":
+        return "set"
+    return "del" if event.terminal else ""
+
+
 def publish_args(
     keys: Keys,
     publications: Sequence[Publication],
@@ -98,17 +105,11 @@ def publish_args(
     for publication in publications:
         for event in publication.events:
             fields = event.stream_fields(stamp)
-            if event.status == "cancel_requested":
-                action = "set"
-            elif event.terminal:
-                action = "del"
-            else:
-                action = ""
             batch.append(
                 (
                     keys.stream(event.workflow_type),
                     keys.cancel(event.session_id),
-                    action,
+                    cancel_action(event),
                     [item for pair in fields.items() for item in pair],
                 )
             )

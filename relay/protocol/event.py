@@ -15,7 +15,9 @@ from pydantic import (
     field_validator,
 )
 
-Status = Literal["running", "retrying", "completed", "failed", "cancel_requested", "cancelled"]
+Status = Literal[
+    "running", "retrying", "completed", "failed", "cancel_requested", "cancelled", "stalled"
+]
 
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -26,6 +28,10 @@ CANCEL_REQUESTED = "cancel_requested"
 
 # In the ``data`` of an event delivered while a cancel is pending; never part of a report.
 CANCEL_FLAG = "cancel_requested"
+
+# Sessions in these statuses are expected to keep reporting: the gateways'
+# liveness check calls one that falls silent ``stalled`` (see relay.server.liveness).
+REPORTING_STATUSES: frozenset[str] = frozenset({"running", "retrying", "cancel_requested"})
 
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"

@@ -46,6 +46,15 @@ class Keys:
         """
         return f"{self.prefix}{{{stream_key}}}:epoch"
 
+    def liveness(self, stream_key: str, session_id: str, entry_id: str) -> str:
+        """Present once a gateway has decided what the silence after ``entry_id`` means.
+
+        Named by the session's latest entry, which every gateway's view agrees
+        on, so the gateways that reach the same decision compete for one key.
+        The stream key in braces keeps it in the stream's cluster slot.
+        """
+        return f"{self.prefix}{{{stream_key}}}:liveness:{session_id}:{entry_id}"
+
     @property
     def ready_probe(self) -> str:
         """A short-lived key readiness checks write, to learn whether the store accepts writes."""

@@ -28,6 +28,7 @@ from relay.server.errors import error_middleware
 from relay.server.gateway import GATEWAY, Gateway
 from relay.server.hub import Hub
 from relay.server.ingest import Ingest
+from relay.server.liveness import Liveness, LivenessRules
 from relay.server.rate_limits import PublisherLimits
 from relay.server.reader import StreamReader
 from relay.server.session_view import SessionView
@@ -80,7 +81,11 @@ def build_relay(settings: Settings, connections: Connections | None = None) -> G
         replay_wait=settings.replay_wait,
     )
     limits = PublisherLimits(settings.publish_rate, settings.publish_burst)
-    return Gateway(settings, connections, keys, store, hub, view, ingest, reader, catchup, limits)
+    rules = LivenessRules(settings.stall_after, settings.abandon_after, settings.infer_completion)
+    liveness = Liveness(rules, store, view)
+    return Gateway(
+        settings, connections, keys, store, hub, view, ingest, reader, catchup, limits, liveness
+    )
 
 
 def _application(gateway: Gateway) -> web.Application:
@@ -129,6 +134,8 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.cleanup_ctx.append(_watch_sends)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
+    if settings.stall_after > 0:
+        app.cleanup_ctx.append(_check_liveness)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -191,6 +198,20 @@ async def _trim_by_age(app: web.Application) -> AsyncIterator[None]:
             logger.warning("trimming streams by age failed: %s", exc)
 
     async with periodically(interval, trim, "relay-age-trim"):
+        yield
+
+
+async def _check_liveness(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    liveness = gateway.liveness
+
+    async def check() -> None:
+        # While the reader does not follow the streams the view stands still,
+        # and every session in it would look silent.
+        if gateway.reader.problem is None:
+            await liveness.check()
+
+    async with periodically(liveness.rules.interval, check, "relay-liveness"):
         yield
 
 

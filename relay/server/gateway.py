@@ -11,6 +11,7 @@ from relay.server.catchup import CatchUp
 from relay.server.connections import Connections
 from relay.server.hub import Hub
 from relay.server.ingest import Ingest
+from relay.server.liveness import Liveness
 from relay.server.rate_limits import PublisherLimits
 from relay.server.reader import StreamReader
 from relay.server.session_view import SessionView
@@ -50,6 +51,7 @@ class Gateway:
     reader: StreamReader
     catchup: CatchUp
     publisher_limits: PublisherLimits
+    liveness: Liveness
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     event_streams: set[Subscriber] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)

@@ -140,6 +140,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"store unreachable: {exc or type(exc).__name__}")
     if (problem := gateway.reader.problem) is not None:
         problems.append(problem)
+    if (problem := gateway.liveness.last_error) is not None:
+        problems.append(problem)
     if problems:
         retry = str(gateway.settings.retry_after_seconds)
         answer = NotReadyAnswer(status="not ready", problems=problems)

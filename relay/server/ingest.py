@@ -40,7 +40,7 @@ def decode(
 
 
 class Ingest:
-    """The reader's handler: every valid entry updates the view and, when live, is routed."""
+    """The reader's handler: valid entries update the view; live news is routed (no heartbeats)."""
 
     def __init__(self, keys: Keys, hub: Hub, view: SessionView) -> None:
         self._keys = keys
@@ -74,8 +74,8 @@ class Ingest:
         accepted = 0
         for envelope, event in decode(workflow_type, entries, self._view, self._skipped):
             accepted += 1
-            apply(envelope, event)
-            if live:
+            # A heartbeat only refreshes the session's liveness: nobody is told of it.
+            if apply(envelope, event) and live:
                 route(envelope)
         counts = self.accepted_by_type
         counts[workflow_type] = counts.get(workflow_type, 0) + accepted

@@ -60,6 +60,12 @@ class RelayCollector(Collector):
             hub.delivered_by_type,
         )
         yield _labelled(
+            "relay_liveness_events",
+            "Events this gateway published about silent sessions (stalled, completed, failed).",
+            "status",
+            gateway.liveness.published_by_status,
+        )
+        yield _labelled(
             "relay_requests_rejected",
             "Requests and client frames answered with an error, by error code.",
             "reason",

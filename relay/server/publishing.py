@@ -69,7 +69,7 @@ def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[R
     """Fold what was just written into the view, as the reader will when it reads it back."""
     view = gateway.view
     for event, receipt in zip(events, receipts, strict=True):
-        view.apply(*view.delivered(receipt.id, event))
+        view.apply(*view.delivered(receipt.id, event), ahead=True)
 
 
 def unknown_session(session_id: str) -> ApiError:

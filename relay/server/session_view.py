@@ -22,6 +22,10 @@ from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 
+# Heartbeats applied ahead and not read back yet, remembered at most: the
+# reader reads them back within milliseconds, unless they were trimmed first.
+MAX_UNROUTED = 10_000
+
 
 class SessionState:
     """What is known of one session: its latest event, when it started, how fast it moves."""
@@ -31,6 +35,7 @@ class SessionState:
         "cancel",
         "error",
         "first_progress",
+        "heard",
         "history",
         "last",
         "last_error",
@@ -85,11 +90,23 @@ class SessionState:
         self.metadata = event.metadata
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
+        self.heard = envelope
 
     def record(self, envelope: Envelope) -> None:
         """Add the event to the session's history, without changing its state."""
         if envelope.workflow_type == self.workflow_type:
             self.history.add(envelope.key)
+
+    def repeated_by(self, event: ProgressEvent) -> bool:
+        """Whether ``event`` changes nothing visible of the session: a heartbeat."""
+        return (
+            event.workflow_type == self.workflow_type
+            and event.status == self.status
+            and event.step == self.step
+            and event.progress == self.progress
+            and event.error == self.error
+            and event.metadata == self.metadata
+        )
 
     @property
     def terminal(self) -> bool:
@@ -161,6 +178,8 @@ class SessionView:
         self._clock = clock
         # Ordered by last update, oldest first, so eviction pops from the front.
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+        # Heartbeats applied before the reader reads them back (see apply).
+        self._unrouted: OrderedDict[StreamId, None] = OrderedDict()
         self.evicted = 0
 
     def _horizon(self) -> int:
@@ -194,25 +213,46 @@ class SessionView:
         shown = as_delivered(event, cancel_pending=True)
         return (envelope, event) if shown is event else (Envelope.of(entry_id, shown), shown)
 
-    def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
-        """Fold one event into the view (as delivered, see :meth:`delivered`)."""
+    def apply(self, envelope: Envelope, event: ProgressEvent, *, ahead: bool = False) -> bool:
+        """Fold one event (as delivered, see :meth:`delivered`) into the view.
+
+        Answers whether subscribers are to receive it.
+
+        A heartbeat (an event that changes nothing visible, see
+        :meth:`SessionState.repeated_by`) only says the worker is alive: it
+        moves the session's ``heard`` entry on, and is neither routed nor
+        kept in the history. ``ahead`` is for the gateway that applies what it
+        published before its reader reads it back: a heartbeat applied ahead
+        is remembered, so the read-back is not routed either.
+        """
         sessions = self._sessions
         state = sessions.get(event.session_id)
         if state is None:
             sessions[event.session_id] = SessionState(envelope, event, self._history_limit)
-        elif envelope.key <= state.latest.key:
+        elif envelope.key <= state.heard.key:
             # Already applied: the gateway that published an event applies it
             # at once, and its reader reads the same entry back later.
-            return
+            if envelope.key in self._unrouted:
+                del self._unrouted[envelope.key]
+                return False
+            return True
         elif state.terminal and not event.terminal:
             # An ended session stays ended; a stray late report does not revive it,
             # though it is still one of its events.
             state.record(envelope)
-            return
+            return True
+        elif state.repeated_by(event):
+            state.heard = envelope
+            if ahead:
+                self._unrouted[envelope.key] = None
+                while len(self._unrouted) > MAX_UNROUTED:
+                    self._unrouted.popitem(last=False)
+            return False
         else:
             state.apply(envelope, event)
             sessions.move_to_end(event.session_id)
         self.evict()
+        return True
 
     def forget_type(self, workflow_type: str) -> int:
         """Forget every session of ``workflow_type`` (before rebuilding them from its stream)."""

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from relay.client.redis_urls import check_redis_url
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
+from relay.protocol.liveness import DEFAULT_STALL_AFTER
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 from relay.server.client_address import Network, parse_networks
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
@@ -112,6 +113,23 @@ class Settings(BaseSettings):
         le=10_000,
         description="Latest event ids remembered per session; its history endpoint lists those "
         "events only.",
+    )
+    stall_after: float = Field(
+        default=DEFAULT_STALL_AFTER,
+        ge=0,
+        description="Seconds without a report after which a running session is published "
+        "stalled (or completed, see infer_completion); 0: never.",
+    )
+    abandon_after: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds a session stays stalled before it is published failed "
+        '("worker stopped reporting"); 0: never.',
+    )
+    infer_completion: bool = Field(
+        default=True,
+        description="A session that falls silent at progress 100 is published completed, "
+        'with metadata "inferred": true, rather than stalled.',
     )
     replay_limit: int = Field(
         default=1_000,

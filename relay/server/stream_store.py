@@ -3,17 +3,88 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from relay.client.stream_publisher import StreamPublisher
-from relay.protocol.entries import StreamEntry, now_ms
+from relay.protocol.entries import StreamEntry, cancel_action, now_ms
+from relay.protocol.event import ProgressEvent
 from relay.protocol.stream_ids import START, StreamId
+
+# Writes one event that a gateway decided on, unless another gateway decided
+# the same already, or the session reported meanwhile; atomically.
+#
+# KEYS[1] the type stream, KEYS[2] the decision's marker, KEYS[3] the
+# session's pending-cancel flag
+# ARGV[1] MAXLEN of the stream (approximate trimming, as every publish does)
+# ARGV[2] milliseconds the marker lives
+# ARGV[3] the session id, ARGV[4] the id of the entry the decision is about
+# ARGV[5] "del" to clear the pending-cancel flag (a terminal event), else ""
+# ARGV[6] how many entries after ARGV[4] to look through for one of the session
+# ARGV[7...] the entry's fields and values
+#
+# Returns the new entry's id, or false when nothing was written.
+DECIDE_SCRIPT = """
+local unpack = table.unpack or unpack
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+  return false
+end
+local later = redis.call('XRANGE', KEYS[1], '(' .. ARGV[4], '+', 'COUNT', ARGV[6])
+for _, entry in ipairs(later) do
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'session_id' and fields[i + 1] == ARGV[3] then
+      return false
+    end
+  end
+end
+if ARGV[5] == 'del' then
+  redis.call('DEL', KEYS[3])
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 7))
+"""
 
 
 class StreamStore(StreamPublisher):
     """Publishing and reading the type streams over an asyncio Redis client."""
+
+    @cached_property
+    def _decide_script(self) -> AsyncScript:
+        return self.redis.register_script(DECIDE_SCRIPT)
+
+    async def decide(
+        self,
+        *,
+        marker: str,
+        marker_ttl_ms: int,
+        after: str,
+        event: ProgressEvent,
+        later_entries: int,
+    ) -> str | None:
+        """Write ``event`` once, however many gateways decide on it: its id, or None.
+
+        ``marker`` names the decision; whoever sets it first writes the
+        event. Nothing is written either when the session has an entry
+        after ``after`` (among the next ``later_entries``): it reported since.
+        """
+        fields = event.stream_fields()
+        stream, cancel = self.keys.stream(event.workflow_type), self.keys.cancel(event.session_id)
+        answer = await self._decide_script(
+            keys=[stream, marker, cancel],
+            args=[
+                self.maxlen,
+                marker_ttl_ms,
+                event.session_id,
+                after,
+                cancel_action(event),
+                later_entries,
+                *(item for pair in fields.items() for item in pair),
+            ],
+        )
+        return str(answer) if answer else None
 
     async def server_id(self) -> str:
         """The Redis server's run id, which changes whenever it restarts."""

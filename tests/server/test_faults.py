@@ -239,7 +239,9 @@ async def test_relay_watch_reconnects_and_resumes_after_a_gateway_kill(
             # report until the watcher shows one: its subscription is then in place
             line = b""
             while not line:
-                published.append(await reporter.report("s1", "map", "warmup", 0))
+                # A new step each time: a repeated report is a heartbeat, routed to nobody.
+                step = f"warmup-{len(published)}"
+                published.append(await reporter.report("s1", "map", step, 0))
                 with contextlib.suppress(TimeoutError):
                     line = await asyncio.wait_for(watcher.stdout.readline(), 0.2)
             seen = [json.loads(line)["id"]]

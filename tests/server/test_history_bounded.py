@@ -44,15 +44,16 @@ def test_recent_ids_ignore_a_repeat_and_restart_on_a_rewritten_stream() -> None:
 
 
 def _event(session_id: str, workflow_type: str = "map", **fields: Any) -> ProgressEvent:
-    return ProgressEvent(
-        session_id=session_id, workflow_type=workflow_type, step="s", progress=1, ts=1, **fields
-    )
+    values = {"step": "s", "progress": 1, "ts": 1, **fields}
+    return ProgressEvent(session_id=session_id, workflow_type=workflow_type, **values)
 
 
 def test_the_view_keeps_a_bounded_history_per_session_in_its_latest_type() -> None:
     view = SessionView(ttl_ms=10**15, max_sessions=10, history_limit=2, clock=lambda: 2)
     for ms, (session, wtype) in enumerate([("a", "map"), ("b", "map"), ("a", "map")] * 2):
-        view.apply(Envelope.of(f"{ms + 1}-0", _event(session, wtype)), _event(session, wtype))
+        # Each a step of its own: a repeated event would be a heartbeat, kept out of history.
+        moved = _event(session, wtype, step=f"s{ms}")
+        view.apply(Envelope.of(f"{ms + 1}-0", moved), moved)
     state = view.get("a")
     assert state is not None
     assert list(state.history) == [StreamId(4, 0), StreamId(6, 0)]

@@ -57,7 +57,7 @@ async def test_an_invalid_entry_is_counted_once_however_often_history_is_read(
             first = (await response.json())["id"]
         with redis_server.client() as raw:
             raw.xadd("workflow:progress:map", {"session_id": "s1", "step": "a", "progress": "x"})
-        async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
+        async with http.post(f"{base}/api/workflows/progress", json=event(progress=50)) as response:
             last = (await response.json())["id"]
         assert [f["id"] for f in await receive_events(ws, 2)] == [first, last]
         for _ in range(2):

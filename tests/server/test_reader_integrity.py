@@ -66,7 +66,8 @@ async def test_bytes_that_are_not_utf8_cost_only_their_entry(
         raw.xadd(stream, {**ENTRY, b"n\xffte": b"x"})  # and in a field name
         raw.xadd(b"workflow:progress:caf\xe9", ENTRY)  # and in a stream key
         raw.sadd(b"workflow:types", b"t\xe9")
-        after = cast(bytes, raw.xadd(stream, ENTRY)).decode()
+        # Moved on: a repeat of the first would be a heartbeat, routed to nobody.
+        after = cast(bytes, raw.xadd(stream, {**ENTRY, b"progress": b"6"})).decode()
         assert [f["id"] for f in await receive_events(ws, 2)] == [before, after]
         # A type created later is still found, so discovery went on past the bad key.
         added = raw.xadd(b"workflow:progress:later", {**ENTRY, b"session_id": b"s2"})
@@ -95,7 +96,7 @@ async def test_the_embedded_store_skips_bad_bytes_too() -> None:
         good = await commands.xadd(stream, fields)
         # Written as the byte 0xE9: the client escapes it back on the way in.
         await commands.xadd(stream, {**fields, "note": "caf\udce9"})
-        last = await commands.xadd(stream, fields)
+        last = await commands.xadd(stream, {**fields, "progress": "6"})
         await eventually(lambda: found.events() == [good, last])
         assert found.relay.ingest.invalid == 1
 

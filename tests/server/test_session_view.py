@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
+from relay.protocol.stream_ids import StreamId
 from relay.server.session_view import SessionView
 
 NOW = 1_700_000_000_000
@@ -119,3 +120,43 @@ def test_listing_filters_by_type_and_status() -> None:
     feed(view, 2, session="m2", status="completed", progress=100)
     assert [s.session_id for s in view.sessions(workflow_type="map")] == ["m2", "m1"]
     assert [s.session_id for s in view.sessions(status="running")] == ["c1", "m1"]
+
+
+def test_a_heartbeat_moves_only_the_heard_entry_and_is_not_news() -> None:
+    view = make_view()
+    first = feed(view, 0, step="same")
+    beat = ProgressEvent(session_id="s1", workflow_type="map", step="same", progress=10, ts=NOW)
+    envelope = Envelope.of(f"{NOW + 1000}-0", beat)
+    assert view.apply(envelope, beat) is False
+    state = view.get("s1")
+    assert state is not None
+    assert (state.latest, state.heard) == (first, envelope)
+    assert list(state.history.after(None)) == [first.key]
+    assert view.apply(*_event(2, progress=20)) is True
+    assert list(state.history.after(None))[-1] == StreamId(NOW + 2000, 0)
+
+
+def test_a_heartbeat_applied_ahead_is_not_news_when_read_back() -> None:
+    view = make_view()
+    feed(view, 0, step="same")
+    beat = ProgressEvent(session_id="s1", workflow_type="map", step="same", progress=10)
+    envelope = Envelope.of(f"{NOW + 1000}-0", beat)
+    assert view.apply(envelope, beat, ahead=True) is False
+    assert view.apply(envelope, beat) is False
+    changed = ProgressEvent(session_id="s1", workflow_type="map", step="same", progress=11)
+    news = Envelope.of(f"{NOW + 2000}-0", changed)
+    assert view.apply(news, changed, ahead=True) is True
+    assert view.apply(news, changed) is True
+
+
+def _event(n: int, **fields: object) -> tuple[Envelope, ProgressEvent]:
+    values: dict[str, object] = {
+        "session_id": "s1",
+        "workflow_type": "map",
+        "step": "same",
+        "progress": 10,
+        "ts": NOW + n * 1000,
+        **fields,
+    }
+    event = ProgressEvent.model_validate(values)
+    return Envelope.of(f"{NOW + n * 1000}-0", event), event

@@ -56,6 +56,7 @@ const STATUS_LABELS = {
   running: "running",
   retrying: "retrying",
   cancel_requested: "cancelling",
+  stalled: "stalled",
   completed: "completed",
   failed: "failed",
   cancelled: "cancelled",
@@ -246,6 +247,10 @@ function drawTimes(row, now) {
   let stalled = false;
   if (state.isComplete) {
     eta = "done";
+  } else if (state.status === "stalled") {
+    // The gateways said so: the worker has sent nothing for the stall time.
+    stalled = true;
+    eta = "stalled";
   } else if (state.isInProgress && state.estimatedTimeRemaining != null) {
     // The estimate holds as of the last event; count down from there. Once it
     // has run out without news the session is late, and no figure is honest.
