@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
-from relay.protocol.event import TERMINAL_STATUSES, ProgressEvent, format_number
+from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent, format_number
 from relay.protocol.frames import ANY_TYPE, encode_event_frame
 from relay.protocol.progress import estimated_time_remaining
 from relay.server.http_sessions import MAX_LIST
@@ -55,6 +55,7 @@ STATUS_STYLES = {
     "failed": "bold red",
     "cancelled": "grey50",
     "cancel_requested": "yellow",
+    "stalled": "bold dark_orange",
 }
 BAR_STYLES = {
     "running": "cyan",
@@ -63,6 +64,7 @@ BAR_STYLES = {
     "failed": "red",
     "cancelled": "grey50",
     "cancel_requested": "yellow",
+    "stalled": "dark_orange",
 }
 CONNECTION_STYLES = {
     "connecting": "yellow",
@@ -521,20 +523,24 @@ def note(message: str) -> None:
 async def running_starts(
     http: aiohttp.ClientSession, gateway: str, workflow_type: str, *, token: str | None = None
 ) -> dict[str, SessionStart]:
-    """The starts of the sessions running on ``gateway`` (of ``workflow_type``, unless ``*``)."""
-    query = {"status": "running", "limit": str(MAX_LIST)}
-    if workflow_type != ANY_TYPE:
-        query["workflow_type"] = workflow_type
+    """The starts of the sessions not yet ended on ``gateway`` (of ``workflow_type``, unless ``*``).
+
+    One request per ongoing status (running, stalled, retrying...): the list
+    takes one status, and every session that has not ended must be named.
+    """
     headers = {"authorization": f"Bearer {token}"} if token else {}
     url = gateway.rstrip("/") + "/api/workflows/sessions"
-    async with http.get(url, params=query, headers=headers, raise_for_status=True) as response:
-        listed = await response.json()
-    return {
-        str(item["session_id"]): SessionStart(
-            float(item["started_at"]), float(item["first_progress"])
-        )
-        for item in listed
-    }
+    starts: dict[str, SessionStart] = {}
+    for status in ONGOING_STATUSES:
+        query = {"status": status, "limit": str(MAX_LIST)}
+        if workflow_type != ANY_TYPE:
+            query["workflow_type"] = workflow_type
+        async with http.get(url, params=query, headers=headers, raise_for_status=True) as answer:
+            listed = await answer.json()
+        for item in listed:
+            start = SessionStart(float(item["started_at"]), float(item["first_progress"]))
+            starts[str(item["session_id"])] = start
+    return starts
 
 
 class _StartFetcher:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -21,6 +21,8 @@ Status = Literal[
 
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# The statuses of a session that has not ended, in the order Status lists them.
+ONGOING_STATUSES: tuple[str, ...] = tuple(s for s in get_args(Status) if s not in TERMINAL_STATUSES)
 
 
 CANCEL_REQUESTED = "cancel_requested"

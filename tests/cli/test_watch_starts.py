@@ -11,13 +11,15 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from typing import get_args
 
 import aiohttp
 import orjson
 import pytest
 
-from relay.cli.watch import ProgressBoard, SessionStart, running_starts
+from relay.cli.watch import BAR_STYLES, STATUS_STYLES, ProgressBoard, SessionStart, running_starts
 from relay.client.subscriber import Connection
+from relay.protocol.event import Status
 from relay.server.auth import mint_token
 from tests.cli.test_watch import SECRET, Clock, Output, post, rendered, reported
 from tests.helpers import Gateway, start_watch
@@ -123,6 +125,22 @@ async def test_running_starts_raise_on_a_refusal(
     with pytest.raises(aiohttp.ClientResponseError) as refused:
         await running_starts(http, gateway.url, "map", token="not-a-token")
     assert refused.value.status == 401
+
+
+async def test_running_starts_name_every_session_not_ended_whatever_its_status(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url)
+    start = int(time.time() * 1000) - 60_000
+    for status in get_args(Status):
+        await post(http, gateway, session_id=status, progress=10, status=status, ts=start)
+    starts = await running_starts(http, gateway.url, "map")
+    assert set(starts) == {"running", "retrying", "cancel_requested", "stalled"}
+    assert starts["stalled"] == SessionStart(started_at=start, first_progress=10)
+
+
+def test_every_status_has_its_styles() -> None:
+    assert set(STATUS_STYLES) == set(BAR_STYLES) == set(get_args(Status))
 
 
 async def test_watch_bars_says_took_from_the_real_start_of_a_session_it_joined_midway(

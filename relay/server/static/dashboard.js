@@ -212,7 +212,8 @@ function drawRow(row, state, now) {
   if (row.step.title !== state.step) row.step.title = state.step;
   const retrying = state.status === "retrying";
   setText(row.status, retrying ? retryText(state) : (STATUS_LABELS[state.status] ?? state.status));
-  row.cancel.hidden = state.status !== "running" && !retrying;
+  // Any session not yet ended may be cancelled, but only once.
+  row.cancel.hidden = !state.isInProgress || state.status === "cancel_requested";
   if (changedStatus) row.cancel.disabled = false;
   // A retry's error is already in its status text.
   showError(row.error, retrying ? null : state.error, state.isFailed);
