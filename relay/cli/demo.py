@@ -7,11 +7,18 @@ time, at different speeds, through realistic steps, with
 ``metadata.estimated_time_remaining`` most of the time. Now and then one fails
 with an error, and now and then someone asks for one to stop: the simulated
 worker then learns so from its next report and ends ``cancelled``, exactly as
-a real worker using ``raise_on_cancel=True`` does.
+a real worker using ``raise_on_cancel=True`` does. Now and then an attempt
+fails and is retried (``retrying``, attempt 2, then on to the end); now and
+then a worker goes silent for longer than the gateway's stall time, so that
+the session is ``stalled`` until its next report makes it running again; and
+more rarely a worker hangs and never reports again, so that its session stays
+stalled (or is failed by a gateway with ``RELAY_ABANDON_AFTER``).
 
 Every session is reported with the project's own reporting sessions
 (:class:`relay.client.reporting_session.AsyncReportingSession`), so the
-events are exactly what a real worker would publish. At most ``max_sessions``
+events are exactly what a real worker would publish, heartbeats included:
+sessions send them at the pace the stall time the demo is told of calls for,
+except a silent one, whose silence would otherwise be filled. At most ``max_sessions``
 run at once; whatever is still running when the simulation stops is reported
 ``cancelled`` (the worker was interrupted).
 """
@@ -38,6 +45,7 @@ from relay.client.reporting_session import AsyncReportingSession, describe
 from relay.client.retry import ReportError, RetryPolicy
 from relay.protocol.entries import Receipt
 from relay.protocol.event import ProgressEvent
+from relay.protocol.liveness import DEFAULT_STALL_AFTER, heartbeat_interval
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +108,10 @@ FAILURES: dict[str, tuple[tuple[type[Exception], str], ...]] = {
 # How long a session pauses between reports: fast, normal and slow workers.
 PACES: tuple[tuple[float, float], ...] = ((0.3, 0.6), (0.5, 1.2), (1.0, 2.0))
 
+# A silent worker is quiet for this many stall times: long enough for a
+# gateway, which checks ten times a stall time, to notice it surely.
+SILENCE = (1.5, 2.5)
+
 
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
@@ -113,6 +125,14 @@ class DemoOptions:
     """Chance that a session fails part way with an error."""
     cancel_chance: float = 0.1
     """Chance that someone asks for a session to stop part way."""
+    retry_chance: float = 0.08
+    """Chance that an attempt fails part way and the session is retried."""
+    stall_chance: float = 0.05
+    """Chance that a worker goes silent for longer than ``stall_after``, then carries on."""
+    hang_chance: float = 0.02
+    """Chance that a worker goes silent and never reports again (until the demo stops)."""
+    stall_after: float = DEFAULT_STALL_AFTER
+    """The stall time of the gateway the demo publishes to (0: it has none)."""
     safe_start: int = 3
     """The first sessions (one of each type) always run to completion, the first one quickly."""
     pace: tuple[tuple[float, float], ...] = PACES
@@ -125,9 +145,12 @@ class Publisher(Protocol):
     """What the simulation needs from where it publishes."""
 
     def session(
-        self, workflow_type: str, session_id: str
-    ) -> AbstractAsyncContextManager[AsyncReportingSession]:
-        """A reporting session that raises CancelRequested on a cancellation."""
+        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+    ) -> AsyncReportingSession:
+        """A reporting session that raises CancelRequested on a cancellation.
+
+        It sends heartbeats every ``heartbeat_interval`` seconds of silence, or none for None.
+        """
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
         """Ask for ``session`` to stop, as a user would; answers what happened."""
@@ -153,6 +176,15 @@ class _Plan:
     fail_at: int | None
     failure: Exception | None
     cancel_at: int | None
+    retry_at: int | None = None
+    silent_at: int | None = None
+    silence: float | None = None
+    """Seconds the worker is quiet after the report at ``silent_at``; None: for ever."""
+
+    @property
+    def silent(self) -> bool:
+        """Whether the worker goes quiet at some point (and so must send no heartbeats)."""
+        return self.silent_at is not None
 
 
 class Simulation:
@@ -232,13 +264,24 @@ class Simulation:
                 ticks.append((step.name, round(share / total * 97), rng.choice(step.details)))
             done += step.weight
         pause = options.pace[0] if quick else rng.choice(options.pace)
-        fail_at = failure = cancel_at = None
+        fail_at = failure = cancel_at = retry_at = silent_at = silence = None
         if not safe and rng.random() < options.fail_chance:
             fail_at = rng.randrange(1, len(ticks))
-            kind, message = rng.choice(FAILURES[workflow_type])
-            failure = kind(message)
+            failure = self._failure(workflow_type)
         elif not safe and rng.random() < options.cancel_chance:
             cancel_at = rng.randrange(0, max(len(ticks) - 2, 1))
+        elif not safe and rng.random() < options.retry_chance:
+            retry_at = rng.randrange(1, len(ticks))
+            failure = self._failure(workflow_type)
+        elif not safe and rng.random() < options.stall_chance:
+            silent_at = rng.randrange(0, len(ticks) - 1)
+            silence = rng.uniform(*SILENCE) * options.stall_after
+        elif not safe and rng.random() < options.hang_chance:
+            silent_at = rng.randrange(0, len(ticks) - 1)
+        if silent_at is not None and options.stall_after > 0:
+            # Without heartbeats, the worker's ordinary pauses must stay well
+            # within the stall time: only its one silence should stall it.
+            pause = (min(pause[0], options.stall_after / 4), min(pause[1], options.stall_after / 2))
         return _Plan(
             workflow_type=workflow_type,
             session_id=f"{workflow_type}-{rng.getrandbits(32):08x}",
@@ -248,17 +291,31 @@ class Simulation:
             fail_at=fail_at,
             failure=failure,
             cancel_at=cancel_at,
+            retry_at=retry_at,
+            silent_at=silent_at,
+            silence=silence,
         )
+
+    def _failure(self, workflow_type: str) -> Exception:
+        kind, message = self._rng.choice(FAILURES[workflow_type])
+        return kind(message)
 
     async def _run_session(self, plan: _Plan) -> None:
         rng = self._rng
         mean_pause = sum(plan.pause) / 2
         status, error = "completed", None
+        heartbeats = None if plan.silent else heartbeat_interval(self.options.stall_after)
+        session = self._publisher.session(
+            plan.workflow_type, plan.session_id, heartbeat_interval=heartbeats
+        )
         try:
-            async with self._publisher.session(plan.workflow_type, plan.session_id) as session:
+            async with session:
                 for index, (step, progress, details) in enumerate(plan.ticks):
                     if index == plan.fail_at and plan.failure is not None:
                         raise plan.failure
+                    if index == plan.retry_at and plan.failure is not None:
+                        # The attempt failed where the worker retries: it says so and goes on.
+                        await session.retry(plan.failure)
                     metadata: dict[str, Any] = {"details": details}
                     if plan.with_eta:
                         left = (len(plan.ticks) - index) * mean_pause * rng.uniform(0.8, 1.2)
@@ -271,6 +328,8 @@ class Simulation:
                         await asyncio.gather(pause, self._ask_cancel(session))
                     else:
                         await pause
+                    if index == plan.silent_at:
+                        await self._silence(plan.silence)
             if session.cancel_requested:
                 status = "cancelled"
         except BACKEND_ERRORS as exc:
@@ -286,6 +345,14 @@ class Simulation:
         self.ended.append(ended)
         if self._on_end is not None:
             self._on_end(ended)
+
+    @staticmethod
+    async def _silence(seconds: float | None) -> None:
+        """The worker says nothing for ``seconds``; for None it hangs until interrupted."""
+        if seconds is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(seconds)
 
     async def _ask_cancel(self, session: AsyncReportingSession) -> None:
         try:
@@ -318,9 +385,11 @@ class RedisPublisher:
         self._reporter = reporter
 
     def session(
-        self, workflow_type: str, session_id: str
-    ) -> AbstractAsyncContextManager[AsyncReportingSession]:
-        return self._reporter.session(workflow_type, session_id, raise_on_cancel=True)
+        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+    ) -> AsyncReportingSession:
+        return self._reporter.session(
+            workflow_type, session_id, raise_on_cancel=True, heartbeat_interval=heartbeat_interval
+        )
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
         event = session.event(session.step, session.progress, status="cancel_requested")
@@ -354,10 +423,16 @@ class HttpPublisher:
         self._api_key = api_key
         self._retry = retry or RetryPolicy(retry_for=5)
 
-    def session(self, workflow_type: str, session_id: str) -> AsyncReportingSession:
+    def session(
+        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+    ) -> AsyncReportingSession:
         reporter = HttpReporter(self._url, api_key=self._api_key, retry=self._retry)
         return AsyncReportingSession(
-            _ThreadedHttpReporter(reporter), workflow_type, session_id, raise_on_cancel=True
+            _ThreadedHttpReporter(reporter),
+            workflow_type,
+            session_id,
+            raise_on_cancel=True,
+            heartbeat_interval=heartbeat_interval,
         )
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
@@ -380,13 +455,14 @@ class HttpPublisher:
 
 
 def alongside(
-    client: redis.asyncio.Redis, *, prefix: str, maxlen: int
+    client: redis.asyncio.Redis, *, prefix: str, maxlen: int, stall_after: float
 ) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
     """A cleanup context running the simulation while a gateway serves, as ``--demo`` asks.
 
     The sessions are written with an :class:`AsyncReporter` over ``client``
     (the gateway's own store connection, embedded or Redis), exactly as a
-    worker beside the gateway would write them.
+    worker beside the gateway would write them; ``stall_after`` is the
+    gateway's own stall time.
     """
 
     @asynccontextmanager
@@ -394,7 +470,7 @@ def alongside(
         reporter = AsyncReporter(
             prefix=prefix, maxlen=maxlen, retry=RetryPolicy(retry_for=5), client=client
         )
-        simulation = Simulation(RedisPublisher(reporter))
+        simulation = Simulation(RedisPublisher(reporter), DemoOptions(stall_after=stall_after))
         logger.info("demo: publishing simulated %s sessions", ", ".join(WORKFLOWS))
         task = asyncio.create_task(simulation.run(), name="relay-demo")
         yield

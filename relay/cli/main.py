@@ -22,6 +22,7 @@ from pydantic import SecretStr, ValidationError
 from relay import __version__
 from relay.protocol.event import Status
 from relay.protocol.frames import ANY_TYPE
+from relay.protocol.liveness import DEFAULT_STALL_AFTER
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -146,7 +147,7 @@ def _demo_parser(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="publish simulated map, character and encounter sessions",
-        description="Publish simulated sessions (some fail, some are cancelled) until "
+        description="Publish simulated sessions (some fail, are cancelled, retried or stall) until "
         "interrupted or --duration passes; sessions still running then end cancelled.",
     )
     target = demo.add_mutually_exclusive_group()
@@ -160,6 +161,14 @@ def _demo_parser(commands: Any) -> None:
         "--max-sessions", type=int, default=12, help="sessions running at once (default 12)"
     )
     demo.add_argument("--seed", type=int, help="seed of the random choices, for repeatable runs")
+    demo.add_argument(
+        "--stall-after",
+        type=float,
+        default=DEFAULT_STALL_AFTER,
+        metavar="SECONDS",
+        help="the gateway's RELAY_STALL_AFTER: silent workers stay quiet longer than this, "
+        f"the others send heartbeats in time (default {DEFAULT_STALL_AFTER:g})",
+    )
     demo.add_argument("--api-key", help="publisher key (RELAY_API_KEY)")
 
 
@@ -267,7 +276,10 @@ def serve(args: argparse.Namespace) -> int:
 
         app.cleanup_ctx.append(
             alongside(
-                connections.commands, prefix=settings.stream_prefix, maxlen=settings.stream_maxlen
+                connections.commands,
+                prefix=settings.stream_prefix,
+                maxlen=settings.stream_maxlen,
+                stall_after=settings.stall_after,
             )
         )
     metrics_app = create_metrics_app(app) if settings.metrics_apart else None
@@ -419,15 +431,20 @@ def demo(args: argparse.Namespace) -> int:
     from relay.cli.demo import DemoOptions, describe_end, run_demo
     from relay.client.redis_urls import redacted
 
-    if args.rate < 0 or args.max_sessions < 1:
-        print("relay demo: --rate must be 0 or more, --max-sessions 1 or more", file=sys.stderr)
+    if args.rate < 0 or args.max_sessions < 1 or not args.stall_after >= 0:
+        print(
+            "relay demo: --rate and --stall-after must be 0 or more, --max-sessions 1 or more",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level="WARNING", format="relay demo: %(message)s")
     url = None if args.redis_url else _gateway_url(args)
     where = redacted(args.redis_url) if args.redis_url else url
     until = f" for {args.duration:g}s" if args.duration else "; Ctrl-C stops"
     print(f"relay demo: publishing simulated sessions to {where}{until}", file=sys.stderr)
-    options = DemoOptions(rate=args.rate, max_sessions=args.max_sessions, seed=args.seed)
+    options = DemoOptions(
+        rate=args.rate, max_sessions=args.max_sessions, seed=args.seed, stall_after=args.stall_after
+    )
     try:
         asyncio.run(
             run_demo(

@@ -25,9 +25,12 @@ from relay.cli.demo import (
     run_demo,
 )
 from relay.client.reporters import AsyncReporter
-from relay.client.retry import RetryPolicy
-from relay.protocol.entries import StreamEntry
+from relay.client.reporting_session import AsyncReportingSession
+from relay.client.retry import ReportError, RetryPolicy
+from relay.protocol.entries import Receipt, StreamEntry
+from relay.protocol.event import ProgressEvent
 from relay.protocol.keys import Keys
+from relay.protocol.liveness import heartbeat_interval
 from relay.protocol.stream_ids import StreamId
 from relay.server.app import create_app
 from relay.server.gateway import GATEWAY
@@ -70,7 +73,7 @@ async def lag_samples(http: aiohttp.ClientSession, base: str) -> dict[str, float
 async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(redis_url)
+    gateway = start_gateway(redis_url, RELAY_STALL_AFTER="0.5")
     demo = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,6 +87,8 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
         "3",
         "--seed",
         "7",
+        "--stall-after",
+        "0.5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env_without_relay(),
@@ -113,6 +118,10 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
         assert len(steps) >= 4
         assert all(0 < step["progress"] < 100 for step in steps)
         with_eta += all(step["metadata"].get("estimated_time_remaining", -1) >= 0 for step in steps)
+        # told the stall time, the demo's workers send heartbeats in time, even in pauses
+        # of up to 2 s; only a silent one stalls, once
+        statuses = [step["status"] for step in steps]
+        assert statuses.count("stalled") <= 1, statuses
     assert with_eta  # the first sessions always say how long they have left
 
 
@@ -314,3 +323,159 @@ async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: st
         assert reader.lag_ms == {"map": 4500, "caught-up": 0}
     finally:
         await client.aclose()
+
+
+# A stall time short enough for the demo's silences to show within a second or two.
+STALL = 0.5
+
+
+def only(**chances: float) -> DemoOptions:
+    """Quick options in which every session does one thing: the chances given, all others 0."""
+    none = {"fail_chance": 0.0, "cancel_chance": 0.0, "retry_chance": 0.0}
+    none |= {"stall_chance": 0.0, "hang_chance": 0.0}
+    return DemoOptions(
+        rate=5,
+        max_sessions=2,
+        safe_start=0,
+        pace=QUICK,
+        seed=4,
+        stall_after=STALL,
+        **(none | chances),
+    )
+
+
+def stalling_settings(redis_url: str, *, abandon_after: float = 0) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        read_block_ms=100,
+        discovery_interval=0.1,
+        stall_after=STALL,
+        abandon_after=abandon_after,
+    )
+
+
+async def completed_history(http: aiohttp.ClientSession, base: str, session_id: str) -> list[str]:
+    """The statuses of a session, once the gateway has its completion."""
+    statuses: list[str] = []
+
+    async def completed() -> bool:
+        statuses[:] = await history(http, base, session_id)
+        return statuses[-1:] == ["completed"]
+
+    await until(completed, what=f"{session_id} completed")
+    return statuses
+
+
+@pytest.mark.parametrize("through", ["http", "alongside"])
+async def test_a_silent_worker_stalls_its_session_until_it_reports_again(
+    redis_url: str, http: aiohttp.ClientSession, through: str
+) -> None:
+    async with gateway_app(stalling_settings(redis_url)) as (base, relay):
+        beside = AsyncReporter(client=relay.connections.commands, retry=RetryPolicy(retry_for=5))
+        publisher = HttpPublisher(base, http) if through == "http" else RedisPublisher(beside)
+        simulation = Simulation(publisher, only(stall_chance=1))
+        await run_until_ended(simulation, 2)
+        for ended in list(simulation.ended)[:2]:
+            assert ended.status == "completed"
+            statuses = await completed_history(http, base, ended.session_id)
+            # stalled once, in its one silence; its next report made it running again
+            assert statuses.count("stalled") == 1, statuses
+            stalled = statuses.index("stalled")
+            assert 0 < stalled < len(statuses) - 2
+            assert statuses[stalled + 1] == "running"
+
+
+async def test_a_hung_worker_stays_stalled_until_the_gateway_abandons_it(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    settings = stalling_settings(redis_url, abandon_after=STALL)
+    async with gateway_app(settings) as (base, _):
+        simulation = Simulation(HttpPublisher(base, http), only(hang_chance=1))
+        task = asyncio.create_task(simulation.run())
+        try:
+            found: list[dict[str, Any]] = []
+
+            async def two_abandoned() -> bool:
+                found[:] = [s for s in await sessions(http, base) if s["status"] == "failed"]
+                return len(found) >= 2
+
+            await until(two_abandoned, timeout=20, what="sessions failed for their silence")
+            assert {s["error"] for s in found} == {"worker stopped reporting"}
+            assert not simulation.ended  # the workers themselves never ended them
+            for state in found:
+                statuses = await history(http, base, state["session_id"])
+                assert statuses[-2:] == ["stalled", "failed"], statuses
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
+
+async def test_a_failed_attempt_is_retried_then_the_session_goes_on(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with gateway_app(stalling_settings(redis_url)) as (base, _):
+        simulation = Simulation(HttpPublisher(base, http), only(retry_chance=1))
+        await run_until_ended(simulation, 2)
+        for ended in list(simulation.ended)[:2]:
+            assert ended.status == "completed"
+            await completed_history(http, base, ended.session_id)
+            url = f"{base}/api/workflows/sessions/{ended.session_id}/events"
+            async with http.get(url) as response:
+                events = [frame["data"] for frame in await response.json()]
+            statuses = [event["status"] for event in events]
+            assert statuses.count("retrying") == 1, statuses
+            retried = statuses.index("retrying")
+            assert 0 < retried < len(events) - 2
+            retry = events[retried]
+            assert retry["attempt"] == 2
+            assert retry["error"].split(":")[0] in {"TimeoutError", "ValueError", "RuntimeError"}
+            # the second attempt's reports carry its number, to the end
+            assert {event.get("attempt") for event in events[retried:]} == {2}
+            assert statuses[-1] == "completed"
+            async with http.get(f"{base}/api/workflows/sessions/{ended.session_id}") as response:
+                state = await response.json()
+            assert state["attempt"] == 2
+            assert state["last_error"] == retry["error"]
+
+
+class Recording:
+    """A publisher that only notes the heartbeats each session is given."""
+
+    def __init__(self) -> None:
+        self.heartbeats: dict[str, float | None] = {}
+
+    def session(
+        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+    ) -> AsyncReportingSession:
+        self.heartbeats[session_id] = heartbeat_interval
+        return AsyncReportingSession(Unreachable(), workflow_type, session_id)
+
+    async def request_cancel(self, session: AsyncReportingSession) -> str:
+        raise AssertionError("no session here is cancelled")
+
+
+class Unreachable:
+    """A reporter whose every publish fails, as a backend that is down."""
+
+    async def publish(self, event: ProgressEvent) -> Receipt:
+        raise ReportError("down")
+
+
+async def test_silent_workers_send_no_heartbeats_and_the_others_keep_to_the_stall_time() -> None:
+    recording = Recording()
+    simulation = Simulation(recording, only(stall_chance=0.3, hang_chance=0.3))
+    plans = [simulation._plan("map", number) for number in range(40)]
+    for plan in plans:
+        await simulation._run_session(plan)  # its first report fails: it stops there
+    silent = [plan for plan in plans if plan.silent]
+    hung = [plan for plan in silent if plan.silence is None]
+    assert hung
+    assert len(silent) > len(hung)
+    assert len(plans) > len(silent)
+    for plan in plans:
+        expected = None if plan.silent else heartbeat_interval(STALL)
+        assert recording.heartbeats[plan.session_id] == expected
+    for plan in silent:
+        assert plan.pause[1] <= STALL / 2  # its ordinary pauses never stall it
+        if plan.silence is not None:
+            assert plan.silence > STALL
