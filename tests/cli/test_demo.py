@@ -73,7 +73,7 @@ async def lag_samples(http: aiohttp.ClientSession, base: str) -> dict[str, float
 async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(redis_url, RELAY_STALL_AFTER="0.5")
+    gateway = start_gateway(redis_url)
     demo = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -118,10 +118,6 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
         assert len(steps) >= 4
         assert all(0 < step["progress"] < 100 for step in steps)
         with_eta += all(step["metadata"].get("estimated_time_remaining", -1) >= 0 for step in steps)
-        # told the stall time, the demo's workers send heartbeats in time, even in pauses
-        # of up to 2 s; only a silent one stalls, once
-        statuses = [step["status"] for step in steps]
-        assert statuses.count("stalled") <= 1, statuses
     assert with_eta  # the first sessions always say how long they have left
 
 
