@@ -134,7 +134,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.cleanup_ctx.append(_watch_sends)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
-    if settings.stall_after > 0:
+    if app[GATEWAY].liveness.rules.enabled:
         app.cleanup_ctx.append(_check_liveness)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -103,7 +103,7 @@ def new_sid() -> str:
     """
     host = socket.gethostname()
     owned = len(host) == 12 and all(c in "0123456789abcdef" for c in host)
-    return f"{host}.{secrets.token_urlsafe(15)}" if owned else secrets.token_urlsafe(15)
+    return f"{host}.{_new_id()}" if owned else _new_id()
 
 
 class Sessions:
