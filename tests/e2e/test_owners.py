@@ -1,0 +1,71 @@
+"""Session owners across real gateways: a user's one token follows the user's new sessions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from relay.server.auth import mint_token
+from tests.e2e.test_socketio import client_script, listening
+from tests.helpers import Gateway, event, receive_events, subscribe
+
+__all__ = ["client_script"]
+
+SECRET = "an-owners-e2e-secret-of-enough-length"
+
+
+async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) -> None:
+    async with http.post(f"{gateway.url}/api/workflows/progress", json=event(**fields)) as reply:
+        assert reply.status == 202, await reply.text()
+
+
+def fresh(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_session_published_on_one_gateway_reaches_its_owner_on_another(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    publisher = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    watcher = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    token = mint_token(SECRET, "alice", owner_sessions=True)
+    mine, theirs = fresh("alice"), fresh("bob")
+    async with http.ws_connect(f"{watcher.ws_url}?token={token}") as ws:
+        await subscribe(ws, workflow_type="*")
+        await publish(http, publisher, session_id=theirs, owner="bob")
+        await publish(http, publisher, session_id=mine, owner="alice", workflow_type="plan")
+        await publish(http, publisher, session_id=theirs, progress=50)
+        await publish(http, publisher, session_id=mine, workflow_type="plan", progress=60)
+        frames = await receive_events(ws, 2)
+    assert [(f["data"]["session_id"], f["data"]["progress"]) for f in frames] == [
+        (mine, 45),
+        (mine, 60),
+    ]
+    assert [f["data"]["owner"] for f in frames] == ["alice", "alice"]
+
+
+async def test_a_socketio_client_gets_its_owners_sessions_by_default(
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    token = mint_token(SECRET, "alice", owner_sessions=True)
+    mine, theirs = fresh("alice"), fresh("bob")
+    async with listening(client_script, gateway, token) as listener:
+        await listener.next("connect")
+        assert (await listener.subscribed())["workflow_type"] == "*"
+        await publish(http, gateway, session_id=theirs, owner="bob")
+        await publish(http, gateway, session_id=mine, owner="alice")
+        await publish(http, gateway, session_id=fresh("bob"), workflow_type="plan", owner="bob")
+        await publish(http, gateway, session_id=mine, progress=70)
+        received = await listener.events(2)
+    assert [(line["data"]["session_id"], line["data"]["progress"]) for line in received] == [
+        (mine, 45),
+        (mine, 70),
+    ]
