@@ -12,10 +12,11 @@ import orjson
 import pytest
 
 from relay.client.reporters import AsyncReporter, Reporter
-from relay.protocol.event import ProgressEvent
+from relay.protocol.event import OWNER_PATTERN, ProgressEvent
 from relay.protocol.frames import Envelope
 from relay.server.auth import AuthError, mint_token, read_token
 from relay.server.hub import Hub
+from relay.server.openapi import document
 from relay.server.session_view import SessionView
 from relay.server.settings import Settings
 from relay.server.subscriber import Subscriber
@@ -322,3 +323,13 @@ async def test_the_reporters_send_the_owner_with_every_event_of_a_session(
         frames = await receive_events(ws, 5)
         assert sessions_of(frames) == ["sync-1", "sync-1", "sync-2", "async-1", "async-1"]
         assert {f["data"]["owner"] for f in frames} == {"alice"}
+
+
+def test_the_openapi_document_names_the_owner_field_and_filter() -> None:
+    spec = document(Settings())
+    listing = spec["paths"]["/api/workflows/sessions"]["get"]["parameters"]
+    assert [p["schema"]["pattern"] for p in listing if p["name"] == "owner"] == [OWNER_PATTERN]
+    schemas = spec["components"]["schemas"]
+    for name in ("ProgressEvent", "EventData", "SessionStateAnswer"):
+        assert "owner" in schemas[name]["properties"], name
+    assert "owner" in schemas["SessionStateAnswer"]["required"]
