@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from relay.client.reporters import Reporter
 from relay.server.auth import mint_token
 from tests.e2e.test_socketio import client_script, listening
 from tests.helpers import Gateway, event, receive_events, subscribe
@@ -69,3 +70,33 @@ async def test_a_socketio_client_gets_its_owners_sessions_by_default(
         (mine, 45),
         (mine, 70),
     ]
+
+
+async def test_a_socketio_client_resumes_only_its_owners_sessions_after_a_restart(
+    client_script: Path,
+    start_gateway: Callable[..., Gateway],
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+    token = mint_token(SECRET, "alice", owner_sessions=True)
+    mine, planned, theirs = fresh("alice"), fresh("alice"), fresh("bob")
+    async with listening(client_script, gateway, token, "websocket") as listener:
+        await listener.next("connect")
+        await publish(http, gateway, session_id=mine, owner="alice", progress=1)
+        assert [line["data"]["progress"] for line in await listener.events(1)] == [1]
+        gateway.stop()
+        await listener.next("disconnect")
+        with Reporter(redis_url) as reporter:
+            reporter.report(theirs, "map", "theirs", 5, owner="bob")
+            reporter.report(mine, "map", "omitted", 2)
+            reporter.report(planned, "plan", "planned", 3, owner="alice")
+        gateway.start()
+        assert (await listener.next("connect", timeout=30))["recovered"] is True
+        missed = await listener.events(2)
+        assert sorted((line["data"]["session_id"], line["data"]["owner"]) for line in missed) == (
+            sorted([(mine, "alice"), (planned, "alice")])
+        )
+        await publish(http, gateway, session_id=theirs, progress=6)
+        await publish(http, gateway, session_id=mine, progress=7)
+        assert [line["data"]["progress"] for line in await listener.events(1)] == [7]

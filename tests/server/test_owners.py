@@ -19,6 +19,7 @@ from relay.server.hub import Hub
 from relay.server.openapi import document
 from relay.server.session_view import SessionView
 from relay.server.settings import Settings
+from relay.server.socketio import default_subscriptions
 from relay.server.subscriber import Subscriber
 from tests.helpers import event, read_back, receive, receive_events, serving, subscribe
 from tests.server.test_sse import next_event, read_message
@@ -333,3 +334,9 @@ def test_the_openapi_document_names_the_owner_field_and_filter() -> None:
     for name in ("ProgressEvent", "EventData", "SessionStateAnswer"):
         assert "owner" in schemas[name]["properties"], name
     assert "owner" in schemas["SessionStateAnswer"]["required"]
+
+
+def test_a_socketio_client_is_subscribed_to_its_own_sessions_beside_its_types() -> None:
+    grant = read_token(own_token(workflow_types=["map"], sessions=["s9"]), SECRET)
+    assert default_subscriptions(grant) == [("map", None), ("*", "s9"), ("*", None)]
+    assert default_subscriptions(read_token(own_token(), SECRET)) == [("*", None)]
