@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.client.reporters import Reporter
 from relay.server.auth import mint_token
@@ -24,6 +25,17 @@ async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) 
         assert reply.status == 202, await reply.text()
 
 
+def alice_token() -> str:
+    """The one token a backend mints for alice at sign-in."""
+    return mint_token(SECRET, "alice", owner_sessions=True)
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway], redis_url: str) -> Gateway:
+    """A gateway that needs tokens to watch."""
+    return start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
+
+
 def fresh(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
@@ -33,9 +45,8 @@ async def test_a_session_published_on_one_gateway_reaches_its_owner_on_another(
 ) -> None:
     publisher = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
     watcher = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
-    token = mint_token(SECRET, "alice", owner_sessions=True)
     mine, theirs = fresh("alice"), fresh("bob")
-    async with http.ws_connect(f"{watcher.ws_url}?token={token}") as ws:
+    async with http.ws_connect(f"{watcher.ws_url}?token={alice_token()}") as ws:
         await subscribe(ws, workflow_type="*")
         await publish(http, publisher, session_id=theirs, owner="bob")
         await publish(http, publisher, session_id=mine, owner="alice", workflow_type="plan")
@@ -50,13 +61,9 @@ async def test_a_session_published_on_one_gateway_reaches_its_owner_on_another(
 
 
 async def test_a_socketio_client_gets_its_owners_sessions_by_default(
-    client_script: Path,
-    start_gateway: Callable[..., Gateway],
-    redis_url: str,
-    http: aiohttp.ClientSession,
+    client_script: Path, gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
-    token = mint_token(SECRET, "alice", owner_sessions=True)
+    token = alice_token()
     mine, theirs = fresh("alice"), fresh("bob")
     async with listening(client_script, gateway, token) as listener:
         await listener.next("connect")
@@ -73,13 +80,9 @@ async def test_a_socketio_client_gets_its_owners_sessions_by_default(
 
 
 async def test_a_socketio_client_resumes_only_its_owners_sessions_after_a_restart(
-    client_script: Path,
-    start_gateway: Callable[..., Gateway],
-    redis_url: str,
-    http: aiohttp.ClientSession,
+    client_script: Path, gateway: Gateway, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(redis_url, RELAY_TOKEN_SECRET=SECRET)
-    token = mint_token(SECRET, "alice", owner_sessions=True)
+    token = alice_token()
     mine, planned, theirs = fresh("alice"), fresh("alice"), fresh("bob")
     async with listening(client_script, gateway, token, "websocket") as listener:
         await listener.next("connect")
