@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ import pytest
 from relay.client.reporters import AsyncReporter, Reporter
 from relay.protocol.event import OWNER_PATTERN, ProgressEvent
 from relay.protocol.frames import Envelope
-from relay.server.auth import AuthError, mint_token, read_token
+from relay.server.auth import OWNER_SESSIONS_CLAIM, AuthError, mint_token, read_token
 from relay.server.hub import Hub
 from relay.server.openapi import document
 from relay.server.session_view import SessionView
@@ -340,3 +341,9 @@ def test_a_socketio_client_is_subscribed_to_its_own_sessions_beside_its_types() 
     grant = read_token(own_token(workflow_types=["map"], sessions=["s9"]), SECRET)
     assert default_subscriptions(grant) == [("map", None), ("*", "s9"), ("*", None)]
     assert default_subscriptions(read_token(own_token(), SECRET)) == [("*", None)]
+
+
+def test_the_docs_name_the_claim_the_gateway_reads() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for name in ("README.md", "docs/protocol.md"):
+        assert f"`{OWNER_SESSIONS_CLAIM}" in (root / name).read_text(encoding="utf-8"), name
