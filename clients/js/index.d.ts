@@ -73,6 +73,8 @@ export interface SessionState {
   readonly attempt: number;
   /** The error of the latest event that had one, such as a failed attempt's. */
   readonly lastError: string | null;
+  /** The user the session runs for, or null when no event named one. */
+  readonly owner: string | null;
   /** When the session started, ms since the epoch. */
   readonly startTime: number;
   /** When its latest report was made, ms since the epoch. */
@@ -98,6 +100,8 @@ export interface EventData {
   error?: string | null;
   /** The attempt, once the session was retried (a `retrying` event names the one it starts). */
   attempt?: number;
+  /** The user the session runs for; present in every event of an owned session. */
+  owner?: string;
   ts: number;
   /**
    * True, with `status` "cancel_requested", from the cancel_requested event

@@ -856,6 +856,8 @@ function recordFromEvent(previous, frame) {
     // Reports that do not say keep the attempt and error a retry announced.
     attempt: data.attempt ?? previous?.state.attempt ?? 1,
     lastError: data.error ?? previous?.state.lastError ?? null,
+    // The gateway puts the session's owner in every event of an owned session.
+    owner: data.owner ?? previous?.state.owner ?? null,
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
     lastEventId: frame.id,
@@ -880,6 +882,7 @@ function recordFromServer(previous, server) {
     error: server.error ?? null,
     attempt: server.attempt ?? 1,
     lastError: server.last_error ?? null,
+    owner: server.owner ?? null,
     startTime: server.started_at,
     updatedAt: server.updated_at,
     estimatedTimeRemaining: server.estimated_time_remaining,

@@ -126,6 +126,7 @@ def build_event(
     status: Status | None = None,
     error: str | None = None,
     attempt: int | None = None,
+    owner: str | None = None,
 ) -> ProgressEvent:
     """Validate reporter arguments with the same rules as every other edge.
 
@@ -138,6 +139,8 @@ def build_event(
         fields["error"] = error
     if attempt is not None:
         fields["attempt"] = attempt
+    if owner is not None:
+        fields["owner"] = owner
     return ProgressEvent(
         session_id=session_id, workflow_type=workflow_type, step=step, progress=progress, **fields
     )
@@ -172,10 +175,12 @@ class BlockingReporter(ABC):
         status: Status | None = None,
         error: str | None = None,
         attempt: int | None = None,
+        *,
+        owner: str | None = None,
     ) -> str:
-        """Publish one event and return its stream id."""
+        """Publish one event and return its stream id; ``owner``: the user it runs for."""
         event = build_event(
-            session_id, workflow_type, step, progress, metadata, status, error, attempt
+            session_id, workflow_type, step, progress, metadata, status, error, attempt, owner
         )
         return self.publish(event).id
 
@@ -186,11 +191,13 @@ class BlockingReporter(ABC):
         *,
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        owner: str | None = None,
     ) -> ReportingSession:
         """A context manager reporting one session's steps, heartbeats and its end.
 
         ``heartbeat_interval`` is the seconds of silence after which a
-        heartbeat repeats the latest report; 0 or None sends none.
+        heartbeat repeats the latest report; 0 or None sends none. ``owner``
+        is the user the session runs for, sent with each of its events.
         """
         return ReportingSession(
             self,
@@ -198,6 +205,7 @@ class BlockingReporter(ABC):
             session_id,
             raise_on_cancel=raise_on_cancel,
             heartbeat_interval=heartbeat_interval,
+            owner=owner,
         )
 
 
@@ -330,10 +338,12 @@ class AsyncReporter:
         status: Status | None = None,
         error: str | None = None,
         attempt: int | None = None,
+        *,
+        owner: str | None = None,
     ) -> str:
-        """Publish one event and return its stream id."""
+        """Publish one event and return its stream id; ``owner``: the user it runs for."""
         event = build_event(
-            session_id, workflow_type, step, progress, metadata, status, error, attempt
+            session_id, workflow_type, step, progress, metadata, status, error, attempt, owner
         )
         return (await self.publish(event)).id
 
@@ -359,10 +369,11 @@ class AsyncReporter:
         *,
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        owner: str | None = None,
     ) -> AsyncReportingSession:
         """An async context manager reporting one session's steps, heartbeats and its end.
 
-        ``heartbeat_interval`` is as for :meth:`BlockingReporter.session`.
+        ``heartbeat_interval`` and ``owner`` are as for :meth:`BlockingReporter.session`.
         """
         return AsyncReportingSession(
             self,
@@ -370,6 +381,7 @@ class AsyncReporter:
             session_id,
             raise_on_cancel=raise_on_cancel,
             heartbeat_interval=heartbeat_interval,
+            owner=owner,
         )
 
     async def aclose(self) -> None:

@@ -85,9 +85,12 @@ class _SessionState:
         session_id: str | None,
         raise_on_cancel: bool,
         heartbeat_interval: float | None,
+        owner: str | None = None,
     ) -> None:
         self.workflow_type = workflow_type
         self.session_id = session_id or uuid.uuid4().hex
+        # Sent with every event: any one of them may be the first the gateways keep.
+        self.owner = owner
         self.raise_on_cancel = raise_on_cancel
         if heartbeat_interval is not None and heartbeat_interval < 0:
             raise ValueError(f"heartbeat_interval must not be negative: {heartbeat_interval}")
@@ -104,6 +107,8 @@ class _SessionState:
         """A validated event of this session; once it was retried, of its current attempt."""
         if self.attempt > 1:
             fields.setdefault("attempt", self.attempt)
+        if self.owner is not None:
+            fields.setdefault("owner", self.owner)
         return ProgressEvent(
             session_id=self.session_id,
             workflow_type=self.workflow_type,
@@ -191,8 +196,9 @@ class ReportingSession(_SessionState):
         *,
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        owner: str | None = None,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval)
+        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner)
         self._reporter = reporter
         # Held from choosing an event until it is published and noted, so that
         # a heartbeat never repeats a report after a newer one was published.
@@ -267,8 +273,9 @@ class AsyncReportingSession(_SessionState):
         *,
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        owner: str | None = None,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval)
+        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner)
         self._reporter = reporter
         # As for the blocking session: a heartbeat never overtakes a newer report.
         self._publishing = asyncio.Lock()

@@ -202,7 +202,7 @@ class EntryError(ValueError):
 
 
 _ENTRY_FIELDS = frozenset(
-    {"session_id", "step", "progress", "metadata", "status", "error", "attempt", "ts"}
+    {"session_id", "step", "progress", "metadata", "status", "error", "attempt", "ts", "owner"}
 )
 
 

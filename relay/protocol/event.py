@@ -58,6 +58,19 @@ MAX_ATTEMPT = 1_000_000
 SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
 
 
+# The user a session runs for: an application's user id, shaped like a session id.
+OWNER_PATTERN = SESSION_ID_PATTERN
+
+
+Owner = Annotated[
+    str,
+    Field(
+        pattern=OWNER_PATTERN,
+        description="The user the session runs for; its first event naming one sets it for good.",
+    ),
+]
+
+
 WorkflowType = Annotated[str, Field(pattern=WORKFLOW_TYPE_PATTERN)]
 
 
@@ -111,6 +124,8 @@ class ProgressEvent(BaseModel):
     # event names the attempt it starts, and that attempt's reports repeat it.
     attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT)
     ts: int | None = Field(default=None, ge=0, le=2**53)
+    # The user the session runs for (see relay.server.session_view: the first one named stays).
+    owner: Owner | None = None
 
     @field_validator("ts", "attempt", mode="before")
     @classmethod
@@ -167,6 +182,8 @@ class ProgressEvent(BaseModel):
             fields["error"] = self.error
         if self.attempt is not None:
             fields["attempt"] = str(self.attempt)
+        if self.owner is not None:
+            fields["owner"] = self.owner
         if self.metadata:
             fields["metadata"] = orjson.dumps(self.metadata).decode()
         ts = self.ts if self.ts is not None else now_ms
@@ -189,6 +206,8 @@ class ProgressEvent(BaseModel):
             data["error"] = self.error
         if self.attempt is not None:
             data["attempt"] = self.attempt
+        if self.owner is not None:
+            data["owner"] = self.owner
         if self.status == CANCEL_REQUESTED:
             data[CANCEL_FLAG] = True
         return data

@@ -188,6 +188,7 @@ class Envelope:
         "_sse",
         "id",
         "key",
+        "owner",
         "session_id",
         "terminal",
         "workflow_type",
@@ -210,6 +211,8 @@ class Envelope:
         self.workflow_type = workflow_type
         self.session_id = session_id
         self.terminal = terminal
+        # The session's owner, by which the hub routes it to owner-scoped subscriptions.
+        self.owner = event.owner if event is not None else None
         self._event = event
         self._frame = frame
         self._sse: str | None = None

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.protocol.event import (
     WORKFLOW_TYPE_PATTERN,
+    Owner,
     ProgressEvent,
     SessionId,
     Status,
@@ -114,6 +115,7 @@ class SessionStateAnswer(_Answer):
         "estimated from the progress rate; null when unknown.",
     )
     last_event_id: StreamId
+    owner: Owner | None = Field(description="The user the session runs for, if an event named one.")
 
 
 class EventData(ProgressEvent):

@@ -5,7 +5,9 @@
 - Subscribers present a token: a JWT signed with HS256 and the gateway's
   secret, whose claims grant whole workflow types (``workflow_types``, ``*``
   for all) and/or single sessions (``sessions``, in any type). No secret
-  configured: everyone may watch everything.
+  configured: everyone may watch everything. A token whose ``owner_sessions``
+  claim is true also grants every session owned by its ``sub`` (the
+  ``owner`` its events name), in any type, however new.
 - Cancelling is a right of its own: a publisher key, or a token whose
   ``cancel`` claim is true, for the sessions that token may watch. Watching
   alone never allows it.
@@ -43,18 +45,42 @@ class Grant:
     expires_at: float | None
     # Whether the holder may also cancel what it may watch.
     cancel: bool = False
+    # Whether every session owned by ``subject`` is granted too (the owner_sessions claim).
+    owned: bool = False
 
-    def allows(self, workflow_type: str, session_id: str | None) -> bool:
-        """Whether a subscription to ``workflow_type`` (or ``*``), maybe narrowed, is granted."""
+    def allows(self, workflow_type: str, session_id: str | None, owner: str | None = None) -> bool:
+        """Whether a subscription to ``workflow_type`` (or ``*``), maybe narrowed, is granted.
+
+        ``owner`` is the session's owner, when one session of a known owner is meant.
+        """
+        return self.covers(workflow_type, session_id) or self.owns(owner)
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether sessions of ``owner`` are granted as the holder's own."""
+        return self.owned and owner is not None and owner == self.subject
+
+    def scope(self, workflow_type: str, session_id: str | None) -> str | None:
+        """The owner a subscription is narrowed to: None when the claims cover all of it.
+
+        Raises AuthError when the grant allows none of it.
+        """
+        if self.covers(workflow_type, session_id):
+            return None
+        if self.owned:
+            return self.subject
+        raise AuthError("the token does not grant this subscription")
+
+    def covers(self, workflow_type: str, session_id: str | None) -> bool:
+        """Whether the type and session claims grant the subscription, whoever owns its sessions."""
         if ANY_TYPE in self.workflow_types:
             return True
         if workflow_type != ANY_TYPE and workflow_type in self.workflow_types:
             return True
         return session_id is not None and session_id in self.sessions
 
-    def allows_cancel(self, workflow_type: str, session_id: str) -> bool:
-        """Whether one session (of a known type) may be cancelled."""
-        return self.cancel and self.allows(workflow_type, session_id)
+    def allows_cancel(self, workflow_type: str, session_id: str, owner: str | None = None) -> bool:
+        """Whether one session (of a known type and owner) may be cancelled."""
+        return self.cancel and self.allows(workflow_type, session_id, owner)
 
 
 # Development mode: no credentials configured, everyone may watch and cancel.
@@ -100,11 +126,15 @@ def looks_like_token(credential: str) -> bool:
     return credential.count(".") == 2
 
 
-def _cancel_claim(value: object) -> bool:
+OWNER_SESSIONS_CLAIM = "owner_sessions"
+
+
+def _flag_claim(claims: dict[str, object], claim: str) -> bool:
+    value = claims.get(claim)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise AuthError("claim 'cancel' must be true or false")
+        raise AuthError(f"claim {claim!r} must be true or false")
     return value
 
 
@@ -139,10 +169,11 @@ def read_token(token: str, secret: str, *, max_lifetime: float = 0) -> Grant:
         workflow_types=_strings(claims.get("workflow_types"), "workflow_types"),
         sessions=_strings(claims.get("sessions"), "sessions"),
         expires_at=float(claims["exp"]),
-        cancel=_cancel_claim(claims.get("cancel")),
+        cancel=_flag_claim(claims, "cancel"),
+        owned=_flag_claim(claims, OWNER_SESSIONS_CLAIM),
     )
-    if not grant.workflow_types and not grant.sessions:
-        raise AuthError("token grants neither workflow_types nor sessions")
+    if not grant.workflow_types and not grant.sessions and not grant.owned:
+        raise AuthError(f"token grants neither workflow_types, sessions nor {OWNER_SESSIONS_CLAIM}")
     _check_lifetime(claims, float(claims["exp"]), max_lifetime)
     return grant
 
@@ -155,10 +186,12 @@ def mint_token(
     sessions: Sequence[str] = (),
     ttl_seconds: float = 3600,
     cancel: bool = False,
+    owner_sessions: bool = False,
 ) -> str:
     """A signed subscriber token, as an application backend would mint one per user.
 
-    With ``cancel`` the token may also cancel the sessions it may watch.
+    With ``cancel`` the token may also cancel the sessions it may watch; with
+    ``owner_sessions`` it may watch every session owned by ``subject``.
     """
     now = int(time.time())
     claims: dict[str, object] = {"sub": subject, "iat": now, "exp": now + int(ttl_seconds)}
@@ -168,4 +201,6 @@ def mint_token(
         claims["sessions"] = list(sessions)
     if cancel:
         claims["cancel"] = True
+    if owner_sessions:
+        claims[OWNER_SESSIONS_CLAIM] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -11,6 +11,9 @@
 - Without ``since``, for one session: its latest event, so a late joiner sees
   where the workflow is. For a type with ``snapshot``: the latest event of
   every active session of that type. Both go out as one outbox item.
+
+A subscription narrowed to an owner (see :meth:`relay.server.auth.Grant.scope`)
+gets only that owner's sessions, in its replay and its state as live.
 """
 
 from __future__ import annotations
@@ -102,26 +105,33 @@ class CatchUp:
         self.replays = 0
         self.unrecovered = 0
 
-    def subscribe(self, subscriber: Subscriber, frame: Subscribe) -> asyncio.Task[None] | None:
-        """Subscribe; returns the replay task when history has to be fetched first."""
+    def subscribe(
+        self, subscriber: Subscriber, frame: Subscribe, owner: str | None = None
+    ) -> asyncio.Task[None] | None:
+        """Subscribe (narrowed to ``owner``'s sessions, if given).
+
+        Returns the replay task when history has to be fetched first.
+        """
         key = frame.key
         live = self._live_cut(frame.workflow_type)
         if frame.since is not None:
             mark = subscriber.hold(key)
-            self._hub.subscribe(subscriber, key, live)
+            self._hub.subscribe(subscriber, key, live, owner)
             return asyncio.get_running_loop().create_task(
-                self._replay(subscriber, mark, frame, frame.since, live)
+                self._replay(subscriber, mark, frame, frame.since, live, owner)
             )
-        state = self.current_state(frame)
+        state = self.current_state(frame, owner)
         if state:
             subscriber.place(key, [subscribed_frame(frame), *state], live)
         else:
             subscriber.deliver(subscribed_frame(frame))
-        self._hub.subscribe(subscriber, key, live)
+        self._hub.subscribe(subscriber, key, live, owner)
         return None
 
-    def current_state(self, frame: Subscribe) -> list[Envelope]:
+    def current_state(self, frame: Subscribe, owner: str | None = None) -> list[Envelope]:
         """The latest event of the session, or of every active session with ``snapshot``.
+
+        With ``owner``, of that owner's sessions only.
 
         Only events the reader has routed already: one this gateway published
         a moment ago is in the view before the reader reads it back, and
@@ -132,10 +142,14 @@ class CatchUp:
             state = self._view.get(frame.session_id)
             if state is None or wtype not in (ANY_TYPE, state.workflow_type):
                 return []
+            if owner is not None and state.owner != owner:
+                return []
             return [state.latest] if self._routed(state.latest) else []
         if not frame.snapshot:
             return []
-        active = self._view.sessions(workflow_type=None if wtype == ANY_TYPE else wtype)
+        active = self._view.sessions(
+            workflow_type=None if wtype == ANY_TYPE else wtype, owner=owner
+        )
         return sorted(
             (state.latest for state in active if not state.terminal and self._routed(state.latest)),
             key=lambda envelope: envelope.key,
@@ -197,6 +211,7 @@ class CatchUp:
         frame: Subscribe,
         since: StreamId,
         live: Cuts,
+        owner: str | None,
     ) -> None:
         self.replays += 1
         if not await self._started():
@@ -208,7 +223,7 @@ class CatchUp:
         permits = self._permits
         await permits.acquire()
         try:
-            replayed = await self._items(subscriber, frame, since, upto)
+            replayed = await self._items(subscriber, frame, since, upto, owner)
         except BaseException:
             permits.release()
             raise
@@ -223,11 +238,16 @@ class CatchUp:
         )
 
     async def _items(
-        self, subscriber: Subscriber, frame: Subscribe, since: StreamId, upto: Cut
+        self,
+        subscriber: Subscriber,
+        frame: Subscribe,
+        since: StreamId,
+        upto: Cut,
+        owner: str | None,
     ) -> Replayed:
         """What to put in the mark's place, and what that guarantees (see :class:`Replayed`)."""
         try:
-            recovered, replayed = await self._history(frame, since, upto)
+            recovered, replayed = await self._history(frame, since, upto, owner)
         except (RedisError, OSError) as exc:
             logger.warning("replay for %s failed: %s", subscriber.name, exc)
             return Replayed(
@@ -244,7 +264,7 @@ class CatchUp:
         return Replayed(items, lower_to=since, floor=since if upto < since else None)
 
     async def _history(
-        self, frame: Subscribe, since: StreamId, upto: Cut
+        self, frame: Subscribe, since: StreamId, upto: Cut, owner: str | None
     ) -> tuple[bool, list[Envelope]]:
         """Whether history reaches back to ``since``, and what to send in its place."""
         stream = self._keys.stream(frame.workflow_type)
@@ -259,10 +279,11 @@ class CatchUp:
                     envelope
                     for envelope, _ in decode(frame.workflow_type, entries, self._view)
                     if frame.session_id in (None, envelope.session_id)
+                    and owner in (None, envelope.owner)
                 ]
             recovered = False
         if recovered:
             return True, []
         self.unrecovered += 1
         # The current state instead, as of what was routed before the mark.
-        return False, [e for e in self.current_state(frame) if e.key <= upto]
+        return False, [e for e in self.current_state(frame, owner) if e.key <= upto]

@@ -159,9 +159,9 @@ def check_cancel(grant: Grant, state: SessionState | None, session_id: str) -> N
     that refusals tell nothing about which sessions exist; one it may watch
     but not cancel answers 403.
     """
-    if state is None or not grant.allows(state.workflow_type, session_id):
+    if state is None or not grant.allows(state.workflow_type, session_id, state.owner):
         raise unknown_session(session_id)
-    if not grant.allows_cancel(state.workflow_type, session_id):
+    if not grant.allows_cancel(state.workflow_type, session_id, state.owner):
         raise ApiError(403, "the token does not grant cancelling this session", code="forbidden")
 
 
@@ -194,19 +194,26 @@ def require_canceller(request: web.Request, session_id: str) -> None:
     check_cancel(grant, gateway.view.get(session_id), session_id)
 
 
-def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> None:
-    """Raise 403 unless ``grant`` covers the subscription or session."""
-    if not grant.allows(workflow_type, session_id):
-        raise ApiError(403, "the token does not grant this", code="forbidden")
+def require_grant(grant: Grant, workflow_type: str, session_id: str | None) -> str | None:
+    """Raise 403 unless ``grant`` covers the subscription; the owner it is narrowed to, if any."""
+    try:
+        return grant.scope(workflow_type, session_id)
+    except AuthError as exc:
+        raise ApiError(403, str(exc), code="forbidden") from None
 
 
 def check_subscription(
     grant: Grant | None, held: Collection[SubscriptionKey], frame: Subscribe, limit: int
-) -> None:
-    """Raise unless a connection holding ``held`` may add the subscription ``frame`` names."""
-    if grant is None or not grant.allows(frame.workflow_type, frame.session_id):
+) -> str | None:
+    """Raise unless a connection holding ``held`` may add the subscription ``frame`` names.
+
+    Answers the owner the subscription is narrowed to (see :meth:`Grant.scope`), if any.
+    """
+    if grant is None:
         raise ApiError(403, "the token does not grant this subscription")
+    scope = require_grant(grant, frame.workflow_type, frame.session_id)
     if frame.key not in held and len(held) >= limit:
         raise ApiError(
             429, f"at most {limit} subscriptions per connection", code="too_many_subscriptions"
         )
+    return scope

@@ -8,7 +8,7 @@ from typing import Annotated, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from relay.protocol.event import SessionId, Status, WorkflowType
+from relay.protocol.event import Owner, SessionId, Status, WorkflowType
 from relay.protocol.keys import event_name
 from relay.protocol.stream_ids import StreamId
 from relay.server.answers import CancelAnswer
@@ -43,6 +43,7 @@ class SessionsQuery(_Query):
 
     workflow_type: WorkflowType | None = Field(default=None, description="Sessions of this type.")
     status: Status | None = Field(default=None, description="Sessions in this status.")
+    owner: Owner | None = Field(default=None, description="Sessions this user owns.")
 
 
 class HistoryQuery(_Query):
@@ -79,7 +80,7 @@ def _readable_state(request: web.Request) -> SessionState:
     session_id = _session_id(request)
     grant = subscriber_grant(request)
     state = request.app[GATEWAY].view.get(session_id)
-    if state is None or not grant.allows(state.workflow_type, session_id):
+    if state is None or not grant.allows(state.workflow_type, session_id, state.owner):
         raise unknown_session(session_id)
     return state
 
@@ -95,8 +96,11 @@ async def list_sessions(request: web.Request) -> web.Response:
     grant = subscriber_grant(request)
     view = request.app[GATEWAY].view
     found = []
-    for state in view.sessions(workflow_type=query.workflow_type, status=query.status):
-        if not grant.allows(state.workflow_type, state.session_id):
+    listed = view.sessions(
+        workflow_type=query.workflow_type, status=query.status, owner=query.owner
+    )
+    for state in listed:
+        if not grant.allows(state.workflow_type, state.session_id, state.owner):
             continue
         found.append(state.as_dict())
         if len(found) >= query.limit:

@@ -4,13 +4,24 @@ Subscriptions are indexed by ``(workflow_type, session_id)`` where either part
 may be a wildcard (``"*"`` for the type, ``None`` for the session), so routing
 one event is four dictionary lookups plus one call per matching subscriber,
 whatever the number of other subscribers.
+
+Owner-scoped subscriptions (a token's ``owner_sessions`` claim, see
+:mod:`relay.server.auth`) have an index of their own, keyed by the owner
+first: an event of an owned session costs four lookups more, under its
+owner, and nobody else's subscriptions are looked at.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from relay.protocol.frames import ANY_TYPE, Envelope, SubscriptionKey
 from relay.server.coverage import Cuts
 from relay.server.subscriber import Subscriber
+
+# An owner-scoped subscription's index key: the owner, then the subscription's own key.
+OwnedKey = tuple[str, str, str | None]
+K = TypeVar("K", SubscriptionKey, OwnedKey)
 
 
 class Hub:
@@ -18,6 +29,10 @@ class Hub:
 
     def __init__(self) -> None:
         self._index: dict[SubscriptionKey, set[Subscriber]] = {}
+        # (owner, workflow_type, session_id) -> the subscribers scoped to that owner.
+        self._owned: dict[OwnedKey, set[Subscriber]] = {}
+        # Per subscriber, the owner each of its owner-scoped subscriptions is narrowed to.
+        self._scopes: dict[Subscriber, dict[SubscriptionKey, str]] = {}
         self._subscribers: set[Subscriber] = set()
         self.routed = 0
         self.delivered = 0
@@ -34,7 +49,8 @@ class Hub:
     @property
     def subscriptions(self) -> int:
         """Subscriptions across every connection."""
-        return sum(len(group) for group in self._index.values())
+        groups = (*self._index.values(), *self._owned.values())
+        return sum(len(group) for group in groups)
 
     def attach(self, subscriber: Subscriber) -> None:
         """Register a connection (before it subscribes to anything)."""
@@ -61,15 +77,31 @@ class Hub:
         return self.conflated_closed + sum(s.conflated for s in self._subscribers)
 
     def subscribe(
-        self, subscriber: Subscriber, key: SubscriptionKey, live: Cuts | None = None
+        self,
+        subscriber: Subscriber,
+        key: SubscriptionKey,
+        live: Cuts | None = None,
+        owner: str | None = None,
     ) -> None:
         """Route events matching ``key`` to ``subscriber`` from now on.
 
         ``live``: the stream position(s) above which events are routed live
         from here (see :mod:`relay.server.coverage`); None claims nothing.
+        ``owner``: only events of sessions this user owns match.
         """
-        self._index.setdefault(key, set()).add(subscriber)
+        if self.scope(subscriber, key) != owner:
+            self._discard(key, subscriber)
+        if owner is None:
+            self._index.setdefault(key, set()).add(subscriber)
+        else:
+            self._owned.setdefault((owner, *key), set()).add(subscriber)
+            self._scopes.setdefault(subscriber, {})[key] = owner
         subscriber.cover(key, live)
+
+    def scope(self, subscriber: Subscriber, key: SubscriptionKey) -> str | None:
+        """The owner ``subscriber``'s subscription to ``key`` is narrowed to, if any."""
+        scopes = self._scopes.get(subscriber)
+        return None if scopes is None else scopes.get(key)
 
     def unsubscribe(self, subscriber: Subscriber, key: SubscriptionKey) -> bool:
         """Stop routing ``key`` to ``subscriber``; False if it was not subscribed."""
@@ -79,11 +111,14 @@ class Hub:
         return True
 
     def _discard(self, key: SubscriptionKey, subscriber: Subscriber) -> None:
-        group = self._index.get(key)
-        if group is not None:
-            group.discard(subscriber)
-            if not group:
-                del self._index[key]
+        scopes = self._scopes.get(subscriber)
+        owner = None if scopes is None else scopes.pop(key, None)
+        if owner is None:
+            _leave(self._index, key, subscriber)
+            return
+        if not scopes:
+            del self._scopes[subscriber]
+        _leave(self._owned, (owner, *key), subscriber)
 
     def broadcast(self, workflow_type: str, frame: str) -> int:
         """Hand a control frame once to every subscriber with a subscription in ``workflow_type``.
@@ -97,6 +132,12 @@ class Hub:
             if wtype in (workflow_type, ANY_TYPE)
             for subscriber in group
         }
+        targets.update(
+            subscriber
+            for (_, wtype, _), group in self._owned.items()
+            if wtype in (workflow_type, ANY_TYPE)
+            for subscriber in group
+        )
         for subscriber in targets:
             subscriber.deliver(frame)
         return len(targets)
@@ -115,6 +156,19 @@ class Hub:
             )
             if group
         ]
+        owner = envelope.owner
+        if owner is not None and self._owned:
+            owned = self._owned
+            groups.extend(
+                group
+                for group in (
+                    owned.get((owner, wtype, None)),
+                    owned.get((owner, ANY_TYPE, None)),
+                    owned.get((owner, wtype, session)),
+                    owned.get((owner, ANY_TYPE, session)),
+                )
+                if group
+            )
         self.routed += 1
         if not groups:
             return 0
@@ -126,3 +180,12 @@ class Hub:
         by_type = self.delivered_by_type
         by_type[wtype] = by_type.get(wtype, 0) + count
         return count
+
+
+def _leave(index: dict[K, set[Subscriber]], key: K, subscriber: Subscriber) -> None:
+    """Take ``subscriber`` out of ``index[key]``, and the key out once nobody is left."""
+    group = index.get(key)
+    if group is not None:
+        group.discard(subscriber)
+        if not group:
+            del index[key]

@@ -41,6 +41,7 @@ class SessionState:
         "last_error",
         "latest",
         "metadata",
+        "owner",
         "progress",
         "session_id",
         "started_at",
@@ -66,6 +67,8 @@ class SessionState:
         self.last_error: str | None = None
         # The session's cancel_requested event, once its stream holds one.
         self.cancel: Envelope | None = None
+        # The user the session runs for: the first owner an event names stays.
+        self.owner = event.owner
         self.apply(envelope, event)
 
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
@@ -88,6 +91,8 @@ class SessionState:
         if event.error is not None:
             self.last_error = event.error
         self.metadata = event.metadata
+        if self.owner is None:
+            self.owner = event.owner
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
         self.heard = envelope
@@ -106,6 +111,7 @@ class SessionState:
             and event.progress == self.progress
             and event.error == self.error
             and event.metadata == self.metadata
+            and (event.owner is None or self.owner is not None)
         )
 
     @property
@@ -158,6 +164,7 @@ class SessionState:
             "updated_at": self.updated_at,
             "estimated_time_remaining": self.estimated_time_remaining(),
             "last_event_id": self.latest.id,
+            "owner": self.owner,
         }
 
 
@@ -202,8 +209,12 @@ class SessionView:
         before it in the stream, so every gateway delivers the same, live or
         in a replay. Live, call it before applying the entry, after the ones before it.
         """
-        envelope = Envelope.of(entry_id, event)
         state = self._sessions.get(event.session_id)
+        if state is not None and state.owner is not None and event.owner != state.owner:
+            # Ownership belongs to the session: an event omitting its owner, or
+            # naming another, is delivered as its session's, to its session's owner.
+            event = event.model_copy(update={"owner": state.owner})
+        envelope = Envelope.of(entry_id, event)
         if (
             state is None
             or state.workflow_type != event.workflow_type
@@ -273,7 +284,11 @@ class SessionView:
             self.evicted += 1
 
     def sessions(
-        self, *, workflow_type: str | None = None, status: str | None = None
+        self,
+        *,
+        workflow_type: str | None = None,
+        status: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[SessionState]:
         """Remembered sessions, most recently updated first, optionally filtered."""
         horizon = self._horizon()
@@ -283,5 +298,7 @@ class SessionView:
             if workflow_type is not None and state.workflow_type != workflow_type:
                 continue
             if status is not None and state.status != status:
+                continue
+            if owner is not None and state.owner != owner:
                 continue
             yield state

@@ -402,11 +402,14 @@ class EngineSession:
         )
         defaults = default_subscriptions(grant)
         live = [key for key in defaults if key[0] == ANY_TYPE]
-        resumed = [
-            (wtype, session)
-            for key_type, session in defaults
-            for wtype in (every_type if key_type == ANY_TYPE else [key_type])
-        ]
+        # A type both granted and among the owner's sessions' is resumed once.
+        resumed = list(
+            dict.fromkeys(
+                (wtype, session)
+                for key_type, session in defaults
+                for wtype in (every_type if key_type == ANY_TYPE else [key_type])
+            )
+        )
         if len(live) + len(resumed) > gateway.settings.max_subscriptions:
             return None
         # One look-up per type, all at once: after a restart every client comes back together.
@@ -475,10 +478,12 @@ class EngineSession:
 
     def _subscribe(self, frame: Subscribe) -> dict[str, str] | None:
         try:
-            check_subscription(self.grant, self.subscriber.subscriptions, frame, self._limit())
+            owner = check_subscription(
+                self.grant, self.subscriber.subscriptions, frame, self._limit()
+            )
         except ApiError as exc:
             return _error(exc.code, exc.message)
-        replay = self.gateway.catchup.subscribe(self.subscriber, frame)
+        replay = self.gateway.catchup.subscribe(self.subscriber, frame, owner)
         if replay is not None:
             self._track_task(replay)
         return None
@@ -490,12 +495,14 @@ class EngineSession:
         client has had, and claiming nothing, so no replay is held back for it.
         """
         try:
-            check_subscription(self.grant, self.subscriber.subscriptions, frame, self._limit())
+            owner = check_subscription(
+                self.grant, self.subscriber.subscriptions, frame, self._limit()
+            )
         except ApiError as exc:
             self.subscriber.deliver(error_frame(exc.code, exc.message))
             return
         self.subscriber.deliver(subscribed_frame(frame))
-        self.gateway.hub.subscribe(self.subscriber, frame.key)
+        self.gateway.hub.subscribe(self.subscriber, frame.key, owner=owner)
 
     def _limit(self) -> int:
         return self.gateway.settings.max_subscriptions
@@ -539,11 +546,15 @@ class EngineSession:
 
 
 def default_subscriptions(grant: Grant) -> list[SubscriptionKey]:
-    """What a client is subscribed to on connecting: every type and session its grant names."""
+    """What a client is subscribed to on connecting: every type and session its grant names.
+
+    With the owner_sessions claim, every type too: narrowed to the holder's own sessions.
+    """
     if ANY_TYPE in grant.workflow_types:
         return [(ANY_TYPE, None)]
     types: list[SubscriptionKey] = [(wtype, None) for wtype in sorted(grant.workflow_types)]
-    return types + [(ANY_TYPE, session) for session in sorted(grant.sessions)]
+    owned: list[SubscriptionKey] = [(ANY_TYPE, None)] if grant.owned else []
+    return types + [(ANY_TYPE, session) for session in sorted(grant.sessions)] + owned
 
 
 def _subscription(

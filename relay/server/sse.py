@@ -46,8 +46,8 @@ def sse_text(item: Envelope | str) -> str:
     return f"event: {kind}\ndata: {item}\n\n"
 
 
-def _admit(request: web.Request) -> Subscribe:
-    """Checks before the stream starts; the subscription the request names."""
+def _admit(request: web.Request) -> tuple[Subscribe, str | None]:
+    """Checks before the stream starts; the subscription the request names, and its owner scope."""
     check_origin(request)
     check_capacity(request)
     grant = subscriber_grant(request)
@@ -58,8 +58,8 @@ def _admit(request: web.Request) -> Subscribe:
         query["since"] = last_event_id
     subscription = query_subscription(query)
     assert subscription is not None  # the query always names a type here
-    require_grant(grant, subscription.workflow_type, subscription.session_id)
-    return subscription
+    owner = require_grant(grant, subscription.workflow_type, subscription.session_id)
+    return subscription, owner
 
 
 @routes.get("/api/workflows/events")
@@ -68,7 +68,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Stream events of a type (``*`` by default), optionally of one session."""
     gateway = request.app[GATEWAY]
     try:
-        subscription = _admit(request)
+        subscription, owner = _admit(request)
     except ApiError as error:
         return refusal(request, error)
 
@@ -104,7 +104,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     gateway.event_streams.add(subscriber)
     subscriber.start()
     logger.info("%s connected", subscriber.name)
-    replay = gateway.catchup.subscribe(subscriber, subscription)
+    replay = gateway.catchup.subscribe(subscriber, subscription, owner)
     try:
         while not await subscriber.finished(settings.sse_keepalive):
             subscriber.deliver(KEEP_ALIVE)

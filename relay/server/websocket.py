@@ -142,8 +142,10 @@ class Connection:
     def _narrow_to(self, grant: Grant) -> None:
         # A swapped token must not keep what only the previous one covered.
         subscriber = self.subscriber
+        hub = self.gateway.hub
         for workflow_type, session_id in list(subscriber.subscriptions):
-            if grant.allows(workflow_type, session_id):
+            scope = hub.scope(subscriber, (workflow_type, session_id))
+            if grant.covers(workflow_type, session_id) or grant.owns(scope):
                 continue
             self.gateway.hub.unsubscribe(subscriber, (workflow_type, session_id))
             target = SubscriptionTarget(workflow_type=workflow_type, session_id=session_id)
@@ -265,11 +267,11 @@ class Connection:
         subscriber = self.subscriber
         limit = self.gateway.settings.max_subscriptions
         try:
-            check_subscription(self.grant, subscriber.subscriptions, frame, limit)
+            owner = check_subscription(self.grant, subscriber.subscriptions, frame, limit)
         except ApiError as exc:
             self.error(exc.code, exc.message)
             return
-        replay = self.gateway.catchup.subscribe(subscriber, frame)
+        replay = self.gateway.catchup.subscribe(subscriber, frame, owner)
         if replay is not None:
             self._track(replay)
 

@@ -52,6 +52,15 @@ test("a retry's attempt and error stay in the state through later reports", asyn
   ]);
 });
 
+test("a session's owner passes into its state and stays through reports omitting it", async () => {
+  const socket = await live({});
+  socket.receive(event("1-0", "s1"));
+  assert.equal(watcher.get("s1").owner, null);
+  socket.receive(event("2-0", "s1", { owner: "alice" }));
+  socket.receive(event("3-0", "s1", { progress: 50 }));
+  assert.equal(watcher.get("s1").owner, "alice");
+});
+
 test("getToken is asked on every connect, sync or async", async () => {
   const tokens = ["first", "second"];
   let asked = 0;
