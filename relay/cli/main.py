@@ -186,6 +186,11 @@ def _token_parser(commands: Any) -> None:
         action="store_true",
         help="also allow cancelling what the token may watch (watching alone never does)",
     )
+    token.add_argument(
+        "--owner-sessions",
+        action="store_true",
+        help="grant every session owned by --sub, now and to come (the owner_sessions claim)",
+    )
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 90s, 15m, 1h or 2d (default 1h)")
     token.add_argument("--secret", help="signing secret (RELAY_TOKEN_SECRET)")
     token.add_argument(
@@ -472,8 +477,11 @@ def token(args: argparse.Namespace) -> int:
     if not secret:
         print("relay token: give --secret or set RELAY_TOKEN_SECRET", file=sys.stderr)
         return 2
-    if not args.workflow_types and not args.sessions:
-        print("relay token: grant at least one --type or --session", file=sys.stderr)
+    if not (args.workflow_types or args.sessions or args.owner_sessions):
+        print(
+            "relay token: grant at least one --type, --session or --owner-sessions",
+            file=sys.stderr,
+        )
         return 2
     try:
         ttl = parse_duration(args.ttl)
@@ -487,6 +495,7 @@ def token(args: argparse.Namespace) -> int:
         sessions=args.sessions,
         ttl_seconds=ttl,
         cancel=args.cancel,
+        owner_sessions=args.owner_sessions,
     )
     # In the fragment the token never reaches the gateway's or a proxy's logs;
     # the dashboard reads it and takes it out of the address.

@@ -485,3 +485,13 @@ def test_token_dashboard_prints_a_link_with_the_token_in_the_fragment(
     grant = read_token(token, SECRET)
     assert grant.subject == "ops"
     assert grant.allows_cancel("map", "s1")
+
+
+def test_token_owner_sessions_grants_the_subjects_own_sessions_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["token", "--sub", "alice", "--owner-sessions", "--secret", SECRET]) == 0
+    grant = read_token(capsys.readouterr().out.strip(), SECRET)
+    assert grant.allows("map", "s1", owner="alice")
+    assert not grant.allows("map", "s1", owner="bob")
+    assert not grant.allows("map", None)
