@@ -61,6 +61,20 @@ class PlanStep(BaseModel):
 
 Plan = Sequence[PlanStep]
 
+# How a worker may write a plan in code: step names, or (name, weight) pairs.
+PlanSpec = Sequence[str | tuple[str, float]]
+
+
+def plan_steps(spec: PlanSpec) -> list[PlanStep]:
+    """The plan ``spec`` describes, validated: a name alone weighs 1."""
+    steps = [
+        PlanStep(step=item) if isinstance(item, str) else PlanStep(step=item[0], weight=item[1])
+        for item in spec
+    ]
+    if not 1 <= len(steps) <= MAX_PLAN_STEPS:
+        raise ValueError(f"a plan lists 1 to {MAX_PLAN_STEPS} steps, not {len(steps)}")
+    return steps
+
 
 def plan_json(plan: Plan) -> list[dict[str, str | int | float]]:
     """The plan as JSON carries it: whole weights as integers."""
