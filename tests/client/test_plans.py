@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from relay.client.reporters import AsyncReporter, HttpReporter, Reporter
-from relay.protocol.plans import MAX_PLAN_STEPS
+from relay.protocol.plans import MAX_PLAN_STEPS, PlanSpec
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import serving, state_when
 
-PLAN = [("analyzing", 1), ("generating", 6), "rendering"]
+PLAN: PlanSpec = [("analyzing", 1), ("generating", 6), "rendering"]
 PLAN_JSON = [
     {"step": "analyzing", "weight": 1},
     {"step": "generating", "weight": 6},
