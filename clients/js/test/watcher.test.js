@@ -55,18 +55,28 @@ test("a retry's attempt and error stay in the state through later reports", asyn
 test("a plan's overall figures come from the frames, and the ETA follows them", async () => {
   const socket = await live({});
   const plan = { step_count: 3 };
-  socket.receive(event("1-0", "s1", { step: "a", progress: 0, ts: 1000, overall_progress: 0, step_index: 1, ...plan }));
-  socket.receive(event("2-0", "s1", { step: "b", progress: 50, ts: 5000, overall_progress: 40, step_index: 2, ...plan }));
+  const at = (step, progress, ts, overall, index) => ({
+    step,
+    progress,
+    ts,
+    overall_progress: overall,
+    step_index: index,
+    ...plan,
+  });
+  socket.receive(event("1-0", "s1", at("a", 0, 1000, 0, 1)));
+  socket.receive(event("2-0", "s1", at("b", 50, 5000, 40, 2)));
   const midway = watcher.get("s1");
-  assert.deepEqual([midway.progress, midway.overallProgress, midway.stepIndex, midway.stepCount], [50, 40, 2, 3]);
+  const figures = [midway.progress, midway.overallProgress, midway.stepIndex, midway.stepCount];
+  assert.deepEqual(figures, [50, 40, 2, 3]);
   // 40% of the whole in 4 s: 6 s for the rest.
   assert.equal(midway.estimatedTimeRemaining, 6);
-  socket.receive(event("3-0", "s1", { step: "extra", progress: 10, ts: 6000, overall_progress: null, step_index: null, ...plan }));
+  socket.receive(event("3-0", "s1", at("extra", 10, 6000, null, null)));
   const unlisted = watcher.get("s1");
   assert.deepEqual([unlisted.overallProgress, unlisted.stepIndex], [40, null]);
   socket.receive(event("4-0", "s2", { progress: 30 }));
   const planless = watcher.get("s2");
-  assert.deepEqual([planless.overallProgress, planless.stepIndex, planless.stepCount], [30, null, null]);
+  const planlessFigures = [planless.overallProgress, planless.stepIndex, planless.stepCount];
+  assert.deepEqual(planlessFigures, [30, null, null]);
 });
 
 test("getToken is asked on every connect, sync or async", async () => {
