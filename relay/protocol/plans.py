@@ -14,9 +14,9 @@ the figures it adds to delivered events call it; the browser client and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -107,6 +107,27 @@ class PlanPosition:
             STEP_INDEX_FIELD: self.step_index,
             STEP_COUNT_FIELD: self.step_count,
         }
+
+
+def position_in(data: Mapping[str, Any]) -> PlanPosition | None:
+    """The position a delivered event's ``data`` carries, if its session has a plan.
+
+    For subscribers: the fields come from a gateway, and what is not a number
+    where one belongs is taken as absent.
+    """
+    count = data.get(STEP_COUNT_FIELD)
+    if not _number(count):
+        return None
+    index, overall = data.get(STEP_INDEX_FIELD), data.get(OVERALL_FIELD)
+    return PlanPosition(
+        int(index) if _number(index) else None,
+        int(count),
+        float(overall) if _number(overall) else None,
+    )
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def position(plan: Plan, step: str, progress: float, status: str) -> PlanPosition:
