@@ -201,3 +201,50 @@ def test_client_measures_the_rate_from_the_gateways_first_point(
     eta = tab.evaluate("watcher.get().estimatedTimeRemaining")
     server = get_json(f"{gateway.url}/api/workflows/sessions/r1")["estimated_time_remaining"]
     assert eta == server == 50.0
+
+
+@pytest.mark.browser
+def test_client_shows_the_gateways_overall_figures_and_measures_the_rate_on_them(
+    request: pytest.FixtureRequest, start_gateway: Callable[..., Gateway], redis_url: str
+) -> None:
+    tab: Page = request.getfixturevalue("page")
+    gateway = start_gateway(redis_url)
+    started = int(time.time() * 1000) - 60_000
+    publish = f"{gateway.url}/api/workflows/progress"
+    plan = [{"step": "analyzing", "weight": 1}, {"step": "generating", "weight": 3}]
+
+    def report(step: str, progress: float, at: int, **fields: Any) -> None:
+        event = {"session_id": "p1", "workflow_type": "map", "step": step, "progress": progress}
+        post_json(publish, {**event, "ts": started + at, **fields})
+
+    report("analyzing", 0, 0, plan=plan)
+    report("analyzing", 100, 10_000)
+    load_client(tab, gateway)
+    tab.evaluate(
+        """(url) => {
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map", sessionId: "p1" });
+        }""",
+        gateway.url,
+    )
+    # From the HTTP state (or the snapshot): 25% of the whole in 10 s.
+    tab.wait_for_function("watcher.get()?.overallProgress === 25")
+    assert tab.evaluate("watcher.get().estimatedTimeRemaining") == 30.0
+    report("generating", 50, 25_000)  # live: (1 + 3 * 0.5) / 4 = 62.5% in 25 s
+    tab.wait_for_function("watcher.get()?.progress === 50")
+    state = tab.evaluate(
+        "(({ overallProgress, stepIndex, stepCount, estimatedTimeRemaining }) =>"
+        " ({ overallProgress, stepIndex, stepCount, estimatedTimeRemaining }))(watcher.get())"
+    )
+    server = get_json(f"{gateway.url}/api/workflows/sessions/p1")
+    assert state == {
+        "overallProgress": server["overall_progress"],
+        "stepIndex": server["step_index"],
+        "stepCount": server["step_count"],
+        "estimatedTimeRemaining": server["estimated_time_remaining"],
+    }
+    assert state == {
+        "overallProgress": 62.5,
+        "stepIndex": 2,
+        "stepCount": 2,
+        "estimatedTimeRemaining": 15.0,
+    }
