@@ -18,27 +18,15 @@ from typing import Any
 from relay.protocol.entries import now_ms
 from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered, format_number
 from relay.protocol.frames import Envelope
-from relay.protocol.plans import PlanPosition, PlanStep, plan_json, position
+from relay.protocol.plans import PlanStep, plan_json
 from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId
+from relay.server.declared_plans import DeclaredPlans, plan_position
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 
 # Heartbeats applied ahead and not read back yet, remembered at most: the
 # reader reads them back within milliseconds, unless they were trimmed first.
 MAX_UNROUTED = 10_000
-
-# Plans a session declared, remembered at most (the latest ones): a replay of
-# an entry older than all of them is delivered without its place in a plan.
-MAX_PLANS_KEPT = 8
-
-DeclaredPlan = tuple[StreamId, tuple[PlanStep, ...]]
-
-
-def plan_position(plan: tuple[PlanStep, ...] | None, event: ProgressEvent) -> PlanPosition | None:
-    """Where ``event`` stands in ``plan``; None without a plan."""
-    if plan is None:
-        return None
-    return position(plan, event.step, event.progress, event.status)
 
 
 class SessionState:
@@ -84,8 +72,7 @@ class SessionState:
         self.last_error: str | None = None
         # The session's cancel_requested event, once its stream holds one.
         self.cancel: Envelope | None = None
-        # The plans the session declared, oldest first, each with the entry that declared it.
-        self.plans: list[DeclaredPlan] = []
+        self.plans = DeclaredPlans()
         self.overall = 0.0
         self.apply(envelope, event)
         self.first_overall = self.overall
@@ -114,9 +101,7 @@ class SessionState:
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
         self.heard = envelope
-        if event.plan is not None:
-            self.plans.append((envelope.key, tuple(event.plan)))
-            del self.plans[:-MAX_PLANS_KEPT]
+        self.plans.take(envelope.key, event)
         self.position = plan_position(self.plan, event)
         if self.position is None:
             self.overall = event.progress
@@ -127,14 +112,7 @@ class SessionState:
     @property
     def plan(self) -> tuple[PlanStep, ...] | None:
         """The plan the session declared last, if any."""
-        return self.plans[-1][1] if self.plans else None
-
-    def plan_at(self, key: StreamId) -> tuple[PlanStep, ...] | None:
-        """The plan that held for the session's entry at ``key``, if any is remembered."""
-        for since, plan in reversed(self.plans):
-            if since <= key:
-                return plan
-        return None
+        return self.plans.latest
 
     def record(self, envelope: Envelope) -> None:
         """Add the event to the session's history, without changing its state."""
@@ -270,7 +248,7 @@ class SessionView:
                 envelope, event = Envelope.of(entry_id, shown), shown
         plan = tuple(event.plan) if event.plan is not None else None
         if plan is None and state is not None:
-            plan = state.plan_at(envelope.key)
+            plan = state.plans.at(envelope.key)
         envelope.position = plan_position(plan, event)
         return envelope, event
 
