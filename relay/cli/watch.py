@@ -31,8 +31,9 @@ from rich.live import Live
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
-from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent, format_number
+from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent
 from relay.protocol.frames import ANY_TYPE, encode_event_frame
+from relay.protocol.numbers import format_number
 from relay.protocol.plans import PlanPosition
 from relay.protocol.progress import estimated_time_remaining
 from relay.server.http_sessions import MAX_LIST

@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from relay.protocol.numbers import format_number
 from relay.protocol.plans import (
     MAX_PLAN_STEPS,
     POSITION_FIELDS,
@@ -93,11 +94,6 @@ def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
         if isinstance(child, _CONTAINERS) and _deeper_than(child, limit - 1):
             return True
     return False
-
-
-def format_number(value: float) -> int | float:
-    """Whole numbers travel as integers, so ``45`` stays ``45`` rather than ``45.0``."""
-    return int(value) if value.is_integer() else value
 
 
 class ProgressEvent(BaseModel):

@@ -20,6 +20,8 @@ from typing import Annotated, Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from relay.protocol.numbers import format_number
+
 MAX_PLAN_STEPS = 64
 """A plan lists at most this many steps."""
 
@@ -78,13 +80,7 @@ def plan_steps(spec: PlanSpec) -> list[PlanStep]:
 
 def plan_json(plan: Plan) -> list[dict[str, str | int | float]]:
     """The plan as JSON carries it: whole weights as integers."""
-    return [
-        {
-            "step": item.step,
-            "weight": int(item.weight) if item.weight == int(item.weight) else item.weight,
-        }
-        for item in plan
-    ]
+    return [{"step": item.step, "weight": format_number(item.weight)} for item in plan]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +99,7 @@ class PlanPosition:
     def fields(self) -> dict[str, float | int | None]:
         """The fields a delivered event's ``data`` carries for this position."""
         return {
-            OVERALL_FIELD: self.overall,
+            OVERALL_FIELD: None if self.overall is None else format_number(self.overall),
             STEP_INDEX_FIELD: self.step_index,
             STEP_COUNT_FIELD: self.step_count,
         }

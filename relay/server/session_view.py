@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay.protocol.entries import now_ms
-from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered, format_number
+from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered
 from relay.protocol.frames import Envelope
+from relay.protocol.numbers import format_number
 from relay.protocol.plans import PlanStep, plan_json
 from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -177,3 +178,20 @@ async def test_quiet_at_100_mid_plan_is_stalled_and_at_the_last_step_completed(
         done = await state_when(http, second, "end", status="completed")
         assert done["overall_progress"] == 100
         assert done["metadata"]["inferred"] is True
+
+
+async def test_an_sse_resume_replays_the_plan_figures(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with gateways(1, redis_url) as (base,):
+        first = await publish(http, base, step="analyzing", progress=100, plan=PLAN)
+        await publish(http, base, step="generating", progress=50)
+        await read_back(http, base, 2)
+        url = f"{base}/api/workflows/events?workflow_type=map&session_id=s1"
+        async with http.get(url, headers={"Last-Event-ID": first}) as response:
+            while True:
+                line = (await asyncio.wait_for(response.content.readline(), 10)).decode()
+                if line.startswith("data:") and '"step":"generating"' in line:
+                    break
+        data = orjson.loads(line.removeprefix("data:"))
+        assert (data["overall_progress"], data["step_index"], data["step_count"]) == (40, 2, 3)
