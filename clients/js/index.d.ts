@@ -64,8 +64,17 @@ export interface SessionState {
   readonly sessionId: string;
   readonly workflowType: string;
   readonly step: string;
-  /** 0 to 100. */
+  /** 0 to 100, as reported: with a plan, the current step's own progress. */
   readonly progress: number;
+  /**
+   * The whole workflow's progress, 0 to 100: from the plan's weights when
+   * the session declared one (as the gateway computed it), else `progress`.
+   */
+  readonly overallProgress: number;
+  /** The current step's place in the plan, 1-based; null without a plan or for an unlisted step. */
+  readonly stepIndex: number | null;
+  /** How many steps the plan lists; null without a plan. */
+  readonly stepCount: number | null;
   readonly status: Status;
   readonly metadata: Readonly<Record<string, unknown>>;
   readonly error: string | null;
@@ -79,7 +88,7 @@ export interface SessionState {
   readonly startTime: number;
   /** When its latest report was made, ms since the epoch. */
   readonly updatedAt: number;
-  /** Seconds left, or null when there is no estimate. */
+  /** Seconds left, from the overall progress rate; null when there is no estimate. */
   readonly estimatedTimeRemaining: number | null;
   /** The stream entry id of its latest event. */
   readonly lastEventId: string;
@@ -109,6 +118,20 @@ export interface EventData {
    * session cancelling. Absent otherwise.
    */
   cancel_requested?: true;
+  /** The session's steps, when this report declares them (it replaces any earlier plan). */
+  plan?: PlanStep[];
+  /** Added by the gateway to the events of a session with a plan; null for an unlisted step. */
+  overall_progress?: number | null;
+  /** Added with a plan: the step's place in it, 1-based; null for an unlisted step. */
+  step_index?: number | null;
+  /** Added with a plan: how many steps it lists. */
+  step_count?: number;
+}
+
+/** One step of a plan: its name as reports give it, and its weight (default 1). */
+export interface PlanStep {
+  step: string;
+  weight?: number;
 }
 
 /** An event frame as the gateway sends it. */

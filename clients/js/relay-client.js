@@ -779,7 +779,7 @@ function guarded(callback, ...args) {
 // --- session state --------------------------------------------------------
 //
 // A record is { state, firstProgress }: the public, frozen state object, and
-// the progress of the first event known of the session, which with
+// the overall progress of the first event known of the session, which with
 // `state.startTime` is the point the average progress rate is measured from.
 // The gateway's answers carry both (`first_progress`, `started_at`) and its
 // own time remaining; live events are folded in by the gateway's rule.
@@ -830,9 +830,14 @@ export function estimatedTimeRemaining({
   return Math.floor(leftMs + 0.5) / 1000;
 }
 
-/** A record whose time remaining is worked out here, from its first point. */
+/** A record whose time remaining is worked out here, from its first point (overall figures). */
 function projected(fields, firstProgress) {
-  const point = { ...fields, firstProgress, startedAt: fields.startTime };
+  const point = {
+    ...fields,
+    progress: fields.overallProgress,
+    firstProgress,
+    startedAt: fields.startTime,
+  };
   const state = makeState({ ...fields, estimatedTimeRemaining: estimatedTimeRemaining(point) });
   return { state, firstProgress };
 }
@@ -858,11 +863,29 @@ function recordFromEvent(previous, frame) {
     lastError: data.error ?? previous?.state.lastError ?? null,
     // The gateway puts the session's owner in every event of an owned session.
     owner: data.owner ?? previous?.state.owner ?? null,
+    ...planFields(previous, data),
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
     lastEventId: frame.id,
   };
-  return projected(fields, previous?.firstProgress ?? data.progress);
+  return projected(fields, previous?.firstProgress ?? fields.overallProgress);
+}
+
+/**
+ * Where an event frame stands in its session's plan. The gateway adds
+ * `overall_progress`, `step_index` and `step_count` to the events of a
+ * session with a plan (null overall for a step the plan does not list: the
+ * figure stays where it was); without them, overall progress is the progress.
+ */
+function planFields(previous, data) {
+  if (data.step_count == null) {
+    return { overallProgress: data.progress, stepIndex: null, stepCount: null };
+  }
+  return {
+    overallProgress: data.overall_progress ?? previous?.state.overallProgress ?? 0,
+    stepIndex: data.step_index ?? null,
+    stepCount: data.step_count,
+  };
 }
 
 /** The record after a state from the HTTP API, which says how the gateway sees the session. */
@@ -870,7 +893,10 @@ function recordFromServer(previous, server) {
   if (previous && compareIds(server.last_event_id, previous.state.lastEventId) < 0) {
     // Our events are newer; take only what the gateway knows better: the
     // session's first point, from which its rate is measured.
-    return projected({ ...previous.state, startTime: server.started_at }, server.first_progress);
+    return projected(
+      { ...previous.state, startTime: server.started_at },
+      server.first_overall_progress ?? server.first_progress,
+    );
   }
   const state = makeState({
     sessionId: server.session_id,
@@ -883,10 +909,13 @@ function recordFromServer(previous, server) {
     attempt: server.attempt ?? 1,
     lastError: server.last_error ?? null,
     owner: server.owner ?? null,
+    overallProgress: server.overall_progress ?? server.progress,
+    stepIndex: server.step_index ?? null,
+    stepCount: server.step_count ?? null,
     startTime: server.started_at,
     updatedAt: server.updated_at,
     estimatedTimeRemaining: server.estimated_time_remaining,
     lastEventId: server.last_event_id,
   });
-  return { state, firstProgress: server.first_progress };
+  return { state, firstProgress: server.first_overall_progress ?? server.first_progress };
 }

@@ -46,6 +46,7 @@ from relay.client.retry import ReportError, RetryPolicy
 from relay.protocol.entries import Receipt
 from relay.protocol.event import ProgressEvent
 from relay.protocol.liveness import DEFAULT_STALL_AFTER, heartbeat_interval
+from relay.protocol.plans import PlanSpec
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +146,17 @@ class Publisher(Protocol):
     """What the simulation needs from where it publishes."""
 
     def session(
-        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+        self,
+        workflow_type: str,
+        session_id: str,
+        *,
+        heartbeat_interval: float | None,
+        plan: PlanSpec,
     ) -> AsyncReportingSession:
         """A reporting session that raises CancelRequested on a cancellation.
 
-        It sends heartbeats every ``heartbeat_interval`` seconds of silence, or none for None.
+        It sends heartbeats every ``heartbeat_interval`` seconds of silence, or none for None,
+        and declares ``plan`` with its first event.
         """
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
@@ -253,16 +260,16 @@ class Simulation:
         safe = number < options.safe_start
         quick = number == 0
         steps = WORKFLOWS[workflow_type]
-        total = sum(step.weight for step in steps)
         ticks: list[tuple[str, float, str]] = []
-        done = 0.0
+        # Each step reports its own progress, as the origin app's workers do;
+        # the plan the session declares turns it into the whole's.
         for step in steps:
             count = 1 if quick else rng.randint(1, 3)
             for tick in range(count):
-                share = done + step.weight * (tick + 1) / count
-                # Stop short of 100: the session's end reports that.
-                ticks.append((step.name, round(share / total * 97), rng.choice(step.details)))
-            done += step.weight
+                ticks.append((step.name, round(100 * (tick + 1) / count), rng.choice(step.details)))
+        # The last report stops short of 100: the session's end reports that.
+        name, _, details = ticks[-1]
+        ticks[-1] = (name, 97, details)
         pause = options.pace[0] if quick else rng.choice(options.pace)
         fail_at = failure = cancel_at = retry_at = silent_at = silence = None
         if not safe and rng.random() < options.fail_chance:
@@ -306,7 +313,10 @@ class Simulation:
         status, error = "completed", None
         heartbeats = None if plan.silent else heartbeat_interval(self.options.stall_after)
         session = self._publisher.session(
-            plan.workflow_type, plan.session_id, heartbeat_interval=heartbeats
+            plan.workflow_type,
+            plan.session_id,
+            heartbeat_interval=heartbeats,
+            plan=[(step.name, step.weight) for step in WORKFLOWS[plan.workflow_type]],
         )
         try:
             async with session:
@@ -385,10 +395,19 @@ class RedisPublisher:
         self._reporter = reporter
 
     def session(
-        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+        self,
+        workflow_type: str,
+        session_id: str,
+        *,
+        heartbeat_interval: float | None,
+        plan: PlanSpec,
     ) -> AsyncReportingSession:
         return self._reporter.session(
-            workflow_type, session_id, raise_on_cancel=True, heartbeat_interval=heartbeat_interval
+            workflow_type,
+            session_id,
+            raise_on_cancel=True,
+            heartbeat_interval=heartbeat_interval,
+            plan=plan,
         )
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
@@ -424,7 +443,12 @@ class HttpPublisher:
         self._retry = retry or RetryPolicy(retry_for=5)
 
     def session(
-        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+        self,
+        workflow_type: str,
+        session_id: str,
+        *,
+        heartbeat_interval: float | None,
+        plan: PlanSpec,
     ) -> AsyncReportingSession:
         reporter = HttpReporter(self._url, api_key=self._api_key, retry=self._retry)
         return AsyncReportingSession(
@@ -433,6 +457,7 @@ class HttpPublisher:
             session_id,
             raise_on_cancel=True,
             heartbeat_interval=heartbeat_interval,
+            plan=plan,
         )
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:

@@ -31,8 +31,10 @@ from rich.live import Live
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
-from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent, format_number
+from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent
 from relay.protocol.frames import ANY_TYPE, encode_event_frame
+from relay.protocol.numbers import format_number
+from relay.protocol.plans import PlanPosition
 from relay.protocol.progress import estimated_time_remaining
 from relay.server.http_sessions import MAX_LIST
 
@@ -80,12 +82,17 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def format_event(event: ProgressEvent) -> str:
-    """One readable line for an event."""
+def format_event(event: ProgressEvent, position: PlanPosition | None = None) -> str:
+    """One readable line for an event; with a plan, its step's place and the overall figure."""
     line = (
         f"{event.workflow_type:<12} {event.session_id:<24} "
         f"{format_number(event.progress):>6}%  {event.status:<16} {event.step}"
     )
+    if position is not None:
+        place = "?" if position.step_index is None else position.step_index
+        line += f"  step {place}/{position.step_count}"
+        if position.overall is not None:
+            line += f", overall {format_percent(position.overall)}"
     if event.attempt is not None:
         line += f"  attempt {event.attempt}"
     if event.error:
@@ -118,6 +125,7 @@ class SessionStart:
 
     started_at: float
     first_progress: float
+    """The overall progress at the first event (with a plan, not the first step's own)."""
 
 
 @dataclass(slots=True)
@@ -143,6 +151,11 @@ class SessionRow:
     """The board's clock when the latest event arrived."""
     attempt: int | None = None
     """The latest attempt an event named, if any did."""
+    overall: float = 0.0
+    """The whole workflow's progress: the gateway's figure with a plan, else ``progress``."""
+    step_index: int | None = None
+    step_count: int | None = None
+    """The step's place in the plan (1-based) and the plan's length, with a plan."""
 
     @property
     def ended(self) -> bool:
@@ -259,8 +272,8 @@ class ProgressBoard:
         for key in [k for k, row in self._rows.items() if row.workflow_type == workflow_type]:
             del self._rows[key]
 
-    def update(self, event: ProgressEvent) -> None:
-        """Take one event as its session's latest."""
+    def update(self, event: ProgressEvent, position: PlanPosition | None = None) -> None:
+        """Take one event as its session's latest, with its place in a plan as delivered."""
         now = self._clock()
         ts = float(event.ts or now * 1000)
         row = self._rows.get(event.session_id)
@@ -274,7 +287,9 @@ class ProgressBoard:
                 status=event.status,
                 error=None,
                 first_ts=ts if start is None else start.started_at,
-                first_progress=event.progress if start is None else start.first_progress,
+                first_progress=_overall(event, position, event.progress)
+                if start is None
+                else start.first_progress,
                 from_start=start is not None or self._sees_starts or event.progress == 0,
                 last_ts=ts,
                 metadata=event.metadata,
@@ -288,6 +303,9 @@ class ProgressBoard:
         row.workflow_type = event.workflow_type
         row.step = event.step
         row.progress = event.progress
+        row.overall = _overall(event, position, row.overall)
+        row.step_index = None if position is None else position.step_index
+        row.step_count = None if position is None else position.step_count
         row.status = event.status
         row.error = event.error
         if event.attempt is not None:
@@ -414,8 +432,8 @@ class ProgressBoard:
         cells = {
             "type": Text(row.workflow_type),
             "session": Text(row.session_id),
-            "percent": Text(format_percent(row.progress)),
-            "step": Text(one_line(row.step)),
+            "percent": Text(format_percent(row.overall)),
+            "step": Text(_step_text(row)),
             "time": Text(self._time(row), style="dim" if row.ended else ""),
             "status": Text(status, style=style),
         }
@@ -434,11 +452,27 @@ class ProgressBoard:
         yield from self.render(options.max_width, options.height or options.max_height)
 
 
+def _overall(event: ProgressEvent, position: PlanPosition | None, known: float) -> float:
+    """The overall figure after ``event``: a step the plan does not list leaves ``known``."""
+    if position is None:
+        return event.progress
+    return known if position.overall is None else position.overall
+
+
+def _step_text(row: SessionRow) -> str:
+    """``2/3 generating 50%`` with a plan; the step alone without one."""
+    step = one_line(row.step)
+    if row.step_count is None:
+        return step
+    place = "?" if row.step_index is None else str(row.step_index)
+    return f"{place}/{row.step_count} {step} {format_percent(row.progress)}"
+
+
 def _estimate(row: SessionRow) -> float | None:
-    """Seconds left as of the row's latest event, by the gateway's rule."""
+    """Seconds left as of the row's latest event, by the gateway's rule, on the overall figure."""
     return estimated_time_remaining(
         status=row.status,
-        progress=row.progress,
+        progress=row.overall,
         metadata=row.metadata,
         first_progress=row.first_progress,
         started_at=row.first_ts,
@@ -469,7 +503,7 @@ def _line(cells: list[tuple[Text, Column]], style: str = "") -> Text:
 
 def _bar(row: SessionRow, width: int) -> Text:
     """A bar of ``width`` cells, its filled part in the status's colour."""
-    filled = round(width * min(max(row.progress, 0.0), 100.0) / 100)
+    filled = round(width * min(max(row.overall, 0.0), 100.0) / 100)
     return Text.assemble(
         ("━" * filled, BAR_STYLES.get(row.status, "cyan")),
         ("─" * (width - filled), "grey35"),
@@ -508,9 +542,9 @@ async def watch_events(
     async with contextlib.aclosing(updates):
         async for update in updates:
             if as_json:
-                line = encode_event_frame(str(update.id), update.event)
+                line = encode_event_frame(str(update.id), update.event, update.position)
             else:
-                line = format_event(update.event)
+                line = format_event(update.event, update.position)
             print(line, file=out, flush=True)
     return 0
 
@@ -538,7 +572,8 @@ async def running_starts(
         async with http.get(url, params=query, headers=headers, raise_for_status=True) as answer:
             listed = await answer.json()
         for item in listed:
-            start = SessionStart(float(item["started_at"]), float(item["first_progress"]))
+            first = item.get("first_overall_progress", item["first_progress"])
+            start = SessionStart(float(item["started_at"]), float(first))
             starts[str(item["session_id"])] = start
     return starts
 
@@ -601,7 +636,7 @@ class _StartFetcher:
 async def _show_on(board: ProgressBoard, updates: AsyncGenerator[Update, None]) -> None:
     async with contextlib.aclosing(updates):
         async for update in updates:
-            board.update(update.event)
+            board.update(update.event, update.position)
 
 
 async def watch_bars(

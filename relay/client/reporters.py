@@ -65,6 +65,7 @@ from relay.protocol.idempotency import (
     KeyReused,
 )
 from relay.protocol.keys import Keys
+from relay.protocol.plans import PlanSpec
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS, check_replicas, is_transient
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -192,12 +193,15 @@ class BlockingReporter(ABC):
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
+        plan: PlanSpec | None = None,
     ) -> ReportingSession:
         """A context manager reporting one session's steps, heartbeats and its end.
 
         ``heartbeat_interval`` is the seconds of silence after which a
         heartbeat repeats the latest report; 0 or None sends none. ``owner``
         is the user the session runs for, sent with each of its events.
+        ``plan`` declares the session's steps, as names or ``(name, weight)`` pairs:
+        its first event carries it, and each report then gives its step's own progress.
         """
         return ReportingSession(
             self,
@@ -206,6 +210,7 @@ class BlockingReporter(ABC):
             raise_on_cancel=raise_on_cancel,
             heartbeat_interval=heartbeat_interval,
             owner=owner,
+            plan=plan,
         )
 
 
@@ -370,10 +375,11 @@ class AsyncReporter:
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
+        plan: PlanSpec | None = None,
     ) -> AsyncReportingSession:
         """An async context manager reporting one session's steps, heartbeats and its end.
 
-        ``heartbeat_interval`` and ``owner`` are as for :meth:`BlockingReporter.session`.
+        ``heartbeat_interval``, ``owner`` and ``plan`` are as for :meth:`BlockingReporter.session`.
         """
         return AsyncReportingSession(
             self,
@@ -382,6 +388,7 @@ class AsyncReporter:
             raise_on_cancel=raise_on_cancel,
             heartbeat_interval=heartbeat_interval,
             owner=owner,
+            plan=plan,
         )
 
     async def aclose(self) -> None:

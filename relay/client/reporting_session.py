@@ -22,6 +22,12 @@ inside the body: the session becomes ``retrying`` with the new attempt's
 number and the error, and stays open for that attempt's reports. The caller
 decides what is worth retrying (the exceptions it catches), so no exception is
 retried behind its back.
+
+A session may declare its steps up front: with ``plan=[("analyzing", 1),
+("generating", 6)]`` (or plain names, each weighing 1) its first event
+carries the plan, and each ``session.report(step, progress)`` then gives that
+step's own progress; the gateways work out the whole workflow's from the
+weights (see :mod:`relay.protocol.plans`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from relay.client.retry import ReportError
 from relay.protocol.entries import Receipt
 from relay.protocol.event import MAX_ERROR_CHARS, ProgressEvent
 from relay.protocol.liveness import heartbeat_interval
+from relay.protocol.plans import PlanSpec, PlanStep, plan_steps
 
 # Seconds between heartbeats unless a session is told otherwise.
 DEFAULT_HEARTBEAT_INTERVAL = heartbeat_interval()
@@ -86,8 +93,11 @@ class _SessionState:
         raise_on_cancel: bool,
         heartbeat_interval: float | None,
         owner: str | None = None,
+        plan: PlanSpec | None = None,
     ) -> None:
         self.workflow_type = workflow_type
+        # Sent with every event until one carrying it is published.
+        self.plan: list[PlanStep] | None = None if plan is None else plan_steps(plan)
         self.session_id = session_id or uuid.uuid4().hex
         # Sent with every event: any one of them may be the first the gateways keep.
         self.owner = owner
@@ -109,6 +119,8 @@ class _SessionState:
             fields.setdefault("attempt", self.attempt)
         if self.owner is not None:
             fields.setdefault("owner", self.owner)
+        if self.plan is not None:
+            fields.setdefault("plan", self.plan)
         return ProgressEvent(
             session_id=self.session_id,
             workflow_type=self.workflow_type,
@@ -130,6 +142,8 @@ class _SessionState:
         """
         self.latest, self.reported_at = event, time.monotonic()
         self.step, self.progress = event.step, event.progress
+        if event.plan is not None:
+            self.plan = None  # the gateways hold it from now on
         self.heard(receipt)
         if self.cancel_requested and self.raise_on_cancel and not event.terminal:
             raise CancelRequested(self.session_id)
@@ -197,8 +211,11 @@ class ReportingSession(_SessionState):
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
+        plan: PlanSpec | None = None,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner)
+        super().__init__(
+            workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
+        )
         self._reporter = reporter
         # Held from choosing an event until it is published and noted, so that
         # a heartbeat never repeats a report after a newer one was published.
@@ -274,8 +291,11 @@ class AsyncReportingSession(_SessionState):
         raise_on_cancel: bool = False,
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
+        plan: PlanSpec | None = None,
     ) -> None:
-        super().__init__(workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner)
+        super().__init__(
+            workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
+        )
         self._reporter = reporter
         # As for the blocking session: a heartbeat never overtakes a newer report.
         self._publishing = asyncio.Lock()

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from relay.protocol.event import ProgressEvent, event_from_data
 from relay.protocol.frames import ANY_TYPE, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED
+from relay.protocol.plans import PlanPosition, position_in
 from relay.protocol.stream_ids import StreamId
 
 try:
@@ -55,10 +56,15 @@ class TokenRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One event as the gateway delivered it: its stream id and the event."""
+    """One event as the gateway delivered it: its stream id, the event, and its place in a plan.
+
+    ``position`` is the gateway's figure for a session with a plan (see
+    :mod:`relay.protocol.plans`), None for one without.
+    """
 
     id: StreamId
     event: ProgressEvent
+    position: PlanPosition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +120,11 @@ def frame_items(text: str) -> Iterator[dict[str, Any]]:
 def parse_update(frame: dict[str, Any]) -> Update | None:
     """The update an event frame carries, or None (logged at debug level) when it is invalid."""
     try:
+        data = frame.get("data")
         return Update(
             id=StreamId.parse(str(frame.get("id"))),
-            event=event_from_data(frame.get("data")),
+            event=event_from_data(data),
+            position=position_in(data) if isinstance(data, dict) else None,
         )
     except (ValueError, ValidationError) as exc:
         logger.debug("skipped an invalid event frame %r: %s", frame.get("id"), exc)

@@ -202,7 +202,18 @@ class EntryError(ValueError):
 
 
 _ENTRY_FIELDS = frozenset(
-    {"session_id", "step", "progress", "metadata", "status", "error", "attempt", "ts", "owner"}
+    {
+        "session_id",
+        "step",
+        "progress",
+        "metadata",
+        "status",
+        "error",
+        "attempt",
+        "ts",
+        "owner",
+        "plan",
+    }
 )
 
 
@@ -215,11 +226,18 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def _json_field(name: str, text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"field {name!r} is not JSON ({exc})") from None
+
+
 def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) -> ProgressEvent:
     """Read an event back from a stream entry written by any publisher.
 
-    Raw ``XADD`` entries carry strings only, so numbers and metadata are parsed
-    here; an entry with no ``ts`` takes the time from its stream id.
+    Raw ``XADD`` entries carry strings only, so numbers, metadata and the
+    plan (JSON text) are parsed here; an entry with no ``ts`` takes the time from its stream id.
     """
     for name, value in fields.items():
         # isascii() is a flag check, so valid ASCII entries cost next to nothing.
@@ -232,8 +250,9 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
     try:
         if "progress" in raw:
             raw["progress"] = float(raw["progress"])
-        if "metadata" in raw:
-            raw["metadata"] = orjson.loads(raw["metadata"])
+        for name in ("metadata", "plan"):
+            if name in raw:
+                raw[name] = _json_field(name, raw[name])
         if "attempt" in raw:
             raw["attempt"] = int(raw["attempt"])
         raw["ts"] = int(raw["ts"]) if "ts" in raw else StreamId.from_redis(entry_id).ms

@@ -15,6 +15,16 @@ from pydantic import (
     field_validator,
 )
 
+from relay.protocol.numbers import format_number
+from relay.protocol.plans import (
+    MAX_PLAN_STEPS,
+    POSITION_FIELDS,
+    PlanStep,
+    StepName,
+    check_step_name,
+    plan_json,
+)
+
 Status = Literal[
     "running", "retrying", "completed", "failed", "cancel_requested", "cancelled", "stalled"
 ]
@@ -99,11 +109,6 @@ def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
     return False
 
 
-def format_number(value: float) -> int | float:
-    """Whole numbers travel as integers, so ``45`` stays ``45`` rather than ``45.0``."""
-    return int(value) if value.is_integer() else value
-
-
 class ProgressEvent(BaseModel):
     """One progress report of one workflow session.
 
@@ -115,7 +120,7 @@ class ProgressEvent(BaseModel):
 
     session_id: SessionId
     workflow_type: WorkflowType
-    step: str = Field(min_length=1, max_length=128)
+    step: StepName
     progress: float = Field(ge=0, le=100, allow_inf_nan=False)
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: Status = "running"
@@ -126,6 +131,15 @@ class ProgressEvent(BaseModel):
     ts: int | None = Field(default=None, ge=0, le=2**53)
     # The user the session runs for (see relay.server.session_view: the first one named stays).
     owner: Owner | None = None
+    # The session's steps, declared up front (see relay.protocol.plans); it
+    # holds until an event brings another.
+    plan: list[PlanStep] | None = Field(
+        default=None,
+        max_length=MAX_PLAN_STEPS,
+        min_length=1,
+        description="The session's weighted steps, in order; replaces any plan declared before. "
+        "A step listed twice counts at its first listing.",
+    )
 
     @field_validator("ts", "attempt", mode="before")
     @classmethod
@@ -138,9 +152,7 @@ class ProgressEvent(BaseModel):
     @field_validator("step")
     @classmethod
     def _printable(cls, step: str) -> str:
-        if not step.isprintable():
-            raise ValueError("step must contain printable characters only")
-        return step
+        return check_step_name(step)
 
     @field_validator("metadata")
     @classmethod
@@ -189,6 +201,8 @@ class ProgressEvent(BaseModel):
         ts = self.ts if self.ts is not None else now_ms
         if ts is not None:
             fields["ts"] = str(ts)
+        if self.plan is not None:
+            fields["plan"] = orjson.dumps(plan_json(self.plan)).decode()
         return fields
 
     def data(self) -> dict[str, Any]:
@@ -208,6 +222,8 @@ class ProgressEvent(BaseModel):
             data["attempt"] = self.attempt
         if self.owner is not None:
             data["owner"] = self.owner
+        if self.plan is not None:
+            data["plan"] = plan_json(self.plan)
         if self.status == CANCEL_REQUESTED:
             data[CANCEL_FLAG] = True
         return data
@@ -227,10 +243,14 @@ def as_delivered(event: ProgressEvent, cancel_pending: bool) -> ProgressEvent:
     return event.model_copy(update={"status": CANCEL_REQUESTED})
 
 
+# What a gateway adds to an event's ``data`` as it delivers it, never part of a report.
+DELIVERY_FIELDS = frozenset({CANCEL_FLAG, *POSITION_FIELDS})
+
+
 def event_from_data(data: Any) -> ProgressEvent:
-    """The event an event frame's ``data`` carries, the delivery's own flag left out."""
-    if isinstance(data, dict) and CANCEL_FLAG in data:
-        data = {name: value for name, value in data.items() if name != CANCEL_FLAG}
+    """The event an event frame's ``data`` carries, the delivery's own fields left out."""
+    if isinstance(data, dict) and not DELIVERY_FIELDS.isdisjoint(data):
+        data = {name: value for name, value in data.items() if name not in DELIVERY_FIELDS}
     return ProgressEvent.model_validate(data)
 
 

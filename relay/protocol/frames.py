@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from relay.protocol.event import WORKFLOW_TYPE_PATTERN, ProgressEvent, SessionId, decode_json
 from relay.protocol.keys import event_name
+from relay.protocol.plans import PlanPosition
 from relay.protocol.stream_ids import StreamId
 
 ANY_TYPE = "*"
@@ -166,9 +167,18 @@ def frame_prefix(workflow_type: str, entry_id: str) -> str:
     return f'{{"event":"{event_name(workflow_type)}","id":"{entry_id}","data":'
 
 
-def encode_event_frame(entry_id: str, event: ProgressEvent) -> str:
-    """The WebSocket text frame for one event, built once and sent to many."""
-    data = orjson.dumps(event.data()).decode()
+def encode_event_frame(
+    entry_id: str, event: ProgressEvent, position: PlanPosition | None = None
+) -> str:
+    """The WebSocket text frame for one event, built once and sent to many.
+
+    ``position`` is where the event stands in its session's plan, if the
+    session has one: the gateway adds it to ``data`` (see :mod:`relay.protocol.plans`).
+    """
+    data_fields = event.data()
+    if position is not None:
+        data_fields.update(position.fields())
+    data = orjson.dumps(data_fields).decode()
     return f"{frame_prefix(event.workflow_type, entry_id)}{data}}}"
 
 
@@ -189,6 +199,7 @@ class Envelope:
         "id",
         "key",
         "owner",
+        "position",
         "session_id",
         "terminal",
         "workflow_type",
@@ -202,6 +213,7 @@ class Envelope:
         terminal: bool,
         frame: str | None = None,
         event: ProgressEvent | None = None,
+        position: PlanPosition | None = None,
     ) -> None:
         if frame is None and event is None:
             raise ValueError("an envelope needs its frame or its event")
@@ -214,6 +226,8 @@ class Envelope:
         # The session's owner, by which the hub routes it to owner-scoped subscriptions.
         self.owner = event.owner if event is not None else None
         self._event = event
+        # Where the event stands in its session's plan, when it has one.
+        self.position = position
         self._frame = frame
         self._sse: str | None = None
 
@@ -222,7 +236,7 @@ class Envelope:
         """The WebSocket text frame, encoded on first use."""
         if self._frame is None:
             assert self._event is not None  # guaranteed by __init__
-            self._frame = encode_event_frame(self.id, self._event)
+            self._frame = encode_event_frame(self.id, self._event, self.position)
         return self._frame
 
     @property
@@ -239,6 +253,15 @@ class Envelope:
         return self._sse
 
     @classmethod
-    def of(cls, entry_id: str, event: ProgressEvent) -> Envelope:
+    def of(
+        cls, entry_id: str, event: ProgressEvent, position: PlanPosition | None = None
+    ) -> Envelope:
         """Wrap a validated event; its frame is encoded when first needed."""
-        return cls(entry_id, event.workflow_type, event.session_id, event.terminal, event=event)
+        return cls(
+            entry_id,
+            event.workflow_type,
+            event.session_id,
+            event.terminal,
+            event=event,
+            position=position,
+        )

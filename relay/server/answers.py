@@ -24,6 +24,7 @@ from relay.protocol.event import (
     WorkflowType,
 )
 from relay.protocol.keys import EVENT_PREFIX
+from relay.protocol.plans import PlanStep
 from relay.protocol.stream_ids import StreamId
 
 EVENT_NAME_PATTERN = "^" + re.escape(EVENT_PREFIX) + WORKFLOW_TYPE_PATTERN.removeprefix("^")
@@ -88,7 +89,11 @@ class SessionStateAnswer(_Answer):
     session_id: SessionId
     workflow_type: WorkflowType
     step: str
-    progress: float = Field(ge=0, le=100)
+    progress: float = Field(
+        ge=0,
+        le=100,
+        description="The latest report's progress, as reported: with a plan, the step's.",
+    )
     status: Status = Field(
         description="cancel_requested from the cancel_requested event until the session ends, "
         "whatever the worker reports meanwhile."
@@ -105,26 +110,67 @@ class SessionStateAnswer(_Answer):
     )
     metadata: dict[str, Any]
     first_progress: float = Field(
-        ge=0, le=100, description="The first event's progress, where the estimate starts from."
+        ge=0, le=100, description="The first event's progress, as reported."
+    )
+    plan: list[PlanStep] | None = Field(
+        description="The steps the session declared last, in order; null without a plan."
+    )
+    step_index: int | None = Field(
+        ge=1,
+        description="The latest report's step in the plan, 1-based; null without a plan or "
+        "for a step the plan does not list.",
+    )
+    step_count: int | None = Field(ge=1, description="The plan's steps; null without a plan.")
+    step_progress: float = Field(
+        ge=0, le=100, description="The current step's progress: the latest report's, as progress."
+    )
+    overall_progress: float = Field(
+        ge=0,
+        le=100,
+        description="The whole workflow's progress: computed from the plan's weights, equal to "
+        "progress without a plan; a step the plan does not list leaves it where it was.",
+    )
+    first_overall_progress: float = Field(
+        ge=0, le=100, description="The overall progress at the first event: the estimate's start."
     )
     started_at: int = Field(description="The first event's ts.")
     updated_at: int = Field(description="The latest event's ts.")
     estimated_time_remaining: float | None = Field(
         ge=0,
         description="Seconds: the reporter's own figure when its metadata gives one, else "
-        "estimated from the progress rate; null when unknown.",
+        "estimated from the overall progress rate; null when unknown.",
     )
     last_event_id: StreamId
     owner: Owner | None = Field(description="The user the session runs for, if an event named one.")
 
 
 class EventData(ProgressEvent):
-    """A report as delivered: while a cancel is pending, an ordinary report says so."""
+    """A report as delivered: while a cancel is pending, an ordinary report says so.
+
+    With a plan, it also says where it stands in it; a gateway derives these
+    fields from the session's plan and the report, so all gateways agree.
+    """
 
     cancel_requested: Literal[True] | None = Field(
         default=None,
         description="Present (true) when status is cancel_requested: the stream held a "
         "cancel_requested event before this one, or this is it, and it is not terminal.",
+    )
+    overall_progress: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Present in the events of a session with a plan: the workflow's progress "
+        "the gateway computed from the plan; null for a step the plan does not list.",
+    )
+    step_index: int | None = Field(
+        default=None,
+        ge=1,
+        description="Present with a plan: the step's place in it, 1-based; null for a step "
+        "the plan does not list.",
+    )
+    step_count: int | None = Field(
+        default=None, ge=1, description="Present with a plan: how many steps it lists."
     )
 
 

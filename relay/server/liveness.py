@@ -3,7 +3,9 @@
 Every gateway checks its session view periodically. A running (or
 cancelling) session whose latest entry is older than ``stall_after`` is
 published ``stalled``, or ``completed`` with metadata ``"inferred": true``
-when its latest report was at 100% and ``infer_completion`` is on; one that
+when its latest report put it at 100% overall (see
+:mod:`relay.protocol.plans`: with a plan, the last step at 100%) and
+``infer_completion`` is on; one that
 stays stalled ``abandon_after`` seconds more is published ``failed``.
 
 The age is taken from the stream id of the session's latest entry, not from
@@ -82,7 +84,9 @@ class LivenessRules:
         if state.status in REPORTING_STATUSES:
             if quiet_ms < self.stall_after * 1000:
                 return None
-            if self.infer_completion and state.progress >= 100:
+            # The overall figure: at 100% of a step that is not its plan's
+            # last, the workflow has steps still to run, so it is stalled.
+            if self.infer_completion and state.overall >= 100:
                 return _follow_up(
                     state, "completed", None, metadata={**state.metadata, "inferred": True}
                 )
@@ -170,7 +174,7 @@ class Liveness:
                 )
                 if receipt is None:
                     continue  # another gateway decided, or the worker reported meanwhile
-                self._view.apply(Envelope.of(receipt, event), event, ahead=True)
+                self._view.apply(*self._view.delivered(receipt, event), ahead=True)
                 counts = self.published_by_status
                 counts[event.status] = counts.get(event.status, 0) + 1
                 written += 1

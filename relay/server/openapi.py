@@ -459,7 +459,7 @@ def document(settings: Settings) -> dict[str, Any]:
     for operation in operations(settings):
         paths.setdefault(operation.path, {})[operation.method] = _operation(operation, schemas)
     # The model checks step with a validator, which a JSON schema cannot carry.
-    for event_model in ("ProgressEvent", "EventData"):
+    for event_model in ("ProgressEvent", "EventData", "PlanStep"):
         schemas.components[event_model]["properties"]["step"]["pattern"] = printable_pattern()
     return {
         "openapi": "3.1.0",

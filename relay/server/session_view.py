@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from relay.protocol.entries import now_ms
-from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered, format_number
+from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered
 from relay.protocol.frames import Envelope
+from relay.protocol.numbers import format_number
+from relay.protocol.plans import PlanStep, plan_json
 from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId
+from relay.server.declared_plans import DeclaredPlans, plan_position
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 
 # Heartbeats applied ahead and not read back yet, remembered at most: the
@@ -34,6 +37,7 @@ class SessionState:
         "attempt",
         "cancel",
         "error",
+        "first_overall",
         "first_progress",
         "heard",
         "history",
@@ -41,7 +45,10 @@ class SessionState:
         "last_error",
         "latest",
         "metadata",
+        "overall",
         "owner",
+        "plans",
+        "position",
         "progress",
         "session_id",
         "started_at",
@@ -69,7 +76,10 @@ class SessionState:
         self.cancel: Envelope | None = None
         # The user the session runs for: the first owner an event names stays.
         self.owner = event.owner
+        self.plans = DeclaredPlans()
+        self.overall = 0.0
         self.apply(envelope, event)
+        self.first_overall = self.overall
 
     def apply(self, envelope: Envelope, event: ProgressEvent) -> None:
         """Take ``event`` as the session's latest."""
@@ -78,6 +88,7 @@ class SessionState:
             self.history.clear()
             self.workflow_type = event.workflow_type
             self.cancel = None
+            self.plans.clear()
         if event.status == CANCEL_REQUESTED and self.cancel is None:
             self.cancel = envelope
         self.record(envelope)
@@ -96,6 +107,18 @@ class SessionState:
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
         self.heard = envelope
+        self.plans.take(envelope.key, event)
+        self.position = plan_position(self.plan, event)
+        if self.position is None:
+            self.overall = event.progress
+        elif self.position.overall is not None:
+            # A step the plan does not list leaves the overall figure where it was.
+            self.overall = self.position.overall
+
+    @property
+    def plan(self) -> tuple[PlanStep, ...] | None:
+        """The plan the session declared last, if any."""
+        return self.plans.latest
 
     def record(self, envelope: Envelope) -> None:
         """Add the event to the session's history, without changing its state."""
@@ -112,6 +135,7 @@ class SessionState:
             and event.error == self.error
             and event.metadata == self.metadata
             and (event.owner is None or self.owner is not None)
+            and (event.plan is None or tuple(event.plan) == self.plan)
         )
 
     @property
@@ -136,12 +160,16 @@ class SessionState:
         return not self.terminal or key < self.latest.key
 
     def estimated_time_remaining(self) -> float | None:
-        """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`."""
+        """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`.
+
+        The rule is given the overall figures, so with a plan the rate is
+        that of the whole workflow, not of its current step.
+        """
         return estimated_time_remaining(
             status=self.status,
-            progress=self.progress,
+            progress=self.overall,
             metadata=self.metadata,
-            first_progress=self.first_progress,
+            first_progress=self.first_overall,
             started_at=self.started_at,
             updated_at=self.updated_at,
         )
@@ -160,6 +188,12 @@ class SessionState:
             "last_error": self.last_error,
             "metadata": self.metadata,
             "first_progress": format_number(self.first_progress),
+            "plan": None if self.plan is None else plan_json(self.plan),
+            "step_index": None if self.position is None else self.position.step_index,
+            "step_count": None if self.position is None else self.position.step_count,
+            "step_progress": format_number(self.progress),
+            "overall_progress": format_number(self.overall),
+            "first_overall_progress": format_number(self.first_overall),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "estimated_time_remaining": self.estimated_time_remaining(),
@@ -205,9 +239,12 @@ class SessionView:
     def delivered(self, entry_id: str, event: ProgressEvent) -> tuple[Envelope, ProgressEvent]:
         """The session's entry as delivered, by :func:`~relay.protocol.event.as_delivered`.
 
-        Whether a cancel is pending at the entry depends only on the entries
-        before it in the stream, so every gateway delivers the same, live or
-        in a replay. Live, call it before applying the entry, after the ones before it.
+        With a plan, the envelope also carries where the entry stands in it
+        (:func:`~relay.protocol.plans.position`), which its frame's ``data`` shows.
+        Whether a cancel is pending at the entry, and which plan holds for it,
+        depend only on the entries before it in the stream, so every gateway
+        delivers the same, live or in a replay. Live, call it before applying
+        the entry, after the ones before it.
         """
         state = self._sessions.get(event.session_id)
         if state is not None and state.owner is not None and event.owner != state.owner:
@@ -215,14 +252,17 @@ class SessionView:
             # naming another, is delivered as its session's, to its session's owner.
             event = event.model_copy(update={"owner": state.owner})
         envelope = Envelope.of(entry_id, event)
-        if (
-            state is None
-            or state.workflow_type != event.workflow_type
-            or not state.cancel_pending_at(envelope.key)
-        ):
-            return envelope, event
-        shown = as_delivered(event, cancel_pending=True)
-        return (envelope, event) if shown is event else (Envelope.of(entry_id, shown), shown)
+        if state is None or state.workflow_type != event.workflow_type:
+            state = None
+        elif state.cancel_pending_at(envelope.key):
+            shown = as_delivered(event, cancel_pending=True)
+            if shown is not event:
+                envelope, event = Envelope.of(entry_id, shown), shown
+        plan = tuple(event.plan) if event.plan is not None else None
+        if plan is None and state is not None:
+            plan = state.plans.at(envelope.key)
+        envelope.position = plan_position(plan, event)
+        return envelope, event
 
     def apply(self, envelope: Envelope, event: ProgressEvent, *, ahead: bool = False) -> bool:
         """Fold one event (as delivered, see :meth:`delivered`) into the view.

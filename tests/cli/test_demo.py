@@ -31,6 +31,7 @@ from relay.protocol.entries import Receipt, StreamEntry
 from relay.protocol.event import ProgressEvent
 from relay.protocol.keys import Keys
 from relay.protocol.liveness import heartbeat_interval
+from relay.protocol.plans import PlanSpec
 from relay.protocol.stream_ids import StreamId
 from relay.server.app import create_app
 from relay.server.gateway import GATEWAY
@@ -116,7 +117,10 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
         async with http.get(url) as response:
             steps = [frame["data"] for frame in await response.json()][:-1]
         assert len(steps) >= 4
-        assert all(0 < step["progress"] < 100 for step in steps)
+        # Each step's own progress, and the whole's from the plan the demo declares.
+        assert all(0 < step["progress"] <= 100 for step in steps)
+        assert all(0 < step["overall_progress"] < 100 for step in steps)
+        assert steps[0]["step_count"] == len(WORKFLOWS[state["workflow_type"]])
         with_eta += all(step["metadata"].get("estimated_time_remaining", -1) >= 0 for step in steps)
     assert with_eta  # the first sessions always say how long they have left
 
@@ -441,7 +445,12 @@ class Recording:
         self.heartbeats: dict[str, float | None] = {}
 
     def session(
-        self, workflow_type: str, session_id: str, *, heartbeat_interval: float | None
+        self,
+        workflow_type: str,
+        session_id: str,
+        *,
+        heartbeat_interval: float | None,
+        plan: PlanSpec,
     ) -> AsyncReportingSession:
         self.heartbeats[session_id] = heartbeat_interval
         return AsyncReportingSession(Unreachable(), workflow_type, session_id)

@@ -28,6 +28,7 @@ from relay.cli.watch import (
 )
 from relay.client.subscriber import Connection
 from relay.protocol.event import ProgressEvent
+from relay.protocol.plans import PlanPosition
 from relay.server.auth import mint_token, read_token
 from tests.helpers import Gateway, event, first_watch_line, start_watch
 
@@ -495,3 +496,59 @@ def test_token_owner_sessions_grants_the_subjects_own_sessions_only(
     assert grant.allows("map", "s1", owner="alice")
     assert not grant.allows("map", "s1", owner="bob")
     assert not grant.allows("map", None)
+
+
+PLAN_POSITION = PlanPosition(2, 3, 40.0)
+
+
+def test_board_shows_a_plans_overall_figure_and_step_and_estimates_on_it() -> None:
+    clock = Clock()
+    board = ProgressBoard(clock=clock)
+    board.update(reported("p-1", 0, step="analyzing"), PlanPosition(1, 3, 0.0))
+    board.update(reported("p-1", 50, step="generating", ts=1_700_000_004_000), PLAN_POSITION)
+    board.update(reported("plain", 30))
+    board.set_connection(Connection("live"))
+    lines = {line.split()[1]: line for line in rendered(board).splitlines()[2:] if line.split()}
+    assert "40%" in lines["p-1"]
+    assert "2/3 generating 50%" in lines["p-1"]
+    assert "30%" in lines["plain"]
+    assert "/" not in lines["plain"].split("30%")[1]
+    row = board.get("p-1")
+    assert row is not None
+    assert row.eta == 6.0  # 40% of the whole in 4 s
+    # A step the plan does not list keeps the overall figure.
+    board.update(
+        reported("p-1", 10, step="extra", ts=1_700_000_005_000), PlanPosition(None, 3, None)
+    )
+    assert (row.overall, row.step_index) == (40.0, None)
+    assert "?/3 extra 10%" in rendered(board)
+
+
+def test_plain_lines_say_the_step_of_the_plan_and_the_overall_figure() -> None:
+    line = format_event(reported("p-1", 50, step="generating"), PLAN_POSITION)
+    assert line.endswith("generating  step 2/3, overall 40%")
+
+
+async def test_watch_prints_the_gateways_plan_figures(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(redis_url)
+    watcher = await start_watch(gateway, "--type", "map")
+    assert watcher.stdout is not None
+    plan = [{"step": "analyzing", "weight": 1}, {"step": "generating", "weight": 6}]
+    try:
+        await first_watch_line(
+            watcher,
+            lambda attempt: post(
+                http, gateway, session_id="plan-1", step="analyzing", progress=attempt, plan=plan
+            ),
+        )
+        await post(http, gateway, session_id="plan-1", step="generating", progress=50)
+        line = await asyncio.wait_for(watcher.stdout.readline(), 10)
+        while b"generating" not in line:
+            line = await asyncio.wait_for(watcher.stdout.readline(), 10)
+        # 1 of 7 done, and half of 6: 4 of 7.
+        assert line.decode().split()[-4:] == ["step", "2/2,", "overall", "57.1%"]
+    finally:
+        watcher.terminate()
+        await watcher.wait()

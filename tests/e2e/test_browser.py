@@ -154,6 +154,26 @@ def test_dashboard_says_which_attempt_a_retry_starts_and_why(
     expect(row.locator(".status")).to_have_text("running")
 
 
+def test_dashboard_shows_a_plans_overall_bar_and_the_step_it_is_on(
+    page: Page, gateway: Gateway, reporter: Reporter
+) -> None:
+    open_dashboard(page, gateway)
+    plan = [("analyzing", 1), ("generating", 6), ("rendering", 3)]
+    with reporter.session("map", "p1", plan=plan, heartbeat_interval=0) as session:
+        session.report("analyzing", 100)
+        session.report("generating", 50)
+        row = page.locator('[data-session="p1"]')
+        expect(row.locator(".step")).to_have_text("step 2 of 3: generating 50%")
+        expect(row.locator(".pct")).to_have_text("40%")
+        # A late joiner, from the HTTP state, shows the same.
+        page.reload()
+        expect(page.locator('[data-session="p1"] .pct')).to_have_text("40%")
+        expect(page.locator('[data-session="p1"] .step')).to_have_text(
+            "step 2 of 3: generating 50%"
+        )
+    expect(page.locator('[data-session="p1"] .pct')).to_have_text("100%")
+
+
 def test_client_survives_a_killed_gateway_without_missing_a_step(
     page: Page, gateway: Gateway, reporter: Reporter
 ) -> None:

@@ -170,34 +170,86 @@ def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:
     assert estimated_time_remaining(**case) == 0.0
 
 
+Report = Callable[..., None]
+
+
+def aged_reports(gateway: Gateway, session_id: str) -> tuple[int, Report]:
+    """When a session started (a minute ago), and ``report(step, progress, at, **fields)``.
+
+    Each report is stamped ``at`` milliseconds after the start, so rates are the test's own.
+    """
+    started = int(time.time() * 1000) - 60_000
+    publish = f"{gateway.url}/api/workflows/progress"
+
+    def report(step: str, progress: float, at: int, **fields: Any) -> None:
+        event = {"session_id": session_id, "workflow_type": "map", "step": step}
+        post_json(publish, {**event, "progress": progress, "ts": started + at, **fields})
+
+    return started, report
+
+
+def watch_in(tab: Page, gateway: Gateway, session_id: str) -> None:
+    """Load the client in ``tab`` and watch one session as ``window.watcher``."""
+    load_client(tab, gateway)
+    tab.evaluate(
+        """([url, sessionId]) => {
+            window.watcher = relay.watchWorkflow({ url, workflowType: "map", sessionId });
+        }""",
+        [gateway.url, session_id],
+    )
+
+
 @pytest.mark.browser
 def test_client_measures_the_rate_from_the_gateways_first_point(
     request: pytest.FixtureRequest, start_gateway: Callable[..., Gateway], redis_url: str
 ) -> None:
     tab: Page = request.getfixturevalue("page")
     gateway = start_gateway(redis_url)
-    started = int(time.time() * 1000) - 60_000
-    publish = f"{gateway.url}/api/workflows/progress"
-
-    def report(progress: float, at: int, **metadata: float) -> None:
-        event = {"session_id": "r1", "workflow_type": "map", "step": "s", "progress": progress}
-        post_json(publish, {**event, "ts": started + at, "metadata": metadata})
-
-    report(10, 0)
+    started, report = aged_reports(gateway, "r1")
+    report("s", 10, 0)
     # The latest event gives the worker's own figure, which says nothing of the rate.
-    report(30, 20_000, **{ETA_METADATA_KEY: 99})
+    report("s", 30, 20_000, metadata={ETA_METADATA_KEY: 99})
     state = get_json(f"{gateway.url}/api/workflows/sessions/r1")
     assert (state["first_progress"], state["started_at"]) == (10, started)
-    load_client(tab, gateway)
-    tab.evaluate(
-        """(url) => {
-            window.watcher = relay.watchWorkflow({ url, workflowType: "map", sessionId: "r1" });
-        }""",
-        gateway.url,
-    )
+    watch_in(tab, gateway, "r1")
     tab.wait_for_function("watcher.get()?.estimatedTimeRemaining === 99")
-    report(50, 40_000)  # no figure now: the rate since the first event, 40 points in 40 s
+    report("s", 50, 40_000)  # no figure now: the rate since the first event, 40 points in 40 s
     tab.wait_for_function("watcher.get()?.progress === 50")
     eta = tab.evaluate("watcher.get().estimatedTimeRemaining")
     server = get_json(f"{gateway.url}/api/workflows/sessions/r1")["estimated_time_remaining"]
     assert eta == server == 50.0
+
+
+@pytest.mark.browser
+def test_client_shows_the_gateways_overall_figures_and_measures_the_rate_on_them(
+    request: pytest.FixtureRequest, start_gateway: Callable[..., Gateway], redis_url: str
+) -> None:
+    tab: Page = request.getfixturevalue("page")
+    gateway = start_gateway(redis_url)
+    _, report = aged_reports(gateway, "p1")
+    plan = [{"step": "analyzing", "weight": 1}, {"step": "generating", "weight": 3}]
+    report("analyzing", 0, 0, plan=plan)
+    report("analyzing", 100, 10_000)
+    watch_in(tab, gateway, "p1")
+    # 25% of the whole in 10 s, measured from the first point the HTTP state gives.
+    tab.wait_for_function("watcher.get()?.overallProgress === 25")
+    tab.wait_for_function("watcher.get()?.estimatedTimeRemaining === 30")
+    report("generating", 50, 25_000)  # live: (1 + 3 * 0.5) / 4 = 62.5% in 25 s
+    tab.wait_for_function("watcher.get()?.progress === 50")
+    state = tab.evaluate(
+        "(({ overallProgress, stepIndex, stepCount, estimatedTimeRemaining }) =>"
+        " ({ overallProgress, stepIndex, stepCount, estimatedTimeRemaining }))(watcher.get())"
+    )
+    server = get_json(f"{gateway.url}/api/workflows/sessions/p1")
+    assert state == {
+        "overallProgress": server["overall_progress"],
+        "stepIndex": server["step_index"],
+        "stepCount": server["step_count"],
+        "estimatedTimeRemaining": server["estimated_time_remaining"],
+    }
+    assert state == {
+        "overallProgress": 62.5,
+        "stepIndex": 2,
+        "stepCount": 2,
+        "estimatedTimeRemaining": 15.0,
+    }

@@ -160,3 +160,22 @@ def _event(n: int, **fields: object) -> tuple[Envelope, ProgressEvent]:
     }
     event = ProgressEvent.model_validate(values)
     return Envelope.of(f"{NOW + n * 1000}-0", event), event
+
+
+def test_a_replay_is_delivered_with_the_plan_that_held_for_its_entry() -> None:
+    view = make_view()
+    first = [{"step": "a"}, {"step": "b"}]
+    second = [{"step": "b"}, {"step": "c", "weight": 3}]
+    feed(view, 0, step="a", progress=50, plan=first)
+    feed(view, 1, step="b", progress=50)
+    feed(view, 2, step="b", progress=50, plan=second)
+    event = ProgressEvent.model_validate(
+        {"session_id": "s1", "workflow_type": "map", "step": "b", "progress": 50, "ts": NOW}
+    )
+    older, _ = view.delivered(f"{NOW + 1000}-0", event)
+    newer, _ = view.delivered(f"{NOW + 2000}-0", event)
+    assert older.position is not None
+    assert newer.position is not None
+    assert (older.position.overall, newer.position.overall) == (75.0, 12.5)
+    before_any, _ = view.delivered(f"{NOW - 1000}-0", event)
+    assert before_any.position is None

@@ -61,6 +61,33 @@ test("a session's owner passes into its state and stays through reports omitting
   assert.equal(watcher.get("s1").owner, "alice");
 });
 
+test("a plan's overall figures come from the frames, and the ETA follows them", async () => {
+  const socket = await live({});
+  const plan = { step_count: 3 };
+  const at = (step, progress, ts, overall, index) => ({
+    step,
+    progress,
+    ts,
+    overall_progress: overall,
+    step_index: index,
+    ...plan,
+  });
+  socket.receive(event("1-0", "s1", at("a", 0, 1000, 0, 1)));
+  socket.receive(event("2-0", "s1", at("b", 50, 5000, 40, 2)));
+  const midway = watcher.get("s1");
+  const figures = [midway.progress, midway.overallProgress, midway.stepIndex, midway.stepCount];
+  assert.deepEqual(figures, [50, 40, 2, 3]);
+  // 40% of the whole in 4 s: 6 s for the rest.
+  assert.equal(midway.estimatedTimeRemaining, 6);
+  socket.receive(event("3-0", "s1", at("extra", 10, 6000, null, null)));
+  const unlisted = watcher.get("s1");
+  assert.deepEqual([unlisted.overallProgress, unlisted.stepIndex], [40, null]);
+  socket.receive(event("4-0", "s2", { progress: 30 }));
+  const planless = watcher.get("s2");
+  const planlessFigures = [planless.overallProgress, planless.stepIndex, planless.stepCount];
+  assert.deepEqual(planlessFigures, [30, null, null]);
+});
+
 test("getToken is asked on every connect, sync or async", async () => {
   const tokens = ["first", "second"];
   let asked = 0;

@@ -202,14 +202,17 @@ function drawRow(row, state, now) {
   row.state = state;
   el.dataset.status = state.status;
   el.toggleAttribute("data-ended", !state.isInProgress);
-  const progress = String(state.progress);
+  // The bar is the whole workflow's: with a plan, the gateway's overall figure.
+  const overall = state.overallProgress ?? state.progress;
+  const progress = String(overall);
   if (row.bar.getAttribute("aria-valuenow") !== progress) {
     row.bar.setAttribute("aria-valuenow", progress);
-    row.fill.style.width = `${state.progress}%`;
-    row.pct.textContent = `${formatNumber(state.progress)}%`;
+    row.fill.style.width = `${overall}%`;
+    row.pct.textContent = `${formatNumber(overall)}%`;
   }
-  setText(row.step, state.step);
-  if (row.step.title !== state.step) row.step.title = state.step;
+  const step = stepText(state);
+  setText(row.step, step);
+  if (row.step.title !== step) row.step.title = step;
   const retrying = state.status === "retrying";
   setText(row.status, retrying ? retryText(state) : (STATUS_LABELS[state.status] ?? state.status));
   // Any session not yet ended may be cancelled, but only once.
@@ -219,6 +222,14 @@ function drawRow(row, state, now) {
   showError(row.error, retrying ? null : state.error, state.isFailed);
   drawTimes(row, now);
   drawVisibility(row);
+}
+
+/** "step 2 of 3: generating 50%" with a plan; the step alone without one. */
+function stepText(state) {
+  if (state.stepCount == null) return state.step;
+  const place =
+    state.stepIndex == null ? "unplanned step" : `step ${state.stepIndex} of ${state.stepCount}`;
+  return `${place}: ${state.step} ${formatNumber(state.progress)}%`;
 }
 
 /** "retrying (attempt 2): <error>": which attempt runs now, and why the one before failed. */
