@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, mock, test } from "node:test";
 
 import { RelayError, watchWorkflow } from "../relay-client.js";
-import { answerWith, clear, event, install, sockets, until } from "./fake.js";
+import { answerWith, clear, event, install, serverState, sockets, until } from "./fake.js";
 
 const URL_ = "http://gateway.test:9000";
 
@@ -185,26 +185,8 @@ test("reset() also cancels pending evictions", async () => {
 });
 
 test("a session first heard of live is estimated from its type's typical duration", async () => {
-  answerWith(() => ({
-    status: 200,
-    body: [
-      {
-        session_id: "old",
-        workflow_type: "map",
-        step: "done",
-        progress: 100,
-        status: "completed",
-        metadata: {},
-        error: null,
-        started_at: 1700000000000,
-        updated_at: 1700000020000,
-        first_progress: 0,
-        typical_duration: 20,
-        estimated_time_remaining: 0,
-        last_event_id: "1-0",
-      },
-    ],
-  }));
+  const old = { updated_at: 1700000020000, typical_duration: 20 };
+  answerWith(() => ({ status: 200, body: [serverState("old", old)] }));
   const socket = await live({ snapshot: true }); // a snapshot loads the states over HTTP
   await until(() => watcher.get("old"));
   assert.equal(watcher.get("old").typicalDuration, 20);
