@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
-from relay.protocol.progress import estimated_time_remaining
+from relay.protocol.progress import RATE_WEIGHT_HALF, estimated_time_remaining
 from relay.server.durations import MAX_KEYS, SAMPLES_PER_KEY, Durations
 from relay.server.session_view import SessionView
 
@@ -165,3 +167,11 @@ def test_without_completed_sessions_the_rule_is_the_rate() -> None:
     assert state is not None
     assert state.as_dict()["typical_duration"] is None
     assert state.estimated_time_remaining() == 6.0
+
+
+def test_the_protocol_page_states_the_limits_and_the_weight() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    flat = " ".join(page.split())
+    assert f"the latest {SAMPLES_PER_KEY} completed ones" in flat
+    assert f"at most {MAX_KEYS:,} types" in flat
+    assert f"`done / (done + {RATE_WEIGHT_HALF})`" in flat
