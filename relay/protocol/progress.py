@@ -4,7 +4,10 @@ The gateway's session view and ``relay watch`` both call
 :func:`estimated_time_remaining`, and the browser client
 (``clients/js/relay-client.js``) carries a line-for-line copy that a
 test runs against this function on a shared table of cases. Every reader of
-a session therefore shows the same figure for the same events.
+a session therefore shows the same figure for the same events and the same
+typical duration of its type (which the gateway learns, see
+:mod:`relay.server.durations`, and answers in session states; ``relay watch``
+does not ask for it yet and so shows the estimate without one).
 """
 
 from __future__ import annotations
