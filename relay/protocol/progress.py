@@ -50,7 +50,8 @@ def estimated_time_remaining(
     ``first_progress`` and ``started_at`` (epoch milliseconds) come from the
     first event seen of the session, ``status``, ``progress``, ``metadata``
     and ``updated_at`` from the latest. ``typical_duration`` is how many
-    seconds sessions of its type typically take, when that is known. In order:
+    seconds sessions of its type typically take, when that is known (one
+    that is not positive counts as unknown). In order:
 
     - a completed session has ``0`` left, whatever its last event reported;
     - a failed or cancelled one has no estimate (``None``);
@@ -61,7 +62,8 @@ def estimated_time_remaining(
     - with one, before the session has moved: the typical duration less the
       time since it started, ``None`` once that is used up (the session is
       late, and how late nothing tells);
-    - with one, once it has moved: the two figures blended, see :func:`_blended`.
+    - with one, once it has moved: the rate's projection blended with the
+      typical duration's share of the work left, see :func:`_blended`.
 
     The figure is in whole milliseconds.
     """
