@@ -88,7 +88,9 @@ export interface SessionState {
   readonly startTime: number;
   /** When its latest report was made, ms since the epoch. */
   readonly updatedAt: number;
-  /** Seconds left, from the overall progress rate; null when there is no estimate. */
+  /** Seconds sessions of its type typically take, as the gateway learned it; null when unknown. */
+  readonly typicalDuration: number | null;
+  /** Seconds left, from the overall progress and the typical duration; null when there is no estimate. */
   readonly estimatedTimeRemaining: number | null;
   /** The stream entry id of its latest event. */
   readonly lastEventId: string;
@@ -224,6 +226,8 @@ export interface EtaPoint {
   startedAt: number;
   /** When the latest event was made, ms since the epoch. */
   updatedAt: number;
+  /** Seconds sessions of its type typically take; null or absent when unknown. */
+  typicalDuration?: number | null;
 }
 
 /** Seconds a session has left as of its latest event, by the gateway's rule; null when unknown. */

@@ -457,6 +457,7 @@ class Watcher {
   #limit;
 
   #records = new Map(); // session id -> { state, firstProgress }
+  #typical = new Map(); // workflow type -> its typical duration, as the gateway last said
   #evictions = new Map(); // session id -> timer dropping it once ended for keepEnded ms
   #listeners = new Set();
   #statusListeners = new Set();
@@ -664,7 +665,7 @@ class Watcher {
     if (this.#workflowType !== ANY_TYPE && data.workflow_type !== this.#workflowType) return;
     if (compareIds(frame.id, this.#resumeFrom) > 0) this.#resumeFrom = frame.id;
     const previous = this.#records.get(data.session_id);
-    const record = recordFromEvent(previous, frame);
+    const record = recordFromEvent(previous, frame, this.#typical.get(data.workflow_type) ?? null);
     if (record) this.#store(record, frame);
   }
 
@@ -707,6 +708,7 @@ class Watcher {
     if (this.#closed) return;
     for (const server of states) {
       if (this.#sessionId && server.session_id !== this.#sessionId) continue;
+      if (server.typical_duration != null) this.#typical.set(server.workflow_type, server.typical_duration);
       this.#store(recordFromServer(this.#records.get(server.session_id), server), null);
     }
   }
@@ -802,14 +804,21 @@ function reportedEta(metadata) {
   return typeof reported === "number" && reported >= 0 ? reported : null;
 }
 
+// The share of work done at which a session's own rate and the typical
+// duration of its type weigh the same (RATE_WEIGHT_HALF in progress.py).
+const RATE_WEIGHT_HALF = 0.1;
+
 /**
  * Seconds a session has left as of its latest event, by the gateway's rule
  * (relay/protocol/progress.py; a test runs both on one table of cases):
  * 0 once completed; null once failed or cancelled; else the worker's own
- * figure in `metadata`; else the average rate from the first event
+ * figure in `metadata`; else, without `typicalDuration` (seconds sessions of
+ * its type typically take), the average rate from the first event
  * (`firstProgress` at `startedAt`, in ms) to the latest (`progress` at
- * `updatedAt`) projected to 100, in whole milliseconds; null while there is
- * no rate yet.
+ * `updatedAt`) projected to 100, null while there is no rate yet; with it,
+ * before the session moved, the typical duration less the time elapsed
+ * (null once used up), and after, both blended by the work done. In whole
+ * milliseconds.
  */
 export function estimatedTimeRemaining({
   status,
@@ -818,6 +827,7 @@ export function estimatedTimeRemaining({
   firstProgress,
   startedAt,
   updatedAt,
+  typicalDuration = null,
 }) {
   if (status === "completed") return 0;
   if (TERMINAL.has(status)) return null;
@@ -825,9 +835,27 @@ export function estimatedTimeRemaining({
   if (reported !== null) return reported;
   const elapsedMs = updatedAt - startedAt;
   const gained = progress - firstProgress;
-  if (!(elapsedMs > 0 && gained > 0)) return null;
-  const leftMs = ((100 - progress) * elapsedMs) / gained;
+  const moved = elapsedMs > 0 && gained > 0;
+  const typicalMs = typicalDuration == null ? null : typicalDuration * 1000;
+  let leftMs;
+  if (typicalMs === null || !(typicalMs > 0)) {
+    if (!moved) return null;
+    leftMs = ((100 - progress) * elapsedMs) / gained;
+  } else if (!moved) {
+    leftMs = typicalMs - Math.max(elapsedMs, 0);
+    if (!(leftMs > 0)) return null;
+  } else {
+    leftMs = blended(((100 - progress) * elapsedMs) / gained, typicalMs, progress, firstProgress);
+  }
   return Math.floor(leftMs + 0.5) / 1000;
+}
+
+/** The rate's projection and the typical duration's share of the work left, weighted by the work done. */
+function blended(rateMs, typicalMs, progress, firstProgress) {
+  const done = (progress - firstProgress) / (100 - firstProgress);
+  const weight = done / (done + RATE_WEIGHT_HALF);
+  const learnedMs = (typicalMs * (100 - progress)) / 100;
+  return weight * rateMs + (1 - weight) * learnedMs;
 }
 
 /** A record whose time remaining is worked out here, from its first point (overall figures). */
@@ -843,7 +871,7 @@ function projected(fields, firstProgress) {
 }
 
 /** The record after an event frame, or null when the event changes nothing. */
-function recordFromEvent(previous, frame) {
+function recordFromEvent(previous, frame, typicalDuration) {
   const data = frame.data;
   if (previous) {
     if (compareIds(frame.id, previous.state.lastEventId) <= 0) return null; // seen already
@@ -866,6 +894,7 @@ function recordFromEvent(previous, frame) {
     ...planFields(previous, data),
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
+    typicalDuration: previous?.state.typicalDuration ?? typicalDuration,
     lastEventId: frame.id,
   };
   return projected(fields, previous?.firstProgress ?? fields.overallProgress);
@@ -893,10 +922,8 @@ function recordFromServer(previous, server) {
   if (previous && compareIds(server.last_event_id, previous.state.lastEventId) < 0) {
     // Our events are newer; take only what the gateway knows better: the
     // session's first point, from which its rate is measured.
-    return projected(
-      { ...previous.state, startTime: server.started_at },
-      server.first_overall_progress ?? server.first_progress,
-    );
+    const known = { startTime: server.started_at, typicalDuration: server.typical_duration ?? null };
+    return projected({ ...previous.state, ...known }, server.first_overall_progress ?? server.first_progress);
   }
   const state = makeState({
     sessionId: server.session_id,
@@ -914,6 +941,7 @@ function recordFromServer(previous, server) {
     stepCount: server.step_count ?? null,
     startTime: server.started_at,
     updatedAt: server.updated_at,
+    typicalDuration: server.typical_duration ?? null,
     estimatedTimeRemaining: server.estimated_time_remaining,
     lastEventId: server.last_event_id,
   });

@@ -4,7 +4,10 @@ The gateway's session view and ``relay watch`` both call
 :func:`estimated_time_remaining`, and the browser client
 (``clients/js/relay-client.js``) carries a line-for-line copy that a
 test runs against this function on a shared table of cases. Every reader of
-a session therefore shows the same figure for the same events.
+a session therefore shows the same figure for the same events and the same
+typical duration of its type (which the gateway learns, see
+:mod:`relay.server.durations`, and answers in session states; ``relay watch``
+does not ask for it yet and so shows the estimate without one).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from relay.protocol.event import TERMINAL_STATUSES
 
 ETA_METADATA_KEY = "estimated_time_remaining"
 """The metadata key under which a worker may give its own seconds-left figure."""
+
+RATE_WEIGHT_HALF = 0.1
+"""The share of work done at which a session's own rate and the typical duration weigh the same."""
 
 
 def reported_eta(metadata: Mapping[str, Any] | None) -> float | None:
@@ -37,19 +43,29 @@ def estimated_time_remaining(
     first_progress: float,
     started_at: float,
     updated_at: float,
+    typical_duration: float | None = None,
 ) -> float | None:
     """Seconds a session has left, as of its latest event.
 
     ``first_progress`` and ``started_at`` (epoch milliseconds) come from the
     first event seen of the session, ``status``, ``progress``, ``metadata``
-    and ``updated_at`` from the latest. In order:
+    and ``updated_at`` from the latest. ``typical_duration`` is how many
+    seconds sessions of its type typically take, when that is known (one
+    that is not positive counts as unknown). In order:
 
     - a completed session has ``0`` left, whatever its last event reported;
     - a failed or cancelled one has no estimate (``None``);
     - a figure the worker gave in ``metadata`` (see :data:`ETA_METADATA_KEY`) wins;
-    - otherwise the average rate from the first to the latest event is
-      projected to 100, in whole milliseconds; ``None`` until the session
-      has moved forward over some time.
+    - without a typical duration, the average rate from the first to the
+      latest event is projected to 100; ``None`` until the session has moved
+      forward over some time;
+    - with one, before the session has moved: the typical duration less the
+      time since it started, ``None`` once that is used up (the session is
+      late, and how late nothing tells);
+    - with one, once it has moved: the rate's projection blended with the
+      typical duration's share of the work left, see :func:`_blended`.
+
+    The figure is in whole milliseconds.
     """
     if status == "completed":
         return 0.0
@@ -62,7 +78,38 @@ def estimated_time_remaining(
     # browser's copy of this rule does, and both give the same number.
     elapsed_ms = float(updated_at) - float(started_at)
     gained = float(progress) - float(first_progress)
-    if not (elapsed_ms > 0 and gained > 0):
-        return None
-    left_ms = (100 - float(progress)) * elapsed_ms / gained
+    moved = elapsed_ms > 0 and gained > 0
+    typical_ms = None if typical_duration is None else float(typical_duration) * 1000
+    if typical_ms is None or not typical_ms > 0:
+        if not moved:
+            return None
+        left_ms = (100 - float(progress)) * elapsed_ms / gained
+    elif not moved:
+        left_ms = typical_ms - max(elapsed_ms, 0.0)
+        if not left_ms > 0:
+            return None
+    else:
+        left_ms = _blended(
+            rate_ms=(100 - float(progress)) * elapsed_ms / gained,
+            typical_ms=typical_ms,
+            progress=float(progress),
+            first_progress=float(first_progress),
+        )
     return math.floor(left_ms + 0.5) / 1000
+
+
+def _blended(*, rate_ms: float, typical_ms: float, progress: float, first_progress: float) -> float:
+    """The rate's projection and the typical duration's share of the work left, weighted.
+
+    The rate's weight grows with the share of work done since the first
+    event, ``done / (done + RATE_WEIGHT_HALF)``: early on, one session's pace
+    says little and the typical duration more; once a good part is done the
+    session's own pace tells best. ``bench/eta_error.py`` measured this
+    against the rate alone, the typical duration less the time elapsed, and
+    a weight equal to the share done, on the demo's workflows; it had the
+    smallest median and p90 errors from 25 % on.
+    """
+    done = (progress - first_progress) / (100 - first_progress)
+    weight = done / (done + RATE_WEIGHT_HALF)
+    learned_ms = typical_ms * (100 - progress) / 100
+    return weight * rate_ms + (1 - weight) * learned_ms

@@ -135,10 +135,16 @@ class SessionStateAnswer(_Answer):
     )
     started_at: int = Field(description="The first event's ts.")
     updated_at: int = Field(description="The latest event's ts.")
+    typical_duration: float | None = Field(
+        gt=0,
+        description="Seconds sessions of its type typically take: the median of the latest "
+        "completed ones seen; null while none was.",
+    )
     estimated_time_remaining: float | None = Field(
         ge=0,
         description="Seconds: the reporter's own figure when its metadata gives one, else "
-        "estimated from the overall progress rate; null when unknown.",
+        "estimated from the typical duration of its type and the overall progress rate; "
+        "null when unknown.",
     )
     last_event_id: StreamId
     owner: Owner | None = Field(description="The user the session runs for, if an event named one.")

@@ -7,6 +7,9 @@ on its events, every gateway answers the same for the same session. Memory
 stays bounded: a session is forgotten ``ttl_ms`` after its last event, and
 only the ``max_sessions`` most recently updated are kept, each with the ids
 of at most its ``history_limit`` latest events (what its history lists).
+The view also teaches a :class:`~relay.server.durations.Durations` store how
+long the sessions it sees complete took, and every state's time remaining
+uses the typical duration of its type.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from relay.protocol.plans import PlanStep, plan_json
 from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId
 from relay.server.declared_plans import DeclaredPlans, plan_position
+from relay.server.durations import Durations
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
 
 # Heartbeats applied ahead and not read back yet, remembered at most: the
@@ -36,6 +40,7 @@ class SessionState:
     __slots__ = (
         "attempt",
         "cancel",
+        "durations",
         "error",
         "first_overall",
         "first_progress",
@@ -63,7 +68,10 @@ class SessionState:
         envelope: Envelope,
         event: ProgressEvent,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        durations: Durations | None = None,
     ) -> None:
+        # Where the typical duration of its type is learned; a fresh store knows none.
+        self.durations = durations if durations is not None else Durations()
         self.session_id = event.session_id
         self.started_at = event.ts or 0
         self.first_progress = event.progress
@@ -159,6 +167,10 @@ class SessionState:
             return False
         return not self.terminal or key < self.latest.key
 
+    def typical_duration(self) -> float | None:
+        """Seconds sessions of its type typically take; None while none was seen to complete."""
+        return self.durations.typical(self.workflow_type)
+
     def estimated_time_remaining(self) -> float | None:
         """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`.
 
@@ -172,6 +184,7 @@ class SessionState:
             first_progress=self.first_overall,
             started_at=self.started_at,
             updated_at=self.updated_at,
+            typical_duration=self.typical_duration(),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -196,6 +209,7 @@ class SessionState:
             "first_overall_progress": format_number(self.first_overall),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
+            "typical_duration": self.typical_duration(),
             "estimated_time_remaining": self.estimated_time_remaining(),
             "last_event_id": self.latest.id,
             "owner": self.owner,
@@ -217,6 +231,7 @@ class SessionView:
         self._max = max_sessions
         self._history_limit = history_limit
         self._clock = clock
+        self.durations = Durations()
         # Ordered by last update, oldest first, so eviction pops from the front.
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         # Heartbeats applied before the reader reads them back (see apply).
@@ -279,7 +294,9 @@ class SessionView:
         sessions = self._sessions
         state = sessions.get(event.session_id)
         if state is None:
-            sessions[event.session_id] = SessionState(envelope, event, self._history_limit)
+            sessions[event.session_id] = SessionState(
+                envelope, event, self._history_limit, self.durations
+            )
         elif envelope.key <= state.heard.key:
             # Already applied: the gateway that published an event applies it
             # at once, and its reader reads the same entry back later.
@@ -300,13 +317,28 @@ class SessionView:
                     self._unrouted.popitem(last=False)
             return False
         else:
+            self._learn(state, event)
             state.apply(envelope, event)
             sessions.move_to_end(event.session_id)
         self.evict()
         return True
 
+    def _learn(self, state: SessionState, event: ProgressEvent) -> None:
+        """Tell the durations store how long ``state`` took, when ``event`` completes it.
+
+        Only a session seen running before: one seen first at its end tells nothing.
+        """
+        if (
+            event.status == "completed"
+            and not state.terminal
+            and event.workflow_type == state.workflow_type
+            and event.ts is not None
+        ):
+            self.durations.record(state.workflow_type, event.ts - state.started_at)
+
     def forget_type(self, workflow_type: str) -> int:
         """Forget every session of ``workflow_type`` (before rebuilding them from its stream)."""
+        self.durations.forget(workflow_type)
         doomed = [k for k, state in self._sessions.items() if state.workflow_type == workflow_type]
         for session_id in doomed:
             del self._sessions[session_id]

@@ -56,8 +56,13 @@ POINTS = (
 )
 
 
+# Seconds sessions of the type typically take: unknown, not positive, shorter
+# and longer than some points' elapsed time, and awkward fractions.
+TYPICAL = (None, 0, -5, 3, 10, 12.345, 0.001, 100_000.5)
+
+
 def eta_cases() -> list[dict[str, Any]]:
-    """Every status with every kind of metadata at every point."""
+    """Every status with every kind of metadata at every point, with every typical duration."""
     return [
         {
             "status": status,
@@ -66,10 +71,12 @@ def eta_cases() -> list[dict[str, Any]]:
             "first_progress": first,
             "started_at": NOW,
             "updated_at": NOW + elapsed,
+            "typical_duration": typical,
         }
         for status in STATUSES
         for metadata in METADATA
         for first, progress, elapsed in POINTS
+        for typical in TYPICAL
     ]
 
 
@@ -145,6 +152,7 @@ def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> 
         """return data.map((c) => client.estimatedTimeRemaining({
             status: c.status, progress: c.progress, metadata: c.metadata,
             firstProgress: c.first_progress, startedAt: c.started_at, updatedAt: c.updated_at,
+            typicalDuration: c.typical_duration,
         }));""",
         cases,
     )
@@ -156,6 +164,18 @@ def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> 
     assert not mismatches, mismatches[:5]
     # The table reaches every branch of the rule.
     assert {0.0, None, 42.0, 12.75, 6.0, 0.001, 0.002} <= set(expected)
+    # And every branch with a typical duration: not moved yet (5 s of 10 gone),
+    # overdue (5 s of 3), and blended with the rate (differing from it).
+    found = dict(zip((json.dumps(case, sort_keys=True) for case in cases), expected, strict=True))
+
+    def running(first: float, progress: float, elapsed: int, typical: float) -> float | None:
+        case = {**cases[0], "status": "running", "metadata": {}, "first_progress": first}
+        case.update(progress=progress, updated_at=NOW + elapsed, typical_duration=typical)
+        return found[json.dumps(case, sort_keys=True)]
+
+    assert running(10, 10, 5000, 10) == 5.0
+    assert running(10, 10, 5000, 3) is None
+    assert running(0, 40, 4000, 3) not in (None, 6.0)  # 3 s typical: 1.8 s of it left
 
 
 def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:

@@ -94,3 +94,22 @@ export function event(id, sessionId, fields = {}, type = "map") {
     },
   };
 }
+
+/** A session as the gateway's HTTP API gives it. */
+export function serverState(sessionId, fields = {}) {
+  return {
+    session_id: sessionId,
+    workflow_type: "map",
+    step: "done",
+    progress: 100,
+    status: "completed",
+    metadata: {},
+    error: null,
+    started_at: 1700000000000,
+    updated_at: 1700000005000,
+    first_progress: 0,
+    estimated_time_remaining: 0,
+    last_event_id: "1-0",
+    ...fields,
+  };
+}

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, test } from "node:test";
 
 import { configureRelay, followProgress, initialFields } from "../progress.js";
-import { answerWith, clear, event, install, requests, sockets, until } from "./fake.js";
+import { answerWith, clear, event, install, requests, serverState as server, sockets, until } from "./fake.js";
 
 const URL_ = "http://gateway.test:9000";
 
@@ -32,25 +32,6 @@ async function live(sessionId = null, options = {}) {
 /** Resolve once the follower shows `sessionId` with `progress`. */
 function showing(sessionId, progress) {
   return until(() => follower.fields.sessionId === sessionId && follower.fields.progress === progress);
-}
-
-/** A session as the gateway's HTTP API gives it. */
-function server(sessionId, fields = {}) {
-  return {
-    session_id: sessionId,
-    workflow_type: "map",
-    step: "done",
-    progress: 100,
-    status: "completed",
-    metadata: {},
-    error: null,
-    started_at: 1700000000000,
-    updated_at: 1700000005000,
-    first_progress: 0,
-    estimated_time_remaining: 0,
-    last_event_id: "1-0",
-    ...fields,
-  };
 }
 
 test("the fields start empty and are shown right away", async () => {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, mock, test } from "node:test";
 
 import { RelayError, watchWorkflow } from "../relay-client.js";
-import { clear, event, install, sockets, until } from "./fake.js";
+import { answerWith, clear, event, install, serverState, sockets, until } from "./fake.js";
 
 const URL_ = "http://gateway.test:9000";
 
@@ -218,4 +218,17 @@ test("reset() also cancels pending evictions", async () => {
   mock.timers.tick(1000);
   assert.equal(watcher.get("done").status, "running");
   assert.equal(changes.length, 1);
+});
+
+test("a session first heard of live is estimated from its type's typical duration", async () => {
+  const old = { updated_at: 1700000020000, typical_duration: 20 };
+  answerWith(() => ({ status: 200, body: [serverState("old", old)] }));
+  const socket = await live({ snapshot: true }); // a snapshot loads the states over HTTP
+  await until(() => watcher.get("old"));
+  assert.equal(watcher.get("old").typicalDuration, 20);
+  socket.receive(event("2-0", "new", { progress: 5, ts: 1700000030000 }));
+  assert.equal(watcher.get("new").typicalDuration, 20);
+  assert.equal(watcher.get("new").estimatedTimeRemaining, 20); // not moved: the typical duration
+  socket.receive(event("3-0", "new", { step: "later", progress: 5, ts: 1700000035000 }));
+  assert.equal(watcher.get("new").estimatedTimeRemaining, 15);
 });
