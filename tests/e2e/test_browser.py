@@ -350,10 +350,10 @@ def test_dashboard_lets_ended_sessions_go_and_counts_them(
     expect(page.locator('[data-session="run"]')).to_be_visible()
 
 
-def test_dashboard_filters_by_type_id_and_status(
+def test_dashboard_filters_by_type_id_status_and_owner(
     page: Page, gateway: Gateway, reporter: Reporter
 ) -> None:
-    reporter.report("m-alpha", "map", "meshing", 30)
+    reporter.report("m-alpha", "map", "meshing", 30, owner="alice")
     reporter.report("m-beta", "map", "meshing", 60, status="failed", error="boom")
     reporter.report("q-alpha", "quest", "writing", 100, status="completed")
     open_dashboard(page, gateway)
@@ -374,6 +374,11 @@ def test_dashboard_filters_by_type_id_and_status(
     expect(names).to_have_text(["m-alpha"])
     box.fill("id:quest")
     expect(shown).to_have_count(0)
+    box.fill("owner:ALICE")
+    expect(names).to_have_text(["m-alpha"])
+    expect(names.first).to_have_attribute("title", "m-alpha (for alice)")
+    names.first.click()
+    expect(page.locator("#detail-meta")).to_contain_text("for alice")
     box.fill("")
     expect(shown).to_have_count(3)
 

@@ -77,7 +77,7 @@ const SIGN_IN_MESSAGES = {
 // What the page remembers across visits (localStorage, unlike the token).
 const HIDE_ENDED_KEY = "relay.hideEnded";
 const KEEP_ENDED_KEY = "relay.keepEnded";
-const FILTER_FIELDS = ["type", "id", "status"];
+const FILTER_FIELDS = ["type", "id", "status", "owner"];
 
 const known = new Map(); // session id -> newest state, listed or not
 const rows = new Map(); // session id -> row (its elements and the state drawn)
@@ -189,8 +189,6 @@ function createRow(sessionId) {
     error: part(".error"),
   };
   row.name.textContent = sessionId;
-  // The column may cut a long id short; the whole of it shows on hover.
-  row.name.title = sessionId;
   if (sessionId === detail.sessionId) el.classList.add("selected");
   rows.set(sessionId, row);
   return row;
@@ -201,6 +199,9 @@ function drawRow(row, state, now) {
   const changedStatus = row.state?.status !== state.status;
   row.state = state;
   el.dataset.status = state.status;
+  // The column may cut a long id short; the whole of it, and whom it runs for, show on hover.
+  const title = state.owner ? `${state.sessionId} (for ${state.owner})` : state.sessionId;
+  if (row.name.title !== title) row.name.title = title;
   el.toggleAttribute("data-ended", !state.isInProgress);
   // The bar is the whole workflow's: with a plan, the gateway's overall figure.
   const overall = state.overallProgress ?? state.progress;
@@ -301,8 +302,8 @@ function removeRow(row) {
 
 /**
  * The filter is words that must all match: a bare word matches a session
- * whose type, id or status (or its label) contains it; `type:`, `id:` or
- * `status:` before a word narrows it to that one. Case does not matter.
+ * whose type, id, status (or its label) or owner contains it; `type:`, `id:`,
+ * `status:` or `owner:` before a word narrows it to that one. Case does not matter.
  */
 function parseFilter(text) {
   return text
@@ -325,6 +326,7 @@ function matchesFilter(state) {
     type: state.workflowType.toLowerCase(),
     id: state.sessionId.toLowerCase(),
     status: `${state.status} ${STATUS_LABELS[state.status] ?? ""}`,
+    owner: (state.owner ?? "").toLowerCase(),
   };
   return filterTerms.every(({ fields, value }) =>
     fields.some((field) => values[field].includes(value)),
@@ -564,7 +566,9 @@ function drawDetail() {
   if (state) {
     const started = state.startTime ? `started ${new Date(state.startTime).toLocaleString()}` : "";
     const metadata = Object.keys(state.metadata).length ? JSON.stringify(state.metadata) : "";
-    detailMetaEl.textContent = [state.workflowType, STATUS_LABELS[state.status], started, metadata]
+    const owner = state.owner ? `for ${state.owner}` : "";
+    const parts = [state.workflowType, STATUS_LABELS[state.status], owner, started, metadata];
+    detailMetaEl.textContent = parts
       .filter(Boolean)
       .join(" · ");
   }
