@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -15,29 +15,42 @@ QUIET = {"RELAY_STALL_AFTER": "0"}
 PLAN = [{"step": "smelt", "weight": 1}, {"step": "cast", "weight": 2}, {"step": "polish"}]
 
 
-async def test_a_planned_session_is_estimated_from_its_steps_on_every_gateway(
-    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
-) -> None:
-    first = start_gateway(redis_url, **QUIET)
-    publish = f"{first.url}/api/workflows/progress"
-    now = int(time.time() * 1000)
-    start = now - 600_000
+Post = Callable[..., Awaitable[None]]
+STEPS_LEARNED = [3.0, 15.0, 4.0]
+"""What the sessions of :func:`complete_two` teach of PLAN's steps."""
+
+
+def poster(http: aiohttp.ClientSession, base: str) -> Post:
+    """``post(session_id, at, step, progress, **fields)`` publishes a forge report to ``base``."""
 
     async def post(session_id: str, at: int, step: str, progress: float, **fields: object) -> None:
         body = event(session_id, "forge", ts=at, step=step, progress=progress, **fields)
-        async with http.post(publish, json=body) as response:
+        async with http.post(f"{base}/api/workflows/progress", json=body) as response:
             assert response.status == 202, await response.text()
 
-    # Two sessions complete: smelt takes 2 and 4 s, cast 10 and 20 s, polish 6 and 2 s.
+    return post
+
+
+async def complete_two(post: Post, start: int) -> None:
+    """Two sessions of PLAN complete: smelt takes 2 and 4 s, cast 10 and 20 s, polish 6 and 2 s."""
     for number, (smelt, cast, polish) in enumerate(((2, 10, 6), (4, 20, 2))):
         session, at = f"done-{number}", start + number * 100_000
         await post(session, at, "smelt", 0, plan=PLAN)
         await post(session, at + smelt * 1000, "cast", 0)
         await post(session, at + (smelt + cast) * 1000, "polish", 0)
         await post(session, at + (smelt + cast + polish) * 1000, "polish", 100, status="completed")
+
+
+async def test_a_planned_session_is_estimated_from_its_steps_on_every_gateway(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    first = start_gateway(redis_url, **QUIET)
+    post = poster(http, first.url)
+    now = int(time.time() * 1000)
+    await complete_two(post, now - 600_000)
     await post("fresh", now, "smelt", 0, plan=PLAN)
 
-    steps = [3.0, 15.0, 4.0]
+    steps = STEPS_LEARNED
     state = await state_when(http, first.url, "fresh", typical_step_durations=steps)
     assert state["typical_duration"] == 22.0  # the sessions took 18 and 26 s
     assert state["estimated_time_remaining"] == 22.0  # the steps' sum, nothing elapsed yet
