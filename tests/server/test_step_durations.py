@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
 from relay.protocol.plans import MAX_PLAN_STEPS
 from relay.protocol.progress import estimated_time_remaining
+from relay.server.answers import SessionStateAnswer
 from relay.server.durations import Durations
+from relay.server.openapi import document
 from relay.server.session_view import SessionView
+from relay.server.settings import Settings
 from relay.server.step_times import StepTimes
 
 NOW = 1_700_000_000_000
@@ -168,3 +172,22 @@ def test_steps_and_types_share_the_stores_bound() -> None:
     store.record(("map", "render"), 3_000)
     assert store.typical("map") is None
     assert store.typical_steps("map", ["fetch", "render"]) == [2.0, 3.0]
+
+
+def test_the_answer_model_and_the_docs_name_the_step_figures() -> None:
+    view = fed(planned("s1", 0, 2, 10, 4))
+    view.apply(*entry(500, "n1", "fetch", 0, plan=PLAN))
+    state = view.get("n1")
+    assert state is not None
+    body = state.as_dict()
+    assert set(body) == set(SessionStateAnswer.model_fields)
+    assert SessionStateAnswer.model_validate(body).typical_step_durations == [2.0, 10.0, 4.0]
+    assert (
+        "typical_step_durations"
+        in document(Settings())["components"]["schemas"]["SessionStateAnswer"]["properties"]
+    )
+    root = Path(__file__).parents[2]
+    for page in ("README.md", "docs/protocol.md"):
+        assert "`typical_step_durations`" in (root / page).read_text(encoding="utf-8")
+    types = (root / "clients" / "js" / "index.d.ts").read_text(encoding="utf-8")
+    assert "typicalStepDurations" in types
