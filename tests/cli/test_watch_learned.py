@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import aiohttp
@@ -12,9 +11,13 @@ from relay.cli.watch import ProgressBoard, SessionStart, running_starts
 from relay.client.subscriber import Connection
 from relay.protocol.event import ProgressEvent
 from relay.protocol.plans import POSITION_FIELDS, PlanPosition, position_in
-from relay.protocol.progress import estimated_time_remaining
 from tests.cli.test_watch import Clock, reported
-from tests.e2e.test_step_durations import PLAN, QUIET, STEPS_LEARNED, complete_two, poster
+from tests.e2e.test_step_durations import (
+    STEPS_LEARNED,
+    cast_halfway,
+    learned_gateway,
+    rule_at_cast_halfway,
+)
 from tests.helpers import Gateway, state_when
 
 T0 = 1_700_000_000_000
@@ -29,18 +32,7 @@ def test_a_row_with_the_gateways_figures_estimates_by_its_steps() -> None:
     board.learn_starts({"s1": SessionStart(T0, 0, 22.0, steps)})
     row = board.get("s1")
     assert row is not None
-    expected = estimated_time_remaining(
-        status="running",
-        progress=50,
-        metadata={},
-        first_progress=0,
-        started_at=T0,
-        updated_at=T0 + 5_000,
-        typical_duration=22.0,
-        typical_step_durations=steps,
-        step_index=2,
-        step_progress=50,
-    )
+    expected = rule_at_cast_halfway(T0, typical_duration=22.0, typical_step_durations=steps)
     assert board.remaining(row) == expected
     # A plan declared since may list other steps: the type's figure is used then.
     replanned = reported(
@@ -63,12 +55,8 @@ def test_a_row_whose_steps_are_unknown_estimates_by_the_rate() -> None:
 async def test_watch_shows_the_gateways_learned_estimate(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(redis_url, **QUIET)
-    post = poster(http, gateway.url)
-    now = int(time.time() * 1000)
-    await complete_two(post, now - 600_000)
-    await post("fresh", now, "smelt", 0, plan=PLAN)
-    await post("fresh", now + 5_000, "cast", 50)
+    gateway, post, now = await learned_gateway(start_gateway, redis_url, http)
+    await cast_halfway(post, now)
     state = await state_when(
         http, gateway.url, "fresh", step="cast", typical_step_durations=STEPS_LEARNED
     )

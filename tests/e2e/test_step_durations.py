@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -41,15 +42,42 @@ async def complete_two(post: Post, start: int) -> None:
         await post(session, at + (smelt + cast + polish) * 1000, "polish", 100, status="completed")
 
 
-async def test_a_planned_session_is_estimated_from_its_steps_on_every_gateway(
+async def learned_gateway(
     start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
-) -> None:
-    first = start_gateway(redis_url, **QUIET)
-    post = poster(http, first.url)
+) -> tuple[Gateway, Post, int]:
+    """A gateway that saw :func:`complete_two`, and a session "fresh" of PLAN begun ``now``."""
+    gateway = start_gateway(redis_url, **QUIET)
+    post = poster(http, gateway.url)
     now = int(time.time() * 1000)
     await complete_two(post, now - 600_000)
     await post("fresh", now, "smelt", 0, plan=PLAN)
+    return gateway, post, now
 
+
+async def cast_halfway(post: Post, now: int) -> None:
+    """ "fresh" is halfway through its second step, 5 s in: 50 % overall."""
+    await post("fresh", now + 5_000, "cast", 50)
+
+
+def rule_at_cast_halfway(now: int, **learned: Any) -> float | None:
+    """The rule's time remaining for "fresh" after :func:`cast_halfway`, given ``learned``."""
+    return estimated_time_remaining(
+        status="running",
+        progress=50,
+        metadata={},
+        first_progress=0,
+        started_at=now,
+        updated_at=now + 5_000,
+        step_index=2,
+        step_progress=50,
+        **learned,
+    )
+
+
+async def test_a_planned_session_is_estimated_from_its_steps_on_every_gateway(
+    start_gateway: Callable[..., Gateway], redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    first, post, now = await learned_gateway(start_gateway, redis_url, http)
     steps = STEPS_LEARNED
     state = await state_when(http, first.url, "fresh", typical_step_durations=steps)
     assert state["typical_duration"] == 22.0  # the sessions took 18 and 26 s
@@ -61,28 +89,11 @@ async def test_a_planned_session_is_estimated_from_its_steps_on_every_gateway(
     assert rebuilt == state
 
     # Once the session moves, both blend its rate with the steps still to run.
-    await post("fresh", now + 5_000, "cast", 50)
+    await cast_halfway(post, now)
     moved = await state_when(http, first.url, "fresh", step="cast")
     assert moved["overall_progress"] == 50
-    assert moved["estimated_time_remaining"] == estimated_time_remaining(
-        status="running",
-        progress=50,
-        metadata={},
-        first_progress=0,
-        started_at=now,
-        updated_at=now + 5_000,
-        typical_step_durations=steps,
-        step_index=2,
-        step_progress=50,
-    )
-    assert moved["estimated_time_remaining"] != estimated_time_remaining(
-        status="running",
-        progress=50,
-        metadata={},
-        first_progress=0,
-        started_at=now,
-        updated_at=now + 5_000,
-        typical_duration=22.0,
-    )
+    by_steps = rule_at_cast_halfway(now, typical_duration=22.0, typical_step_durations=steps)
+    assert moved["estimated_time_remaining"] == by_steps
+    assert by_steps != rule_at_cast_halfway(now, typical_duration=22.0)
     again = await state_when(http, second.url, "fresh", step="cast")
     assert again == moved

@@ -117,28 +117,17 @@ def test_a_new_session_is_estimated_from_its_steps() -> None:
     view.apply(*entry(501, "n1", "fetch", 0, metadata={"note": "slow"}))
     assert state.estimated_time_remaining() == 20.0  # a second gone
     view.apply(*entry(504, "n1", "render", 40))
+
     # The rate (overall 44 % of the whole in 4 s) blended with 60 % of render and upload.
-    assert state.estimated_time_remaining() == estimated_time_remaining(
-        status="running",
-        progress=44,
-        metadata={},
-        first_progress=0,
-        started_at=NOW + 500_000,
-        updated_at=NOW + 504_000,
-        typical_duration=21.0,
-        typical_step_durations=[3.0, 15.0, 3.0],
-        step_index=2,
-        step_progress=40,
-    )
-    by_type = estimated_time_remaining(
-        status="running",
-        progress=44,
-        metadata={},
-        first_progress=0,
-        started_at=NOW + 500_000,
-        updated_at=NOW + 504_000,
-        typical_duration=21.0,
-    )
+    point: dict[str, Any] = {"status": "running", "progress": 44, "metadata": {}}
+    point.update(first_progress=0, started_at=NOW + 500_000, updated_at=NOW + 504_000)
+
+    def rule(**learned: Any) -> float | None:
+        return estimated_time_remaining(**point, typical_duration=21.0, **learned)
+
+    by_steps = rule(typical_step_durations=[3.0, 15.0, 3.0], step_index=2, step_progress=40)
+    assert state.estimated_time_remaining() == by_steps
+    by_type = rule()
     assert state.estimated_time_remaining() != by_type
 
 
