@@ -90,7 +90,13 @@ export interface SessionState {
   readonly updatedAt: number;
   /** Seconds sessions of its type typically take, as the gateway learned it; null when unknown. */
   readonly typicalDuration: number | null;
-  /** Seconds left, from the overall progress and the typical duration; null when there is no estimate. */
+  /**
+   * Seconds each step of its plan typically takes, in the plan's order (null where unknown), as
+   * the gateway's state gave it; null without a plan, for a session first heard of live, and
+   * once an event declares another plan.
+   */
+  readonly typicalStepDurations: ReadonlyArray<number | null> | null;
+  /** Seconds left, from the overall progress and the typical durations; null when there is no estimate. */
   readonly estimatedTimeRemaining: number | null;
   /** The stream entry id of its latest event. */
   readonly lastEventId: string;
@@ -228,6 +234,12 @@ export interface EtaPoint {
   updatedAt: number;
   /** Seconds sessions of its type typically take; null or absent when unknown. */
   typicalDuration?: number | null;
+  /** Seconds each step of the plan typically takes (null where unknown); null or absent without. */
+  typicalStepDurations?: ReadonlyArray<number | null> | null;
+  /** The current step's place in the plan, 1-based; null or absent without a plan. */
+  stepIndex?: number | null;
+  /** The current step's own progress (0 when absent). */
+  stepProgress?: number;
 }
 
 /** Seconds a session has left as of its latest event, by the gateway's rule; null when unknown. */

@@ -812,13 +812,16 @@ const RATE_WEIGHT_HALF = 0.1;
  * Seconds a session has left as of its latest event, by the gateway's rule
  * (relay/protocol/progress.py; a test runs both on one table of cases):
  * 0 once completed; null once failed or cancelled; else the worker's own
- * figure in `metadata`; else, without `typicalDuration` (seconds sessions of
- * its type typically take), the average rate from the first event
- * (`firstProgress` at `startedAt`, in ms) to the latest (`progress` at
- * `updatedAt`) projected to 100, null while there is no rate yet; with it,
- * before the session moved, the typical duration less the time elapsed
- * (null once used up), and after, both blended by the work done. In whole
- * milliseconds.
+ * figure in `metadata`; else, without a learned figure, the average rate
+ * from the first event (`firstProgress` at `startedAt`, in ms) to the latest
+ * (`progress` at `updatedAt`) projected to 100, null while there is no rate
+ * yet; with one, before the session moved, the learned figure less the time
+ * elapsed (null once used up), and after, the rate and the learned time left
+ * blended by the work done. The learned figure is per step when
+ * `typicalStepDurations` (seconds per step of the plan, null where unknown)
+ * knows the current step (`stepIndex`, 1-based, at `stepProgress`) and every
+ * later one, else `typicalDuration` (seconds sessions of its type typically
+ * take). In whole milliseconds.
  */
 export function estimatedTimeRemaining({
   status,
@@ -828,6 +831,9 @@ export function estimatedTimeRemaining({
   startedAt,
   updatedAt,
   typicalDuration = null,
+  typicalStepDurations = null,
+  stepIndex = null,
+  stepProgress = 0,
 }) {
   if (status === "completed") return 0;
   if (TERMINAL.has(status)) return null;
@@ -836,26 +842,46 @@ export function estimatedTimeRemaining({
   const elapsedMs = updatedAt - startedAt;
   const gained = progress - firstProgress;
   const moved = elapsedMs > 0 && gained > 0;
-  const typicalMs = typicalDuration == null ? null : typicalDuration * 1000;
+  const learned = learnedMs(progress, typicalDuration, typicalStepDurations, stepIndex, stepProgress);
   let leftMs;
-  if (typicalMs === null || !(typicalMs > 0)) {
+  if (learned === null) {
     if (!moved) return null;
     leftMs = ((100 - progress) * elapsedMs) / gained;
   } else if (!moved) {
-    leftMs = typicalMs - Math.max(elapsedMs, 0);
+    leftMs = learned[0] - Math.max(elapsedMs, 0);
     if (!(leftMs > 0)) return null;
   } else {
-    leftMs = blended(((100 - progress) * elapsedMs) / gained, typicalMs, progress, firstProgress);
+    leftMs = blended(((100 - progress) * elapsedMs) / gained, learned[1], progress, firstProgress);
   }
   return Math.floor(leftMs + 0.5) / 1000;
 }
 
-/** The rate's projection and the typical duration's share of the work left, weighted by the work done. */
-function blended(rateMs, typicalMs, progress, firstProgress) {
+/** What was learned of the session's time, in ms: [before it moves, from its latest event], or null. */
+function learnedMs(progress, typicalDuration, typicalStepDurations, stepIndex, stepProgress) {
+  const ahead = stepsLeftMs(typicalStepDurations, stepIndex, stepProgress);
+  if (ahead !== null) return [ahead, ahead];
+  const typicalMs = typicalDuration == null ? null : typicalDuration * 1000;
+  if (typicalMs === null || !(typicalMs > 0)) return null;
+  return [typicalMs, (typicalMs * (100 - progress)) / 100];
+}
+
+/** Typical ms: the steps still to run, the current by its share left; null if one is unknown. */
+function stepsLeftMs(typicalStepDurations, stepIndex, stepProgress) {
+  if (typicalStepDurations == null || stepIndex == null) return null;
+  if (!(stepIndex >= 1 && stepIndex <= typicalStepDurations.length)) return null;
+  const left = typicalStepDurations.slice(stepIndex - 1);
+  if (!left.every((seconds) => typeof seconds === "number" && seconds > 0)) return null;
+  // Summed first to last, as progress.py does, for the same rounding.
+  let laterMs = 0;
+  for (const seconds of left.slice(1)) laterMs += seconds * 1000;
+  return left[0] * 1000 * (1 - stepProgress / 100) + laterMs;
+}
+
+/** The rate's projection and the learned time left, weighted by the work done. */
+function blended(rateMs, learnedLeftMs, progress, firstProgress) {
   const done = (progress - firstProgress) / (100 - firstProgress);
   const weight = done / (done + RATE_WEIGHT_HALF);
-  const learnedMs = (typicalMs * (100 - progress)) / 100;
-  return weight * rateMs + (1 - weight) * learnedMs;
+  return weight * rateMs + (1 - weight) * learnedLeftMs;
 }
 
 /** A record whose time remaining is worked out here, from its first point (overall figures). */
@@ -863,6 +889,7 @@ function projected(fields, firstProgress) {
   const point = {
     ...fields,
     progress: fields.overallProgress,
+    stepProgress: fields.progress,
     firstProgress,
     startedAt: fields.startTime,
   };
@@ -895,6 +922,9 @@ function recordFromEvent(previous, frame, typicalDuration) {
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
     typicalDuration: previous?.state.typicalDuration ?? typicalDuration,
+    // Only a state from the gateway gives them, for the plan it had; a plan
+    // declared since may list other steps.
+    typicalStepDurations: data.plan == null ? previous?.state.typicalStepDurations ?? null : null,
     lastEventId: frame.id,
   };
   return projected(fields, previous?.firstProgress ?? fields.overallProgress);
@@ -922,7 +952,11 @@ function recordFromServer(previous, server) {
   if (previous && compareIds(server.last_event_id, previous.state.lastEventId) < 0) {
     // Our events are newer; take only what the gateway knows better: the
     // session's first point, from which its rate is measured.
-    const known = { startTime: server.started_at, typicalDuration: server.typical_duration ?? null };
+    const known = {
+      startTime: server.started_at,
+      typicalDuration: server.typical_duration ?? null,
+      typicalStepDurations: server.typical_step_durations ?? null,
+    };
     return projected({ ...previous.state, ...known }, server.first_overall_progress ?? server.first_progress);
   }
   const state = makeState({
@@ -942,6 +976,7 @@ function recordFromServer(previous, server) {
     startTime: server.started_at,
     updatedAt: server.updated_at,
     typicalDuration: server.typical_duration ?? null,
+    typicalStepDurations: server.typical_step_durations ?? null,
     estimatedTimeRemaining: server.estimated_time_remaining,
     lastEventId: server.last_event_id,
   });

@@ -126,6 +126,9 @@ class SessionStart:
     started_at: float
     first_progress: float
     """The overall progress at the first event (with a plan, not the first step's own)."""
+    typical_duration: float | None = None
+    typical_step_durations: tuple[float | None, ...] | None = None
+    """What the gateway learned sessions of its type and its plan's steps take, in seconds."""
 
 
 @dataclass(slots=True)
@@ -156,6 +159,9 @@ class SessionRow:
     step_index: int | None = None
     step_count: int | None = None
     """The step's place in the plan (1-based) and the plan's length, with a plan."""
+    typical_duration: float | None = None
+    typical_step_durations: tuple[float | None, ...] | None = None
+    """The gateway's learned figures, from its state of the session (see :class:`SessionStart`)."""
 
     @property
     def ended(self) -> bool:
@@ -195,7 +201,9 @@ class ProgressBoard:
     gateway's running sessions, asked for each time the subscription goes
     live), or seen, the session's first event having come after that answer
     on the same live connection. Otherwise only a first event at 0% is taken
-    for the start.
+    for the start. The sessions of that answer also take what the gateway
+    learned of their type and plan's steps, so their estimate is the
+    gateway's; the others are estimated without.
     It does no I/O, so it can be driven and rendered in tests.
     """
 
@@ -264,6 +272,8 @@ class ProgressBoard:
                 row.first_ts = start.started_at
                 row.first_progress = start.first_progress
                 row.from_start = True
+                row.typical_duration = start.typical_duration
+                row.typical_step_durations = start.typical_step_durations
                 row.eta = _estimate(row)
         self._sees_starts = self._live
 
@@ -295,11 +305,16 @@ class ProgressBoard:
                 metadata=event.metadata,
                 eta=None,
                 seen_at=now,
+                typical_duration=None if start is None else start.typical_duration,
+                typical_step_durations=None if start is None else start.typical_step_durations,
             )
             self._rows[event.session_id] = row
             self._id_width = max(self._id_width, len(event.session_id))
             self._type_width = max(self._type_width, len(event.workflow_type))
             self._evict()
+        elif event.plan is not None:
+            # The learned step figures were for the plan the gateway knew; this one may differ.
+            row.typical_step_durations = None
         row.workflow_type = event.workflow_type
         row.step = event.step
         row.progress = event.progress
@@ -477,6 +492,10 @@ def _estimate(row: SessionRow) -> float | None:
         first_progress=row.first_progress,
         started_at=row.first_ts,
         updated_at=row.last_ts,
+        typical_duration=row.typical_duration,
+        typical_step_durations=row.typical_step_durations,
+        step_index=row.step_index,
+        step_progress=row.progress,
     )
 
 
@@ -573,9 +592,26 @@ async def running_starts(
             listed = await answer.json()
         for item in listed:
             first = item.get("first_overall_progress", item["first_progress"])
-            start = SessionStart(float(item["started_at"]), float(first))
+            start = SessionStart(
+                float(item["started_at"]),
+                float(first),
+                _seconds(item.get("typical_duration")),
+                _step_seconds(item.get("typical_step_durations")),
+            )
             starts[str(item["session_id"])] = start
     return starts
+
+
+def _seconds(value: object) -> float | None:
+    """A learned figure from the gateway's answer; what is not a positive number is unknown."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _step_seconds(value: object) -> tuple[float | None, ...] | None:
+    """The answer's learned figures per step, when it gives a list."""
+    return tuple(_seconds(item) for item in value) if isinstance(value, list) else None
 
 
 class _StartFetcher:

@@ -140,11 +140,16 @@ class SessionStateAnswer(_Answer):
         description="Seconds sessions of its type typically take: the median of the latest "
         "completed ones seen; null while none was.",
     )
+    typical_step_durations: list[Annotated[float, Field(gt=0)] | None] | None = Field(
+        description="Seconds each step of the plan typically takes, in the plan's order: the "
+        "median of the latest completed sessions' times from a step's first event to the next "
+        "step's (or the end); null for a step none was seen to run, and without a plan.",
+    )
     estimated_time_remaining: float | None = Field(
         ge=0,
         description="Seconds: the reporter's own figure when its metadata gives one, else "
-        "estimated from the typical duration of its type and the overall progress rate; "
-        "null when unknown.",
+        "estimated from the overall progress rate and the typical durations of the plan's "
+        "steps still to run when all are known, else of its type; null when unknown.",
     )
     last_event_id: StreamId
     owner: Owner | None = Field(description="The user the session runs for, if an event named one.")

@@ -11,8 +11,10 @@ moves it no more than one that took a second. Memory stays bounded: at most
 :data:`MAX_KEYS` keys, the ones that completed a session least recently
 forgotten first.
 
-Keys are workflow types today; a key per step of a type can be added beside
-them, since the store knows nothing of what a key means.
+Keys are workflow types, and (type, step) pairs for the steps of sessions
+that declared a plan: a step's duration runs from the session's first event
+of that step to its first event of the next one, or to its completion for
+the last. Steps share the bounds with types.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 
 SAMPLES_PER_KEY = 50
 """Durations kept per key: the typical duration follows the latest this many sessions."""
 
 MAX_KEYS = 1_000
-"""Keys remembered at most."""
+"""Keys (types and steps of types) remembered at most."""
+
+DurationKey = str | tuple[str, str]
+"""A workflow type, or a (workflow type, step) pair."""
 
 
 class Durations:
@@ -35,14 +41,14 @@ class Durations:
         self._samples = samples
         self._max_keys = max_keys
         # Ordered by latest completion, oldest first, so eviction pops from the front.
-        self._durations: OrderedDict[str, deque[int]] = OrderedDict()
+        self._durations: OrderedDict[DurationKey, deque[int]] = OrderedDict()
         # Medians computed since the key's last completion: listings ask for many at once.
-        self._typical: dict[str, float] = {}
+        self._typical: dict[DurationKey, float] = {}
 
     def __len__(self) -> int:
         return len(self._durations)
 
-    def record(self, key: str, duration_ms: int) -> None:
+    def record(self, key: DurationKey, duration_ms: int) -> None:
         """Remember that a session of ``key`` completed after ``duration_ms``.
 
         A duration that is not positive (a session seen only at its end)
@@ -61,7 +67,7 @@ class Durations:
             evicted, _ = self._durations.popitem(last=False)
             self._typical.pop(evicted, None)
 
-    def typical(self, key: str) -> float | None:
+    def typical(self, key: DurationKey) -> float | None:
         """Seconds a session of ``key`` typically takes (whole milliseconds); None when unknown."""
         known = self._typical.get(key)
         if known is not None:
@@ -72,7 +78,17 @@ class Durations:
         known = self._typical[key] = math.floor(statistics.median(kept) + 0.5) / 1000
         return known
 
-    def forget(self, key: str) -> None:
-        """Forget what ``key``'s sessions took (before rebuilding it from its stream)."""
-        self._durations.pop(key, None)
-        self._typical.pop(key, None)
+    def typical_steps(self, workflow_type: str, steps: Iterable[str]) -> list[float | None]:
+        """The typical seconds of each of ``steps`` in sessions of ``workflow_type``."""
+        return [self.typical((workflow_type, step)) for step in steps]
+
+    def forget(self, workflow_type: str) -> None:
+        """Forget what sessions of ``workflow_type`` and their steps took (before a rebuild)."""
+        doomed = [
+            key
+            for key in self._durations
+            if key == workflow_type or (isinstance(key, tuple) and key[0] == workflow_type)
+        ]
+        for key in doomed:
+            del self._durations[key]
+            self._typical.pop(key, None)

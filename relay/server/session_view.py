@@ -8,8 +8,8 @@ stays bounded: a session is forgotten ``ttl_ms`` after its last event, and
 only the ``max_sessions`` most recently updated are kept, each with the ids
 of at most its ``history_limit`` latest events (what its history lists).
 The view also teaches a :class:`~relay.server.durations.Durations` store how
-long the sessions it sees complete took, and every state's time remaining
-uses the typical duration of its type.
+long the sessions it sees complete took, and their plans' steps, and every
+state's time remaining uses the typical durations of its type and steps.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from relay.protocol.stream_ids import StreamId
 from relay.server.declared_plans import DeclaredPlans, plan_position
 from relay.server.durations import Durations
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
+from relay.server.step_times import StepTimes
 
 # Heartbeats applied ahead and not read back yet, remembered at most: the
 # reader reads them back within milliseconds, unless they were trimmed first.
@@ -59,6 +60,7 @@ class SessionState:
         "started_at",
         "status",
         "step",
+        "step_times",
         "updated_at",
         "workflow_type",
     )
@@ -85,6 +87,7 @@ class SessionState:
         # The user the session runs for: the first owner an event names stays.
         self.owner = event.owner
         self.plans = DeclaredPlans()
+        self.step_times = StepTimes()
         self.overall = 0.0
         self.apply(envelope, event)
         self.first_overall = self.overall
@@ -97,6 +100,7 @@ class SessionState:
             self.workflow_type = event.workflow_type
             self.cancel = None
             self.plans.clear()
+            self.step_times.clear()
         if event.status == CANCEL_REQUESTED and self.cancel is None:
             self.cancel = envelope
         self.record(envelope)
@@ -122,6 +126,9 @@ class SessionState:
         elif self.position.overall is not None:
             # A step the plan does not list leaves the overall figure where it was.
             self.overall = self.position.overall
+        listed = self.position is not None and self.position.step_index is not None
+        if listed and not event.terminal:
+            self.step_times.take(event.step, self.updated_at)
 
     @property
     def plan(self) -> tuple[PlanStep, ...] | None:
@@ -171,11 +178,18 @@ class SessionState:
         """Seconds sessions of its type typically take; None while none was seen to complete."""
         return self.durations.typical(self.workflow_type)
 
+    def typical_step_durations(self) -> list[float | None] | None:
+        """Seconds each step of its plan typically takes (None where unknown); None without one."""
+        if self.plan is None:
+            return None
+        return self.durations.typical_steps(self.workflow_type, (s.step for s in self.plan))
+
     def estimated_time_remaining(self) -> float | None:
         """Seconds left, by the rule of :func:`relay.protocol.progress.estimated_time_remaining`.
 
         The rule is given the overall figures, so with a plan the rate is
-        that of the whole workflow, not of its current step.
+        that of the whole workflow, not of its current step, and what its
+        steps typically take.
         """
         return estimated_time_remaining(
             status=self.status,
@@ -185,6 +199,9 @@ class SessionState:
             started_at=self.started_at,
             updated_at=self.updated_at,
             typical_duration=self.typical_duration(),
+            typical_step_durations=self.typical_step_durations(),
+            step_index=None if self.position is None else self.position.step_index,
+            step_progress=self.progress,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -210,6 +227,7 @@ class SessionState:
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "typical_duration": self.typical_duration(),
+            "typical_step_durations": self.typical_step_durations(),
             "estimated_time_remaining": self.estimated_time_remaining(),
             "last_event_id": self.latest.id,
             "owner": self.owner,
@@ -335,6 +353,8 @@ class SessionView:
             and event.ts is not None
         ):
             self.durations.record(state.workflow_type, event.ts - state.started_at)
+            for step, duration_ms in state.step_times.durations(event.ts):
+                self.durations.record((state.workflow_type, step), duration_ms)
 
     def forget_type(self, workflow_type: str) -> int:
         """Forget every session of ``workflow_type`` (before rebuilding them from its stream)."""

@@ -60,9 +60,23 @@ POINTS = (
 # and longer than some points' elapsed time, and awkward fractions.
 TYPICAL = (None, 0, -5, 3, 10, 12.345, 0.001, 100_000.5)
 
+# (typical seconds per step of the plan, current step's index, its own progress):
+# no plan, every step known, only the current and later ones known, a later one
+# unknown, one not positive, an index past the plan, awkward fractions.
+STEPS: tuple[tuple[list[float | None] | None, int | None, float], ...] = (
+    (None, None, 0),
+    ([2, 3, 5], 2, 50),
+    ([None, 3, 5], 2, 25),
+    ([2, None, 5], 1, 0),
+    ([2, 0, 5], 1, 10),
+    ([2, 3, 5], 4, 0),
+    ([2, 3, 5], None, 50),
+    ([0.001, 12.345, 7.7], 3, 33.3),
+)
+
 
 def eta_cases() -> list[dict[str, Any]]:
-    """Every status with every kind of metadata at every point, with every typical duration."""
+    """Every status, metadata and point, with every typical duration and per-step figures."""
     return [
         {
             "status": status,
@@ -72,11 +86,15 @@ def eta_cases() -> list[dict[str, Any]]:
             "started_at": NOW,
             "updated_at": NOW + elapsed,
             "typical_duration": typical,
+            "typical_step_durations": step_durations,
+            "step_index": step_index,
+            "step_progress": step_progress,
         }
         for status in STATUSES
         for metadata in METADATA
         for first, progress, elapsed in POINTS
         for typical in TYPICAL
+        for step_durations, step_index, step_progress in STEPS
     ]
 
 
@@ -152,7 +170,8 @@ def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> 
         """return data.map((c) => client.estimatedTimeRemaining({
             status: c.status, progress: c.progress, metadata: c.metadata,
             firstProgress: c.first_progress, startedAt: c.started_at, updatedAt: c.updated_at,
-            typicalDuration: c.typical_duration,
+            typicalDuration: c.typical_duration, typicalStepDurations: c.typical_step_durations,
+            stepIndex: c.step_index, stepProgress: c.step_progress,
         }));""",
         cases,
     )
@@ -168,14 +187,25 @@ def test_client_time_remaining_is_the_gateways_on_every_case(tmp_path: Path) -> 
     # overdue (5 s of 3), and blended with the rate (differing from it).
     found = dict(zip((json.dumps(case, sort_keys=True) for case in cases), expected, strict=True))
 
-    def running(first: float, progress: float, elapsed: int, typical: float) -> float | None:
+    def running(
+        first: float, progress: float, elapsed: int, typical: float | None, steps: int = 0
+    ) -> float | None:
         case = {**cases[0], "status": "running", "metadata": {}, "first_progress": first}
         case.update(progress=progress, updated_at=NOW + elapsed, typical_duration=typical)
+        durations, index, step_progress = STEPS[steps]
+        case.update(typical_step_durations=durations, step_index=index, step_progress=step_progress)
         return found[json.dumps(case, sort_keys=True)]
 
     assert running(10, 10, 5000, 10) == 5.0
     assert running(10, 10, 5000, 3) is None
     assert running(0, 40, 4000, 3) not in (None, 6.0)  # 3 s typical: 1.8 s of it left
+    # Per step: half of 3 s and 5 s (6.5 s) less 5 s elapsed before moving; blended
+    # after, unlike the type's figure; the type's whenever a step still to run is unknown.
+    assert running(10, 10, 5000, None, steps=1) == 1.5
+    assert running(10, 10, 5000, 10, steps=2) == 2.25  # 3 s * 0.75 + 5 s, less 5 s
+    assert running(0, 40, 4000, 3, steps=1) not in (None, 6.0, running(0, 40, 4000, 3))
+    for fallback in (3, 4, 5, 6):
+        assert running(0, 40, 4000, 3, steps=fallback) == running(0, 40, 4000, 3)
 
 
 def test_a_completed_session_has_nothing_left_whatever_it_reported() -> None:

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, mock, test } from "node:test";
 
-import { RelayError, watchWorkflow } from "../relay-client.js";
+import { RelayError, estimatedTimeRemaining, watchWorkflow } from "../relay-client.js";
 import { answerWith, clear, event, install, serverState, sockets, until } from "./fake.js";
 
 const URL_ = "http://gateway.test:9000";
@@ -231,4 +231,47 @@ test("a session first heard of live is estimated from its type's typical duratio
   assert.equal(watcher.get("new").estimatedTimeRemaining, 20); // not moved: the typical duration
   socket.receive(event("3-0", "new", { step: "later", progress: 5, ts: 1700000035000 }));
   assert.equal(watcher.get("new").estimatedTimeRemaining, 15);
+});
+
+test("a planned session keeps its state's typical step durations until another plan", async () => {
+  const planned = {
+    step: "smelt",
+    progress: 0,
+    status: "running",
+    estimated_time_remaining: 22,
+    updated_at: 1700000000000,
+    plan: [{ step: "smelt", weight: 1 }, { step: "cast", weight: 2 }, { step: "polish", weight: 1 }],
+    step_index: 1,
+    step_count: 3,
+    overall_progress: 0,
+    first_overall_progress: 0,
+    typical_duration: 30,
+    typical_step_durations: [3, 15, 4],
+  };
+  answerWith(() => ({ status: 200, body: [serverState("s1", planned)] }));
+  const socket = await live({ snapshot: true });
+  await until(() => watcher.get("s1"));
+  assert.deepEqual(watcher.get("s1").typicalStepDurations, [3, 15, 4]);
+  const at = 1700000005000;
+  const cast = { step: "cast", progress: 50, ts: at, overall_progress: 50, step_index: 2, step_count: 3 };
+  socket.receive(event("2-0", "s1", cast));
+  const point = {
+    status: "running",
+    progress: 50,
+    metadata: {},
+    firstProgress: 0,
+    startedAt: 1700000000000,
+    updatedAt: at,
+  };
+  const steps = { typicalStepDurations: [3, 15, 4], stepIndex: 2, stepProgress: 50 };
+  const bySteps = estimatedTimeRemaining({ ...point, ...steps });
+  assert.equal(watcher.get("s1").estimatedTimeRemaining, bySteps);
+  assert.notEqual(bySteps, estimatedTimeRemaining({ ...point, typicalDuration: 30 }));
+  // A new plan may list other steps: the figure is the type's again.
+  const plan = [{ step: "cast", weight: 1 }, { step: "ship", weight: 1 }];
+  const replanned = { ...cast, ts: at + 1000, plan, overall_progress: 25, step_index: 1, step_count: 2 };
+  socket.receive(event("3-0", "s1", replanned));
+  assert.equal(watcher.get("s1").typicalStepDurations, null);
+  socket.receive(event("4-0", "s2", { ...cast }));
+  assert.equal(watcher.get("s2").typicalStepDurations, null); // first heard of live: none
 });
