@@ -23,7 +23,9 @@ take the gateway's figures.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
+from typing import Any
 
 MAX_CHILD_WEIGHT = 1_000_000
 """A child's weight is more than 0 and at most this much; the default is 1."""
@@ -68,3 +70,22 @@ def weighted_mean(shares: Fraction, weights: Fraction) -> float:
     if weights <= 0:
         return 0.0
     return min(float(shares / weights), 100.0)
+
+
+# A parent's own delivered event gives its aggregate in this field, as a plan's does.
+_OVERALL_FIELD = "overall_progress"
+
+
+def family_in(data: Mapping[str, Any]) -> dict[str, int | float]:
+    """The figures about children or parent a gateway added to a delivered event's ``data``.
+
+    For subscribers: the fields come from a gateway, and what is not a number
+    is left out. With a parent's children counted, its ``overall_progress`` is
+    taken too (without a plan, it is their aggregate).
+    """
+    names = (*CHILD_FIELDS, _OVERALL_FIELD) if CHILDREN_COUNT_FIELD in data else CHILD_FIELDS
+    return {
+        name: data[name]
+        for name in names
+        if isinstance(data.get(name), int | float) and not isinstance(data.get(name), bool)
+    }

@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 
 from relay.client.reporters import AsyncReporter, Reporter
-from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import (
     event,
     receive,
     receive_events,
-    serving,
     session_state,
     state_when,
     subscribe,
     until,
 )
+from tests.server.test_plans import gateways
 
 STALL_AFTER = 0.5
-
-
-@asynccontextmanager
-async def gateways(count: int, redis_url: str, **settings: Any) -> AsyncIterator[list[str]]:
-    async with AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                serving(Settings(redis_url=redis_url, read_block_ms=50, **settings))
-            )
-            for _ in range(count)
-        ]
 
 
 async def publish(http: aiohttp.ClientSession, base: str, **fields: Any) -> str:
