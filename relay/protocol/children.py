@@ -24,7 +24,6 @@ take the gateway's figures.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Any
 
 MAX_CHILD_WEIGHT = 1_000_000
@@ -61,15 +60,27 @@ def child_figure(status: str, overall: float) -> float:
     return 100.0 if status == "completed" else overall
 
 
-def weighted_mean(shares: Fraction, weights: Fraction) -> float:
-    """The parent's aggregate from the sum of weight x figure and the sum of weights.
+# Weights and shares are counted in millionths, as integers: sums of integers
+# are exact, so every gateway reaches the same figure whatever order it took
+# the children's events in (floats summed in another order may differ).
+SCALE = 1_000_000
 
-    Sums are kept as exact fractions, so every gateway reaches the same figure
-    whatever order it took the children's events in.
-    """
+
+def scaled_weight(weight: float) -> int:
+    """A child's weight in millionths (a weight below half a millionth counts nothing)."""
+    return round(weight * SCALE)
+
+
+def scaled_share(weight: float, status: str, overall: float) -> int:
+    """A child's weight times its figure (:func:`child_figure`), in millionths."""
+    return round(weight * child_figure(status, overall) * SCALE)
+
+
+def weighted_mean(shares: int, weights: int) -> float:
+    """The parent's aggregate from the sums of scaled shares and weights; 0 without weight."""
     if weights <= 0:
         return 0.0
-    return min(float(shares / weights), 100.0)
+    return min(shares / weights, 100.0)
 
 
 # A parent's own delivered event gives its aggregate in this field, as a plan's does.

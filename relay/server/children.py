@@ -4,7 +4,7 @@ A tally is kept per parent id, whether or not the parent itself is known
 yet: children reported before their parent's first event are remembered,
 and the parent's state takes the tally once it appears. Each child's part
 is replaced as its events arrive, so an event costs O(1) whatever the number
-of children, and the sums are exact (see :mod:`relay.protocol.children`).
+of children, and the sums are exact integers (see :mod:`relay.protocol.children`).
 The tally holds only children the session view remembers: a child forgotten
 by the view leaves its parent's tally too.
 """
@@ -13,20 +13,24 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from fractions import Fraction
 from itertools import islice
 
-from relay.protocol.children import MAX_CHILDREN_LISTED, child_figure, weighted_mean
+from relay.protocol.children import (
+    MAX_CHILDREN_LISTED,
+    scaled_share,
+    scaled_weight,
+    weighted_mean,
+)
 from relay.protocol.event import TERMINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
 class ChildPart:
-    """What one child contributes: its weight, its status and its figure, exactly."""
+    """What one child contributes: its weight, its status and its share, in millionths."""
 
-    weight: Fraction
+    weight: int
     status: str
-    share: Fraction
+    share: int
 
 
 class ChildrenTally:
@@ -37,8 +41,8 @@ class ChildrenTally:
     def __init__(self) -> None:
         # Latest updated last, so the listing can name the latest children first.
         self._parts: OrderedDict[str, ChildPart] = OrderedDict()
-        self._shares = Fraction(0)
-        self._weights = Fraction(0)
+        self._shares = 0
+        self._weights = 0
         self.by_status: dict[str, int] = {}
         # The stream-id time of the latest entry of any child, and its latest ts.
         self.heard_ms = 0
@@ -50,10 +54,10 @@ class ChildrenTally:
     def count(self, child_id: str, weight: float, status: str, overall: float) -> None:
         """Take the child's latest figures in place of those it had."""
         self.drop(child_id)
-        share = Fraction(weight) * Fraction(child_figure(status, overall))
-        self._parts[child_id] = ChildPart(Fraction(weight), status, share)
-        self._shares += share
-        self._weights += Fraction(weight)
+        part = ChildPart(scaled_weight(weight), status, scaled_share(weight, status, overall))
+        self._parts[child_id] = part
+        self._shares += part.share
+        self._weights += part.weight
         self.by_status[status] = self.by_status.get(status, 0) + 1
 
     def heard(self, heard_ms: int, updated_at: int) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
-from relay.protocol.children import MAX_CHILD_WEIGHT, child_figure, weighted_mean
+from relay.protocol.children import (
+    MAX_CHILD_WEIGHT,
+    SCALE,
+    child_figure,
+    scaled_share,
+    scaled_weight,
+    weighted_mean,
+)
 from relay.protocol.entries import EntryError, event_from_entry
 from relay.protocol.event import ProgressEvent, event_from_data, parse_event_json
 from relay.server.children import ChildrenTally
@@ -37,9 +43,13 @@ def test_a_child_counts_100_once_completed_and_where_it_stands_or_stopped_otherw
 
 
 def test_the_aggregate_is_the_weighted_mean_and_never_above_100() -> None:
-    assert weighted_mean(Fraction(0), Fraction(0)) == 0
-    assert weighted_mean(Fraction(1 * 100 + 3 * 20), Fraction(4)) == 40
-    assert weighted_mean(Fraction(1000), Fraction(5)) == 100
+    assert weighted_mean(0, 0) == 0
+    assert (
+        weighted_mean(scaled_share(1, "completed", 0) + scaled_share(3, "running", 20), 4 * SCALE)
+        == 40
+    )
+    assert weighted_mean(1000, 5) == 100
+    assert scaled_weight(MAX_CHILD_WEIGHT) * 100 < 2**63  # sums stay small integers
 
 
 def test_a_tally_replaces_each_childs_part_and_counts_by_status() -> None:
