@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -9,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from relay.protocol.children import (
+    DEFAULT_CHILD_WEIGHT,
     MAX_CHILD_WEIGHT,
+    MAX_CHILDREN_LISTED,
     SCALE,
     child_figure,
     scaled_share,
@@ -156,3 +159,13 @@ def test_the_gateways_figures_are_left_out_when_data_is_read_back() -> None:
         "children_completed": 0,
     }
     assert event_from_data(data).parent_id == "p1"
+
+
+def test_the_protocol_page_and_readme_state_the_limits() -> None:
+    root = Path(__file__).parents[2]
+    page = " ".join((root / "docs" / "protocol.md").read_text(encoding="utf-8").split())
+    assert f"at most {MAX_CHILDREN_LISTED} ids" in page
+    weight = f"at most {MAX_CHILD_WEIGHT:,}; {DEFAULT_CHILD_WEIGHT} while never named"
+    assert weight in page
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert f"at most {MAX_CHILD_WEIGHT:,} (default {DEFAULT_CHILD_WEIGHT})" in readme
