@@ -1,12 +1,14 @@
-"""The session view's children: the parent's aggregate rule, orphans, bounds and liveness."""
+"""The session view's children: the aggregate rule, orphans, bounds, liveness and routing."""
 
 from __future__ import annotations
 
 from relay.protocol.children import MAX_CHILDREN_LISTED
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
+from relay.server.hub import Hub
 from relay.server.liveness import LivenessRules
 from relay.server.session_view import SessionView
+from tests.server.test_owners import listener
 
 NOW = 1_700_000_000_000
 _SEQUENCE = [0]
@@ -132,3 +134,31 @@ def test_children_keep_a_quiet_parent_alive_and_completion_needs_each_completed(
     assert verdict is not None
     assert verdict.status == "completed"
     assert verdict.metadata["inferred"] is True
+
+
+def child_envelope(number: int, owner: str | None, parent_type: str | None) -> Envelope:
+    event = ProgressEvent(
+        session_id="c1", workflow_type="tile", step="s", progress=1, parent_id="p", owner=owner
+    )
+    envelope = Envelope.of(f"{number}-0", event)
+    envelope.parent_type = parent_type
+    return envelope
+
+
+def test_a_childs_events_reach_its_parents_subscriptions_once_scoped_by_the_childs_owner() -> None:
+    hub = Hub()
+    by_type, by_any, alice, bob, other = (listener(name)[0] for name in "tAabo")
+    for subscriber in (by_type, by_any, alice, bob, other):
+        hub.attach(subscriber)
+    hub.subscribe(by_type, ("map", "p"))
+    hub.subscribe(by_any, ("*", "p"))
+    hub.subscribe(alice, ("*", "p"), owner="alice")
+    hub.subscribe(bob, ("map", "p"), owner="bob")
+    hub.subscribe(other, ("map", "q"))
+    # The parent's type is known once it reported; before, only "*" subscriptions match.
+    assert hub.route(child_envelope(1, "alice", "map")) == 3
+    assert hub.route(child_envelope(2, "alice", None)) == 2
+    assert hub.route(child_envelope(3, "bob", "map")) == 3
+    assert hub.route(child_envelope(4, None, "map")) == 2
+    hub.subscribe(by_type, ("tile", None))  # matched twice: delivered once
+    assert hub.route(child_envelope(5, None, "map")) == 2
