@@ -84,6 +84,15 @@ export interface SessionState {
   readonly lastError: string | null;
   /** The user the session runs for, or null when no event named one. */
   readonly owner: string | null;
+  /** The session's parent, or null. */
+  readonly parentId: string | null;
+  /**
+   * Its children the gateway remembers, and those that completed. A parent
+   * that reports no progress of its own shows their aggregate as
+   * `overallProgress`, moved live by its children's events.
+   */
+  readonly childrenCount: number;
+  readonly childrenCompleted: number;
   /** When the session started, ms since the epoch. */
   readonly startTime: number;
   /** When its latest report was made, ms since the epoch. */

@@ -660,6 +660,8 @@ class Watcher {
   onEvent(frame) {
     const data = frame.data;
     if (!data) return;
+    // A child's event moves its parent's bar, if we hold the parent.
+    this.#fromChild(data);
     // The socket carries other watchers' events: take only this watcher's.
     if (this.#sessionId && data.session_id !== this.#sessionId) return;
     if (this.#workflowType !== ANY_TYPE && data.workflow_type !== this.#workflowType) return;
@@ -670,6 +672,26 @@ class Watcher {
   }
 
   // --- inside -------------------------------------------------------------
+
+  /**
+   * A child's event carries its parent's figures after it, as the gateway
+   * worked them out (`parent_progress`, `parent_children_count`,
+   * `parent_children_completed`): the parent's record takes them. The child's
+   * id is of another stream, so the parent's own last event id stays.
+   */
+  #fromChild(data) {
+    if (data.parent_id == null || data.parent_progress == null) return;
+    const parent = this.#records.get(data.parent_id);
+    if (!parent || !parent.state.isInProgress) return;
+    const fields = {
+      ...parent.state,
+      overallProgress: data.parent_progress,
+      childrenCount: data.parent_children_count ?? parent.state.childrenCount,
+      childrenCompleted: data.parent_children_completed ?? parent.state.childrenCompleted,
+      updatedAt: Math.max(parent.state.updatedAt, data.ts ?? 0),
+    };
+    this.#store(projected(fields, parent.firstProgress), null);
+  }
 
   /** Ride on the shared socket for `credential` (a token or a getToken function). */
   #join(credential) {
@@ -918,6 +940,10 @@ function recordFromEvent(previous, frame, typicalDuration) {
     lastError: data.error ?? previous?.state.lastError ?? null,
     // The gateway puts the session's owner in every event of an owned session.
     owner: data.owner ?? previous?.state.owner ?? null,
+    parentId: data.parent_id ?? previous?.state.parentId ?? null,
+    // A parent's events routed live carry its children's counts.
+    childrenCount: data.children_count ?? previous?.state.childrenCount ?? 0,
+    childrenCompleted: data.children_completed ?? previous?.state.childrenCompleted ?? 0,
     ...planFields(previous, data),
     startTime: previous?.state.startTime ?? data.ts,
     updatedAt: data.ts,
@@ -934,11 +960,12 @@ function recordFromEvent(previous, frame, typicalDuration) {
  * Where an event frame stands in its session's plan. The gateway adds
  * `overall_progress`, `step_index` and `step_count` to the events of a
  * session with a plan (null overall for a step the plan does not list: the
- * figure stays where it was); without them, overall progress is the progress.
+ * figure stays where it was); without them, overall progress is the progress,
+ * unless the gateway gave a parent's children's aggregate as `overall_progress`.
  */
 function planFields(previous, data) {
   if (data.step_count == null) {
-    return { overallProgress: data.progress, stepIndex: null, stepCount: null };
+    return { overallProgress: data.overall_progress ?? data.progress, stepIndex: null, stepCount: null };
   }
   return {
     overallProgress: data.overall_progress ?? previous?.state.overallProgress ?? 0,
@@ -970,6 +997,9 @@ function recordFromServer(previous, server) {
     attempt: server.attempt ?? 1,
     lastError: server.last_error ?? null,
     owner: server.owner ?? null,
+    parentId: server.parent_id ?? null,
+    childrenCount: server.children_count ?? 0,
+    childrenCompleted: server.children_completed ?? 0,
     overallProgress: server.overall_progress ?? server.progress,
     stepIndex: server.step_index ?? null,
     stepCount: server.step_count ?? null,

@@ -12,7 +12,10 @@ fails and is retried (``retrying``, attempt 2, then on to the end); now and
 then a worker goes silent for longer than the gateway's stall time, so that
 the session is ``stalled`` until its next report makes it running again; and
 more rarely a worker hangs and never reports again, so that its session stays
-stalled (or is failed by a gateway with ``RELAY_ABANDON_AFTER``).
+stalled (or is failed by a gateway with ``RELAY_ABANDON_AFTER``). Now and then
+a map fans out: it reports no progress of its own and starts a few ``tile``
+sessions, its children, whose reports move its one bar (see
+:mod:`relay.protocol.children`).
 
 Every session is reported with the project's own reporting sessions
 (:class:`relay.client.reporting_session.AsyncReportingSession`), so the
@@ -109,6 +112,9 @@ FAILURES: dict[str, tuple[tuple[type[Exception], str], ...]] = {
 # How long a session pauses between reports: fast, normal and slow workers.
 PACES: tuple[tuple[float, float], ...] = ((0.3, 0.6), (0.5, 1.2), (1.0, 2.0))
 
+# How many tiles a map that fans out starts, at least and at most.
+FAN_OUT = (3, 5)
+
 # A silent worker is quiet for this many stall times: long enough for a
 # gateway, which checks ten times a stall time, to notice it surely.
 SILENCE = (1.5, 2.5)
@@ -132,6 +138,8 @@ class DemoOptions:
     """Chance that a worker goes silent for longer than ``stall_after``, then carries on."""
     hang_chance: float = 0.02
     """Chance that a worker goes silent and never reports again (until the demo stops)."""
+    fan_out_chance: float = 0.15
+    """Chance that a map fans out to tile sessions, its children, and shows their aggregate."""
     stall_after: float = DEFAULT_STALL_AFTER
     """The stall time of the gateway the demo publishes to (0: it has none)."""
     safe_start: int = 3
@@ -151,12 +159,12 @@ class Publisher(Protocol):
         session_id: str,
         *,
         heartbeat_interval: float | None,
-        plan: PlanSpec,
+        plan: PlanSpec | None,
     ) -> AsyncReportingSession:
         """A reporting session that raises CancelRequested on a cancellation.
 
         It sends heartbeats every ``heartbeat_interval`` seconds of silence, or none for None,
-        and declares ``plan`` with its first event.
+        and declares ``plan`` (if any) with its first event.
         """
 
     async def request_cancel(self, session: AsyncReportingSession) -> str:
@@ -187,6 +195,8 @@ class _Plan:
     silent_at: int | None = None
     silence: float | None = None
     """Seconds the worker is quiet after the report at ``silent_at``; None: for ever."""
+    tiles: int = 0
+    """Child sessions of type ``tile`` it fans out to, instead of reporting steps itself."""
 
     @property
     def silent(self) -> bool:
@@ -272,6 +282,7 @@ class Simulation:
         ticks[-1] = (name, 97, details)
         pause = options.pace[0] if quick else rng.choice(options.pace)
         fail_at = failure = cancel_at = retry_at = silent_at = silence = None
+        tiles = 0
         if not safe and rng.random() < options.fail_chance:
             fail_at = rng.randrange(1, len(ticks))
             failure = self._failure(workflow_type)
@@ -285,6 +296,9 @@ class Simulation:
             silence = rng.uniform(*SILENCE) * options.stall_after
         elif not safe and rng.random() < options.hang_chance:
             silent_at = rng.randrange(0, len(ticks) - 1)
+        elif not safe and workflow_type == "map" and rng.random() < options.fan_out_chance:
+            tiles = rng.randint(*FAN_OUT)
+            ticks = []  # the map reports no steps of its own: its tiles move its bar
         if silent_at is not None and options.stall_after > 0:
             # Without heartbeats, the worker's ordinary pauses must stay well
             # within the stall time: only its one silence should stall it.
@@ -301,6 +315,7 @@ class Simulation:
             retry_at=retry_at,
             silent_at=silent_at,
             silence=silence,
+            tiles=tiles,
         )
 
     def _failure(self, workflow_type: str) -> Exception:
@@ -316,10 +331,19 @@ class Simulation:
             plan.workflow_type,
             plan.session_id,
             heartbeat_interval=heartbeats,
-            plan=[(step.name, step.weight) for step in WORKFLOWS[plan.workflow_type]],
+            # A parent that fans out declares no plan: its bar is its children's.
+            plan=None
+            if plan.tiles
+            else [(step.name, step.weight) for step in WORKFLOWS[plan.workflow_type]],
         )
         try:
             async with session:
+                if plan.tiles:
+                    await session.report("fanning out", 0, {"details": f"{plan.tiles} tiles"})
+                    tiles = (
+                        self._run_tile(session, plan, n, heartbeats) for n in range(plan.tiles)
+                    )
+                    await asyncio.gather(*tiles)
                 for index, (step, progress, details) in enumerate(plan.ticks):
                     if index == plan.fail_at and plan.failure is not None:
                         raise plan.failure
@@ -355,6 +379,27 @@ class Simulation:
         self.ended.append(ended)
         if self._on_end is not None:
             self._on_end(ended)
+
+    async def _run_tile(
+        self,
+        parent: AsyncReportingSession,
+        plan: _Plan,
+        number: int,
+        heartbeats: float | None,
+    ) -> None:
+        """One child of a fanned-out map: a tile rendered in a few reports, at its own pace."""
+        rng = self._rng
+        child = parent.child(
+            "tile",
+            f"{plan.session_id}-tile-{number}",
+            weight=rng.choice((1, 1, 2)),
+            heartbeat_interval=heartbeats,
+        )
+        async with child:
+            ticks = rng.randint(2, 4)
+            for tick in range(ticks):
+                await child.report("rendering", round(97 * (tick + 1) / ticks))
+                await asyncio.sleep(rng.uniform(*plan.pause))
 
     @staticmethod
     async def _silence(seconds: float | None) -> None:
@@ -400,7 +445,7 @@ class RedisPublisher:
         session_id: str,
         *,
         heartbeat_interval: float | None,
-        plan: PlanSpec,
+        plan: PlanSpec | None,
     ) -> AsyncReportingSession:
         return self._reporter.session(
             workflow_type,
@@ -448,7 +493,7 @@ class HttpPublisher:
         session_id: str,
         *,
         heartbeat_interval: float | None,
-        plan: PlanSpec,
+        plan: PlanSpec | None,
     ) -> AsyncReportingSession:
         reporter = HttpReporter(self._url, api_key=self._api_key, retry=self._retry)
         return AsyncReportingSession(

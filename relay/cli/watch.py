@@ -31,10 +31,17 @@ from rich.live import Live
 from rich.text import Text
 
 from relay.client.subscriber import Connection, Reset, Update, watch
+from relay.protocol.children import (
+    CHILDREN_COMPLETED_FIELD,
+    CHILDREN_COUNT_FIELD,
+    PARENT_CHILDREN_FIELD,
+    PARENT_COMPLETED_FIELD,
+    PARENT_PROGRESS_FIELD,
+)
 from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEvent
 from relay.protocol.frames import ANY_TYPE, encode_event_frame
 from relay.protocol.numbers import format_number
-from relay.protocol.plans import PlanPosition
+from relay.protocol.plans import OVERALL_FIELD, PlanPosition
 from relay.protocol.progress import estimated_time_remaining
 from relay.server.http_sessions import MAX_LIST
 
@@ -82,8 +89,17 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def format_event(event: ProgressEvent, position: PlanPosition | None = None) -> str:
-    """One readable line for an event; with a plan, its step's place and the overall figure."""
+def format_event(
+    event: ProgressEvent,
+    position: PlanPosition | None = None,
+    family: Mapping[str, float] | None = None,
+) -> str:
+    """One readable line for an event; with a plan, its step's place and the overall figure.
+
+    ``family``: the figures the gateway added about the session's children
+    (a parent's count, and its aggregate) or its parent's (see
+    :func:`relay.protocol.children.family_in`).
+    """
     line = (
         f"{event.workflow_type:<12} {event.session_id:<24} "
         f"{format_number(event.progress):>6}%  {event.status:<16} {event.step}"
@@ -93,11 +109,24 @@ def format_event(event: ProgressEvent, position: PlanPosition | None = None) -> 
         line += f"  step {place}/{position.step_count}"
         if position.overall is not None:
             line += f", overall {format_percent(position.overall)}"
+    family = family or {}
+    if CHILDREN_COUNT_FIELD in family:
+        line += f"  children {_children_text(family)}"
+        if position is None and OVERALL_FIELD in family:
+            line += f", overall {format_percent(family[OVERALL_FIELD])}"
+    if PARENT_PROGRESS_FIELD in family:
+        line += f"  parent {event.parent_id} {format_percent(family[PARENT_PROGRESS_FIELD])}"
     if event.attempt is not None:
         line += f"  attempt {event.attempt}"
     if event.error:
         line += f"  error: {one_line(event.error)}"
     return line
+
+
+def _children_text(family: Mapping[str, float]) -> str:
+    """``2/5 done``: a parent's children completed, of those counted."""
+    completed = format_number(family.get(CHILDREN_COMPLETED_FIELD, 0))
+    return f"{completed}/{format_number(family[CHILDREN_COUNT_FIELD])} done"
 
 
 def format_percent(progress: float) -> str:
@@ -162,6 +191,8 @@ class SessionRow:
     typical_duration: float | None = None
     typical_step_durations: tuple[float | None, ...] | None = None
     """The gateway's learned figures, from its state of the session (see :class:`SessionStart`)."""
+    children: tuple[int, int] | None = None
+    """A parent's children completed and counted, as the gateway's latest figures say."""
 
     @property
     def ended(self) -> bool:
@@ -282,8 +313,19 @@ class ProgressBoard:
         for key in [k for k, row in self._rows.items() if row.workflow_type == workflow_type]:
             del self._rows[key]
 
-    def update(self, event: ProgressEvent, position: PlanPosition | None = None) -> None:
-        """Take one event as its session's latest, with its place in a plan as delivered."""
+    def update(
+        self,
+        event: ProgressEvent,
+        position: PlanPosition | None = None,
+        family: Mapping[str, float] | None = None,
+    ) -> None:
+        """Take one event as its session's latest, with its place in a plan as delivered.
+
+        ``family`` (see :func:`format_event`) gives a parent's row its
+        children's figures, from its own events and from its children's.
+        """
+        family = family or {}
+        self._parent_moved(event, family)
         now = self._clock()
         ts = float(event.ts or now * 1000)
         row = self._rows.get(event.session_id)
@@ -319,6 +361,13 @@ class ProgressBoard:
         row.step = event.step
         row.progress = event.progress
         row.overall = _overall(event, position, row.overall)
+        if position is None and OVERALL_FIELD in family:
+            row.overall = float(family[OVERALL_FIELD])
+        if CHILDREN_COUNT_FIELD in family:
+            row.children = (
+                int(family.get(CHILDREN_COMPLETED_FIELD, 0)),
+                int(family[CHILDREN_COUNT_FIELD]),
+            )
         row.step_index = None if position is None else position.step_index
         row.step_count = None if position is None else position.step_count
         row.status = event.status
@@ -329,6 +378,21 @@ class ProgressBoard:
         row.metadata = event.metadata
         row.seen_at = now
         row.eta = _estimate(row)
+
+    def _parent_moved(self, event: ProgressEvent, family: Mapping[str, float]) -> None:
+        """A child's event carries its parent's figures after it: the parent's row takes them."""
+        parent = self._rows.get(event.parent_id) if event.parent_id is not None else None
+        if parent is None or parent.ended or PARENT_PROGRESS_FIELD not in family:
+            return
+        parent.overall = float(family[PARENT_PROGRESS_FIELD])
+        if PARENT_CHILDREN_FIELD in family:
+            parent.children = (
+                int(family.get(PARENT_COMPLETED_FIELD, 0)),
+                int(family[PARENT_CHILDREN_FIELD]),
+            )
+        parent.last_ts = max(parent.last_ts, float(event.ts or 0))
+        parent.seen_at = self._clock()
+        parent.eta = _estimate(parent)
 
     def remaining(self, row: SessionRow) -> float | None:
         """Seconds left now: the estimate at the latest event, counted down since."""
@@ -475,12 +539,18 @@ def _overall(event: ProgressEvent, position: PlanPosition | None, known: float) 
 
 
 def _step_text(row: SessionRow) -> str:
-    """``2/3 generating 50%`` with a plan; the step alone without one."""
+    """``2/3 generating 50%`` with a plan; the step alone without one.
+
+    A parent's starts with its children: ``children 2/5 done``.
+    """
     step = one_line(row.step)
-    if row.step_count is None:
+    if row.step_count is not None:
+        place = "?" if row.step_index is None else str(row.step_index)
+        step = f"{place}/{row.step_count} {step} {format_percent(row.progress)}"
+    if row.children is None:
         return step
-    place = "?" if row.step_index is None else str(row.step_index)
-    return f"{place}/{row.step_count} {step} {format_percent(row.progress)}"
+    completed, count = row.children
+    return f"children {completed}/{count} done  {step}"
 
 
 def _estimate(row: SessionRow) -> float | None:
@@ -561,9 +631,11 @@ async def watch_events(
     async with contextlib.aclosing(updates):
         async for update in updates:
             if as_json:
-                line = encode_event_frame(str(update.id), update.event, update.position)
+                line = encode_event_frame(
+                    str(update.id), update.event, update.position, update.family
+                )
             else:
-                line = format_event(update.event, update.position)
+                line = format_event(update.event, update.position, update.family)
             print(line, file=out, flush=True)
     return 0
 
@@ -672,7 +744,7 @@ class _StartFetcher:
 async def _show_on(board: ProgressBoard, updates: AsyncGenerator[Update, None]) -> None:
     async with contextlib.aclosing(updates):
         async for update in updates:
-            board.update(update.event, update.position)
+            board.update(update.event, update.position, update.family)
 
 
 async def watch_bars(

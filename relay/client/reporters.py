@@ -194,6 +194,8 @@ class BlockingReporter(ABC):
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
         plan: PlanSpec | None = None,
+        parent_id: str | None = None,
+        weight: float | None = None,
     ) -> ReportingSession:
         """A context manager reporting one session's steps, heartbeats and its end.
 
@@ -202,6 +204,8 @@ class BlockingReporter(ABC):
         is the user the session runs for, sent with each of its events.
         ``plan`` declares the session's steps, as names or ``(name, weight)`` pairs:
         its first event carries it, and each report then gives its step's own progress.
+        ``parent_id`` names the session this one is a child of, ``weight`` its
+        share of that parent (see :meth:`ReportingSession.child`).
         """
         return ReportingSession(
             self,
@@ -211,6 +215,8 @@ class BlockingReporter(ABC):
             heartbeat_interval=heartbeat_interval,
             owner=owner,
             plan=plan,
+            parent_id=parent_id,
+            weight=weight,
         )
 
 
@@ -376,10 +382,13 @@ class AsyncReporter:
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
         plan: PlanSpec | None = None,
+        parent_id: str | None = None,
+        weight: float | None = None,
     ) -> AsyncReportingSession:
         """An async context manager reporting one session's steps, heartbeats and its end.
 
-        ``heartbeat_interval``, ``owner`` and ``plan`` are as for :meth:`BlockingReporter.session`.
+        ``heartbeat_interval``, ``owner``, ``plan``, ``parent_id`` and ``weight`` are as
+        for :meth:`BlockingReporter.session`.
         """
         return AsyncReportingSession(
             self,
@@ -389,6 +398,8 @@ class AsyncReporter:
             heartbeat_interval=heartbeat_interval,
             owner=owner,
             plan=plan,
+            parent_id=parent_id,
+            weight=weight,
         )
 
     async def aclose(self) -> None:

@@ -28,6 +28,12 @@ A session may declare its steps up front: with ``plan=[("analyzing", 1),
 carries the plan, and each ``session.report(step, progress)`` then gives that
 step's own progress; the gateways work out the whole workflow's from the
 weights (see :mod:`relay.protocol.plans`).
+
+A workflow that fans out starts child sessions: ``session.child("tile",
+weight=2)`` opens a session of its own whose events name this one as their
+parent, and the gateways show the parent's progress as its children's
+aggregate while it reports none of its own (see :mod:`relay.protocol.children`).
+A cancel of the parent reaches each child through its own session, as any cancel.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import threading
 import time
 import uuid
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from relay.client.retry import ReportError
 from relay.protocol.entries import Receipt
@@ -101,6 +107,10 @@ class _SessionState:
         self.session_id = session_id or uuid.uuid4().hex
         # Sent with every event: any one of them may be the first the gateways keep.
         self.owner = owner
+        # Sent with every event, as the owner is: the parent and this session's share
+        # of it, given by each kind of session as it is made.
+        self.parent_id: str | None = None
+        self.weight: float | None = None
         self.raise_on_cancel = raise_on_cancel
         if heartbeat_interval is not None and heartbeat_interval < 0:
             raise ValueError(f"heartbeat_interval must not be negative: {heartbeat_interval}")
@@ -113,6 +123,35 @@ class _SessionState:
         self.latest: ProgressEvent | None = None
         self.reported_at = time.monotonic()
 
+    def child(
+        self,
+        workflow_type: str,
+        session_id: str | None = None,
+        *,
+        weight: float | None = None,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        plan: PlanSpec | None = None,
+    ) -> Self:
+        """A session of this one's children: its events name this session as their parent.
+
+        ``weight`` is its share of this session's progress (1 when not given);
+        it reports through the same reporter, for the same owner, and stops
+        on cancel as this one does.
+        """
+        options = {
+            "raise_on_cancel": self.raise_on_cancel,
+            "heartbeat_interval": heartbeat_interval,
+            "owner": self.owner,
+            "plan": plan,
+            "parent_id": self.session_id,
+            "weight": weight,
+        }
+        return self._spawn(workflow_type, session_id, options)
+
+    def _spawn(self, workflow_type: str, session_id: str | None, options: dict[str, Any]) -> Self:
+        """A session like this one, of the same reporter (each kind says how it is made)."""
+        raise NotImplementedError
+
     def event(self, step: str, progress: float, **fields: Any) -> ProgressEvent:
         """A validated event of this session; once it was retried, of its current attempt."""
         if self.attempt > 1:
@@ -121,6 +160,10 @@ class _SessionState:
             fields.setdefault("owner", self.owner)
         if self.plan is not None:
             fields.setdefault("plan", self.plan)
+        if self.parent_id is not None:
+            fields.setdefault("parent_id", self.parent_id)
+        if self.weight is not None:
+            fields.setdefault("weight", self.weight)
         return ProgressEvent(
             session_id=self.session_id,
             workflow_type=self.workflow_type,
@@ -212,16 +255,22 @@ class ReportingSession(_SessionState):
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
         plan: PlanSpec | None = None,
+        parent_id: str | None = None,
+        weight: float | None = None,
     ) -> None:
         super().__init__(
             workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
         )
+        self.parent_id, self.weight = parent_id, weight
         self._reporter = reporter
         # Held from choosing an event until it is published and noted, so that
         # a heartbeat never repeats a report after a newer one was published.
         self._publishing = threading.Lock()
         self._ended = threading.Event()
         self._beating: threading.Thread | None = None
+
+    def _spawn(self, workflow_type: str, session_id: str | None, options: dict[str, Any]) -> Self:
+        return type(self)(self._reporter, workflow_type, session_id, **options)
 
     def report(self, step: str, progress: float, metadata: dict[str, Any] | None = None) -> str:
         """Report a step; returns its stream id."""
@@ -292,15 +341,21 @@ class AsyncReportingSession(_SessionState):
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         owner: str | None = None,
         plan: PlanSpec | None = None,
+        parent_id: str | None = None,
+        weight: float | None = None,
     ) -> None:
         super().__init__(
             workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
         )
+        self.parent_id, self.weight = parent_id, weight
         self._reporter = reporter
         # As for the blocking session: a heartbeat never overtakes a newer report.
         self._publishing = asyncio.Lock()
         self._ended = asyncio.Event()
         self._beating: asyncio.Task[None] | None = None
+
+    def _spawn(self, workflow_type: str, session_id: str | None, options: dict[str, Any]) -> Self:
+        return type(self)(self._reporter, workflow_type, session_id, **options)
 
     async def report(
         self, step: str, progress: float, metadata: dict[str, Any] | None = None

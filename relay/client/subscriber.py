@@ -15,12 +15,13 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
+from relay.protocol.children import family_in
 from relay.protocol.event import ProgressEvent, event_from_data
 from relay.protocol.frames import ANY_TYPE, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED
 from relay.protocol.plans import PlanPosition, position_in
@@ -59,12 +60,15 @@ class Update:
     """One event as the gateway delivered it: its stream id, the event, and its place in a plan.
 
     ``position`` is the gateway's figure for a session with a plan (see
-    :mod:`relay.protocol.plans`), None for one without.
+    :mod:`relay.protocol.plans`), None for one without; ``family`` the
+    figures it added about the session's children or parent (see
+    :func:`relay.protocol.children.family_in`), empty for most events.
     """
 
     id: StreamId
     event: ProgressEvent
     position: PlanPosition | None = None
+    family: dict[str, int | float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,7 @@ def parse_update(frame: dict[str, Any]) -> Update | None:
             id=StreamId.parse(str(frame.get("id"))),
             event=event_from_data(data),
             position=position_in(data) if isinstance(data, dict) else None,
+            family=family_in(data) if isinstance(data, dict) else {},
         )
     except (ValueError, ValidationError) as exc:
         logger.debug("skipped an invalid event frame %r: %s", frame.get("id"), exc)

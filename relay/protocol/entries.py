@@ -213,6 +213,8 @@ _ENTRY_FIELDS = frozenset(
         "ts",
         "owner",
         "plan",
+        "parent_id",
+        "weight",
     }
 )
 
@@ -248,8 +250,9 @@ def event_from_entry(workflow_type: str, entry_id: str, fields: dict[str, str]) 
     raw: dict[str, Any] = {k: v for k, v in fields.items() if k in _ENTRY_FIELDS}
     raw["workflow_type"] = workflow_type
     try:
-        if "progress" in raw:
-            raw["progress"] = float(raw["progress"])
+        for name in ("progress", "weight"):
+            if name in raw:
+                raw[name] = float(raw[name])
         for name in ("metadata", "plan"):
             if name in raw:
                 raw[name] = _json_field(name, raw[name])

@@ -13,8 +13,10 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from relay.protocol.children import CHILD_FIELDS, MAX_CHILD_WEIGHT
 from relay.protocol.numbers import format_number
 from relay.protocol.plans import (
     MAX_PLAN_STEPS,
@@ -140,6 +142,21 @@ class ProgressEvent(BaseModel):
         description="The session's weighted steps, in order; replaces any plan declared before. "
         "A step listed twice counts at its first listing.",
     )
+    # The session this one is a child of, and its share of that parent (see
+    # relay.protocol.children): the first event naming each sets it for good.
+    parent_id: SessionId | None = Field(
+        default=None,
+        description="The parent session; the first event naming one sets it for good. "
+        "A session naming itself has no parent.",
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_CHILD_WEIGHT,
+        allow_inf_nan=False,
+        description="The session's share of its parent, 1 when never named; the first "
+        "event naming one sets it for good.",
+    )
 
     @field_validator("ts", "attempt", mode="before")
     @classmethod
@@ -147,6 +164,16 @@ class ProgressEvent(BaseModel):
         # JSON does not tell 1700000000000.0 from 1700000000000 (nor does JSON Schema).
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_its_own_parent(cls, value: Any) -> Any:
+        # A session cannot be its own parent. JSON Schema cannot compare two
+        # fields, and the document states every rule, so the name is dropped
+        # rather than refused: the session has no parent.
+        if isinstance(value, dict) and value.get("parent_id", "") == value.get("session_id"):
+            return {k: v for k, v in value.items() if k != "parent_id"}
         return value
 
     @field_validator("step")
@@ -203,6 +230,10 @@ class ProgressEvent(BaseModel):
             fields["ts"] = str(ts)
         if self.plan is not None:
             fields["plan"] = orjson.dumps(plan_json(self.plan)).decode()
+        if self.parent_id is not None:
+            fields["parent_id"] = self.parent_id
+        if self.weight is not None:
+            fields["weight"] = str(format_number(self.weight))
         return fields
 
     def data(self) -> dict[str, Any]:
@@ -224,6 +255,10 @@ class ProgressEvent(BaseModel):
             data["owner"] = self.owner
         if self.plan is not None:
             data["plan"] = plan_json(self.plan)
+        if self.parent_id is not None:
+            data["parent_id"] = self.parent_id
+        if self.weight is not None:
+            data["weight"] = format_number(self.weight)
         if self.status == CANCEL_REQUESTED:
             data[CANCEL_FLAG] = True
         return data
@@ -244,7 +279,7 @@ def as_delivered(event: ProgressEvent, cancel_pending: bool) -> ProgressEvent:
 
 
 # What a gateway adds to an event's ``data`` as it delivers it, never part of a report.
-DELIVERY_FIELDS = frozenset({CANCEL_FLAG, *POSITION_FIELDS})
+DELIVERY_FIELDS = frozenset({CANCEL_FLAG, *POSITION_FIELDS, *CHILD_FIELDS})
 
 
 def event_from_data(data: Any) -> ProgressEvent:

@@ -134,9 +134,14 @@ def error_frame(code: str, message: str, detail: list[dict[str, str]] | None = N
     return _frame(**fields)
 
 
-def cancel_requested_frame(session_id: str, entry_id: str) -> str:
-    """Confirms that a cancellation request was published."""
-    return _frame(type="cancel_requested", session_id=session_id, id=entry_id)
+def cancel_requested_frame(session_id: str, entry_id: str, children: int) -> str:
+    """Confirms that a cancellation request was published, and for how many of its children."""
+    return _frame(
+        type="cancel_requested",
+        session_id=session_id,
+        id=entry_id,
+        children_cancel_requested=children,
+    )
 
 
 def authenticated_frame(subject: str) -> str:
@@ -168,16 +173,23 @@ def frame_prefix(workflow_type: str, entry_id: str) -> str:
 
 
 def encode_event_frame(
-    entry_id: str, event: ProgressEvent, position: PlanPosition | None = None
+    entry_id: str,
+    event: ProgressEvent,
+    position: PlanPosition | None = None,
+    derived: dict[str, Any] | None = None,
 ) -> str:
     """The WebSocket text frame for one event, built once and sent to many.
 
     ``position`` is where the event stands in its session's plan, if the
     session has one: the gateway adds it to ``data`` (see :mod:`relay.protocol.plans`).
+    ``derived`` are the figures about its parent or children the gateway
+    adds (see :mod:`relay.protocol.children`).
     """
     data_fields = event.data()
     if position is not None:
         data_fields.update(position.fields())
+    if derived:
+        data_fields.update(derived)
     data = orjson.dumps(data_fields).decode()
     return f"{frame_prefix(event.workflow_type, entry_id)}{data}}}"
 
@@ -196,9 +208,12 @@ class Envelope:
         "_event",
         "_frame",
         "_sse",
+        "derived",
         "id",
         "key",
         "owner",
+        "parent_id",
+        "parent_type",
         "position",
         "session_id",
         "terminal",
@@ -225,6 +240,11 @@ class Envelope:
         self.terminal = terminal
         # The session's owner, by which the hub routes it to owner-scoped subscriptions.
         self.owner = event.owner if event is not None else None
+        # The parent session, by which the hub routes it to the parent's subscriptions too.
+        self.parent_id = event.parent_id if event is not None else None
+        self.parent_type: str | None = None
+        # Figures the gateway derived about its parent or children, set before it is routed.
+        self.derived: dict[str, Any] | None = None
         self._event = event
         # Where the event stands in its session's plan, when it has one.
         self.position = position
@@ -236,7 +256,7 @@ class Envelope:
         """The WebSocket text frame, encoded on first use."""
         if self._frame is None:
             assert self._event is not None  # guaranteed by __init__
-            self._frame = encode_event_frame(self.id, self._event, self.position)
+            self._frame = encode_event_frame(self.id, self._event, self.position, self.derived)
         return self._frame
 
     @property
@@ -251,6 +271,14 @@ class Envelope:
             name = event_name(self.workflow_type)
             self._sse = f"id: {self.id}\nevent: {name}\ndata: {self.data_json}\n\n"
         return self._sse
+
+    def renewed(self) -> Envelope:
+        """The same event in an envelope of its own, whose frame is encoded afresh."""
+        if self._event is None:
+            return self
+        fresh = Envelope.of(self.id, self._event, self.position)
+        fresh.parent_type = self.parent_type
+        return fresh
 
     @classmethod
     def of(

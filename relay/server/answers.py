@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay.protocol.children import MAX_CHILD_WEIGHT, MAX_CHILDREN_LISTED
 from relay.protocol.event import (
     WORKFLOW_TYPE_PATTERN,
     Owner,
@@ -81,6 +82,11 @@ class CancelAnswer(_Answer):
     event: EventName
     session_id: SessionId
     status: Literal["cancel_requested"]
+    children_cancel_requested: int = Field(
+        ge=0,
+        description="How many of the session's children had not ended: each now has a "
+        "cancel_requested event of its own (one at most).",
+    )
 
 
 class SessionStateAnswer(_Answer):
@@ -153,6 +159,32 @@ class SessionStateAnswer(_Answer):
     )
     last_event_id: StreamId
     owner: Owner | None = Field(description="The user the session runs for, if an event named one.")
+    parent_id: SessionId | None = Field(
+        description="The session's parent, set by the first event naming one."
+    )
+    weight: float | None = Field(
+        gt=0,
+        le=MAX_CHILD_WEIGHT,
+        description="The session's share of its parent, set by the first event naming one; "
+        "null counts as 1.",
+    )
+    children: list[SessionId] = Field(
+        max_length=MAX_CHILDREN_LISTED,
+        description="The ids of its latest updated children, the latest first.",
+    )
+    children_count: int = Field(ge=0, description="Children remembered, listed or not.")
+    children_ongoing: int = Field(ge=0, description="Children that have not ended.")
+    children_completed: int = Field(ge=0, description="Children that completed.")
+    children_failed: int = Field(ge=0, description="Children that failed.")
+    children_cancelled: int = Field(ge=0, description="Children that were cancelled.")
+    children_progress: float | None = Field(
+        ge=0,
+        le=100,
+        description="The children's weighted mean progress (a completed child counts 100, "
+        "any other where it stands or stopped); null without children. It is the session's "
+        "overall_progress when the session declared no progress of its own: none of its "
+        "reports above 0, and no plan.",
+    )
 
 
 class EventData(ProgressEvent):
@@ -182,6 +214,30 @@ class EventData(ProgressEvent):
     )
     step_count: int | None = Field(
         default=None, ge=1, description="Present with a plan: how many steps it lists."
+    )
+    parent_progress: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Present in a child's events routed live: its parent's overall progress "
+        "as the gateway knew it after this event. Replays and history carry none.",
+    )
+    parent_children_count: int | None = Field(
+        default=None, ge=0, description="Present with parent_progress: the parent's children."
+    )
+    parent_children_completed: int | None = Field(
+        default=None,
+        ge=0,
+        description="Present with parent_progress: the parent's children that completed.",
+    )
+    children_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="Present in a parent's events routed live and in its snapshot: its "
+        "children; overall_progress is then their aggregate when it declared no progress.",
+    )
+    children_completed: int | None = Field(
+        default=None, ge=0, description="Present with children_count: those that completed."
     )
 
 

@@ -144,14 +144,19 @@ class CatchUp:
                 return []
             if owner is not None and state.owner != owner:
                 return []
-            return [state.latest] if self._routed(state.latest) else []
+            # A parent's latest event comes with its children's figures of now.
+            return [self._view.latest(state)] if self._routed(state.latest) else []
         if not frame.snapshot:
             return []
         active = self._view.sessions(
             workflow_type=None if wtype == ANY_TYPE else wtype, owner=owner
         )
         return sorted(
-            (state.latest for state in active if not state.terminal and self._routed(state.latest)),
+            (
+                self._view.latest(state)
+                for state in active
+                if not state.terminal and self._routed(state.latest)
+            ),
             key=lambda envelope: envelope.key,
         )
 

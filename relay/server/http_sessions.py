@@ -146,11 +146,12 @@ async def cancel_session(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     session_id = _session_id(request)
     require_canceller(request, session_id)
-    receipt, workflow_type = await request_cancel(gateway, session_id)
+    outcome = await request_cancel(gateway, session_id)
     answer = CancelAnswer(
-        id=receipt.id,
-        event=event_name(workflow_type),
+        id=outcome.receipt.id,
+        event=event_name(outcome.workflow_type),
         session_id=session_id,
         status="cancel_requested",
+        children_cancel_requested=outcome.children,
     )
     return model_response(answer, status=202)

@@ -9,11 +9,15 @@ Owner-scoped subscriptions (a token's ``owner_sessions`` claim, see
 :mod:`relay.server.auth`) have an index of their own, keyed by the owner
 first: an event of an owned session costs four lookups more, under its
 owner, and nobody else's subscriptions are looked at.
+
+A child session's events (see :mod:`relay.protocol.children`) also reach the
+subscriptions narrowed to its parent's id: two lookups more, and two more
+under its owner.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from relay.protocol.frames import ANY_TYPE, Envelope, SubscriptionKey
 from relay.server.coverage import Cuts
@@ -156,7 +160,10 @@ class Hub:
             )
             if group
         ]
-        owner = envelope.owner
+        owner, parent = envelope.owner, envelope.parent_id
+        if parent is not None:
+            # A child's events reach its parent's subscribers too.
+            groups.extend(group for group in _parent_groups(index, envelope, parent) if group)
         if owner is not None and self._owned:
             owned = self._owned
             groups.extend(
@@ -166,6 +173,7 @@ class Hub:
                     owned.get((owner, ANY_TYPE, None)),
                     owned.get((owner, wtype, session)),
                     owned.get((owner, ANY_TYPE, session)),
+                    *(_parent_groups(owned, envelope, parent, owner) if parent else ()),
                 )
                 if group
             )
@@ -189,3 +197,14 @@ def _leave(index: dict[K, set[Subscriber]], key: K, subscriber: Subscriber) -> N
         group.discard(subscriber)
         if not group:
             del index[key]
+
+
+def _parent_groups(
+    index: dict[Any, set[Subscriber]], envelope: Envelope, parent: str, *scope: str
+) -> tuple[set[Subscriber] | None, set[Subscriber] | None]:
+    """The subscriptions to a child's parent: by its type once the parent reported, and ``*``.
+
+    ``scope``: the child's owner, for the owner-scoped index.
+    """
+    parent_type = envelope.parent_type or ANY_TYPE
+    return index.get((*scope, ANY_TYPE, parent)), index.get((*scope, parent_type, parent))

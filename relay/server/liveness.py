@@ -12,7 +12,10 @@ The age is taken from the stream id of the session's latest entry, not from
 its ``ts``: the id is stamped by Redis's clock as the entry is written, the
 same for every worker, whereas ``ts`` comes from whoever published and may be
 set by a worker whose clock is wrong (or to anything at all). Any entry counts,
-heartbeats included, so raw-``XADD`` workers stay alive by writing.
+heartbeats included, so raw-``XADD`` workers stay alive by writing. A
+parent's children are its sign of life too: the latest entry of any of them
+counts as its own (see :mod:`relay.protocol.children`), and a parent showing
+its children's aggregate is inferred completed only once each of them completed.
 
 Every gateway reaches the same decision from the same entry, and exactly one
 publishes it: :data:`DECIDE_SCRIPT` sets a marker named by the session and
@@ -80,13 +83,16 @@ class LivenessRules:
 
     def verdict(self, state: SessionState, now: int) -> ProgressEvent | None:
         """The event the silence of ``state`` calls for at ``now`` (ms), if any."""
-        quiet_ms = now - state.heard.key.ms
+        heard_ms = state.heard.key.ms
+        if state.children is not None:
+            heard_ms = max(heard_ms, state.children.heard_ms)
+        quiet_ms = now - heard_ms
         if state.status in REPORTING_STATUSES:
             if quiet_ms < self.stall_after * 1000:
                 return None
             # The overall figure: at 100% of a step that is not its plan's
             # last, the workflow has steps still to run, so it is stalled.
-            if self.infer_completion and state.overall >= 100:
+            if self.infer_completion and state.overall >= 100 and state.children_done:
                 return _follow_up(
                     state, "completed", None, metadata={**state.metadata, "inferred": True}
                 )

@@ -9,8 +9,9 @@ subscribers stays the reader's job, so nobody receives an event twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from relay.protocol.entries import Publication, Published, Receipt, now_ms
+from relay.protocol.entries import PUBLISH_BATCH, Publication, Published, Receipt, now_ms
 from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import REUSED, KeyReused
 from relay.server.errors import ApiError
@@ -77,11 +78,24 @@ def unknown_session(session_id: str) -> ApiError:
     return ApiError(404, f"no recent session {session_id!r}")
 
 
-async def request_cancel(gateway: Gateway, session_id: str) -> tuple[Receipt, str]:
-    """Publish a ``cancel_requested`` event for a running session; answers its type too.
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """A cancel requested: the session's cancel_requested event, and its children's count."""
 
-    The worker learns of it from its next report. Asking again while the
-    request is pending answers the same event rather than publishing another.
+    receipt: Receipt
+    workflow_type: str
+    children: int
+
+
+async def request_cancel(gateway: Gateway, session_id: str) -> CancelOutcome:
+    """Publish a ``cancel_requested`` event for a running session and each of its children.
+
+    The worker learns of it from its next report; each child's worker learns
+    it from its own session, as any other. Asking again while the request is
+    pending answers the same event rather than publishing another, and a
+    child whose cancel is pending gets no second one. ``children`` counts the
+    children that have not ended, all now cancelling. Only the session's own
+    children are cancelled, not theirs (see relay.protocol.children).
     """
     state = gateway.view.get(session_id)
     if state is None:
@@ -89,16 +103,35 @@ async def request_cancel(gateway: Gateway, session_id: str) -> tuple[Receipt, st
     if state.terminal:
         raise _session_ended(state)
     if state.cancel is not None:
-        return Receipt(state.cancel.id, True), state.workflow_type
-    event = ProgressEvent(
-        session_id=session_id,
-        workflow_type=state.workflow_type,
-        step=state.step,
-        progress=state.progress,
-        metadata=state.metadata,
-        status="cancel_requested",
-        ts=now_ms(),
-    )
-    (receipt,) = await gateway.store.publish([event])
-    _applied(gateway, [event], [receipt])
-    return receipt, state.workflow_type
+        receipt = Receipt(state.cancel.id, True)
+    else:
+        (receipt,) = await _publish_cancels(gateway, [state])
+    children = [
+        child
+        for child_id in (state.children.ongoing_ids() if state.children is not None else ())
+        if (child := gateway.view.get(child_id)) is not None and not child.terminal
+    ]
+    pending = [child for child in children if child.cancel is None]
+    for start in range(0, len(pending), PUBLISH_BATCH):
+        await _publish_cancels(gateway, pending[start : start + PUBLISH_BATCH])
+    return CancelOutcome(receipt, state.workflow_type, len(children))
+
+
+async def _publish_cancels(gateway: Gateway, states: Sequence[SessionState]) -> list[Receipt]:
+    """Publish one ``cancel_requested`` event per session, its latest state kept."""
+    stamp = now_ms()
+    events = [
+        ProgressEvent(
+            session_id=state.session_id,
+            workflow_type=state.workflow_type,
+            step=state.step,
+            progress=state.progress,
+            metadata=state.metadata,
+            status="cancel_requested",
+            ts=stamp,
+        )
+        for state in states
+    ]
+    receipts = await gateway.store.publish(events)
+    _applied(gateway, events, receipts)
+    return receipts

@@ -10,6 +10,11 @@ of at most its ``history_limit`` latest events (what its history lists).
 The view also teaches a :class:`~relay.server.durations.Durations` store how
 long the sessions it sees complete took, and their plans' steps, and every
 state's time remaining uses the typical durations of its type and steps.
+
+Children (see :mod:`relay.protocol.children`) are tallied per parent id in
+:class:`~relay.server.children.ChildrenTally`: a parent that declares no
+progress of its own shows its children's aggregate, and the events routed
+live carry the figures derived after them (see :meth:`SessionView.apply`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from relay.protocol.children import (
+    CHILDREN_COMPLETED_FIELD,
+    CHILDREN_COUNT_FIELD,
+    DEFAULT_CHILD_WEIGHT,
+    PARENT_CHILDREN_FIELD,
+    PARENT_COMPLETED_FIELD,
+    PARENT_PROGRESS_FIELD,
+)
 from relay.protocol.entries import now_ms
 from relay.protocol.event import CANCEL_REQUESTED, ProgressEvent, as_delivered
 from relay.protocol.frames import Envelope
 from relay.protocol.numbers import format_number
-from relay.protocol.plans import PlanStep, plan_json
+from relay.protocol.plans import OVERALL_FIELD, PlanStep, plan_json
 from relay.protocol.progress import estimated_time_remaining
 from relay.protocol.stream_ids import StreamId
+from relay.server.children import ChildrenTally
 from relay.server.declared_plans import DeclaredPlans, plan_position
 from relay.server.durations import Durations
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT, RecentIds
@@ -41,6 +55,8 @@ class SessionState:
     __slots__ = (
         "attempt",
         "cancel",
+        "children",
+        "declared",
         "durations",
         "error",
         "first_overall",
@@ -51,8 +67,9 @@ class SessionState:
         "last_error",
         "latest",
         "metadata",
-        "overall",
+        "own_overall",
         "owner",
+        "parent_id",
         "plans",
         "position",
         "progress",
@@ -62,6 +79,7 @@ class SessionState:
         "step",
         "step_times",
         "updated_at",
+        "weight",
         "workflow_type",
     )
 
@@ -71,6 +89,7 @@ class SessionState:
         event: ProgressEvent,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         durations: Durations | None = None,
+        children: ChildrenTally | None = None,
     ) -> None:
         # Where the typical duration of its type is learned; a fresh store knows none.
         self.durations = durations if durations is not None else Durations()
@@ -88,7 +107,13 @@ class SessionState:
         self.owner = event.owner
         self.plans = DeclaredPlans()
         self.step_times = StepTimes()
-        self.overall = 0.0
+        self.own_overall = 0.0
+        # The parent and the share of it: set by the first events naming them.
+        self.parent_id = event.parent_id
+        self.weight = event.weight
+        # Its children, once any is known; whether it ever declared progress of its own.
+        self.children = children
+        self.declared = False
         self.apply(envelope, event)
         self.first_overall = self.overall
 
@@ -116,19 +141,48 @@ class SessionState:
         self.metadata = event.metadata
         if self.owner is None:
             self.owner = event.owner
+        if self.parent_id is None:
+            self.parent_id = event.parent_id
+        if self.weight is None:
+            self.weight = event.weight
+        self.declared = self.declared or event.progress > 0 or event.plan is not None
         self.updated_at = event.ts or self.started_at
         self.latest = envelope
         self.heard = envelope
         self.plans.take(envelope.key, event)
         self.position = plan_position(self.plan, event)
         if self.position is None:
-            self.overall = event.progress
+            self.own_overall = event.progress
         elif self.position.overall is not None:
             # A step the plan does not list leaves the overall figure where it was.
-            self.overall = self.position.overall
+            self.own_overall = self.position.overall
         listed = self.position is not None and self.position.step_index is not None
         if listed and not event.terminal:
             self.step_times.take(event.step, self.updated_at)
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether its overall figure is its children's: it has some, and declared no progress."""
+        return not self.declared and self.children is not None and len(self.children) > 0
+
+    @property
+    def overall(self) -> float:
+        """The whole workflow's progress: its plan's figure, its own, or its children's."""
+        if self.aggregated:
+            assert self.children is not None  # aggregated says so
+            return self.children.progress
+        return self.own_overall
+
+    @property
+    def children_done(self) -> bool:
+        """Whether nothing of its children keeps it from completing: each completed."""
+        children = self.children
+        return not self.aggregated or (children is not None and children.completed == len(children))
+
+    @property
+    def share(self) -> float:
+        """Its weight in its parent's aggregate."""
+        return self.weight if self.weight is not None else DEFAULT_CHILD_WEIGHT
 
     @property
     def plan(self) -> tuple[PlanStep, ...] | None:
@@ -151,6 +205,8 @@ class SessionState:
             and event.metadata == self.metadata
             and (event.owner is None or self.owner is not None)
             and (event.plan is None or tuple(event.plan) == self.plan)
+            and (event.parent_id is None or self.parent_id is not None)
+            and (event.weight is None or self.weight is not None)
         )
 
     @property
@@ -189,15 +245,19 @@ class SessionState:
 
         The rule is given the overall figures, so with a plan the rate is
         that of the whole workflow, not of its current step, and what its
-        steps typically take.
+        steps typically take; with its children's aggregate, the latest child
+        report is its latest update.
         """
+        updated_at = self.updated_at
+        if self.aggregated and self.children is not None:
+            updated_at = max(updated_at, self.children.updated_at)
         return estimated_time_remaining(
             status=self.status,
             progress=self.overall,
             metadata=self.metadata,
             first_progress=self.first_overall,
             started_at=self.started_at,
-            updated_at=self.updated_at,
+            updated_at=updated_at,
             typical_duration=self.typical_duration(),
             typical_step_durations=self.typical_step_durations(),
             step_index=None if self.position is None else self.position.step_index,
@@ -231,7 +291,25 @@ class SessionState:
             "estimated_time_remaining": self.estimated_time_remaining(),
             "last_event_id": self.latest.id,
             "owner": self.owner,
+            "parent_id": self.parent_id,
+            "weight": None if self.weight is None else format_number(self.weight),
+            **children_fields(self.children),
         }
+
+
+def children_fields(children: ChildrenTally | None) -> dict[str, Any]:
+    """A state's fields about its children: the latest ids, and counts by status."""
+    if children is None:
+        children = ChildrenTally()
+    return {
+        "children": children.ids(),
+        "children_count": len(children),
+        "children_ongoing": children.ongoing,
+        "children_completed": children.completed,
+        "children_failed": children.by_status.get("failed", 0),
+        "children_cancelled": children.by_status.get("cancelled", 0),
+        "children_progress": None if not len(children) else format_number(children.progress),
+    }
 
 
 class SessionView:
@@ -254,6 +332,8 @@ class SessionView:
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         # Heartbeats applied before the reader reads them back (see apply).
         self._unrouted: OrderedDict[StreamId, None] = OrderedDict()
+        # Per parent id, its children's tally, kept whether the parent is known or not.
+        self._children: dict[str, ChildrenTally] = {}
         self.evicted = 0
 
     def _horizon(self) -> int:
@@ -284,7 +364,13 @@ class SessionView:
             # Ownership belongs to the session: an event omitting its owner, or
             # naming another, is delivered as its session's, to its session's owner.
             event = event.model_copy(update={"owner": state.owner})
+        if state is not None and _strays(state, event):
+            # Like its owner, a session's parent and weight are its own, whatever an event says.
+            event = event.model_copy(update={"parent_id": state.parent_id, "weight": state.weight})
         envelope = Envelope.of(entry_id, event)
+        if event.parent_id is not None:
+            parent = self._sessions.get(event.parent_id)
+            envelope.parent_type = None if parent is None else parent.workflow_type
         if state is None or state.workflow_type != event.workflow_type:
             state = None
         elif state.cancel_pending_at(envelope.key):
@@ -302,6 +388,9 @@ class SessionView:
 
         Answers whether subscribers are to receive it.
 
+        An event to route is given the figures derived after it (see
+        :meth:`_derive`); replays, which are never applied, carry none.
+
         A heartbeat (an event that changes nothing visible, see
         :meth:`SessionState.repeated_by`) only says the worker is alive: it
         moves the session's ``heard`` entry on, and is neither routed nor
@@ -312,8 +401,12 @@ class SessionView:
         sessions = self._sessions
         state = sessions.get(event.session_id)
         if state is None:
-            sessions[event.session_id] = SessionState(
-                envelope, event, self._history_limit, self.durations
+            state = sessions[event.session_id] = SessionState(
+                envelope,
+                event,
+                self._history_limit,
+                self.durations,
+                self._children.get(event.session_id),
             )
         elif envelope.key <= state.heard.key:
             # Already applied: the gateway that published an event applies it
@@ -321,14 +414,17 @@ class SessionView:
             if envelope.key in self._unrouted:
                 del self._unrouted[envelope.key]
                 return False
+            self._derive(envelope)
             return True
         elif state.terminal and not event.terminal:
             # An ended session stays ended; a stray late report does not revive it,
             # though it is still one of its events.
             state.record(envelope)
+            self._derive(envelope)
             return True
         elif state.repeated_by(event):
             state.heard = envelope
+            self._tally(state)
             if ahead:
                 self._unrouted[envelope.key] = None
                 while len(self._unrouted) > MAX_UNROUTED:
@@ -338,8 +434,75 @@ class SessionView:
             self._learn(state, event)
             state.apply(envelope, event)
             sessions.move_to_end(event.session_id)
+        self._tally(state)
         self.evict()
+        self._derive(envelope)
         return True
+
+    def _tally(self, state: SessionState) -> None:
+        """Count a child's latest figures in its parent's tally."""
+        parent_id = state.parent_id
+        if parent_id is None:
+            return
+        tally = self._children.get(parent_id)
+        if tally is None:
+            tally = self._children[parent_id] = ChildrenTally()
+            parent = self._sessions.get(parent_id)
+            if parent is not None:
+                parent.children = tally
+        tally.count(state.session_id, state.share, state.status, state.overall)
+        tally.heard(state.heard.key.ms, state.updated_at)
+
+    def _untally(self, state: SessionState) -> None:
+        """Take a forgotten session out of its parent's tally, and the tally once empty."""
+        parent_id = state.parent_id
+        tally = None if parent_id is None else self._children.get(parent_id)
+        if parent_id is None or tally is None:
+            return
+        tally.drop(state.session_id)
+        if not len(tally):
+            del self._children[parent_id]
+            parent = self._sessions.get(parent_id)
+            if parent is not None:
+                parent.children = None
+
+    def children(self, parent_id: str) -> ChildrenTally | None:
+        """The tally of a parent's children, if any is remembered."""
+        return self._children.get(parent_id)
+
+    def _derive(self, envelope: Envelope) -> None:
+        """Give a routed event the figures of this view after it.
+
+        A parent's own event carries its children's counts and, when it shows
+        their aggregate, that as ``overall_progress``; a child's event carries
+        its parent's overall figure and counts. They are this gateway's figures
+        as it routes the event: every gateway reaches the same once it has
+        read the same entries.
+        """
+        derived: dict[str, Any] = {}
+        state = self._sessions.get(envelope.session_id)
+        if state is not None and state.children is not None and len(state.children):
+            if state.aggregated:
+                derived[OVERALL_FIELD] = format_number(state.overall)
+            derived[CHILDREN_COUNT_FIELD] = len(state.children)
+            derived[CHILDREN_COMPLETED_FIELD] = state.children.completed
+        parent_id = envelope.parent_id
+        tally = None if parent_id is None else self._children.get(parent_id)
+        if parent_id is not None and tally is not None:
+            parent = self._sessions.get(parent_id)
+            figure = tally.progress if parent is None else parent.overall
+            derived[PARENT_PROGRESS_FIELD] = format_number(figure)
+            derived[PARENT_CHILDREN_FIELD] = len(tally)
+            derived[PARENT_COMPLETED_FIELD] = tally.completed
+        envelope.derived = derived or None
+
+    def latest(self, state: SessionState) -> Envelope:
+        """The session's latest event as a snapshot sends it: a parent's with today's figures."""
+        if state.children is None:
+            return state.latest
+        fresh = state.latest.renewed()
+        self._derive(fresh)
+        return fresh
 
     def _learn(self, state: SessionState, event: ProgressEvent) -> None:
         """Tell the durations store how long ``state`` took, when ``event`` completes it.
@@ -361,7 +524,7 @@ class SessionView:
         self.durations.forget(workflow_type)
         doomed = [k for k, state in self._sessions.items() if state.workflow_type == workflow_type]
         for session_id in doomed:
-            del self._sessions[session_id]
+            self._untally(self._sessions.pop(session_id))
         return len(doomed)
 
     def evict(self) -> None:
@@ -372,7 +535,7 @@ class SessionView:
             oldest = next(iter(sessions.values()))
             if len(sessions) <= self._max and oldest.updated_at >= horizon:
                 break
-            sessions.popitem(last=False)
+            self._untally(sessions.popitem(last=False)[1])
             self.evicted += 1
 
     def sessions(
@@ -394,3 +557,10 @@ class SessionView:
             if owner is not None and state.owner != owner:
                 continue
             yield state
+
+
+def _strays(state: SessionState, event: ProgressEvent) -> bool:
+    """Whether ``event`` names another parent or weight than its session's, or omits them."""
+    return (state.parent_id is not None and event.parent_id != state.parent_id) or (
+        state.weight is not None and event.weight != state.weight
+    )

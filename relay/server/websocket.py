@@ -254,13 +254,14 @@ class Connection:
         """
         try:
             check_cancel(grant, self.gateway.view.get(session_id), session_id)
-            receipt, _ = await request_cancel(self.gateway, session_id)
+            outcome = await request_cancel(self.gateway, session_id)
         except ApiError as exc:
             self.error(exc.code, exc.message)
         except (RedisError, OSError):
             self.error("unavailable", "the store is unavailable, try again")
         else:
-            self.subscriber.deliver(cancel_requested_frame(session_id, receipt.id))
+            frame = cancel_requested_frame(session_id, outcome.receipt.id, outcome.children)
+            self.subscriber.deliver(frame)
 
     def subscribe(self, frame: Subscribe) -> None:
         """Route the frame's target to this client from now on."""

@@ -39,7 +39,15 @@ from relay.server.reader import StreamReader
 from relay.server.settings import Settings
 from relay.server.stream_store import StreamStore
 from tests.conftest import free_port
-from tests.helpers import Entries, Fields, Gateway, env_without_relay, eventually, until
+from tests.helpers import (
+    Entries,
+    Fields,
+    Gateway,
+    env_without_relay,
+    eventually,
+    state_when,
+    until,
+)
 
 TYPES = set(WORKFLOWS)
 # Quick sessions for tests: the command's own pauses are 0.3 s to 2 s.
@@ -106,9 +114,14 @@ async def test_relay_demo_publishes_the_three_workflows_for_its_duration(
         return {s["status"] for s in found} <= {"completed", "failed", "cancelled"}
 
     await until(all_ended, what="every demo session ended")
-    assert {s["workflow_type"] for s in found} == TYPES
+    # Maps that fan out have tiles for children, and no plan of their own.
+    assert {s["workflow_type"] for s in found} - {"tile"} == TYPES
     assert len(found) > len(TYPES)
-    completed = [s for s in found if s["status"] == "completed"]
+    completed = [
+        s
+        for s in found
+        if s["status"] == "completed" and s["parent_id"] is None and not s["children_count"]
+    ]
     assert completed
     assert all(s["progress"] == 100 for s in completed)
     with_eta = 0
@@ -155,13 +168,13 @@ async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdow
         async def three_types_and_a_completion() -> bool:
             found[:] = await sessions(http, gateway.url)
             types = {s["workflow_type"] for s in found}
-            return types == TYPES and any(s["status"] == "completed" for s in found)
+            return types >= TYPES and any(s["status"] == "completed" for s in found)
 
         await until(three_types_and_a_completion, timeout=15, what="demo sessions")
         running = [s for s in found if s["status"] == "running"]
         assert any(s["metadata"].get("estimated_time_remaining") is not None for s in found)
         lag = await lag_samples(http, gateway.url)
-        assert set(lag) == TYPES
+        assert set(lag) - {"tile"} == TYPES
         assert all(value >= 0 for value in lag.values())
     finally:
         code = await asyncio.to_thread(gateway.stop)
@@ -170,7 +183,7 @@ async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdow
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
         last: dict[str, str] = {}
-        for workflow_type in TYPES:
+        for workflow_type in TYPES | {"tile"}:
             stream = cast(Entries, await client.xrange(f"workflow:progress:{workflow_type}"))
             for _, fields in stream:
                 last[fields["session_id"]] = fields.get("status", "running")
@@ -332,7 +345,7 @@ STALL = 0.5
 def only(**chances: float) -> DemoOptions:
     """Quick options in which every session does one thing: the chances given, all others 0."""
     none = {"fail_chance": 0.0, "cancel_chance": 0.0, "retry_chance": 0.0}
-    none |= {"stall_chance": 0.0, "hang_chance": 0.0}
+    none |= {"stall_chance": 0.0, "hang_chance": 0.0, "fan_out_chance": 0.0}
     return DemoOptions(
         rate=5,
         max_sessions=2,
@@ -450,7 +463,7 @@ class Recording:
         session_id: str,
         *,
         heartbeat_interval: float | None,
-        plan: PlanSpec,
+        plan: PlanSpec | None,
     ) -> AsyncReportingSession:
         self.heartbeats[session_id] = heartbeat_interval
         return AsyncReportingSession(Unreachable(), workflow_type, session_id)
@@ -484,3 +497,31 @@ async def test_silent_workers_send_no_heartbeats_and_the_others_keep_to_the_stal
         assert plan.pause[1] <= STALL / 2  # its ordinary pauses never stall it
         if plan.silence is not None:
             assert plan.silence > STALL
+
+
+@pytest.mark.parametrize("through", ["http", "alongside"])
+async def test_a_map_fans_out_to_tiles_whose_reports_move_its_one_bar(
+    redis_url: str, http: aiohttp.ClientSession, through: str
+) -> None:
+    settings = Settings(redis_url=redis_url, read_block_ms=100, discovery_interval=0.1)
+    async with gateway_app(settings) as (base, relay):
+        beside = AsyncReporter(client=relay.connections.commands, retry=RetryPolicy(retry_for=5))
+        publisher = HttpPublisher(base, http) if through == "http" else RedisPublisher(beside)
+        simulation = Simulation(publisher, only(fan_out_chance=1))
+        task = asyncio.create_task(simulation.run())
+        try:
+            await eventually(
+                lambda: any(e.workflow_type == "map" for e in simulation.ended),
+                timeout=20,
+                what="a map ended",
+            )
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+        [parent, *_] = [e for e in simulation.ended if e.workflow_type == "map"]
+        assert parent.status == "completed"
+        state = await state_when(http, base, parent.session_id, status="completed")
+        assert 3 <= state["children_count"] == state["children_completed"] <= 5
+        assert state["plan"] is None
+        tile = await state_when(http, base, state["children"][0], status="completed")
+        assert (tile["workflow_type"], tile["parent_id"]) == ("tile", parent.session_id)

@@ -203,6 +203,8 @@ function drawRow(row, state, now) {
   const title = state.owner ? `${state.sessionId} (for ${state.owner})` : state.sessionId;
   if (row.name.title !== title) row.name.title = title;
   el.toggleAttribute("data-ended", !state.isInProgress);
+  // A child's row is indented under its workflow type's, and says whose child it is.
+  el.toggleAttribute("data-child", state.parentId != null);
   // The bar is the whole workflow's: with a plan, the gateway's overall figure.
   const overall = state.overallProgress ?? state.progress;
   const progress = String(overall);
@@ -225,12 +227,21 @@ function drawRow(row, state, now) {
   drawVisibility(row);
 }
 
-/** "step 2 of 3: generating 50%" with a plan; the step alone without one. */
+/**
+ * "step 2 of 3: generating 50%" with a plan; the step alone without one. A
+ * parent's says "3 of 5 children done" first, a child's "child of <parent>" last.
+ */
 function stepText(state) {
-  if (state.stepCount == null) return state.step;
-  const place =
-    state.stepIndex == null ? "unplanned step" : `step ${state.stepIndex} of ${state.stepCount}`;
-  return `${place}: ${state.step} ${formatNumber(state.progress)}%`;
+  let text = state.step;
+  if (state.stepCount != null) {
+    const place =
+      state.stepIndex == null ? "unplanned step" : `step ${state.stepIndex} of ${state.stepCount}`;
+    text = `${place}: ${state.step} ${formatNumber(state.progress)}%`;
+  }
+  if (state.childrenCount) {
+    text = `${state.childrenCompleted} of ${state.childrenCount} children done · ${text}`;
+  }
+  return state.parentId == null ? text : `${text} · child of ${state.parentId}`;
 }
 
 /** "retrying (attempt 2): <error>": which attempt runs now, and why the one before failed. */
