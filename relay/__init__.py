@@ -39,7 +39,7 @@ _EXPORTS = {
     "build_relay": "relay.server.app",
     "create_app": "relay.server.app",
     "Hub": "relay.server.hub",
-    "SessionState": "relay.server.session_view",
+    "SessionState": "relay.server.session_state",
     "SessionView": "relay.server.session_view",
     "Settings": "relay.server.settings",
     "StreamStore": "relay.server.stream_store",
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from relay.server.app import build_relay as build_relay
     from relay.server.app import create_app as create_app
     from relay.server.hub import Hub as Hub
-    from relay.server.session_view import SessionState as SessionState
+    from relay.server.session_state import SessionState as SessionState
     from relay.server.session_view import SessionView as SessionView
     from relay.server.settings import Settings as Settings
     from relay.server.stream_store import StreamStore as StreamStore

@@ -85,3 +85,14 @@ def test_every_public_name_resolves() -> None:
         assert getattr(relay, name) is not None, name
     with pytest.raises(AttributeError):
         _ = relay.NoSuchName
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = sorted(
+        str(path.relative_to(PACKAGE))
+        for package in ALLOWED
+        for path in (PACKAGE / package).glob("*.py")
+    )
+    assert modules
+    assert [module for module in modules if f"`{module}`" not in page] == []

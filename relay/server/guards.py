@@ -24,7 +24,7 @@ from relay.server.client_address import client_address
 from relay.server.errors import ApiError
 from relay.server.gateway import GATEWAY
 from relay.server.publishing import unknown_session
-from relay.server.session_view import SessionState
+from relay.server.session_state import SessionState
 from relay.server.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

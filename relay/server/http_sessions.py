@@ -17,7 +17,7 @@ from relay.server.gateway import GATEWAY
 from relay.server.guards import require_canceller, subscriber_grant
 from relay.server.ingest import decode
 from relay.server.publishing import request_cancel, unknown_session
-from relay.server.session_view import SessionState
+from relay.server.session_state import SessionState
 
 MAX_LIST = 1_000
 

@@ -37,7 +37,8 @@ from redis.exceptions import RedisError
 from relay.protocol.entries import now_ms
 from relay.protocol.event import REPORTING_STATUSES, ProgressEvent
 from relay.protocol.frames import Envelope
-from relay.server.session_view import SessionState, SessionView
+from relay.server.session_state import SessionState
+from relay.server.session_view import SessionView
 from relay.server.stream_store import StreamStore
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import REUSED, KeyReused
 from relay.server.errors import ApiError
 from relay.server.gateway import Gateway
-from relay.server.session_view import SessionState
+from relay.server.session_state import SessionState
 
 
 async def publish_events(

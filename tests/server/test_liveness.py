@@ -16,7 +16,7 @@ from relay.protocol.frames import Envelope
 from relay.server.app import build_relay
 from relay.server.ingest import decode
 from relay.server.liveness import LivenessRules
-from relay.server.session_view import SessionState
+from relay.server.session_state import SessionState
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import (
