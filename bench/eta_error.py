@@ -131,6 +131,8 @@ def timelines(workflow_type: str, count: int, seed: int) -> list[Timeline]:
         hangs = session.silent_at is not None and session.silence is None
         if session.fail_at is not None or session.cancel_at is not None or hangs:
             continue  # never completes: teaches nothing, has no true time left
+        if not session.ticks:
+            continue  # a map that fans out to tiles: its bar is its children's, not its steps'
         at = 0.0
         reports = []
         for index, (step, progress, _) in enumerate(session.ticks):
