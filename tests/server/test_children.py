@@ -12,6 +12,7 @@ from relay.client.reporters import AsyncReporter, Reporter
 from tests.conftest import RedisServer
 from tests.helpers import (
     event,
+    read_back,
     receive,
     receive_events,
     session_state,
@@ -64,7 +65,10 @@ async def test_two_gateways_answer_the_same_parent_and_its_subscribers_see_the_b
             assert state["progress"] == 0
             assert (state["children_count"], state["children_ongoing"]) == (2, 1)
             assert state["children"] == ["t1", "t2"]
-        # A late subscriber's snapshot of the parent gives today's aggregate.
+        # A late subscriber's snapshot of the parent gives today's aggregate,
+        # once the publishing gateway's reader (which routes) read it all back.
+        await read_back(http, first, 1)
+        await read_back(http, first, 4, workflow_type="tile")
         late = await http.ws_connect(f"{first.replace('http', 'ws')}/ws")
         await subscribe(late, workflow_type="*", session_id="p1")
         [fresh] = await receive_events(late, 1)

@@ -91,7 +91,10 @@ async def test_per_step_reports_with_a_plan_give_overall_progress_and_eta_everyw
             assert state["first_overall_progress"] == 0
             # 40% of the whole in 4 s: 60% more takes 6 s (on the step's own 50%, 4 s).
             assert state["estimated_time_remaining"] == 6.0
-        # A late joiner's snapshot and the history carry the same figures.
+        # A late joiner's snapshot and the history carry the same figures. The
+        # publishing gateway answers at once; its reader, which routes, is
+        # waited for, or the late joiner would get the entries live instead.
+        await read_back(http, first, len(REPORTS))
         late = await http.ws_connect(f"{first.replace('http', 'ws')}/ws")
         await subscribe(late, workflow_type="map", session_id="s1")
         [snapshot] = await receive_events(late, 1)
