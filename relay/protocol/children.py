@@ -26,6 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# A parent's own delivered event gives its aggregate in the field a plan's overall figure uses.
+from relay.protocol.plans import OVERALL_FIELD
+
 MAX_CHILD_WEIGHT = 1_000_000
 """A child's weight is more than 0 and at most this much; the default is 1."""
 
@@ -83,10 +86,6 @@ def weighted_mean(shares: int, weights: int) -> float:
     return min(shares / weights, 100.0)
 
 
-# A parent's own delivered event gives its aggregate in this field, as a plan's does.
-_OVERALL_FIELD = "overall_progress"
-
-
 def family_in(data: Mapping[str, Any]) -> dict[str, int | float]:
     """The figures about children or parent a gateway added to a delivered event's ``data``.
 
@@ -94,7 +93,7 @@ def family_in(data: Mapping[str, Any]) -> dict[str, int | float]:
     is left out. With a parent's children counted, its ``overall_progress`` is
     taken too (without a plan, it is their aggregate).
     """
-    names = (*CHILD_FIELDS, _OVERALL_FIELD) if CHILDREN_COUNT_FIELD in data else CHILD_FIELDS
+    names = (*CHILD_FIELDS, OVERALL_FIELD) if CHILDREN_COUNT_FIELD in data else CHILD_FIELDS
     return {
         name: data[name]
         for name in names
