@@ -144,10 +144,11 @@ class Connection:
         subscriber = self.subscriber
         hub = self.gateway.hub
         for workflow_type, session_id in list(subscriber.subscriptions):
+            # One narrowed to an owner stays if the new token owns that owner's sessions.
             scope = hub.scope(subscriber, (workflow_type, session_id))
-            if grant.covers(workflow_type, session_id) or grant.owns(scope):
+            if grant.allows(workflow_type, session_id, scope):
                 continue
-            self.gateway.hub.unsubscribe(subscriber, (workflow_type, session_id))
+            hub.unsubscribe(subscriber, (workflow_type, session_id))
             target = SubscriptionTarget(workflow_type=workflow_type, session_id=session_id)
             subscriber.deliver(unsubscribed_frame(target))
 
