@@ -100,6 +100,8 @@ class _SessionState:
         heartbeat_interval: float | None,
         owner: str | None = None,
         plan: PlanSpec | None = None,
+        parent_id: str | None = None,
+        weight: float | None = None,
     ) -> None:
         self.workflow_type = workflow_type
         # Sent with every event until one carrying it is published.
@@ -107,10 +109,9 @@ class _SessionState:
         self.session_id = session_id or uuid.uuid4().hex
         # Sent with every event: any one of them may be the first the gateways keep.
         self.owner = owner
-        # Sent with every event, as the owner is: the parent and this session's share
-        # of it, given by each kind of session as it is made.
-        self.parent_id: str | None = None
-        self.weight: float | None = None
+        # Sent with every event, as the owner is: the parent and this session's share of it.
+        self.parent_id = parent_id
+        self.weight = weight
         self.raise_on_cancel = raise_on_cancel
         if heartbeat_interval is not None and heartbeat_interval < 0:
             raise ValueError(f"heartbeat_interval must not be negative: {heartbeat_interval}")
@@ -259,9 +260,15 @@ class ReportingSession(_SessionState):
         weight: float | None = None,
     ) -> None:
         super().__init__(
-            workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
+            workflow_type,
+            session_id,
+            raise_on_cancel,
+            heartbeat_interval,
+            owner,
+            plan,
+            parent_id,
+            weight,
         )
-        self.parent_id, self.weight = parent_id, weight
         self._reporter = reporter
         # Held from choosing an event until it is published and noted, so that
         # a heartbeat never repeats a report after a newer one was published.
@@ -345,9 +352,15 @@ class AsyncReportingSession(_SessionState):
         weight: float | None = None,
     ) -> None:
         super().__init__(
-            workflow_type, session_id, raise_on_cancel, heartbeat_interval, owner, plan
+            workflow_type,
+            session_id,
+            raise_on_cancel,
+            heartbeat_interval,
+            owner,
+            plan,
+            parent_id,
+            weight,
         )
-        self.parent_id, self.weight = parent_id, weight
         self._reporter = reporter
         # As for the blocking session: a heartbeat never overtakes a newer report.
         self._publishing = asyncio.Lock()
