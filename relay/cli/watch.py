@@ -42,7 +42,7 @@ from relay.protocol.event import ONGOING_STATUSES, TERMINAL_STATUSES, ProgressEv
 from relay.protocol.frames import ANY_TYPE, encode_event_frame
 from relay.protocol.numbers import format_number
 from relay.protocol.plans import OVERALL_FIELD, PlanPosition
-from relay.protocol.progress import estimated_time_remaining
+from relay.protocol.progress import estimated_time_remaining, known_duration
 from relay.server.http_sessions import MAX_LIST
 
 logger = logging.getLogger(__name__)
@@ -676,9 +676,7 @@ async def running_starts(
 
 def _seconds(value: object) -> float | None:
     """A learned figure from the gateway's answer; what is not a positive number is unknown."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
+    return float(value) if known_duration(value) else None
 
 
 def _step_seconds(value: object) -> tuple[float | None, ...] | None:

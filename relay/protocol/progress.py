@@ -149,7 +149,7 @@ def _steps_left_ms(
     if not 1 <= step_index <= len(typical_step_durations):
         return None
     left = typical_step_durations[step_index - 1 :]
-    known = [float(seconds) for seconds in left if _positive(seconds)]
+    known = [float(seconds) for seconds in left if known_duration(seconds)]
     if len(known) < len(left):
         return None
     # Summed first to last, as the browser's copy does, for the same rounding.
@@ -159,8 +159,8 @@ def _steps_left_ms(
     return known[0] * 1000 * (1 - step_progress / 100) + later_ms
 
 
-def _positive(seconds: object) -> TypeGuard[float]:
-    """Whether ``seconds`` is a known, positive typical duration."""
+def known_duration(seconds: object) -> TypeGuard[float]:
+    """Whether ``seconds`` is a known, positive typical duration (anything else is unknown)."""
     return isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0
 
 
