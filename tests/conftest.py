@@ -21,7 +21,7 @@ from tests.helpers import Gateway, wait_until
 # The browser and page fixtures, for every test that drives Chromium; the
 # Sentinel-watched primary and replica, for the failover tests; the Docker
 # engine and base image of the deployment tests.
-pytest_plugins = ("tests.browser", "tests.sentinel", "tests.docker_stack")
+pytest_plugins = ("tests.browser", "tests.sentinel", "tests.cluster", "tests.docker_stack")
 
 # Generated-input tests check behaviour, never speed: a slow first example on a
 # busy CI machine must not fail them.
@@ -181,6 +181,7 @@ FIXTURE_MARKERS = {
     "module_gateway": pytest.mark.process,
     "own_redis": pytest.mark.process,
     "sentinels": pytest.mark.process,
+    "own_cluster": pytest.mark.process,
     "browser": pytest.mark.browser,
     "page": pytest.mark.browser,
     "docker_engine": pytest.mark.docker,
