@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -17,6 +18,9 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from tests.helpers import Gateway, wait_until
+
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
 
 # The browser and page fixtures, for every test that drives Chromium; the
 # Sentinel-watched primary and replica, for the failover tests; the Docker
@@ -117,9 +121,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+# What a suite marked ``stores`` runs against: each of its tests that takes
+# ``redis_url`` runs once per kind.
+STORE_KINDS = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of suites marked ``stores`` on a single Redis and on a cluster."""
+    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("stores"):
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The private server's URL, emptied before each test."""
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """``single`` or ``cluster``: the kind of Redis ``redis_url`` names."""
+    kind: str = getattr(request, "param", "single")
+    return kind
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, store_kind: str) -> str:
+    """The URL of a private, emptied store: a redis-server, or a cluster's seeds."""
+    if store_kind == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
     with redis_server.client() as client:
         client.flushall()
     return redis_server.url
