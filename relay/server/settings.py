@@ -87,7 +87,10 @@ class Settings(BaseSettings):
         "X-Forwarded-For names the client (for rate limits and logs); empty trusts none.",
     )
     stream_prefix: str = Field(
-        default="", max_length=64, description="Prefix put before every Redis key relay uses."
+        default="",
+        max_length=64,
+        description="Prefix put before every Redis key relay uses; braces only as one hash tag "
+        "(such as {app}:), which puts every key in one cluster slot.",
     )
     stream_maxlen: int = Field(
         default=10_000,

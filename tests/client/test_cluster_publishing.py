@@ -12,7 +12,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from relay.client.reporters import Reporter
+from relay.client.reporters import AsyncReporter, Reporter
 from relay.client.retry import RetryPolicy
 from relay.client.stream_publisher import StreamPublisher
 from relay.protocol.entries import Publication
@@ -137,6 +137,17 @@ def test_the_blocking_reporter_learns_of_a_cancellation(
     assert not reporter.publish(make("s2", step="b")).cancel_requested
     reporter.publish(make("s1", status="completed"))
     assert client.exists(Keys().cancel(Keys().stream("map"), "s1")) == 0
+
+
+async def test_the_async_reporter_reports_and_learns_of_a_cancellation(
+    aclient: AsyncStore,
+) -> None:
+    reporter = AsyncReporter(client=aclient, retry=NO_RETRY)
+    first = await reporter.report("s1", "map", "a", 10)
+    await reporter.publish(make("s1", status="cancel_requested"))
+    assert (await reporter.publish(make("s1", step="b"))).cancel_requested
+    assert (await ids_of(aclient, Keys().stream("map")))[0] == first
+    await reporter.aclose()
 
 
 async def test_a_retry_under_the_same_key_writes_nothing_twice(aclient: AsyncStore) -> None:
