@@ -34,7 +34,7 @@ PUBLISH_BATCH = 1_000
 
 
 # What the publish script answers for each publication (see the script).
-WRITTEN, REPLAYED, REUSED, UNRECORDED = 0, 1, 2, 3
+WRITTEN, REPLAYED, REUSED = 0, 1, 2  # and 3: no record, answered to a lookup only
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +225,7 @@ class PublishPlan:
             if REUSED in outcomes:
                 answers.append(KeyReused(publication.key or ""))
                 continue
-            replayed = all(outcome == REPLAYED for outcome in outcomes)
+            replayed = _all_replayed(outcomes)
             answers.append(Published([r for r in found if r is not None], replayed=replayed))
         return answers
 
@@ -240,9 +240,14 @@ class PublishPlan:
         ((outcomes, found),) = self._outcomes()
         if REUSED in outcomes:
             raise KeyReused(self.publications[0].key or "")
-        if all(outcome == REPLAYED for outcome in outcomes):
+        if _all_replayed(outcomes):
             return Published([r for r in found if r is not None], replayed=True)
         return None
+
+
+def _all_replayed(outcomes: list[int]) -> bool:
+    # A publication of no events was not written before: nothing answered it from a record.
+    return bool(outcomes) and all(outcome == REPLAYED for outcome in outcomes)
 
 
 class EntryError(ValueError):
