@@ -22,6 +22,8 @@ from typing import Any, Self
 import orjson
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -52,10 +54,9 @@ from relay.protocol.entries import (
     PUBLISH_SCRIPT,
     Publication,
     Published,
+    PublishPlan,
     Receipt,
     now_ms,
-    publish_args,
-    receipts,
 )
 from relay.protocol.event import ProgressEvent, Status
 from relay.protocol.idempotency import (
@@ -66,7 +67,14 @@ from relay.protocol.idempotency import (
 )
 from relay.protocol.keys import Keys
 from relay.protocol.plans import PlanSpec
-from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS, check_replicas, is_transient
+from relay.protocol.publish_rounds import (
+    LoadScript,
+    PublishRounds,
+    TypeRegistry,
+    publish_rounds,
+    refuse_cluster_replicas,
+)
+from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS, is_transient
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAXLEN = 10_000
@@ -107,6 +115,27 @@ def outcome(result: Published | KeyReused) -> Outcome[Receipt]:
     if isinstance(result, KeyReused):
         return Refused(REUSED, str(result))
     return result.receipts
+
+
+def drive(client: redis.Redis | redis.cluster.RedisCluster, rounds: PublishRounds) -> None:
+    """Run the steps of ``rounds`` over a blocking client (single Redis or cluster).
+
+    The blocking twin of :func:`relay.client.stream_publisher.drive`.
+    """
+    answer: list[Any] | None = None
+    while True:
+        try:
+            step = rounds.send(answer)
+        except StopIteration:
+            return
+        if isinstance(step, LoadScript):
+            client.script_load(PUBLISH_SCRIPT)
+            answer = None
+            continue
+        with client.pipeline(transaction=False) as pipe:
+            for command in step.commands:
+                pipe.execute_command(*command)
+            answer = pipe.execute(raise_on_error=False)
 
 
 def _one(event: ProgressEvent) -> int:
@@ -240,7 +269,7 @@ class Reporter(BlockingReporter):
         prefix: str = "",
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.cluster.RedisCluster | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
@@ -249,7 +278,8 @@ class Reporter(BlockingReporter):
         self._redis = client or redis_client(
             redis_url, **_client_options(min_replicas, replica_timeout_ms)
         )
-        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        refuse_cluster_replicas(min_replicas, isinstance(self._redis, redis.cluster.RedisCluster))
+        self._registry = TypeRegistry()
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._idempotency_ttl = idempotency_ttl
@@ -263,28 +293,21 @@ class Reporter(BlockingReporter):
         return receipt
 
     def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
-        sent = publications(parcels)
-        args = publish_args(self._keys, sent, self._maxlen, idempotency_ttl=self._idempotency_ttl)
+        plan = PublishPlan(
+            self._keys, publications(parcels), self._maxlen, idempotency_ttl=self._idempotency_ttl
+        )
+        rounds = publish_rounds(
+            plan,
+            self._keys,
+            self._registry,
+            min_replicas=self._min_replicas,
+            replica_timeout_ms=self._replica_timeout_ms,
+        )
         try:
-            answer = self._run(args)
+            drive(self._redis, rounds)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise store_failure(exc) from None
-        return [outcome(result) for result in receipts(answer, sent)]
-
-    def _run(self, args: list[int | str | bytes]) -> Any:
-        """The publish script's answer, once enough replicas have what it wrote.
-
-        As :class:`~relay.client.stream_publisher.StreamPublisher` does it: WAIT
-        in one pipeline with the script, so that both use the same connection.
-        """
-        if not self._min_replicas:
-            return self._publish_script(keys=[], args=args)
-        with self._redis.pipeline(transaction=False) as pipe:
-            self._publish_script(keys=[], args=args, client=pipe)
-            pipe.wait(self._min_replicas, self._replica_timeout_ms)
-            answer, acknowledged = pipe.execute()
-        check_replicas(acknowledged, self._min_replicas, self._replica_timeout_ms)
-        return answer
+        return [outcome(result) for result in plan.results()]
 
     def close(self) -> None:
         """Release the Redis connections."""
@@ -318,7 +341,7 @@ class AsyncReporter:
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
         max_batch: int = 1_000,
-        client: redis.asyncio.Redis | None = None,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,

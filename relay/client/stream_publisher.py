@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from typing_extensions import TypeVar
 
 from relay.client.batching import Batcher
 from relay.protocol.entries import (
@@ -14,32 +16,44 @@ from relay.protocol.entries import (
     PUBLISH_SCRIPT,
     Publication,
     Published,
+    PublishPlan,
     Receipt,
-    publish_args,
-    receipts,
-    recorded_answer,
 )
 from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL, KeyReused
 from relay.protocol.keys import Keys
-from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS, check_replicas
+from relay.protocol.publish_rounds import (
+    LoadScript,
+    PublishRounds,
+    TypeRegistry,
+    publish_rounds,
+    refuse_cluster_replicas,
+)
+from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
+
+AsyncStore = Redis | RedisCluster
+# The client a publisher holds; a plain Redis unless a subclass says otherwise.
+StoreT = TypeVar("StoreT", bound=AsyncStore, default=Redis)
 
 
 def _size(publication: Publication) -> int:
     return len(publication.events)
 
 
-class StreamPublisher:
+class StreamPublisher(Generic[StoreT]):
     """Writes events to the type streams with the publish script, batching concurrent calls.
 
-    With ``min_replicas``, every call waits (``WAIT``) until that many replicas
+    ``redis`` is a single Redis or a cluster (``RedisCluster``): a batch makes
+    one script call per workflow type either way (see
+    :mod:`relay.protocol.publish_rounds`). With ``min_replicas`` (single Redis
+    only: ValueError with a cluster), every call waits (``WAIT``) until that many replicas
     acknowledged what it wrote, for up to ``replica_timeout_ms``, and raises
     :class:`~relay.protocol.store_errors.TooFewReplicas` when fewer did.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: StoreT,
         keys: Keys,
         *,
         maxlen: int,
@@ -48,6 +62,7 @@ class StreamPublisher:
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> None:
+        refuse_cluster_replicas(min_replicas, isinstance(redis, RedisCluster))
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
@@ -55,7 +70,7 @@ class StreamPublisher:
         self.idempotency_ttl = idempotency_ttl
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
-        self._publish_script = redis.register_script(PUBLISH_SCRIPT)
+        self._registry = TypeRegistry()
         self._batcher: Batcher[Publication, Published] = Batcher(
             self.write, max_batch=PUBLISH_BATCH, size=_size
         )
@@ -67,10 +82,11 @@ class StreamPublisher:
         return (await self.submit(Publication(events, key))).receipts
 
     async def submit(self, publication: Publication) -> Published:
-        """Write a publication atomically and return its receipts.
+        """Write a publication and return its receipts.
 
-        Concurrent calls share one script call (see :mod:`relay.client.batching`), so
-        each call's events are written together, with others' or on their own.
+        Concurrent calls share one round of script calls (see
+        :mod:`relay.client.batching`), so each call's events are written
+        together, with others' or on their own, atomically per workflow type.
         Raises :class:`~relay.protocol.idempotency.KeyReused` when its key was used for
         other events.
         """
@@ -79,9 +95,10 @@ class StreamPublisher:
         return await self._batcher.submit(publication)
 
     async def write(self, publications: list[Publication]) -> list[Published | KeyReused]:
-        """Write ``publications`` in one script call now, without waiting for others to join."""
-        answer = await self._run(self._args(publications))
-        return receipts(answer, publications)
+        """Write ``publications`` now, without waiting for others to join."""
+        plan = self._plan(publications)
+        await self._run(plan, self._registry)
+        return plan.results()
 
     async def recorded(self, publication: Publication) -> Published | None:
         """The answer a keyed publication was first given, if it is on record; writes nothing.
@@ -89,27 +106,23 @@ class StreamPublisher:
         Raises :class:`~relay.protocol.idempotency.KeyReused` when the key was used for
         other events.
         """
-        args = self._args([publication], lookup_only=True)
-        answer = await self._run(args)
-        return recorded_answer(answer, publication)
+        plan = self._plan([publication], lookup_only=True)
+        await self._run(plan, None)
+        return plan.recorded()
 
-    async def _run(self, args: list[int | str | bytes]) -> Any:
-        """The publish script's answer, once enough replicas have what it wrote."""
-        if not self.min_replicas:
-            return await self._publish_script(keys=[], args=args)
-        # WAIT counts the writes of its own connection, and cannot run inside
-        # the script: a pipeline sends both on one connection, in one round trip.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._publish_script(keys=[], args=args, client=pipe)
-            pipe.wait(self.min_replicas, self.replica_timeout_ms)
-            answer, acknowledged = await pipe.execute()
-        check_replicas(acknowledged, self.min_replicas, self.replica_timeout_ms)
-        return answer
+    async def _run(self, plan: PublishPlan, registry: TypeRegistry | None) -> None:
+        """Every call of ``plan`` answered, once enough replicas have what they wrote."""
+        rounds = publish_rounds(
+            plan,
+            self.keys,
+            registry,
+            min_replicas=self.min_replicas,
+            replica_timeout_ms=self.replica_timeout_ms,
+        )
+        await drive(self.redis, rounds)
 
-    def _args(
-        self, publications: list[Publication], *, lookup_only: bool = False
-    ) -> list[int | str | bytes]:
-        return publish_args(
+    def _plan(self, publications: list[Publication], *, lookup_only: bool = False) -> PublishPlan:
+        return PublishPlan(
             self.keys,
             publications,
             self.maxlen,
@@ -117,3 +130,21 @@ class StreamPublisher:
             self.idempotency_ttl,
             lookup_only=lookup_only,
         )
+
+
+async def drive(redis: AsyncStore, rounds: PublishRounds) -> None:
+    """Run the steps of ``rounds`` over an asyncio client (single Redis or cluster)."""
+    answer: list[Any] | None = None
+    while True:
+        try:
+            step = rounds.send(answer)
+        except StopIteration:
+            return
+        if isinstance(step, LoadScript):
+            await redis.script_load(PUBLISH_SCRIPT)
+            answer = None
+            continue
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in step.commands:
+                pipe.execute_command(*command)
+            answer = await pipe.execute(raise_on_error=False)

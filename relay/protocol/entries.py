@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,8 +67,9 @@ def now_ms() -> int:
 
 
 # Every publisher runs this one script (see the file for what it does), so an
-# entry has the same shape whoever wrote it, and a batch is written atomically.
+# entry has the same shape whoever wrote it, and a type's events are written atomically.
 PUBLISH_SCRIPT = (files("relay.protocol") / "publish.lua").read_text(encoding="utf-8")
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode("utf-8")).hexdigest()
 
 
 ANNOUNCEMENTS_MAXLEN = 100
@@ -80,121 +82,172 @@ def cancel_action(event: ProgressEvent) -> str:
     return "del" if event.terminal else ""
 
 
-def publish_args(
-    keys: Keys,
-    publications: Sequence[Publication],
-    maxlen: int,
-    cancel_ttl: int = DEFAULT_CANCEL_TTL,
-    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
-    *,
-    lookup_only: bool = False,
-) -> list[int | str | bytes]:
-    """The arguments of :data:`PUBLISH_SCRIPT` that publish ``publications``.
+@dataclass(slots=True)
+class TypeCall:
+    """One call of :data:`PUBLISH_SCRIPT`: the events of one workflow type, every key declared."""
 
-    The gateway's HTTP path and the Python reporters (sync and async) all call
-    this, so an entry has the same shape whoever wrote it. Besides the XADDs
-    the script keeps each session's pending-cancel flag: set by a
+    workflow_type: str
+    keys: list[str]
+    args: list[int | str | bytes]
+    # Where each event of the call sits: (publication index, index in its publication).
+    places: list[tuple[int, int]]
+    # The publications the call covers, in order: (publication index, its events here).
+    members: list[tuple[int, int]]
+    answer: list[Any] | None = None
+
+    def command(self) -> tuple[int | str | bytes, ...]:
+        """The ``EVALSHA`` command of this call, routed by its first key on a cluster."""
+        return ("EVALSHA", PUBLISH_SHA, len(self.keys), *self.keys, *self.args)
+
+
+class PublishPlan:
+    """The script calls that publish ``publications``: one per workflow type, and their answers.
+
+    The gateway's HTTP path and the Python reporters (sync and async) all use
+    it, so an entry has the same shape whoever wrote it. Besides the XADDs
+    each call keeps its sessions' pending-cancel flags: set by a
     ``cancel_requested`` event, cleared by a terminal one, and read back for
     every event so the publisher learns of a cancellation from its next
-    report. A publication with a key is written only if the key has no
-    record yet (see :mod:`relay.protocol.idempotency`); with ``lookup_only`` nothing is
-    written at all. Hand the script's answer to :func:`receipts`.
+    report. A keyed publication is recorded once per type it spans, and
+    written to a type only if that type has no record of it yet (see
+    :mod:`relay.protocol.idempotency`); with ``lookup_only`` nothing is
+    written at all. A call answers once; calls that failed are
+    :meth:`pending` again, so a retry writes only what is missing.
     """
-    stamp = now_ms()
-    batch = []
-    for publication in publications:
-        for event in publication.events:
-            fields = event.stream_fields(stamp)
-            batch.append(
-                (
-                    keys.stream(event.workflow_type),
-                    keys.cancel(event.session_id),
-                    cancel_action(event),
-                    [item for pair in fields.items() for item in pair],
-                )
-            )
-    types = sorted({event.workflow_type for p in publications for event in p.events})
-    return [
-        maxlen,
-        cancel_ttl,
-        keys.types,
-        keys.announcements,
-        ANNOUNCEMENTS_MAXLEN,
-        orjson.dumps(batch),
-        orjson.dumps(types),
-        idempotency_ttl,
-        _publication_args(keys, publications, lookup_only),
-        "1" if lookup_only else "",
-    ]
 
-
-def _publication_args(
-    keys: Keys, publications: Sequence[Publication], lookup_only: bool
-) -> bytes | str:
-    # One publication without a key is the common case: the script then
-    # looks nothing up, and no fingerprint is computed.
-    if len(publications) == 1 and publications[0].key is None and not lookup_only:
-        return ""
-    return orjson.dumps(
-        [
-            (
-                len(p.events),
-                keys.idempotency(p.key) if p.key is not None else "",
-                fingerprint(p.events) if p.key is not None else "",
-            )
-            for p in publications
+    def __init__(
+        self,
+        keys: Keys,
+        publications: Sequence[Publication],
+        maxlen: int,
+        cancel_ttl: int = DEFAULT_CANCEL_TTL,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+        *,
+        lookup_only: bool = False,
+    ) -> None:
+        self.publications = list(publications)
+        self.lookup_only = lookup_only
+        by_type: dict[str, list[tuple[int, int]]] = {}
+        for p, publication in enumerate(self.publications):
+            for e, event in enumerate(publication.events):
+                by_type.setdefault(event.workflow_type, []).append((p, e))
+        # One publication without a key is the common case: the script then
+        # looks nothing up, and no fingerprint is computed.
+        self._listed = lookup_only or len(self.publications) != 1 or publications[0].key is not None
+        self._fingerprints = {
+            p: fingerprint(publication.events)
+            for p, publication in enumerate(self.publications)
+            if publication.key is not None
+        }
+        head: list[int | str | bytes] = [maxlen, cancel_ttl, idempotency_ttl]
+        head.append("1" if lookup_only else "")
+        stamp = now_ms()
+        self.calls = [
+            self._call(keys, workflow_type, places, head, stamp)
+            for workflow_type, places in by_type.items()
         ]
-    )
 
+    @property
+    def types(self) -> list[str]:
+        """The workflow types the publications span."""
+        return [call.workflow_type for call in self.calls]
 
-def receipts(
-    answer: Sequence[Any], publications: Sequence[Publication]
-) -> list[Published | KeyReused]:
-    """What :data:`PUBLISH_SCRIPT` answered for each publication it was to write, in order.
+    def _call(
+        self,
+        keys: Keys,
+        workflow_type: str,
+        places: list[tuple[int, int]],
+        head: list[int | str | bytes],
+        stamp: int,
+    ) -> TypeCall:
+        stream = keys.stream(workflow_type)
+        cancels: dict[str, int] = {}
+        events = []
+        members: list[tuple[int, int]] = []
+        for p, e in places:
+            event = self.publications[p].events[e]
+            cancel = keys.cancel(stream, event.session_id)
+            # KEYS[1] is the stream; Lua counts from 1.
+            index = cancels.setdefault(cancel, len(cancels) + 2)
+            fields = [] if self.lookup_only else event.stream_fields(stamp).items()
+            events.append((index, cancel_action(event), [item for pair in fields for item in pair]))
+            if members and members[-1][0] == p:
+                members[-1] = (p, members[-1][1] + 1)
+            else:
+                members.append((p, 1))
+        call_keys = [stream, *cancels]
+        listed = []
+        for p, n in members:
+            key = self.publications[p].key
+            if key is None:
+                listed.append((n, 0, ""))
+                continue
+            call_keys.append(keys.idempotency(stream, key))
+            listed.append((n, len(call_keys), self._fingerprints[p]))
+        publications = orjson.dumps(listed) if self._listed else ""
+        args = [*head, orjson.dumps(events), publications]
+        return TypeCall(workflow_type, call_keys, args, places, members)
 
-    A publication whose key was used for other events is answered with
-    :class:`~relay.protocol.idempotency.KeyReused`.
-    """
-    return [
-        KeyReused(publication.key or "")
-        if outcome == REUSED
-        else Published(found, replayed=outcome == REPLAYED)
-        for publication, (outcome, found) in zip(
-            publications, _outcomes(answer, publications), strict=True
-        )
-    ]
+    def pending(self) -> list[TypeCall]:
+        """The calls not answered yet."""
+        return [call for call in self.calls if call.answer is None]
 
-
-def recorded_answer(answer: Sequence[Any], publication: Publication) -> Published | None:
-    """What a lookup of one keyed publication answered: its first answer, or None if unknown.
-
-    Raises :class:`~relay.protocol.idempotency.KeyReused` when the key was used
-    for other events.
-    """
-    ((outcome, found),) = _outcomes(answer, [publication])
-    if outcome == REUSED:
-        raise KeyReused(publication.key or "")
-    return Published(found, replayed=True) if outcome == REPLAYED else None
-
-
-def _outcomes(
-    answer: Sequence[Any], publications: Sequence[Publication]
-) -> list[tuple[int, list[Receipt]]]:
-    count = sum(len(p.events) for p in publications)
-    ids, flags, outcomes = answer[:count], answer[count : 2 * count], answer[2 * count :]
-    results = []
-    start = 0
-    for index, publication in enumerate(publications):
-        end = start + len(publication.events)
-        # With no publications listed, the script answers one outcome for the lot.
-        outcome = int(outcomes[index]) if index < len(outcomes) else WRITTEN
-        found = [
-            Receipt(str(entry_id), bool(flag))
-            for entry_id, flag in zip(ids[start:end], flags[start:end], strict=True)
+    def _outcomes(self) -> list[tuple[list[int], list[Receipt | None]]]:
+        """Each publication's outcome per type it spans, and its receipts in order."""
+        found: list[tuple[list[int], list[Receipt | None]]] = [
+            ([], [None] * len(publication.events)) for publication in self.publications
         ]
-        results.append((outcome, found))
-        start = end
-    return results
+        for call in self.calls:
+            if call.answer is None:
+                raise RuntimeError(f"the call for {call.workflow_type!r} has no answer")
+            count = len(call.places)
+            ids, flags, outcomes = (
+                call.answer[:count],
+                call.answer[count : 2 * count],
+                call.answer[2 * count :],
+            )
+            for (p, e), entry_id, flag in zip(call.places, ids, flags, strict=True):
+                found[p][1][e] = Receipt(str(entry_id), bool(flag))
+            for index, (p, _) in enumerate(call.members):
+                # With no publications listed, the script answers one outcome for the lot.
+                found[p][0].append(int(outcomes[index]) if index < len(outcomes) else WRITTEN)
+        return found
+
+    def results(self) -> list[Published | KeyReused]:
+        """What each publication was answered, in order, once every call answered.
+
+        A publication whose key was used for other events, in any type it
+        spans, is answered with :class:`~relay.protocol.idempotency.KeyReused`;
+        one every type answered from its record is ``replayed``.
+        """
+        answers: list[Published | KeyReused] = []
+        for publication, (outcomes, found) in zip(self.publications, self._outcomes(), strict=True):
+            if REUSED in outcomes:
+                answers.append(KeyReused(publication.key or ""))
+                continue
+            replayed = _all_replayed(outcomes)
+            answers.append(Published([r for r in found if r is not None], replayed=replayed))
+        return answers
+
+    def recorded(self) -> Published | None:
+        """What a lookup of one keyed publication answered: its first answer, or None.
+
+        None unless every type it spans has its record (a publication that
+        failed in some type is written there by its retry). Raises
+        :class:`~relay.protocol.idempotency.KeyReused` when the key was used
+        for other events.
+        """
+        ((outcomes, found),) = self._outcomes()
+        if REUSED in outcomes:
+            raise KeyReused(self.publications[0].key or "")
+        if _all_replayed(outcomes):
+            return Published([r for r in found if r is not None], replayed=True)
+        return None
+
+
+def _all_replayed(outcomes: list[int]) -> bool:
+    # A publication of no events was not written before: nothing answered it from a record.
+    return bool(outcomes) and all(outcome == REPLAYED for outcome in outcomes)
 
 
 class EntryError(ValueError):

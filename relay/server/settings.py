@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from relay.client.redis_urls import check_redis_url
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
+from relay.protocol.keys import Keys
 from relay.protocol.liveness import DEFAULT_STALL_AFTER
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 from relay.server.client_address import Network, parse_networks
@@ -86,7 +87,10 @@ class Settings(BaseSettings):
         "X-Forwarded-For names the client (for rate limits and logs); empty trusts none.",
     )
     stream_prefix: str = Field(
-        default="", max_length=64, description="Prefix put before every Redis key relay uses."
+        default="",
+        max_length=64,
+        description="Prefix put before every Redis key relay uses; braces only as one hash tag "
+        "(such as {app}:), which puts every key in one cluster slot.",
     )
     stream_maxlen: int = Field(
         default=10_000,
@@ -257,6 +261,14 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies_parse(cls, value: str) -> str:
         parse_networks(value)
+        return value
+
+    @field_validator("stream_prefix")
+    @classmethod
+    def _prefix_keeps_slots(cls, value: str) -> str:
+        # Keys() refuses a prefix whose braces would split a stream from its
+        # companions on a cluster; checked here so the start fails with its reason.
+        Keys(value)
         return value
 
     @field_validator("redis_url")

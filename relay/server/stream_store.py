@@ -18,7 +18,8 @@ from relay.protocol.stream_ids import START, StreamId
 # the same already, or the session reported meanwhile; atomically.
 #
 # KEYS[1] the type stream, KEYS[2] the decision's marker, KEYS[3] the
-# session's pending-cancel flag
+# session's pending-cancel flag (both named with the stream key as hash tag,
+# so all three share the stream's cluster slot)
 # ARGV[1] MAXLEN of the stream (approximate trimming, as every publish does)
 # ARGV[2] milliseconds the marker lives
 # ARGV[3] the session id, ARGV[4] the id of the entry the decision is about
@@ -71,7 +72,8 @@ class StreamStore(StreamPublisher):
         after ``after`` (among the next ``later_entries``): it reported since.
         """
         fields = event.stream_fields()
-        stream, cancel = self.keys.stream(event.workflow_type), self.keys.cancel(event.session_id)
+        stream = self.keys.stream(event.workflow_type)
+        cancel = self.keys.cancel(stream, event.session_id)
         answer = await self._decide_script(
             keys=[stream, marker, cancel],
             args=[

@@ -19,12 +19,14 @@ from relay.client.reporters import CLIENT_OPTIONS, AsyncReporter, HttpReporter, 
 from relay.client.retry import RetryPolicy
 from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import fingerprint
+from relay.protocol.keys import Keys
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, eventually, serving, wait_until
 
 STREAM = "workflow:progress:map"
 PATIENT = RetryPolicy(retry_for=30)
+KEYS = Keys()
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ async def test_the_record_lives_for_the_configured_window(
     async with serving(Settings(redis_url=redis_url, idempotency_ttl=60)) as url:
         await post(http, f"{url}/api/workflows/progress", event(), key="windowed")
     with redis_server.client() as client:
-        assert 0 < client.ttl("workflow:idempotency:windowed") <= 60
+        assert 0 < client.ttl(KEYS.idempotency(STREAM, "windowed")) <= 60
 
 
 async def test_retrying_the_publish_that_ended_a_session_is_no_conflict(
@@ -244,8 +246,8 @@ async def test_a_record_someone_else_wrote_is_not_trusted(
     body = event()
     stored = record.format(fp=fingerprint([ProgressEvent.model_validate(body)]))
     with redis_server.client() as client:
-        client.set("workflow:idempotency:planted", stored)
-        client.hset("workflow:idempotency:a-hash", "f", "v")
+        client.set(KEYS.idempotency(STREAM, "planted"), stored)
+        client.hset(KEYS.idempotency(STREAM, "a-hash"), "f", "v")
     for key in ("planted", "a-hash"):
         status, answer, _ = await post(http, f"{base}/api/workflows/progress", body, key=key)
         assert (status, answer["error"]) == (409, "idempotency_key_reused")

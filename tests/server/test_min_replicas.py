@@ -80,7 +80,7 @@ async def test_a_replay_rewrites_its_record_as_it_was(redis_url: str) -> None:
     publisher = StreamPublisher(client, Keys(), maxlen=100)
     events = [ProgressEvent(session_id="s1", workflow_type="map", step="a", progress=1)]
     first = await publisher.publish(events, key="replayed-1")
-    record_key = Keys().idempotency("replayed-1")
+    record_key = Keys().idempotency(Keys().stream("map"), "replayed-1")
     await client.expire(record_key, 100)
     record = await client.get(record_key)
     writes = await _writes(client)

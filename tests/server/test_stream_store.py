@@ -106,4 +106,4 @@ async def test_new_types_are_announced_once(aredis: Redis) -> None:
     await store.publish([make(wtype="map"), make(wtype="encounter")])
     await store.publish([make(wtype="encounter")])
     notes = cast(Entries, await aredis.xrange("workflow:announcements"))
-    assert [fields["types"] for _, fields in notes] == ["map", "encounter,map"]
+    assert [fields["types"] for _, fields in notes] == ["map", "encounter"]
