@@ -14,8 +14,9 @@ and every stream is trimmed to ``MAXLEN ~ 10000`` as relay's default does.
 Reported: events/s, Redis CPU (``INFO cpu`` of every node) per event, and for
 each shard its primary's CPU a second and per event it stored, so the figure
 for one core per shard can be read off on a machine with fewer cores than
-shards. A mode this relay cannot run on a store is reported as such, with
-the error, never as a figure.
+shards. The CPU of processes the bench did not start is reported too: a
+large figure means something else shared the cores. A mode this relay cannot
+run on a store is reported as such, with the error, never as a figure.
 
     python bench/cluster_publish.py                       # 1 and 3 shards, every mode
     python bench/cluster_publish.py --shards 3 --modes raw,pipelined --publishers 4
@@ -37,7 +38,7 @@ from typing import Any
 import redis
 from config import RESULTS_DIR, save_record
 from machine import relay_commit
-from meters import machine_cpu_ms
+from meters import foreign_cpu, machine_cpu_ms, process_table
 from redis.cluster import RedisCluster
 from redis_nodes import RedisNodes, running_redis
 
@@ -211,6 +212,8 @@ class Run:
     replicas_cpu_ms_per_s: float = 0.0
     publishers_cpu_ms_per_s: float = 0.0
     machine_busy_pct: float = 0.0
+    # CPU ms of processes this bench did not start (a disturbed run shows here).
+    others_cpu_ms: dict[str, float] = field(default_factory=dict)
     # Per primary port: its CPU ms a second, the events it stored, CPU µs per event.
     per_shard: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
@@ -248,6 +251,7 @@ async def run_mode(nodes: RedisNodes, mode: str, args: argparse.Namespace) -> Ru
             await asyncio.to_thread(ready.get, True, START_WITHIN)
         cpu_before = await nodes.cpu_seconds()
         machine_before = machine_cpu_ms()
+        table_before = process_table()
         began = time.monotonic()
         go.set()
         outcomes = [
@@ -256,6 +260,7 @@ async def run_mode(nodes: RedisNodes, mode: str, args: argparse.Namespace) -> Ru
         elapsed = time.monotonic() - began
         cpu_after = await nodes.cpu_seconds()
         machine_after = machine_cpu_ms()
+        others = foreign_cpu(table_before, process_table())
     finally:
         for proc in procs:
             proc.join(10)
@@ -294,6 +299,7 @@ async def run_mode(nodes: RedisNodes, mode: str, args: argparse.Namespace) -> Ru
         replicas_cpu_ms_per_s=round((sum(used.values()) - primaries_ms) / elapsed, 1),
         publishers_cpu_ms_per_s=round(sum(o.cpu_ms for o in outcomes) / elapsed, 1),
         machine_busy_pct=round(100 * busy / total, 1) if total else 0.0,
+        others_cpu_ms=others,
         per_shard=per_shard,
         error=f"{len(failed)} publisher(s) failed: {failed[0]}" if failed else None,
     )
@@ -304,7 +310,7 @@ def row(run: Run) -> str:
     if run.events == 0:
         return (
             f"| {run.shards} | {run.mode} | {run.publishers} | not supported by this relay "
-            f"version: {run.error} | | | | |"
+            f"version: {run.error} | | | | | |"
         )
     shards = "; ".join(
         f"{s['cpu_ms_per_s']:.0f} ms/s, {s['cpu_us_per_event']:.1f} µs/ev"
@@ -314,7 +320,7 @@ def row(run: Run) -> str:
     return (
         f"| {run.shards} | {run.mode} | {run.publishers} | {run.events_per_s:,.0f}{note} "
         f"| {run.redis_cpu_us_per_event:.2f} | {shards} | {run.publishers_cpu_ms_per_s:.0f} "
-        f"| {run.machine_busy_pct:.0f} % |"
+        f"| {run.machine_busy_pct:.0f} % | {sum(run.others_cpu_ms.values()) / run.seconds:.0f} |"
     )
 
 
@@ -341,8 +347,8 @@ async def main(argv: list[str]) -> int:
     )
     print(
         "| shards | mode | publishers | events/s | Redis CPU µs/event (primaries) "
-        "| per shard: CPU, CPU per event | publishers CPU ms/s | machine busy |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| per shard: CPU, CPU per event | publishers CPU ms/s | machine busy "
+        "| other processes CPU ms/s |\n|---|---|---|---|---|---|---|---|---|"
     )
     runs: list[Run] = []
     for shards in args.shards:

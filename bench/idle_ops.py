@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from config import RESULTS_DIR, save_record
+from config import REPO_DIR, RESULTS_DIR, save_record
 from machine import relay_commit
 from procs import free_port, spawn, stop_all, wait_http_ok
 from redis_nodes import RedisNodes, running_redis
@@ -76,8 +76,10 @@ async def measure(
         await fill(nodes, types)
         port = free_port()
         argv = [*_relay_argv(port, nodes.url), "--log-level", "warning"]
-        env = {"PYTHONPATH": str(source)} if source else None
-        gateway = await spawn(f"{tag}-relay", argv, log_dir, cwd=source, env=env)
+        # This checkout's relay unless told otherwise, whatever relay is installed.
+        tree = source or REPO_DIR
+        env = {"PYTHONPATH": str(tree)}
+        gateway = await spawn(f"{tag}-relay", argv, log_dir, cwd=tree, env=env)
         try:
             await wait_http_ok(f"http://127.0.0.1:{port}/readyz", gateway, within=READY_WITHIN)
             # Past the history read at start and the first lag measurements.
