@@ -118,13 +118,13 @@ def _publish_raw(job: Job, outcome: Outcome, ready: Queue[int], go: EventType) -
         while time.monotonic() < deadline:
             if job.mode == "raw":
                 key, fields = entries[n % len(entries)]
-                client.xadd(key, fields, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+                client.xadd(key, fields, maxlen=MAXLEN, approximate=True)
                 n += 1
                 continue
             pipe = client.pipeline(transaction=False)
             for k in range(n, n + job.batch):
                 key, fields = entries[k % len(entries)]
-                pipe.xadd(key, fields, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(key, fields, maxlen=MAXLEN, approximate=True)
             pipe.execute()
             n += job.batch
     finally:

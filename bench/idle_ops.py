@@ -31,6 +31,7 @@ from pathlib import Path
 from config import REPO_DIR, RESULTS_DIR, save_record
 from machine import relay_commit
 from procs import free_port, spawn, stop_all, wait_http_ok
+from redis.typing import EncodableT, FieldT
 from redis_nodes import RedisNodes, running_redis
 from systems import _relay_argv
 
@@ -52,7 +53,7 @@ class IdleFigures:
 async def fill(nodes: RedisNodes, types: int) -> None:
     """One entry in each of ``types`` type streams, by raw pipelined XADD."""
     client = nodes.client()
-    entry = {"session_id": "s1", "step": "idle", "progress": "1"}
+    entry: dict[FieldT, EncodableT] = {"session_id": "s1", "step": "idle", "progress": "1"}
     try:
         for start in range(0, types, FILL_CHUNK):
             # On a cluster the client splits the pipeline by node.

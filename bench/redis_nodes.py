@@ -99,7 +99,13 @@ class RedisNodes:
         client = RedisCluster(host="127.0.0.1", port=self.ports[0])
         try:
             await client.initialize()
-            return {key: int(client.get_node_from_key(key).port) for key in keys}
+            shards = {}
+            for key in keys:
+                node = client.get_node_from_key(key)
+                if node is None:
+                    raise RuntimeError(f"no cluster node serves {key}")
+                shards[key] = int(node.port)
+            return shards
         finally:
             await client.aclose()
 
