@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,13 @@ WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 WORKFLOW_TYPE = "map"
 SESSIONS = 20
 P99_LIMIT_MS = 100.0
+
+
+def save_record(stamp: str, record: object) -> Path:
+    """Write one stand-alone bench's figures to ``results/<stamp>.json``; the path."""
+    path = RESULTS_DIR / f"{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 @dataclass(frozen=True)

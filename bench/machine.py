@@ -41,6 +41,11 @@ def _npm_version(folder: Path, name: str) -> str | None:
     return json.loads(manifest.read_text())["version"] if manifest.exists() else None
 
 
+def relay_commit(checkout: Path = REPO_DIR) -> str | None:
+    """The short commit checked out in ``checkout`` (this repository by default)."""
+    return _output(["git", "rev-parse", "--short", "HEAD"], cwd=checkout)
+
+
 def describe() -> dict[str, object]:
     """The machine and software record stored with every result."""
     dirty = _output(["git", "status", "--porcelain", "--", "relay"], cwd=REPO_DIR)
@@ -52,7 +57,7 @@ def describe() -> dict[str, object]:
         "node": _output(["node", "--version"]),
         "redis": _output(["redis-server", "--version"]),
         "wrk": _output(["wrk", "--version"]),
-        "relay_commit": _output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR),
+        "relay_commit": relay_commit(),
         "relay_tree_dirty": bool(dirty),
         "python_packages": {
             name: _pip_version(name)

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 
@@ -149,16 +149,23 @@ async def spawn(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     pipes: bool = False,
+    quiet: bool = False,
 ) -> Proc:
-    """Start ``argv`` in its own process group, stderr (and stdout unless piped) to a log."""
+    """Start ``argv`` in its own process group, stderr (and stdout unless piped) to a log.
+
+    ``quiet`` drops its standard output, for a client that prints every reply.
+    """
     log = log_dir / f"{name}.log"
     with log.open("ab") as sink:
+        stdout: int | IO[bytes] = sink
+        if pipes or quiet:
+            stdout = asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if pipes else sink,
+            stdout=stdout,
             stderr=sink,
             start_new_session=True,
             limit=1 << 24,
