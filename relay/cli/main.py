@@ -274,21 +274,22 @@ def serve(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
-    connections = connect(settings)
-    app = create_app(settings, connections)
-    if settings.demo:
-        from relay.cli.demo import alongside
-
-        app.cleanup_ctx.append(
-            alongside(
-                connections.commands,
-                prefix=settings.stream_prefix,
-                maxlen=settings.stream_maxlen,
-                stall_after=settings.stall_after,
-            )
-        )
-    metrics_app = create_metrics_app(app) if settings.metrics_apart else None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
+        # Asking a plain URL's server whether it is a cluster takes a round trip.
+        connections = runner.run(connect(settings))
+        app = create_app(settings, connections)
+        if settings.demo:
+            from relay.cli.demo import alongside
+
+            app.cleanup_ctx.append(
+                alongside(
+                    connections.commands,
+                    prefix=settings.stream_prefix,
+                    maxlen=settings.stream_maxlen,
+                    stall_after=settings.stall_after,
+                )
+            )
+        metrics_app = create_metrics_app(app) if settings.metrics_apart else None
         return runner.run(_serve_until_stopped(app, metrics_app, settings))
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from relay.client.batching import Batcher
+from relay.client.redis_urls import AsyncStore
 from relay.protocol.entries import (
     DEFAULT_CANCEL_TTL,
     PUBLISH_BATCH,
@@ -39,7 +38,7 @@ class StreamPublisher:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AsyncStore,
         keys: Keys,
         *,
         maxlen: int,
@@ -100,7 +99,8 @@ class StreamPublisher:
         # WAIT counts the writes of its own connection, and cannot run inside
         # the script: a pipeline sends both on one connection, in one round trip.
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._publish_script(keys=[], args=args, client=pipe)
+            # redis-py's annotation leaves out its cluster pipeline, which runs scripts too.
+            await self._publish_script(keys=[], args=args, client=pipe)  # type: ignore[arg-type]
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
             answer, acknowledged = await pipe.execute()
         check_replicas(acknowledged, self.min_replicas, self.replica_timeout_ms)
