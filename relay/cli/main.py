@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
-REDIS_URL_HELP = "publish straight to this Redis instead (redis+sentinel://... through Sentinel)"
+REDIS_URL_HELP = (
+    "publish straight to this Redis instead (redis+cluster://... for a cluster, "
+    "redis+sentinel://... through Sentinel; a plain URL of a cluster node is found out)"
+)
 
 
 def _gateway_url(args: argparse.Namespace) -> str:

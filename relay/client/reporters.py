@@ -11,11 +11,14 @@ whether the session's cancellation was requested.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,10 +27,11 @@ import redis
 import redis.asyncio
 import redis.exceptions
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from relay.client.batching import Batcher
-from relay.client.redis_urls import async_redis_client, redis_client
+from relay.client.redis_urls import AsyncStore, Mode, SyncStore, open_async_redis, open_redis
 from relay.client.reporting_session import (
     DEFAULT_HEARTBEAT_INTERVAL,
     AsyncReportingSession,
@@ -223,8 +227,10 @@ class BlockingReporter(ABC):
 class Reporter(BlockingReporter):
     """Publishes progress straight to Redis, blocking.
 
-    ``redis_url`` may name a plain Redis or its sentinels (``redis+sentinel://``,
-    see :mod:`relay.client.redis_urls`). With ``min_replicas``, a report counts
+    ``redis_url`` may name a plain Redis, a cluster (``redis+cluster://``) or
+    sentinels (``redis+sentinel://``), see :mod:`relay.client.redis_urls`;
+    ``redis_mode`` says whether a plain URL names a cluster node (``auto``:
+    ask the server when the first report goes out). With ``min_replicas``, a report counts
     as delivered once that many replicas acknowledged it within
     ``replica_timeout_ms``; until then it is retried like an unreachable Redis.
 
@@ -240,16 +246,26 @@ class Reporter(BlockingReporter):
         prefix: str = "",
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
-        client: redis.Redis | None = None,
+        client: SyncStore | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        redis_mode: Mode = "auto",
     ) -> None:
         super().__init__()
-        self._redis = client or redis_client(
-            redis_url, **_client_options(min_replicas, replica_timeout_ms)
+        # Opened by the first report, so that asking the server what it is
+        # is retried as that report is, and a Redis still starting is no error.
+        self._open: Callable[[], SyncStore] = (
+            (lambda: client)
+            if client is not None
+            else partial(
+                open_redis,
+                redis_url,
+                mode=redis_mode,
+                **_client_options(min_replicas, replica_timeout_ms),
+            )
         )
-        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        self._connection: tuple[SyncStore, Script] | None = None
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._idempotency_ttl = idempotency_ttl
@@ -277,18 +293,27 @@ class Reporter(BlockingReporter):
         As :class:`~relay.client.stream_publisher.StreamPublisher` does it: WAIT
         in one pipeline with the script, so that both use the same connection.
         """
+        client, publish_script = self._connected()
         if not self._min_replicas:
-            return self._publish_script(keys=[], args=args)
-        with self._redis.pipeline(transaction=False) as pipe:
-            self._publish_script(keys=[], args=args, client=pipe)
+            return publish_script(keys=[], args=args)
+        with client.pipeline(transaction=False) as pipe:
+            publish_script(keys=[], args=args, client=pipe)
             pipe.wait(self._min_replicas, self._replica_timeout_ms)
             answer, acknowledged = pipe.execute()
         check_replicas(acknowledged, self._min_replicas, self._replica_timeout_ms)
         return answer
 
+    def _connected(self) -> tuple[SyncStore, Script]:
+        """The client, opened on first use, and the publish script on it."""
+        if self._connection is None:
+            client = self._open()
+            self._connection = client, client.register_script(PUBLISH_SCRIPT)
+        return self._connection
+
     def close(self) -> None:
         """Release the Redis connections."""
-        self._redis.close()
+        if self._connection is not None:
+            self._connection[0].close()
 
     def __enter__(self) -> Self:
         return self
@@ -318,21 +343,27 @@ class AsyncReporter:
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
         max_batch: int = 1_000,
-        client: redis.asyncio.Redis | None = None,
+        client: AsyncStore | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        redis_mode: Mode = "auto",
     ) -> None:
         options = _client_options(min_replicas, replica_timeout_ms)
-        self._redis = client or async_redis_client(redis_url, **options)
-        self._store = StreamPublisher(
-            self._redis,
-            Keys(prefix),
+        self._redis = client
+        # Opening may ask the server what it is, which cannot be done here:
+        # the first report does it, under a lock so that one client is made.
+        self._open = partial(open_async_redis, redis_url, mode=redis_mode, **options)
+        self._opening = asyncio.Lock()
+        self._publisher = partial(
+            StreamPublisher,
+            keys=Keys(prefix),
             maxlen=maxlen,
             idempotency_ttl=idempotency_ttl,
             min_replicas=min_replicas,
             replica_timeout_ms=replica_timeout_ms,
         )
+        self._store: StreamPublisher | None = None if client is None else self._publisher(client)
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
         self._batcher: Batcher[ProgressEvent, Receipt] = Batcher(
@@ -368,7 +399,8 @@ class AsyncReporter:
 
     async def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
         try:
-            results = await self._store.write(publications(parcels))
+            store = await self._connected()
+            results = await store.write(publications(parcels))
         except (redis.exceptions.RedisError, OSError) as exc:
             raise store_failure(exc) from None
         return [outcome(result) for result in results]
@@ -402,10 +434,20 @@ class AsyncReporter:
             weight=weight,
         )
 
+    async def _connected(self) -> StreamPublisher:
+        """The publisher over the client, both made on first use."""
+        if self._store is None:
+            async with self._opening:
+                if self._store is None:
+                    self._redis = await self._open()
+                    self._store = self._publisher(self._redis)
+        return self._store
+
     async def aclose(self) -> None:
         """Wait for reports in flight, then release the Redis connections."""
         await self._batcher.drain()
-        await self._redis.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
         return self
