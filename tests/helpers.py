@@ -19,18 +19,21 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
 from aiohttp.test_utils import TestServer
 from redis.typing import EncodableT, FieldT
 
+from relay.client.redis_urls import (
+    AsyncStore,
+    Kind,
+    SyncStore,
+    async_redis_store,
+    check_mode,
+    redis_store,
+)
 from relay.server.app import create_app
 from relay.server.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
-CLUSTER_SCHEME = "redis+cluster://"
 
 # redis-py gives XADD and XRANGE one signature for every client, bytes or text:
 # a field map as XADD takes it, and what XRANGE answers on a text client.
@@ -363,24 +366,16 @@ async def first_watch_line(
     raise AssertionError("relay watch printed nothing")
 
 
-def _seed(url: str) -> tuple[str, int]:
-    """The first ``host:port`` of a ``redis+cluster://`` URL."""
-    first = url[len(CLUSTER_SCHEME) :].split("/")[0].split(",")[0]
-    host, _, port = first.rpartition(":")
-    return host, int(port)
+def _kind(url: str) -> Kind:
+    """A cluster for a ``redis+cluster://`` URL, else a single Redis, without asking the server."""
+    return check_mode(url) or "single"
 
 
-def store_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
+def store_client(url: str) -> SyncStore:
     """A blocking text client for a test's own reads and writes, of a single Redis or a cluster."""
-    if url.startswith(CLUSTER_SCHEME):
-        host, port = _seed(url)
-        return redis.cluster.RedisCluster(host=host, port=port, decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
+    return redis_store(url, _kind(url), decode_responses=True)
 
 
-def async_store_client(url: str) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+def async_store_client(url: str) -> AsyncStore:
     """The asyncio twin of :func:`store_client`."""
-    if url.startswith(CLUSTER_SCHEME):
-        host, port = _seed(url)
-        return redis.asyncio.cluster.RedisCluster(host=host, port=port, decode_responses=True)
-    return redis.asyncio.Redis.from_url(url, decode_responses=True)
+    return async_redis_store(url, _kind(url), decode_responses=True)

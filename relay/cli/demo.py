@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-import redis.asyncio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from relay.client.redis_urls import async_redis_client
+from relay.client.redis_urls import AsyncStore, open_async_redis
 from relay.client.reporters import AsyncReporter, HttpReporter
 from relay.client.reporting_session import AsyncReportingSession, describe
 from relay.client.retry import ReportError, RetryPolicy
@@ -525,7 +524,7 @@ class HttpPublisher:
 
 
 def alongside(
-    client: redis.asyncio.Redis, *, prefix: str, maxlen: int, stall_after: float
+    client: AsyncStore, *, prefix: str, maxlen: int, stall_after: float
 ) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
     """A cleanup context running the simulation while a gateway serves, as ``--demo`` asks.
 
@@ -567,7 +566,7 @@ async def run_demo(
 ) -> Sequence[Ended]:
     """Run the simulation against a gateway (``url``) or a Redis (``redis_url``)."""
     if redis_url:
-        client = async_redis_client(
+        client = await open_async_redis(
             redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
         )
         async with AsyncReporter(retry=RetryPolicy(retry_for=5), client=client) as reporter:

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
-REDIS_URL_HELP = "publish straight to this Redis instead (redis+sentinel://... through Sentinel)"
+REDIS_URL_HELP = (
+    "publish straight to this Redis instead (redis+cluster://... for a cluster, "
+    "redis+sentinel://... through Sentinel; a plain URL of a cluster node is found out)"
+)
 
 
 def _gateway_url(args: argparse.Namespace) -> str:
@@ -274,21 +277,22 @@ def serve(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
-    connections = connect(settings)
-    app = create_app(settings, connections)
-    if settings.demo:
-        from relay.cli.demo import alongside
-
-        app.cleanup_ctx.append(
-            alongside(
-                connections.commands,
-                prefix=settings.stream_prefix,
-                maxlen=settings.stream_maxlen,
-                stall_after=settings.stall_after,
-            )
-        )
-    metrics_app = create_metrics_app(app) if settings.metrics_apart else None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
+        # Asking a plain URL's server whether it is a cluster takes a round trip.
+        connections = runner.run(connect(settings))
+        app = create_app(settings, connections)
+        if settings.demo:
+            from relay.cli.demo import alongside
+
+            app.cleanup_ctx.append(
+                alongside(
+                    connections.commands,
+                    prefix=settings.stream_prefix,
+                    maxlen=settings.stream_maxlen,
+                    stall_after=settings.stall_after,
+                )
+            )
+        metrics_app = create_metrics_app(app) if settings.metrics_apart else None
         return runner.run(_serve_until_stopped(app, metrics_app, settings))
 
 

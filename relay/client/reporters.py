@@ -11,11 +11,14 @@ whether the session's cancellation was requested.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,7 +32,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.client.batching import Batcher
-from relay.client.redis_urls import async_redis_client, redis_client
+from relay.client.redis_urls import (
+    AsyncStore,
+    Mode,
+    SyncStore,
+    is_cluster,
+    open_async_redis,
+    open_redis,
+)
 from relay.client.reporting_session import (
     DEFAULT_HEARTBEAT_INTERVAL,
     AsyncReportingSession,
@@ -252,8 +262,10 @@ class BlockingReporter(ABC):
 class Reporter(BlockingReporter):
     """Publishes progress straight to Redis, blocking.
 
-    ``redis_url`` may name a plain Redis or its sentinels (``redis+sentinel://``,
-    see :mod:`relay.client.redis_urls`). With ``min_replicas``, a report counts
+    ``redis_url`` may name a plain Redis, a cluster (``redis+cluster://``) or
+    sentinels (``redis+sentinel://``), see :mod:`relay.client.redis_urls`;
+    ``redis_mode`` says whether a plain URL names a cluster node (``auto``:
+    ask the server when the first report goes out). With ``min_replicas``, a report counts
     as delivered once that many replicas acknowledged it within
     ``replica_timeout_ms``; until then it is retried like an unreachable Redis.
 
@@ -269,17 +281,29 @@ class Reporter(BlockingReporter):
         prefix: str = "",
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
-        client: redis.Redis | redis.cluster.RedisCluster | None = None,
+        client: SyncStore | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        redis_mode: Mode = "auto",
     ) -> None:
         super().__init__()
-        self._redis = client or redis_client(
-            redis_url, **_client_options(min_replicas, replica_timeout_ms)
+        # Opened by the first report, so that asking the server what it is
+        # is retried as that report is, and a Redis still starting is no error.
+        self._open: Callable[[], SyncStore] = (
+            (lambda: client)
+            if client is not None
+            else partial(
+                open_redis,
+                redis_url,
+                mode=redis_mode,
+                **_client_options(min_replicas, replica_timeout_ms),
+            )
         )
-        refuse_cluster_replicas(min_replicas, isinstance(self._redis, redis.cluster.RedisCluster))
         self._registry = TypeRegistry()
+        self._connection: SyncStore | None = None
+        if client is not None:
+            refuse_cluster_replicas(min_replicas, is_cluster(client))
         self._keys = Keys(prefix)
         self._maxlen = maxlen
         self._idempotency_ttl = idempotency_ttl
@@ -304,14 +328,25 @@ class Reporter(BlockingReporter):
             replica_timeout_ms=self._replica_timeout_ms,
         )
         try:
-            drive(self._redis, rounds)
+            drive(self._connected(), rounds)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise store_failure(exc) from None
         return [outcome(result) for result in plan.results()]
 
+    def _connected(self) -> SyncStore:
+        """The client, opened on first use."""
+        if self._connection is None:
+            client = self._open()
+            if self._min_replicas and is_cluster(client):
+                client.close()
+                refuse_cluster_replicas(self._min_replicas, cluster=True)
+            self._connection = client
+        return self._connection
+
     def close(self) -> None:
         """Release the Redis connections."""
-        self._redis.close()
+        if self._connection is not None:
+            self._connection.close()
 
     def __enter__(self) -> Self:
         return self
@@ -341,20 +376,28 @@ class AsyncReporter:
         maxlen: int = DEFAULT_MAXLEN,
         retry: RetryPolicy | None = None,
         max_batch: int = 1_000,
-        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None,
+        client: AsyncStore | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        redis_mode: Mode = "auto",
     ) -> None:
         options = _client_options(min_replicas, replica_timeout_ms)
-        self._redis = client or async_redis_client(redis_url, **options)
-        self._store = StreamPublisher(
-            self._redis,
-            Keys(prefix),
+        self._redis = client
+        # Opening may ask the server what it is, which cannot be done here:
+        # the first report does it, under a lock so that one client is made.
+        self._open = partial(open_async_redis, redis_url, mode=redis_mode, **options)
+        self._opening = asyncio.Lock()
+        self._publisher = partial(
+            StreamPublisher[AsyncStore],
+            keys=Keys(prefix),
             maxlen=maxlen,
             idempotency_ttl=idempotency_ttl,
             min_replicas=min_replicas,
             replica_timeout_ms=replica_timeout_ms,
+        )
+        self._store: StreamPublisher[AsyncStore] | None = (
+            None if client is None else self._publisher(client)
         )
         self._retry = retry or RetryPolicy()
         self.pending = PendingBuffer(self._retry.buffer_size)
@@ -391,7 +434,8 @@ class AsyncReporter:
 
     async def _send(self, parcels: list[Parcel]) -> list[Outcome[Receipt]]:
         try:
-            results = await self._store.write(publications(parcels))
+            store = await self._connected()
+            results = await store.write(publications(parcels))
         except (redis.exceptions.RedisError, OSError) as exc:
             raise store_failure(exc) from None
         return [outcome(result) for result in results]
@@ -425,10 +469,20 @@ class AsyncReporter:
             weight=weight,
         )
 
+    async def _connected(self) -> StreamPublisher[AsyncStore]:
+        """The publisher over the client, both made on first use."""
+        if self._store is None:
+            async with self._opening:
+                if self._store is None:
+                    self._redis = await self._open()
+                    self._store = self._publisher(self._redis)
+        return self._store
+
     async def aclose(self) -> None:
         """Wait for reports in flight, then release the Redis connections."""
         await self._batcher.drain()
-        await self._redis.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -10,6 +10,7 @@ from redis.asyncio.cluster import RedisCluster
 from typing_extensions import TypeVar
 
 from relay.client.batching import Batcher
+from relay.client.redis_urls import AsyncStore
 from relay.protocol.entries import (
     DEFAULT_CANCEL_TTL,
     PUBLISH_BATCH,
@@ -31,7 +32,6 @@ from relay.protocol.publish_rounds import (
 )
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 
-AsyncStore = Redis | RedisCluster
 # The client a publisher holds; a plain Redis unless a subclass says otherwise.
 StoreT = TypeVar("StoreT", bound=AsyncStore, default=Redis)
 

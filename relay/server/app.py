@@ -22,7 +22,7 @@ from relay.server import (
     websocket,
 )
 from relay.server.catchup import CatchUp
-from relay.server.connections import Connections, connect
+from relay.server.connections import Connections, open_connections
 from relay.server.cors import add_cors_headers, preflight
 from relay.server.errors import error_middleware
 from relay.server.gateway import GATEWAY, Gateway
@@ -42,8 +42,14 @@ READER_START_TIMEOUT = 5.0
 
 
 def build_relay(settings: Settings, connections: Connections | None = None) -> Gateway:
-    """Wire the gateway's parts together; nothing touches the network yet."""
-    connections = connections or connect(settings)
+    """Wire the gateway's parts together; nothing touches the network yet.
+
+    Without ``connections``, they are opened as the URL and ``redis_mode`` say
+    without asking the server; ``await connect(settings)`` (in
+    :mod:`relay.server.connections`) asks a plain URL's server whether it is a
+    cluster node.
+    """
+    connections = connections or open_connections(settings)
     keys = Keys(settings.stream_prefix)
     session_ttl = int(settings.session_ttl)
     store = StreamStore(

@@ -30,9 +30,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from relay.client.redis_urls import AsyncStore
 from relay.protocol.entries import StreamEntry
 from relay.protocol.event import WORKFLOW_TYPE_PATTERN
 from relay.protocol.stream_ids import START, StreamId
@@ -73,7 +73,7 @@ class StreamReader:
     def __init__(
         self,
         store: StreamStore,
-        connection: Redis,
+        connection: AsyncStore,
         handler: StreamHandler,
         *,
         count: int,

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relay.client.redis_urls import check_redis_url
+from relay.client.redis_urls import Mode, check_mode, check_redis_url
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
 from relay.protocol.keys import Keys
@@ -32,9 +32,16 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Redis to use (redis://, rediss://, unix://, or "
+        description="Redis to use (redis://, rediss://, unix://, "
+        "redis+cluster://host:6379,...[/0] for a Redis Cluster, or "
         "redis+sentinel://host:26379,.../service[/db] to find the primary through Sentinel); "
         "when unset the gateway runs on an in-process store.",
+    )
+    redis_mode: Mode = Field(
+        default="auto",
+        description="What a redis:// or rediss:// URL names: auto asks the server at start "
+        "whether it is a cluster node (INFO cluster), single and cluster say it without asking. "
+        "redis+cluster:// URLs are always a cluster, Sentinel URLs never.",
     )
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
@@ -297,6 +304,12 @@ class Settings(BaseSettings):
         # Port 0 asks the system for a free port, so two zeros never collide.
         if self.port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
+
+    @model_validator(mode="after")
+    def _mode_fits_the_url(self) -> Settings:
+        if self.redis_url:
+            check_mode(self.redis_url, self.redis_mode)
         return self
 
     @model_validator(mode="after")

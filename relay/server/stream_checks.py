@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from relay.client.redis_urls import AsyncStore
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import START, StreamId
 
@@ -73,7 +72,7 @@ def _entry_id(entry: Any) -> StreamId:
 class StreamChecks:
     """The Redis calls of the reader's integrity checks; each costs one round trip."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: AsyncStore, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
         self._bump_epoch_script = redis.register_script(BUMP_EPOCH_SCRIPT)
@@ -105,7 +104,12 @@ class StreamChecks:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, epoch in known.items():
                 args = [epoch or "", new_epoch()]
-                await self._bump_epoch_script(keys=[self.keys.epoch(key)], args=args, client=pipe)
+                # redis-py's annotation leaves out its cluster pipeline, which runs scripts too.
+                await self._bump_epoch_script(
+                    keys=[self.keys.epoch(key)],
+                    args=args,
+                    client=pipe,  # type: ignore[arg-type]
+                )
             answers = await pipe.execute()
         # The script only ever leaves a valid epoch behind.
         return {key: str(answer) for key, answer in zip(known, answers, strict=True)}

@@ -9,6 +9,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from relay.client.redis_urls import AsyncStore
 from relay.client.stream_publisher import StreamPublisher
 from relay.protocol.entries import StreamEntry, cancel_action, now_ms
 from relay.protocol.event import ProgressEvent
@@ -49,7 +50,7 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 7))
 """
 
 
-class StreamStore(StreamPublisher):
+class StreamStore(StreamPublisher[AsyncStore]):
     """Publishing and reading the type streams over an asyncio Redis client."""
 
     @cached_property

@@ -21,7 +21,7 @@ from tests.server.test_reader_integrity import metric
 
 # Set so the gateway does not warn that it runs open: the only warnings left are the tested ones.
 CLOSED = {"RELAY_API_KEYS": "operator-key", "RELAY_TOKEN_SECRET": "operator-secret"}
-SCHEMES = "redis://, rediss://, unix:// or redis+sentinel://"
+SCHEMES = "redis://, rediss://, unix://, redis+cluster://, rediss+cluster:// or redis+sentinel://"
 
 
 def serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

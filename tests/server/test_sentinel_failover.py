@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relay.client.redis_urls import AsyncStore
 from relay.client.reporters import Reporter
 from relay.client.retry import RetryPolicy
 from relay.server.connections import connect
@@ -185,14 +185,14 @@ async def test_the_gateways_clients_reach_the_promoted_replica(sentinels: Sentin
     # Each of the gateway's clients on its own, with nothing else to wake it:
     # redis-py's single-connection client, for one, would knock at the dead
     # primary for ever.
-    connections = connect(Settings(redis_url=sentinels.url(), read_block_ms=100))
+    connections = await connect(Settings(redis_url=sentinels.url(), read_block_ms=100))
     stream = f"workflow:progress:{TYPE}"
     try:
         await connections.commands.xadd(stream, {"n": "1"})
         assert await connections.reader.xread({stream: "0"}, block=100)
         sentinels.primary.stop(kill=True)
 
-        def answers(client: Redis) -> Callable[[], Awaitable[bool]]:
+        def answers(client: AsyncStore) -> Callable[[], Awaitable[bool]]:
             async def check() -> bool:
                 try:
                     return bool(await client.xread({stream: "0"}, block=100))
