@@ -204,9 +204,11 @@ class ReadGroups:
         answers = []
         for task in done:
             group, generation = self._pending.pop(task)
-            if task.cancelled() or generation != self._generations.get(group, 0):
+            if task.cancelled():
                 continue
             error = task.exception()
+            if generation != self._generations.get(group, 0):
+                continue
             answers.append((group, None if error else task.result(), error))
         return iter(answers)
 
@@ -216,6 +218,9 @@ class ReadGroups:
             task.cancel()
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
+        for task in self._pending:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a read failing as it is closed means nothing
         self._pending.clear()
         for client in self._clients.values():
             await client.aclose()

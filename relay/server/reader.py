@@ -454,8 +454,9 @@ class StreamReader:
         failing, backoff = self._group_failures.get(group, (0, BACKOFF_START))
         if isinstance(exc, STORE_ERRORS):
             self._store_error(exc)
+            # A node going away fails every group it serves: warned of once.
             logger.log(
-                logging.DEBUG if failing else logging.WARNING,
+                logging.DEBUG if self._group_failures else logging.WARNING,
                 "stream reader: %s; retrying in %.1fs",
                 exc,
                 backoff,
@@ -469,7 +470,7 @@ class StreamReader:
     def _group_answered(self, group: int) -> None:
         failed = self._group_failures.pop(group, None)
         self._groups.release(group)
-        if failed is not None:
+        if failed is not None and not self._group_failures:
             logger.info("stream reader: Redis answers again after %d error(s)", failed[0])
 
     async def run(self) -> None:

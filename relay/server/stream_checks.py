@@ -71,7 +71,7 @@ class StreamState:
 # Error replies about one key itself (missing, or not of the type asked for):
 # an answer about that key. Any other error in a pipeline (a node out of
 # reach, a slot moving) says nothing about the key and is raised.
-KEY_ERRORS = ("WRONGTYPE", "ERR no such key")
+KEY_ERRORS = ("WRONGTYPE", "no such key")
 
 
 def _answers(results: list[Any]) -> list[Any]:

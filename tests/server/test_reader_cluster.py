@@ -18,6 +18,7 @@ from relay.protocol.entries import StreamEntry
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import START, StreamId
 from relay.server.reader import StreamReader
+from relay.server.stream_checks import StreamChecks
 from relay.server.stream_store import StreamStore
 from tests.cluster import Cluster
 from tests.helpers import CLUSTER_SCHEME, async_store_client, eventually, store_client, wait_until
@@ -187,6 +188,37 @@ async def test_history_entries_and_reaches_back_to_read_one_stream(redis_url: st
         assert await store.server_id()
     finally:
         await store.redis.aclose()
+
+
+async def test_stream_checks_answer_for_streams_on_every_node(redis_url: str) -> None:
+    checks = StreamChecks(command_client(redis_url), KEYS)
+    names = [KEYS.stream(name) for name in types(12, "chk")]
+    try:
+        with store_client(redis_url) as client:
+            ids = {key: str(client.xadd(key, {"n": "0"})) for key in names}
+            client.set(KEYS.stream("plain"), "x")
+        kinds = await checks.key_types([*names, KEYS.stream("plain"), KEYS.stream("gone")])
+        assert kinds == {**dict.fromkeys(names, "stream"), KEYS.stream("plain"): "string"} | {
+            KEYS.stream("gone"): "none"
+        }
+        epochs = await checks.ensure_epochs(names)
+        assert all(epochs.values())
+        positions = {key: StreamId.from_redis(entry_id) for key, entry_id in ids.items()}
+        states = await checks.stream_states({**positions, KEYS.stream("gone"): START})
+        assert all(states[key].holds_position for key in names)
+        assert all(states[key].epoch == epochs[key] for key in names)
+        assert states[KEYS.stream("gone")].kind == "none"
+        assert await checks.holding([(names[0], positions[names[0]]), (names[1], START)]) == [
+            True,
+            False,
+        ]
+        # A gateway that knew the epoch replaces it; one that knew an older one adopts it.
+        bumped = await checks.bump_epochs({key: epochs[key] for key in names})
+        assert all(bumped[key] != epochs[key] for key in names)
+        again = await checks.bump_epochs({key: epochs[key] for key in names})
+        assert again == bumped
+    finally:
+        await checks.redis.aclose()
 
 
 async def test_a_cluster_client_error_is_counted_and_the_reader_goes_on(redis_url: str) -> None:
