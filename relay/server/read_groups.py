@@ -144,14 +144,11 @@ class ReadGroups:
         if cluster is None:
             assert isinstance(self._connection, Redis)
             return self._connection
-        name = self._nodes.get(group)
-        if name is None:
-            name = self._nodes[group] = cluster.nodes_manager.get_node_from_slot(group).name
-        client = self._clients.get(name)
+        node = cluster.nodes_manager.get_node_from_slot(group)
+        self._nodes[group] = node.name
+        client = self._clients.get(node.name)
         if client is None:
-            node = cluster.get_node(node_name=name)
-            assert node is not None
-            client = self._clients[name] = self._node_client(node)
+            client = self._clients[node.name] = self._node_client(node)
         return client
 
     def _node_client(self, node: ClusterNode) -> Redis:
