@@ -93,7 +93,10 @@ class Running:
     async def close(self) -> None:
         if self.task is not None:
             await self.reader.stop(self.task)
+            # Woken and ended by itself, with reads blocked far longer than the
+            # stop's grace: not cancelled as a last resort.
             assert self.task.done()
+            assert not self.task.cancelled()
         await self.store.redis.aclose()
         await self.connection.aclose()
         self.client.close()
