@@ -122,8 +122,8 @@ class RelayCollector(Collector):
         yield _gauge("relay_reader_ready", "1 while the reader follows the streams.", reader.ready)
         lag = GaugeMetricFamily(
             "relay_reader_lag_ms",
-            "How far the reader's position was behind each stream's newest entry, in ms of "
-            "stream id time, at its last scan.",
+            "How far behind each stream's newest entry its last read left the reader, in ms: "
+            "0 after a read of less than a whole batch, else the age of the last entry read.",
             labels=["workflow_type"],
         )
         for workflow_type, value in sorted(reader.lag_ms.items()):

@@ -1,4 +1,4 @@
-"""The gateway's single stream reader: one XREAD BLOCK loop over every type stream.
+"""The gateway's single stream reader: one loop of XREAD BLOCK over every type stream.
 
 Every gateway reads every stream itself (no consumer group), so each one can
 deliver every event to its own subscribers. At start it reads the retained
@@ -7,13 +7,21 @@ entries on as history rather than news, then follows the streams live. It
 remembers the last id per stream and resumes from there after a Redis error,
 backing off from 0.1 s doubling up to a cap.
 
+On a single Redis that loop is one XREAD over every stream. On a Redis
+Cluster it is one XREAD per group of streams sharing a hash slot, each on the
+primary serving it, the one loop handling whichever returns first
+(:mod:`relay.server.read_groups`); a group that fails backs off on its own
+while the others go on.
+
 Finding streams costs the same whatever their number: publishers through
 relay announce new types on a short stream the reader blocks on, so those are
 followed at once; streams made by a raw ``XADD`` are found by one bounded
-SCAN call per discovery tick, continuing the cursor from tick to tick. Lag is
-measured only for streams whose last read filled a whole batch.
+SCAN call per discovery tick on each primary, continuing its cursor from tick
+to tick. Lag costs nothing more: it is read off what XREAD answered (a short
+batch left nothing behind; a full one was as far behind as its last entry is old).
 
-After an outage, or when Redis restarted (its run id changed), every stream is
+After an outage, or when Redis restarted (a primary's run id changed, which a
+failover does too), every stream is
 checked once: an id counter behind our position, an entry we read that is gone
 while older ones are still there, or an epoch key that vanished or changed
 means the history was lost or rewritten. Such a stream gets a new epoch (one
@@ -30,14 +38,15 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from relay.client.redis_urls import AsyncStore
-from relay.protocol.entries import StreamEntry
+from relay.protocol.entries import StreamEntry, now_ms
 from relay.protocol.event import WORKFLOW_TYPE_PATTERN
 from relay.protocol.stream_ids import START, StreamId
+from relay.server.read_groups import STORE_ERRORS, ReadGroups
 from relay.server.stream_checks import StreamChecks, StreamState
-from relay.server.stream_store import StreamStore
+from relay.server.stream_store import ScanCursor, StreamStore
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,10 @@ STOP_GRACE = 1.0
 SCAN_COUNT = 1000
 STREAM_KINDS = frozenset({"stream", "none"})
 _TYPE_NAME = re.compile(WORKFLOW_TYPE_PATTERN)
+
+
+class _GroupsFailing(Exception):
+    """Some group's read failed: counted already; the reader is not ready meanwhile."""
 
 
 class StreamHandler(Protocol):
@@ -83,14 +96,14 @@ class StreamReader:
         self._store = store
         self._checks = StreamChecks(store.redis, store.keys)
         self._keys = store.keys
-        self._redis = connection
         self._handler = handler
         self._count = count
         self._block_ms = block_ms
         self._discovery_interval = discovery_interval
         self._next_tick = 0.0
-        self._scan_cursor = 0
+        self._scan_cursor: ScanCursor = {}
         self._stopping = False
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._check_streams = False
         self._check_types = False
@@ -104,9 +117,8 @@ class StreamReader:
         # Streams being read again after a reset, with their new epoch; the
         # subscribers hear of it once the view is rebuilt.
         self._resetting: dict[str, str] = {}
-        # Streams whose last read filled a whole batch: the only ones whose
-        # lag is worth a look at the next tick.
-        self._behind: set[str] = set()
+        # Per group failing, the Redis errors in a row and the backoff.
+        self._group_failures: dict[int, tuple[int, float]] = {}
         # Per stream, the positions it was read from since Redis's run id was
         # last seen unchanged: a replaced Redis may answer XREADs before the
         # run id check, so the check looks at each of them.
@@ -118,12 +130,14 @@ class StreamReader:
         # Publishers note new types here; reading it follows them at once.
         self._announcements = self._keys.announcements
         self._announced = START
-        # What XREAD is given: the positions, and the announcements', as text.
-        # Kept beside them, updated with the text Redis answered, so a read
+        # What each XREAD is given: the positions, and the announcements', as
+        # text, by slot group. Updated with the text Redis answered, so a read
         # formats nothing and copies nothing, however many streams there are.
-        self._read_from: dict[str, str] = {self._announcements: str(START)}
-        # Per workflow type, how far behind the newest entry the reader was,
-        # in milliseconds of stream id time: 0 once a read left nothing behind.
+        self._groups = ReadGroups(connection, count=count, block_ms=block_ms)
+        self._groups.set(self._announcements, str(START))
+        # Per workflow type, how far behind the stream's newest entry the last
+        # read left the reader, in milliseconds: 0 when that read returned less
+        # than a whole batch (nothing was left), else the age of its last entry.
         self.lag_ms: dict[str, int] = {}
         self.ready = False
         self.entries_read = 0
@@ -173,7 +187,7 @@ class StreamReader:
             self._announced = to
         else:
             self.positions[stream] = to
-        self._read_from[stream] = str(to)
+        self._groups.set(stream, str(to))
 
     def _ignore(self, key: str, why: str) -> None:
         if key not in self._ignored:
@@ -183,9 +197,9 @@ class StreamReader:
 
     def _drop(self, key: str, why: str) -> None:
         """Stop following a key that is no stream any more."""
+        self._groups.remove(key)
         for state in (
             self.positions,
-            self._read_from,
             self.epochs,
             self._history_ends,
             self._floors,
@@ -193,7 +207,6 @@ class StreamReader:
             state.pop(key, None)
         self._resetting.pop(key, None)
         self._moved_from.pop(key, None)
-        self._behind.discard(key)
         workflow_type = self._keys.workflow_type(key)
         if workflow_type is not None:
             self.lag_ms.pop(workflow_type, None)
@@ -228,7 +241,6 @@ class StreamReader:
         # history the session view is rebuilt from; later it is all news.
         for key in streams:
             self._move(key, START)
-        self._behind.update(streams)
         logger.info("following %d new stream(s): %s", len(streams), ", ".join(streams))
 
     async def _start(self) -> None:
@@ -240,43 +252,22 @@ class StreamReader:
         self._next_tick = asyncio.get_running_loop().time() + self._discovery_interval
 
     async def _tick(self) -> None:
-        """Periodic work, each a fixed number of Redis calls: run id, one SCAN step, lag."""
+        """Periodic work, a fixed number of Redis calls per primary: run id, one SCAN step."""
         self._next_tick = asyncio.get_running_loop().time() + self._discovery_interval
         self.ticks += 1
         # The client reconnects on its own, so a Redis that restarted or was
-        # replaced may never surface as an error here: its run id tells.
+        # replaced may never surface as an error here: its run id tells (on a
+        # cluster, every primary's, so a failover tells too).
         server_id = await self._store.server_id()
         if self._server_id is not None and server_id != self._server_id:
             logger.warning("Redis restarted or was replaced; checking every stream")
             self._check_streams = True
+            self._groups.refresh_topology()
         elif not self._check_streams:
             self._moved_from.clear()
         self._server_id = server_id
         self._scan_cursor, found = await self._store.scan_step(self._scan_cursor, SCAN_COUNT)
         await self._follow(found, at_start=False)
-        await self._measure_lag()
-
-    async def _measure_lag(self) -> None:
-        """Milliseconds (of stream id time) between our position and the newest entry.
-
-        A stream not read at all yet (at :data:`START`) has no meaningful lag
-        until its first read, unless it is empty.
-        """
-        if not self._behind:
-            return
-        behind = sorted(self._behind)
-        heads = await self._store.last_ids(behind)
-        for key in behind:
-            workflow_type, position = self._keys.workflow_type(key), self.positions.get(key)
-            if workflow_type is None or position is None:
-                self._behind.discard(key)
-                continue
-            head = heads[key]
-            if position == START and head != START:
-                continue
-            self.lag_ms[workflow_type] = max(head.ms - position.ms, 0)
-            if head <= position:
-                self._behind.discard(key)
 
     def _lost_history(self, key: str, state: StreamState, gone: list[StreamId]) -> str | None:
         """Why ``key`` no longer holds the history we read, or None when it still does.
@@ -401,24 +392,37 @@ class StreamReader:
                 if workflow_type:
                     yield self._keys.stream(workflow_type)
 
-    def _note_read(self, stream: str, count: int) -> None:
-        if count >= self._count:
-            self._behind.add(stream)
-            return
-        self._behind.discard(stream)
+    def _note_read(self, stream: str, count: int, last: StreamId) -> None:
+        """The stream's lag, from what one read returned: no Redis call needed."""
         workflow_type = self._keys.workflow_type(stream)
         if workflow_type is not None:
-            self.lag_ms[workflow_type] = 0
+            behind = max(now_ms() - last.ms, 0) if count >= self._count else 0
+            self.lag_ms[workflow_type] = behind
 
     async def _read_once(self) -> None:
-        if asyncio.get_running_loop().time() >= self._next_tick:
+        """Periodic and pending work, then wait for the first group read to return."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_tick:
             await self._tick()
         if self._check_types:
             await self._drop_non_streams()
         if self._check_streams:
             await self._verify()
-        streams: Any = self._read_from
-        response: Any = await self._redis.xread(streams, count=self._count, block=self._block_ms)
+        timeout = max(self._next_tick - loop.time(), 0)
+        announced: list[str] = []
+        for group, response, error in await self._groups.wait(timeout, self._stop):
+            if error is not None:
+                self._group_failed(group, error)
+                continue
+            self._group_answered(group)
+            announced.extend(self._take(response))
+        if announced:
+            await self._follow(announced, at_start=False)
+        if self._groups.failing():
+            raise _GroupsFailing
+
+    def _take(self, response: Any) -> list[str]:
+        """Hand on what one XREAD answered; the streams announcements name."""
         announced: list[str] = []
         for stream, entries in response or ():
             if stream == self._announcements:
@@ -429,12 +433,44 @@ class StreamReader:
                 # As _move does, but keeping the text Redis gave: this runs for every batch.
                 text = entries[-1][0]
                 last = self.positions[stream] = StreamId.from_redis(text)
-                self._read_from[stream] = text
+                self._groups.advance(stream, text)
                 self.entries_read += len(entries)
-                self._note_read(stream, len(entries))
+                self._note_read(stream, len(entries), last)
                 self._hand_on(stream, entries, last)
-        if announced:
-            await self._follow(announced, at_start=False)
+        return announced
+
+    def _store_error(self, exc: BaseException) -> None:
+        """Count a Redis error and schedule what it calls for: checks, a new slot map."""
+        self.redis_errors += 1
+        self._check_streams = True
+        self._groups.refresh_topology()
+        if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+            self._check_types = True
+        self.last_error = str(exc) or type(exc).__name__
+
+    def _group_failed(self, group: int, exc: BaseException) -> None:
+        """One group's read failed: it backs off alone, the other groups read on."""
+        failing, backoff = self._group_failures.get(group, (0, BACKOFF_START))
+        if isinstance(exc, STORE_ERRORS):
+            self._store_error(exc)
+            # A node going away fails every group it serves: warned of once.
+            logger.log(
+                logging.DEBUG if self._group_failures else logging.WARNING,
+                "stream reader: %s; retrying in %.1fs",
+                exc,
+                backoff,
+            )
+        else:
+            self.failures += 1
+            logger.error("stream reader failed; carrying on in %.1fs", backoff, exc_info=exc)
+        self._group_failures[group] = (failing + 1, min(backoff * 2, BACKOFF_CAP))
+        self._groups.hold(group, asyncio.get_running_loop().time() + backoff)
+
+    def _group_answered(self, group: int) -> None:
+        failed = self._group_failures.pop(group, None)
+        self._groups.release(group)
+        if failed is not None and not self._group_failures:
+            logger.info("stream reader: Redis answers again after %d error(s)", failed[0])
 
     async def run(self) -> None:
         """Read until :meth:`stop`; errors are logged, counted and retried with backoff."""
@@ -459,12 +495,12 @@ class StreamReader:
                     failing = 0
                     backoff = BACKOFF_START
                     continue
-                except (RedisError, OSError) as exc:
-                    self.redis_errors += 1
-                    self._check_streams = True
-                    if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
-                        self._check_types = True
-                    self.last_error = str(exc) or type(exc).__name__
+                except _GroupsFailing:
+                    # Counted and backing off per group: the loop goes on at once.
+                    self.ready = False
+                    continue
+                except STORE_ERRORS as exc:
+                    self._store_error(exc)
                     # Before the first start the gateway says once that Redis is not reachable.
                     first = not failing and self.started.is_set()
                     failing += 1
@@ -484,6 +520,7 @@ class StreamReader:
                 backoff = min(backoff * 2, BACKOFF_CAP)
         finally:
             self.ready = False
+            await self._groups.aclose(STOP_GRACE)
 
     async def supervise(self) -> None:
         """Run the reader until :meth:`stop`, starting it again whenever its task ends."""
@@ -511,11 +548,12 @@ class StreamReader:
     async def stop(self, task: asyncio.Task[None]) -> None:
         """Stop the reader running as ``task`` (:meth:`run` or :meth:`supervise`).
 
-        The loop is asked to finish after its current XREAD, which returns
-        within ``block_ms``; cancelling a blocked XREAD is only the fallback,
-        since a cancellation landing inside the client's read can be lost.
+        The loop is woken at once and cancels its pending reads itself;
+        cancelling the task is only the fallback, since a cancellation landing
+        inside the client's read can be lost.
         """
         self._stopping = True
+        self._stop.set()
         grace = self._block_ms / 1000 + STOP_GRACE
         await asyncio.wait([task], timeout=grace)
         if not task.done():

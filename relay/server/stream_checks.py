@@ -9,11 +9,15 @@ something only within one epoch.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from relay.client.redis_urls import AsyncStore
 from relay.protocol.keys import Keys
@@ -64,6 +68,22 @@ class StreamState:
     """The stream's epoch, None when its key is missing or invalid."""
 
 
+# Error replies about one key itself (missing, or not of the type asked for):
+# an answer about that key. Any other error in a pipeline (a node out of
+# reach, a slot moving) says nothing about the key and is raised.
+KEY_ERRORS = ("WRONGTYPE", "no such key")
+
+
+def _answers(results: list[Any]) -> list[Any]:
+    """A pipeline's results, raising the first error that is not about its key."""
+    for result in results:
+        if isinstance(result, Exception) and not (
+            isinstance(result, ResponseError) and str(result).startswith(KEY_ERRORS)
+        ):
+            raise result
+    return results
+
+
 def _entry_id(entry: Any) -> StreamId:
     """The id of an entry as ``XINFO STREAM`` reports it, :data:`START` for none."""
     return StreamId.from_redis(entry[0]) if entry else START
@@ -99,17 +119,22 @@ class StreamChecks:
         """Replace each stream's ``known`` epoch with a new one, unless another gateway did.
 
         Returns the epochs in force afterwards, the same for every gateway;
-        one round trip however many streams.
+        one round trip however many streams (on a cluster, concurrent calls:
+        each runs on its own key's node, which loads the script if missing).
         """
+        script = self._bump_epoch_script
+        if isinstance(self.redis, RedisCluster):
+            bumped = await asyncio.gather(
+                *(
+                    script(keys=[self.keys.epoch(key)], args=[epoch or "", new_epoch()])
+                    for key, epoch in known.items()
+                )
+            )
+            return {key: str(answer) for key, answer in zip(known, bumped, strict=True)}
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, epoch in known.items():
                 args = [epoch or "", new_epoch()]
-                # redis-py's annotation leaves out its cluster pipeline, which runs scripts too.
-                await self._bump_epoch_script(
-                    keys=[self.keys.epoch(key)],
-                    args=args,
-                    client=pipe,  # type: ignore[arg-type]
-                )
+                await script(keys=[self.keys.epoch(key)], args=args, client=pipe)
             answers = await pipe.execute()
         # The script only ever leaves a valid epoch behind.
         return {key: str(answer) for key, answer in zip(known, answers, strict=True)}
@@ -122,7 +147,7 @@ class StreamChecks:
             for key, entry_id in entries:
                 text = str(entry_id)
                 pipe.xrange(key, min=text, max=text, count=1)
-            results = await pipe.execute(raise_on_error=False)
+            results = _answers(await pipe.execute(raise_on_error=False))
         return [bool(found) and not isinstance(found, Exception) for found in results]
 
     async def stream_states(self, positions: Mapping[str, StreamId]) -> dict[str, StreamState]:
@@ -135,7 +160,7 @@ class StreamChecks:
                 pipe.xinfo_stream(key)
                 pipe.xrange(key, min=position, max=position, count=1)
                 pipe.get(self.keys.epoch(key))
-            results = await pipe.execute(raise_on_error=False)
+            results = _answers(await pipe.execute(raise_on_error=False))
         states: dict[str, StreamState] = {}
         for n, key in enumerate(keys):
             kind, info, at_position, epoch = results[4 * n : 4 * n + 4]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
@@ -14,6 +16,9 @@ from relay.client.stream_publisher import StreamPublisher
 from relay.protocol.entries import StreamEntry, cancel_action, now_ms
 from relay.protocol.event import ProgressEvent
 from relay.protocol.stream_ids import START, StreamId
+
+# Where a discovery SCAN goes on from: a cursor per node (one, unnamed, on a single Redis).
+ScanCursor = dict[str, int]
 
 # Writes one event that a gateway decided on, unless another gateway decided
 # the same already, or the session reported meanwhile; atomically.
@@ -48,6 +53,22 @@ if ARGV[5] == 'del' then
 end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 7))
 """
+
+
+async def _cluster_id(redis: RedisCluster) -> str:
+    """Every primary's address and run id, from a slot map read again if it is out of date.
+
+    A graceful failover raises no error: the old primary answers on, as a
+    replica, so its role tells the client's map is out of date.
+    """
+    for _ in range(2):
+        answers: dict[str, dict[str, Any]] = await redis.info(
+            "server", "replication", target_nodes=RedisCluster.PRIMARIES
+        )
+        if all(info.get("role") == "master" for info in answers.values()):
+            break
+        await redis.nodes_manager.initialize()
+    return ",".join(f"{node}={info.get('run_id', '')}" for node, info in sorted(answers.items()))
 
 
 class StreamStore(StreamPublisher[AsyncStore]):
@@ -90,9 +111,16 @@ class StreamStore(StreamPublisher[AsyncStore]):
         return str(answer) if answer else None
 
     async def server_id(self) -> str:
-        """The Redis server's run id, which changes whenever it restarts."""
+        """The Redis server's run id, which changes whenever it restarts.
+
+        On a cluster, every primary's address and run id: it changes when any
+        of them restarts, or a failover puts another node in its place.
+        """
+        redis: Any = self.redis
+        if isinstance(redis, RedisCluster):
+            return await _cluster_id(redis)
         try:
-            info: dict[str, Any] = await self.redis.info("server")
+            info: dict[str, Any] = await redis.info("server")
         except ResponseError:
             return ""  # the embedded store has no INFO, and never restarts
         return str(info.get("run_id", ""))
@@ -107,16 +135,39 @@ class StreamStore(StreamPublisher[AsyncStore]):
             found.add(str(key))
         return {key for key in found if self.keys.workflow_type(key)}
 
-    async def scan_step(self, cursor: int, count: int) -> tuple[int, list[str]]:
-        """One SCAN call for type streams: the next cursor (0 after a full pass) and the keys found.
+    async def scan_step(self, cursor: ScanCursor, count: int) -> tuple[ScanCursor, list[str]]:
+        """One SCAN call for type streams per node: the next cursors and the keys found.
 
-        Continuing the cursor tick after tick makes every call cost the same,
-        however many keys Redis holds.
+        A node's cursor is 0 again after a full pass of it. Continuing the
+        cursors tick after tick makes every call cost the same, however many
+        keys Redis holds.
         """
-        next_cursor, keys = await self.redis.scan(
-            cursor, match=self.keys.stream_pattern, count=count, _type="stream"
+        redis: Any = self.redis
+        match, kind = self.keys.stream_pattern, "stream"
+        if not isinstance(redis, RedisCluster):
+            next_cursor, keys = await redis.scan(
+                cursor.get("", 0), match=match, count=count, _type=kind
+            )
+            return {"": int(next_cursor)}, [str(key) for key in keys]
+        primaries = redis.get_primaries()
+        answers: list[Any] = await asyncio.gather(
+            *(
+                redis.scan(
+                    cursor.get(node.name, 0),
+                    match=match,
+                    count=count,
+                    _type=kind,
+                    target_nodes=node,
+                )
+                for node in primaries
+            )
         )
-        return int(next_cursor), [str(key) for key in keys]
+        cursors: ScanCursor = {}
+        found: list[str] = []
+        for node, (next_cursors, keys) in zip(primaries, answers, strict=True):
+            cursors[node.name] = int(next_cursors[node.name])
+            found.extend(str(key) for key in keys)
+        return cursors, found
 
     async def probe_write(self, ttl_ms: int) -> None:
         """Write a tiny short-lived key: raises when the store does not accept writes."""

@@ -1,0 +1,226 @@
+"""The reader's blocking reads: one ``XREAD BLOCK`` per group of streams sharing a hash slot.
+
+Redis Cluster refuses an ``XREAD`` over keys of different slots, so the
+reader keeps one pending read per *slot group* and handles whichever returns
+first. On a single Redis every stream and the announcements form one group:
+one ``XREAD`` over the reader's own connection, exactly as before.
+
+On a cluster each group's read goes to the primary serving its slot, over a
+plain client of that node owned here (the cluster client cannot block on one
+node for a read of many keys). Those reads block long, since nothing needs
+them to return when idle: a group whose streams change has its read
+cancelled, which drops that one connection, and is read again at once;
+topology changes are found by the reader's ticks (every primary's run id)
+and by errors, after which the slot map is read again and groups move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+logger = logging.getLogger(__name__)
+
+# The single Redis's one group.
+SINGLE_GROUP = 0
+# How long a cluster group's read blocks: it is cancelled whenever it must
+# change, so the length only sets how often an idle group costs a command.
+CLUSTER_BLOCK_MS = 30_000
+# Beyond the block, how long a node connection waits for an answer.
+SOCKET_MARGIN = 5.0
+# What redis-py may raise for a store that is out of reach or reconfiguring:
+# the cluster client raises some of it outside RedisError.
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+
+class ReadGroups:
+    """The groups' streams, positions as text, and each group's pending read.
+
+    ``connection`` is the reader's client: a plain one (a single Redis,
+    Sentinel, the embedded store) is read directly; a cluster client is only
+    asked for the slot map and the nodes' connection settings.
+    """
+
+    def __init__(self, connection: Redis | RedisCluster, *, count: int, block_ms: int) -> None:
+        self._connection = connection
+        self._cluster: RedisCluster | None = (
+            connection if isinstance(connection, RedisCluster) else None
+        )
+        self._count = count
+        self._block_ms = CLUSTER_BLOCK_MS if self._cluster is not None else block_ms
+        # Per group, what XREAD is given: each stream's position as text.
+        # Kept up to date in place, so issuing a read formats and copies nothing.
+        self._streams: dict[int, dict[str, str]] = {}
+        self._group_of: dict[str, int] = {}
+        # Per group, bumped whenever a position moves other than by a read of
+        # it: a read issued before is stale, and its answer is dropped.
+        self._generations: dict[int, int] = {}
+        self._pending: dict[asyncio.Task[Any], tuple[int, int]] = {}
+        self._held_until: dict[int, float] = {}
+        # Cluster only: the node serving each group, and a client per node.
+        self._nodes: dict[int, str] = {}
+        self._clients: dict[str, Redis] = {}
+        self._remap = True
+
+    def group_of(self, key: str) -> int:
+        """The group ``key`` belongs to: its hash slot on a cluster."""
+        return SINGLE_GROUP if self._cluster is None else self._cluster.keyslot(key)
+
+    def set(self, key: str, position: str) -> None:
+        """Read ``key`` after ``position`` from now on; a pending read of its group is stale."""
+        group = self._group_of.get(key)
+        if group is None:
+            group = self._group_of[key] = self.group_of(key)
+        self._streams.setdefault(group, {})[key] = position
+        self._invalidate(group)
+
+    def advance(self, key: str, position: str) -> None:
+        """Record what a read of ``key`` returned up to: the next read goes on from there."""
+        self._streams[self._group_of[key]][key] = position
+
+    def remove(self, key: str) -> None:
+        """Stop reading ``key``."""
+        group = self._group_of.pop(key, None)
+        if group is None:
+            return
+        streams = self._streams[group]
+        streams.pop(key, None)
+        self._invalidate(group)
+        if not streams:
+            del self._streams[group]
+            self._nodes.pop(group, None)
+
+    def _invalidate(self, group: int) -> None:
+        self._generations[group] = self._generations.get(group, 0) + 1
+        if self._cluster is None:
+            # One group on one connection: the read returns within its block
+            # and the next one carries the change, as a single XREAD always did.
+            return
+        for task, (pending_group, _) in self._pending.items():
+            if pending_group == group:
+                task.cancel()
+
+    def hold(self, group: int, until: float) -> None:
+        """Issue no read of ``group`` before ``until`` (loop time): it is backing off."""
+        self._held_until[group] = until
+
+    def release(self, group: int) -> None:
+        """The group's last read worked: no more backing off."""
+        self._held_until.pop(group, None)
+
+    def failing(self) -> bool:
+        """Whether some group is backing off after an error."""
+        return bool(self._held_until)
+
+    def refresh_topology(self) -> None:
+        """Read the cluster's slot map again before the next reads (after errors, failovers)."""
+        self._remap = True
+
+    async def _map(self) -> None:
+        """Map each group to the primary serving its slot; move reads that changed node."""
+        cluster = self._cluster
+        if cluster is None or not self._remap:
+            return
+        manager = cluster.nodes_manager
+        await manager.initialize()
+        self._remap = False
+        primaries = {node.name for node in cluster.get_primaries()}
+        for group in self._streams:
+            node = manager.get_node_from_slot(group)
+            if self._nodes.get(group) != node.name:
+                self._nodes[group] = node.name
+                self._invalidate(group)
+        for name in set(self._clients) - primaries:
+            await self._clients.pop(name).aclose()
+
+    def _client_for(self, group: int) -> Redis:
+        cluster = self._cluster
+        if cluster is None:
+            assert isinstance(self._connection, Redis)
+            return self._connection
+        node = cluster.nodes_manager.get_node_from_slot(group)
+        self._nodes[group] = node.name
+        client = self._clients.get(node.name)
+        if client is None:
+            client = self._clients[node.name] = self._node_client(node)
+        return client
+
+    def _node_client(self, node: ClusterNode) -> Redis:
+        """A plain client of one primary, with the cluster's own connection settings."""
+        settings = dict(node.connection_kwargs)
+        command_timeout = settings.get("socket_timeout") or SOCKET_MARGIN
+        settings["socket_timeout"] = self._block_ms / 1000 + command_timeout
+        pool = ConnectionPool(connection_class=node.connection_class, **settings)
+        return Redis(connection_pool=pool)
+
+    async def _read(self, client: Redis, streams: dict[str, str]) -> Any:
+        given: Any = streams
+        return await client.xread(given, count=self._count, block=self._block_ms)
+
+    async def _issue(self, now: float) -> None:
+        await self._map()
+        reading = {group for group, _ in self._pending.values()}
+        for group, streams in self._streams.items():
+            if group in reading or self._held_until.get(group, now) > now:
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._read(self._client_for(group), streams)
+            )
+            self._pending[task] = (group, self._generations.get(group, 0))
+
+    async def wait(
+        self, within: float, stop: asyncio.Event
+    ) -> Iterator[tuple[int, Any, BaseException | None]]:
+        """Issue the reads missing, wait up to ``within`` s for one, hand on what returned.
+
+        Yields ``(group, answer, error)`` per finished read that is not stale;
+        returns early when ``stop`` is set.
+        """
+        loop = asyncio.get_running_loop()
+        await self._issue(loop.time())
+        for group, until in self._held_until.items():
+            if not any(pending_group == group for pending_group, _ in self._pending.values()):
+                within = min(within, max(until - loop.time(), 0))
+        stopping = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait(
+                [*self._pending, stopping], timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        return self._finished()
+
+    def _finished(self) -> Iterator[tuple[int, Any, BaseException | None]]:
+        done = [task for task in self._pending if task.done()]
+        answers = []
+        for task in done:
+            group, generation = self._pending.pop(task)
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if generation != self._generations.get(group, 0):
+                continue
+            answers.append((group, None if error else task.result(), error))
+        return iter(answers)
+
+    async def aclose(self, grace: float) -> None:
+        """Cancel every pending read (waiting up to ``grace`` s) and close the node clients."""
+        for task in self._pending:
+            task.cancel()
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=grace)
+        for task in self._pending:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a read failing as it is closed means nothing
+        self._pending.clear()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+        self._nodes.clear()
+        self._remap = True
