@@ -14,6 +14,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.exceptions import RedisClusterException
 
+from relay.client.redis_urls import AsyncStore, Kind, async_redis_store, is_cluster_url
 from relay.protocol.entries import StreamEntry
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import START, StreamId
@@ -21,7 +22,7 @@ from relay.server.reader import StreamReader
 from relay.server.stream_checks import StreamChecks
 from relay.server.stream_store import StreamStore
 from tests.cluster import Cluster
-from tests.helpers import CLUSTER_SCHEME, async_store_client, eventually, store_client, wait_until
+from tests.helpers import async_store_client, eventually, store_client, wait_until
 
 pytestmark = pytest.mark.stores
 
@@ -54,15 +55,10 @@ def command_client(url: str) -> Any:
     return async_store_client(url)
 
 
-def reader_client(url: str) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+def reader_client(url: str) -> AsyncStore:
     """A reader connection as a gateway opens one: a longer timeout than its blocks."""
-    if url.startswith(CLUSTER_SCHEME):
-        first = url[len(CLUSTER_SCHEME) :].split("/")[0].split(",")[0]
-        host, _, port = first.rpartition(":")
-        return redis.asyncio.cluster.RedisCluster(
-            host=host, port=int(port), decode_responses=True, socket_timeout=READER_TIMEOUT
-        )
-    return redis.asyncio.Redis.from_url(url, decode_responses=True, socket_timeout=READER_TIMEOUT)
+    kind: Kind = "cluster" if is_cluster_url(url) else "single"
+    return async_redis_store(url, kind, decode_responses=True, socket_timeout=READER_TIMEOUT)
 
 
 class Running:
