@@ -122,14 +122,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 # What a suite marked ``stores`` runs against: each of its tests that takes
-# ``redis_url`` runs once per kind.
+# ``redis_url`` runs once per kind, or once per kind its own marker names.
 STORE_KINDS = ("single", "cluster")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the tests of suites marked ``stores`` on a single Redis and on a cluster."""
-    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("stores"):
-        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+    marker = metafunc.definition.get_closest_marker("stores")
+    if "redis_url" in metafunc.fixturenames and marker is not None:
+        # ``@pytest.mark.stores("single")`` on a test keeps it to the kinds it names.
+        metafunc.parametrize("store_kind", marker.args or STORE_KINDS, indirect=True)
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, eventually, serving, wait_until
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 STREAM = "workflow:progress:map"
 PATIENT = RetryPolicy(retry_for=30)
 KEYS = Keys()

@@ -15,6 +15,9 @@ from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import receive_events, serving, subscribe
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 ARGS = ("s1", "map", "analyzing", 45, {"details": "forests"})
 QUICK = RetryPolicy(retry_for=0.3, buffer_size=10)
 

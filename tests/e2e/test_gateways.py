@@ -17,6 +17,9 @@ from relay.client.reporters import Reporter
 from tests.conftest import RedisServer
 from tests.helpers import Gateway, event, receive, receive_events, start_watch, subscribe
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) -> str:
     async with http.post(f"{gateway.url}/api/workflows/progress", json=event(**fields)) as resp:

@@ -32,6 +32,9 @@ from tests.helpers import (
 )
 from tests.server.test_sse import next_event
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 CANCELLING = {"status": "cancel_requested", "cancel_requested": True}
 
 

@@ -21,6 +21,9 @@ from tests.helpers import (
     subscribe,
 )
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 def fast(redis_url: str, **overrides: Any) -> Settings:
     return Settings(redis_url=redis_url, read_block_ms=100, **overrides)

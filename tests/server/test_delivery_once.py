@@ -37,6 +37,9 @@ from tests.helpers import (
 from tests.server.test_catchup import fast, post
 from tests.server.test_subscriber import FakeSocket, make
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 SESSIONS = ("s1", "s2", "s3")
 
 

@@ -28,6 +28,9 @@ from tests.helpers import (
     until,
 )
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 async def follow(
     http: aiohttp.ClientSession,

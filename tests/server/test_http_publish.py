@@ -13,6 +13,9 @@ from relay.server.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import event, serving
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 @pytest.fixture
 async def base(redis_url: str) -> AsyncIterator[str]:

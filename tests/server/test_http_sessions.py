@@ -16,6 +16,9 @@ from relay.client.reporting_session import CancelRequested
 from relay.server.settings import Settings
 from tests.helpers import event, receive, receive_events, serving, state_when, until
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 @pytest.fixture
 async def base(redis_url: str) -> AsyncIterator[str]:

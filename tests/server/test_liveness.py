@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.protocol.entries import now_ms
 from relay.protocol.event import ProgressEvent
@@ -29,6 +30,9 @@ from tests.helpers import (
     subscribe,
     until,
 )
+
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
 
 STALL_AFTER = 0.5
 STREAM = "workflow:progress:map"

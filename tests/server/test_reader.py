@@ -21,6 +21,9 @@ from relay.server.subscriber import Subscriber
 from tests.conftest import RedisServer
 from tests.helpers import eventually
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 async def _noop(*_: object) -> None:
     return None

@@ -18,6 +18,9 @@ from relay.server.stream_store import StreamStore
 from tests.conftest import RedisServer
 from tests.helpers import Entries, event, eventually, serving
 
+# Every test here runs on a single Redis and on a Redis Cluster.
+pytestmark = pytest.mark.stores
+
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[Redis]:
