@@ -7,11 +7,15 @@ one ``XREAD`` over the reader's own connection, exactly as before.
 
 On a cluster each group's read goes to the primary serving its slot, over a
 plain client of that node owned here (the cluster client cannot block on one
-node for a read of many keys). Those reads block long, since nothing needs
-them to return when idle: a group whose streams change has its read
-cancelled, which drops that one connection, and is read again at once;
-topology changes are found by the reader's ticks (every primary's run id)
-and by errors, after which the slot map is read again and groups move.
+node for a read of many keys).
+
+Reads block long (``RELAY_READ_BLOCK_MS``), since nothing needs them to return
+when idle: a group whose streams change has its read cancelled, which drops
+that one connection, and is read again at once. An idle reader therefore
+costs one read per group per block, not one ``XREAD`` naming every stream
+twice a second. Topology changes are found by the reader's ticks (every
+primary's run id) and by errors, after which every read is issued anew (and
+on a cluster the slot map is read again and groups move).
 """
 
 from __future__ import annotations
@@ -29,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 # The single Redis's one group.
 SINGLE_GROUP = 0
-# How long a cluster group's read blocks: it is cancelled whenever it must
-# change, so the length only sets how often an idle group costs a command.
-CLUSTER_BLOCK_MS = 30_000
 # Beyond the block, how long a node connection waits for an answer.
 SOCKET_MARGIN = 5.0
 # What redis-py may raise for a store that is out of reach or reconfiguring:
@@ -53,7 +54,7 @@ class ReadGroups:
             connection if isinstance(connection, RedisCluster) else None
         )
         self._count = count
-        self._block_ms = CLUSTER_BLOCK_MS if self._cluster is not None else block_ms
+        self._block_ms = block_ms
         # Per group, what XREAD is given: each stream's position as text.
         # Kept up to date in place, so issuing a read formats and copies nothing.
         self._streams: dict[int, dict[str, str]] = {}
@@ -98,10 +99,8 @@ class ReadGroups:
 
     def _invalidate(self, group: int) -> None:
         self._generations[group] = self._generations.get(group, 0) + 1
-        if self._cluster is None:
-            # One group on one connection: the read returns within its block
-            # and the next one carries the change, as a single XREAD always did.
-            return
+        # The pending read blocks on what the group no longer is: cancelled
+        # (its connection is dropped) so that the next one is issued at once.
         for task, (pending_group, _) in self._pending.items():
             if pending_group == group:
                 task.cancel()
@@ -119,8 +118,16 @@ class ReadGroups:
         return bool(self._held_until)
 
     def refresh_topology(self) -> None:
-        """Read the cluster's slot map again before the next reads (after errors, failovers)."""
+        """After errors, a restart or a failover: issue every read anew, on a new slot map.
+
+        A read blocked on a connection to a server that went away may only
+        fail at its socket timeout, a whole block later.
+        """
         self._remap = True
+        if self._cluster is None:
+            # On a cluster, _map moves the groups whose node changed.
+            for group in self._streams:
+                self._invalidate(group)
 
     async def _map(self) -> None:
         """Map each group to the primary serving its slot; move reads that changed node."""

@@ -167,7 +167,13 @@ class Settings(BaseSettings):
         default=500, ge=1, description="Most entries the reader takes per stream per XREAD."
     )
     read_block_ms: int = Field(
-        default=500, ge=1, description="Milliseconds one XREAD waits for new entries."
+        default=30_000,
+        ge=1,
+        description=(
+            "Milliseconds one blocked XREAD of the reader waits before it is sent again. "
+            "A read whose streams change is sent again at once, so this only sets what "
+            "an idle reader costs."
+        ),
     )
     discovery_interval: float = Field(
         default=0.5,

@@ -27,12 +27,11 @@ from relay.cli.demo import (
 from relay.client.reporters import AsyncReporter
 from relay.client.reporting_session import AsyncReportingSession
 from relay.client.retry import ReportError, RetryPolicy
-from relay.protocol.entries import Receipt, StreamEntry
+from relay.protocol.entries import Receipt, StreamEntry, now_ms
 from relay.protocol.event import ProgressEvent
 from relay.protocol.keys import Keys
 from relay.protocol.liveness import heartbeat_interval
 from relay.protocol.plans import PlanSpec
-from relay.protocol.stream_ids import StreamId
 from relay.server.app import create_app
 from relay.server.gateway import GATEWAY
 from relay.server.reader import StreamReader
@@ -316,24 +315,33 @@ class Discard:
         """Nobody subscribes, so nobody to tell."""
 
 
-async def test_reader_lag_is_measured_from_stream_ids_at_discovery(redis_url: str) -> None:
+async def test_reader_lag_is_read_off_the_reads(redis_url: str) -> None:
+    # A full batch leaves the reader as far behind as its last entry is old;
+    # a short one leaves it caught up. Measuring costs no Redis call.
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
         keys = Keys()
         store = StreamStore(client, keys, maxlen=1000)
         reader = StreamReader(
-            store, client, Discard(), count=10, block_ms=10, discovery_interval=0.1
+            store, client, Discard(), count=10, block_ms=10, discovery_interval=60
         )
         entry: Fields = {"session_id": "s", "step": "a", "progress": "1"}
-        await client.xadd(keys.stream("map"), entry, id="1000-0")
-        await client.xadd(keys.stream("caught-up"), entry, id="2000-0")
+        old = now_ms() - 60_000
+        for n in range(15):
+            await client.xadd(keys.stream("map"), entry, id=f"{old + n}-0")
+        await client.xadd(keys.stream("caught-up"), entry)
         await reader._start()
         assert reader.lag_ms == {}  # not read yet: no meaningful lag
-        reader.positions[keys.stream("map")] = StreamId(1000, 0)
-        reader.positions[keys.stream("caught-up")] = StreamId(2000, 0)
-        await client.xadd(keys.stream("map"), entry, id="5500-3")
-        await reader._tick()
-        assert reader.lag_ms == {"map": 4500, "caught-up": 0}
+
+        async def read_until(condition: Callable[[], bool]) -> None:
+            while not condition():
+                await reader._read_once()
+
+        await asyncio.wait_for(read_until(lambda: "map" in reader.lag_ms), timeout=10)
+        assert reader.lag_ms["map"] >= now_ms() - (old + 9) - 1_000
+        await asyncio.wait_for(read_until(lambda: reader.lag_ms.get("map") == 0), timeout=10)
+        await asyncio.wait_for(read_until(lambda: "caught-up" in reader.lag_ms), timeout=10)
+        assert reader.lag_ms == {"map": 0, "caught-up": 0}
     finally:
         await client.aclose()
 
