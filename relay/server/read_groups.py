@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # The single Redis's one group.
 SINGLE_GROUP = 0
+# How long the first read after an error blocks, so that it soon tells the group recovered.
+RECOVERY_BLOCK_MS = 100
 # Beyond the block, how long a node connection waits for an answer.
 SOCKET_MARGIN = 5.0
 # What redis-py may raise for a store that is out of reach or reconfiguring:
@@ -166,9 +168,19 @@ class ReadGroups:
         pool = ConnectionPool(connection_class=node.connection_class, **settings)
         return Redis(connection_pool=pool)
 
-    async def _read(self, client: Redis, streams: dict[str, str]) -> Any:
+    async def _read(self, client: Redis, streams: dict[str, str], block_ms: int) -> Any:
         given: Any = streams
-        return await client.xread(given, count=self._count, block=self._block_ms)
+        return await client.xread(given, count=self._count, block=block_ms)
+
+    def _block_for(self, group: int) -> int:
+        """How long a read of ``group`` blocks: briefly while it recovers from an error.
+
+        A recovering group counts as failing until a read of it answers, and
+        an idle one would answer only after a whole long block.
+        """
+        return (
+            min(self._block_ms, RECOVERY_BLOCK_MS) if group in self._held_until else self._block_ms
+        )
 
     async def _issue(self, now: float) -> None:
         await self._map()
@@ -177,7 +189,7 @@ class ReadGroups:
             if group in reading or self._held_until.get(group, now) > now:
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._read(self._client_for(group), streams)
+                self._read(self._client_for(group), streams, self._block_for(group))
             )
             self._pending[task] = (group, self._generations.get(group, 0))
 

@@ -21,13 +21,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
 
-from relay.client.redis_urls import async_redis_client
+from relay.client.redis_urls import AsyncStore
 from tests.conftest import RedisServer
 from tests.followers import Follower, SseFollower, WsFollower
-from tests.helpers import Gateway, eventually
+from tests.helpers import Gateway, async_store_client, eventually
 from tests.proxy import TcpProxy
 
 TYPE = "map"
@@ -39,7 +38,7 @@ class Sequence:
 
     def __init__(self, http: aiohttp.ClientSession, redis_url: str) -> None:
         self.http = http
-        self.raw: Redis = async_redis_client(redis_url, decode_responses=True)
+        self.raw: AsyncStore = async_store_client(redis_url)
         self.published: list[int] = []
         self.refusals = 0
 

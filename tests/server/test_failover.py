@@ -1,13 +1,15 @@
-"""A failover under a gateway that finds Redis through Sentinel: nothing lost, nothing twice.
+"""A failover under a gateway: nothing lost, nothing twice, on Sentinel and on a cluster.
 
 A numbered sequence is published, alternately over HTTP (each event under an
 Idempotency-Key, retried until accepted) and by a :class:`Reporter` on the
-same ``redis+sentinel://`` URL, while a WebSocket subscriber follows the type.
-Midway the primary is killed with SIGKILL; the sentinels promote the replica,
-and the old primary comes back as the new one's replica. Publishes wait for
-one replica (``min_replicas=1``), so whatever was acknowledged before the
-kill was on the replica that took over. The subscriber must end with every
-number exactly once, and the gateway must be ready again.
+gateway's own URL, while a WebSocket subscriber follows the type. Midway the
+primary holding the type's stream is killed with SIGKILL; its replica takes
+over (promoted by the sentinels, or by the cluster itself), and the old
+primary comes back as the new one's replica. Whatever was acknowledged before
+the kill is on the replica that took over: through Sentinel, publishes wait
+for one replica (``min_replicas=1``); on a cluster, where relay refuses
+``min_replicas``, the kill waits until the replica has it. The subscriber must
+end with every number exactly once, and the gateway must be ready again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -26,6 +29,7 @@ from relay.client.reporters import Reporter
 from relay.client.retry import RetryPolicy
 from relay.server.connections import connect
 from relay.server.settings import Settings
+from tests.cluster import Cluster
 from tests.followers import WsFollower
 from tests.helpers import Gateway, eventually, until
 from tests.sentinel import Sentinels
@@ -34,6 +38,94 @@ from tests.server.test_fault_sequence import RETRY_FOR, TYPE, Sequence, caught_u
 BEFORE, DURING, AFTER = 30, 30, 20
 PROMOTION_TIMEOUT = 30.0
 READY_POLL = 0.1
+STREAM = f"workflow:progress:{TYPE}"
+
+
+class Failover(Protocol):
+    """A primary with a replica ready to take over, and the means to make it happen."""
+
+    url: str
+    # What publishers wait for; 0 where relay cannot promise it (a cluster).
+    min_replicas: int
+
+    def held_by_heir(self) -> int:
+        """How many entries of the stream the replica that will take over holds."""
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary holding the stream."""
+
+    def promoted(self) -> bool:
+        """Whether the replica serves the stream now."""
+
+    def rejoin(self) -> None:
+        """Start the old primary again, as the new one's replica."""
+
+
+class SentinelFailover:
+    """Sentinels promote the replica of the one primary."""
+
+    min_replicas = 1
+
+    def __init__(self, sentinels: Sentinels) -> None:
+        self.sentinels = sentinels
+        self.url = sentinels.url()
+
+    def held_by_heir(self) -> int:
+        with self.sentinels.replica.client() as replica:
+            return int(replica.xlen(STREAM))
+
+    def kill_primary(self) -> None:
+        self.sentinels.primary.stop(kill=True)
+
+    def promoted(self) -> bool:
+        return self.sentinels.primary_port() == self.sentinels.replica.port
+
+    def rejoin(self) -> None:
+        # Until a replica is back, no publish can reach min_replicas: the old
+        # primary rejoins as the replica of the new one, as an operator would.
+        self.sentinels.primary.replica_of = self.sentinels.replica.port
+        self.sentinels.primary.start()
+
+
+class ClusterFailover:
+    """The cluster promotes the replica of the primary serving the stream's slot."""
+
+    min_replicas = 0
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.url = cluster.url
+        with cluster.client() as client:
+            self.primary = cluster.node(int(client.get_node_from_key(STREAM).port))
+        with self.primary.client() as primary:
+            heir = primary.info("replication")["slave0"]
+        self.heir = cluster.node(int(heir["port"]))
+
+    def held_by_heir(self) -> int:
+        with self.heir.client() as heir:
+            # A replica answers reads of its primary's slots once asked to.
+            heir.execute_command("READONLY")
+            return int(heir.xlen(STREAM))
+
+    def kill_primary(self) -> None:
+        self.primary.stop(kill=True)
+
+    def promoted(self) -> bool:
+        with self.heir.client() as heir:
+            return bool(heir.info("replication")["role"] == "master")
+
+    def rejoin(self) -> None:
+        # A node that comes back after its replica took over rejoins as its replica.
+        self.primary.start()
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def failover(request: pytest.FixtureRequest) -> Iterator[Failover]:
+    """A primary about to fail over, found through Sentinel or in a cluster."""
+    if request.param == "sentinel":
+        yield SentinelFailover(request.getfixturevalue("sentinels"))
+    else:
+        yield ClusterFailover(request.getfixturevalue("own_cluster"))
 
 
 class Readiness:
@@ -105,41 +197,40 @@ class Publisher:
 
 @pytest.mark.slow
 async def test_a_failover_loses_and_repeats_nothing(
-    sentinels: Sentinels,
+    failover: Failover,
     start_gateway: Callable[..., Gateway],
     http: aiohttp.ClientSession,
 ) -> None:
-    url = sentinels.url()
-    gateway = start_gateway(url, RELAY_MIN_REPLICAS="1")
+    url = failover.url
+    gateway = start_gateway(url, RELAY_MIN_REPLICAS=str(failover.min_replicas))
     follower = WsFollower(http, gateway, TYPE)
     follower.start()
     await eventually(lambda: follower.connections, what="the subscriber")
     readiness = Readiness(http, gateway)
     readiness.start()
     sequence = Sequence(http, url)
-    reporter = Reporter(url, min_replicas=1, retry=RetryPolicy(retry_for=RETRY_FOR))
+    reporter = Reporter(
+        url, min_replicas=failover.min_replicas, retry=RetryPolicy(retry_for=RETRY_FOR)
+    )
     publisher = Publisher(sequence, reporter, gateway)
     loop = asyncio.get_running_loop()
     try:
         await publisher.run(BEFORE)
         await caught_up([follower], sequence)
-        with sentinels.replica.client() as replica:
-            on_replica = replica.xlen(f"workflow:progress:{TYPE}")
-        assert on_replica == BEFORE  # WAIT answered only once the replica had each
+        if failover.min_replicas:
+            # WAIT answered only once the replica had each.
+            assert failover.held_by_heir() == BEFORE
+        else:
+            await eventually(lambda: failover.held_by_heir() == BEFORE, what="replication")
 
         killed_at = loop.time()
-        sentinels.primary.stop(kill=True)
+        failover.kill_primary()
         during = asyncio.create_task(publisher.run(DURING))
         await eventually(
-            lambda: sentinels.primary_port() == sentinels.replica.port,
-            timeout=PROMOTION_TIMEOUT,
-            what="the sentinels to promote the replica",
+            failover.promoted, timeout=PROMOTION_TIMEOUT, what="the replica to be promoted"
         )
         promoted_after = loop.time() - killed_at
-        # Until a replica is back, no publish can reach min_replicas: the old
-        # primary rejoins as the replica of the new one, as an operator would.
-        sentinels.primary.replica_of = sentinels.replica.port
-        await asyncio.to_thread(sentinels.primary.start)
+        await asyncio.to_thread(failover.rejoin)
         await eventually(lambda: len(follower.seqs) > BEFORE, timeout=RETRY_FOR, what="delivery")
         delivery_stalled = loop.time() - killed_at
         await during
@@ -159,7 +250,7 @@ async def test_a_failover_loses_and_repeats_nothing(
     tally = follower.tally(sequence.published)
     repeated = sorted(n for n, times in Counter(follower.seqs).items() if times > 1)
     print(
-        f"\nsentinel failover: published {len(sequence.published)}, "
+        f"\n{type(failover).__name__}: published {len(sequence.published)}, "
         f"received {len(follower.seqs)}, lost {len(tally.lost)}, "
         f"duplicated {len(repeated)} (ids repeated {len(tally.duplicated)}), "
         f"reordered {len(tally.reordered)}; replica promoted after {promoted_after:.1f}s, "
