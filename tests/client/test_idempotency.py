@@ -22,9 +22,10 @@ from relay.protocol.idempotency import fingerprint
 from relay.protocol.keys import Keys
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
-from tests.helpers import Gateway, event, eventually, serving, wait_until
+from tests.helpers import Gateway, event, eventually, serving, store_client, wait_until
 
-# Every test here runs on a single Redis and on a Redis Cluster.
+# Every test here on redis_url runs on a single Redis and on a Redis Cluster; those
+# on own_redis stop or freeze a single server of their own.
 pytestmark = pytest.mark.stores
 
 STREAM = "workflow:progress:map"
@@ -38,8 +39,8 @@ async def base(redis_url: str) -> AsyncIterator[str]:
         yield url
 
 
-def length(server: RedisServer) -> int:
-    with server.client() as client:
+def length(redis_url: str) -> int:
+    with store_client(redis_url) as client:
         return int(client.xlen(STREAM))
 
 
@@ -52,7 +53,7 @@ async def post(
 
 
 async def test_a_repeated_single_publish_answers_the_first_id(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    base: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     url = f"{base}/api/workflows/progress"
     status, first, headers = await post(http, url, event(), key="order-1")
@@ -62,11 +63,11 @@ async def test_a_repeated_single_publish_answers_the_first_id(
     assert status == 202
     assert again == first  # a new ts is still the same publication
     assert headers["Idempotent-Replayed"] == "true"
-    assert length(redis_server) == 1
+    assert length(redis_url) == 1
 
 
 async def test_a_repeated_batch_answers_the_first_ids(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    base: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     url = f"{base}/api/workflows/progress/batch"
     batch = [event(f"s{n}", progress=n) for n in range(50)]
@@ -76,15 +77,15 @@ async def test_a_repeated_batch_answers_the_first_ids(
         status, again, headers = await post(http, url, batch, key="batch-1")
         assert (status, again) == (202, first)
         assert headers["Idempotent-Replayed"] == "true"
-    assert length(redis_server) == 50
+    assert length(redis_url) == 50
     status, other, _ = await post(http, url, batch, key="batch-2")
     assert status == 202
     assert set(other["ids"]).isdisjoint(first["ids"])
-    assert length(redis_server) == 100
+    assert length(redis_url) == 100
 
 
 async def test_a_key_reused_for_other_events_is_refused(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    base: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     url = f"{base}/api/workflows/progress"
     await post(http, url, event(progress=10), key="k")
@@ -93,12 +94,12 @@ async def test_a_key_reused_for_other_events_is_refused(
     assert answer["error"] == "idempotency_key_reused"
     status, answer, _ = await post(http, f"{url}/batch", [event(progress=10)] * 2, key="k")
     assert (status, answer["error"]) == (409, "idempotency_key_reused")
-    assert length(redis_server) == 1
+    assert length(redis_url) == 1
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "caf\u00e9"])
 async def test_a_malformed_key_is_refused_before_anything_is_written(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession, key: str
+    base: str, redis_url: str, http: aiohttp.ClientSession, key: str
 ) -> None:
     headers = {"Idempotency-Key": key.encode().decode("latin-1")}
     for path, body in (("", event()), ("/batch", [event()])):
@@ -108,20 +109,20 @@ async def test_a_malformed_key_is_refused_before_anything_is_written(
             assert response.status == 422
             answer = await response.json()
         assert answer["detail"][0]["field"] == "Idempotency-Key"
-    assert length(redis_server) == 0
+    assert length(redis_url) == 0
 
 
 async def test_the_record_lives_for_the_configured_window(
-    redis_url: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     async with serving(Settings(redis_url=redis_url, idempotency_ttl=60)) as url:
         await post(http, f"{url}/api/workflows/progress", event(), key="windowed")
-    with redis_server.client() as client:
+    with store_client(redis_url) as client:
         assert 0 < client.ttl(KEYS.idempotency(STREAM, "windowed")) <= 60
 
 
 async def test_retrying_the_publish_that_ended_a_session_is_no_conflict(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    base: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     url = f"{base}/api/workflows/progress"
     done = event(progress=100, status="completed")
@@ -131,13 +132,12 @@ async def test_retrying_the_publish_that_ended_a_session_is_no_conflict(
     assert (status, again) == (202, first)
     status, _, _ = await post(http, url, done, key="another-end")
     assert status == 409
-    assert length(redis_server) == 1
+    assert length(redis_url) == 1
 
 
 async def test_concurrent_publishes_under_one_key_write_once(
     start_gateway: Callable[..., Gateway],
     redis_url: str,
-    redis_server: RedisServer,
     http: aiohttp.ClientSession,
 ) -> None:
     gateways = [start_gateway(redis_url), start_gateway(redis_url)]
@@ -150,7 +150,7 @@ async def test_concurrent_publishes_under_one_key_write_once(
     )
     assert {status for status, _, _ in answers} == {202}
     assert len({tuple(answer["ids"]) for _, answer, _ in answers}) == 1
-    assert length(redis_server) == 20
+    assert length(redis_url) == 20
 
 
 @contextmanager
@@ -244,14 +244,14 @@ async def test_the_api_document_names_the_header(base: str, http: aiohttp.Client
 
 @pytest.mark.parametrize("record", ["garbage", "{fp} not-an-id", "{fp} 1-0 2-0", "{fp}"])
 async def test_a_record_someone_else_wrote_is_not_trusted(
-    base: str, redis_server: RedisServer, http: aiohttp.ClientSession, record: str
+    base: str, redis_url: str, http: aiohttp.ClientSession, record: str
 ) -> None:
     body = event()
     stored = record.format(fp=fingerprint([ProgressEvent.model_validate(body)]))
-    with redis_server.client() as client:
+    with store_client(redis_url) as client:
         client.set(KEYS.idempotency(STREAM, "planted"), stored)
         client.hset(KEYS.idempotency(STREAM, "a-hash"), "f", "v")
     for key in ("planted", "a-hash"):
         status, answer, _ = await post(http, f"{base}/api/workflows/progress", body, key=key)
         assert (status, answer["error"]) == (409, "idempotency_key_reused")
-    assert length(redis_server) == 0
+    assert length(redis_url) == 0

@@ -13,17 +13,18 @@ from relay.client.reporters import AsyncReporter, HttpReporter, Reporter
 from relay.client.retry import ReportError, RetryPolicy
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
-from tests.helpers import receive_events, serving, subscribe
+from tests.helpers import receive_events, serving, store_client, subscribe
 
-# Every test here runs on a single Redis and on a Redis Cluster.
+# Every test here on redis_url runs on a single Redis and on a Redis Cluster; those
+# on own_redis stop or freeze a single server of their own.
 pytestmark = pytest.mark.stores
 
 ARGS = ("s1", "map", "analyzing", 45, {"details": "forests"})
 QUICK = RetryPolicy(retry_for=0.3, buffer_size=10)
 
 
-def entry(server: RedisServer, entry_id: str) -> dict[str, str]:
-    with server.client() as client:
+def entry(redis_url: str, entry_id: str) -> dict[str, str]:
+    with store_client(redis_url) as client:
         [(found, fields)] = client.xrange("workflow:progress:map", entry_id, entry_id)
     assert found == entry_id
     return dict(fields)
@@ -40,18 +41,18 @@ async def base(redis_url: str) -> AsyncIterator[str]:
 
 
 async def test_every_path_writes_the_same_entry(
-    base: str, redis_url: str, redis_server: RedisServer, http: aiohttp.ClientSession
+    base: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     with Reporter(redis_url) as sync_reporter:
         sync_id = sync_reporter.report(*ARGS)
     async with AsyncReporter(redis_url) as async_reporter:
         async_id = await async_reporter.report(*ARGS)
     http_id = await asyncio.to_thread(HttpReporter(base).report, *ARGS)
-    shapes = [same_shape(entry(redis_server, i)) for i in (sync_id, async_id, http_id)]
+    shapes = [same_shape(entry(redis_url, i)) for i in (sync_id, async_id, http_id)]
     assert shapes[0] == shapes[1] == shapes[2]
     assert shapes[0]["metadata"] == '{"details":"forests"}'
     for entry_id in (sync_id, async_id, http_id):
-        assert int(entry(redis_server, entry_id)["ts"]) > 0
+        assert int(entry(redis_url, entry_id)["ts"]) > 0
 
 
 async def test_reported_events_reach_subscribers(

@@ -11,9 +11,10 @@ import redis
 
 from relay.server.settings import Settings
 from tests.conftest import RedisServer
-from tests.helpers import event, serving
+from tests.helpers import event, serving, store_client
 
-# Every test here runs on a single Redis and on a Redis Cluster.
+# Every test here on redis_url runs on a single Redis and on a Redis Cluster; those
+# on own_redis stop or freeze a single server of their own.
 pytestmark = pytest.mark.stores
 
 
@@ -24,22 +25,20 @@ async def base(redis_url: str) -> AsyncIterator[str]:
 
 
 async def test_publish_answers_id_and_event_name(
-    base: str, http: aiohttp.ClientSession, redis_server: RedisServer
+    base: str, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     async with http.post(f"{base}/api/workflows/progress", json=event()) as response:
         assert response.status == 202
         answer = await response.json()
     assert answer["event"] == "workflow:progress:map"
-    with redis_server.client() as client:
+    with store_client(redis_url) as client:
         [(entry_id, fields)] = client.xrange("workflow:progress:map")
     assert entry_id == answer["id"]
     assert fields["session_id"] == "s1"
     assert orjson.loads(fields["metadata"]) == {"details": "forests"}
 
 
-async def test_batch_is_all_or_none(
-    base: str, http: aiohttp.ClientSession, redis_server: RedisServer
-) -> None:
+async def test_batch_is_all_or_none(base: str, http: aiohttp.ClientSession, redis_url: str) -> None:
     batch = [
         event(session_id=f"s{n}", workflow_type="map" if n % 2 else "character") for n in range(10)
     ]
@@ -52,7 +51,7 @@ async def test_batch_is_all_or_none(
         assert response.status == 422
         answer = await response.json()
     assert answer["detail"][0]["field"] == "1.progress"
-    with redis_server.client() as client:
+    with store_client(redis_url) as client:
         assert (
             client.xlen("workflow:progress:map") + client.xlen("workflow:progress:character") == 10
         )

@@ -6,22 +6,24 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import StreamId
+from relay.server.connections import open_connections
 from relay.server.hub import Hub
 from relay.server.ingest import Ingest
 from relay.server.reader import StreamReader
 from relay.server.session_view import SessionView
+from relay.server.settings import Settings
 from relay.server.stream_store import StreamStore
 from relay.server.subscriber import Subscriber
 from tests.conftest import RedisServer
 from tests.helpers import eventually
 
-# Every test here runs on a single Redis and on a Redis Cluster.
+# Every test here on redis_url runs on a single Redis and on a Redis Cluster; those
+# on own_redis stop or freeze a single server of their own.
 pytestmark = pytest.mark.stores
 
 
@@ -45,8 +47,9 @@ class Running:
     """A reader task feeding a hub with one catch-all collector."""
 
     def __init__(self, url: str, count: int = 100) -> None:
-        self.commands = Redis.from_url(url, decode_responses=True)
-        self.connection = Redis.from_url(url, decode_responses=True, socket_timeout=3)
+        # The clients a gateway opens, of a single Redis or of a cluster.
+        self.connections = open_connections(Settings(redis_url=url, read_block_ms=100))
+        self.commands = self.connections.commands
         keys = Keys()
         self.store = StreamStore(self.commands, keys, maxlen=10_000)
         hub = Hub()
@@ -57,7 +60,7 @@ class Running:
         self.ingest = Ingest(keys, hub, self.view)
         self.reader = StreamReader(
             self.store,
-            self.connection,
+            self.connections.reader,
             self.ingest,
             count=count,
             block_ms=100,
@@ -72,8 +75,7 @@ class Running:
     async def stop(self) -> None:
         assert self.task is not None
         await self.reader.stop(self.task)
-        await self.commands.aclose()
-        await self.connection.aclose()
+        await self.connections.aclose()
 
     def ids(self) -> list[str]:
         return [envelope.id for envelope in self.collector.got]

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope
 from relay.protocol.stream_ids import StreamId
 from relay.server.session_view import SessionView
-
-# Every test here runs on a single Redis and on a Redis Cluster.
-pytestmark = pytest.mark.stores
 
 NOW = 1_700_000_000_000
 
