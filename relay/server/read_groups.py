@@ -232,6 +232,10 @@ class ReadGroups:
         """Cancel every pending read (waiting up to ``grace`` s) and close the node clients."""
         for task in self._pending:
             task.cancel()
+        # A read cancelled while it waits on its socket may go on waiting:
+        # closing the connections under it ends it at once.
+        for client in self._clients.values():
+            await client.connection_pool.disconnect(inuse_connections=True)
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
         for task in self._pending:
