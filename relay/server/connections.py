@@ -86,15 +86,18 @@ def open_connections(settings: Settings, kind: Kind | None = None) -> Connection
     logger.info("store: %s Redis at %s", kind, redacted(url))
     commands = async_redis_store(url, kind, **_command_options(settings))
     # The reader blocks in XREAD for up to read_block_ms; its timeout must be
-    # longer. One connection (on a cluster, one per node), taken from its own
-    # pool for every XREAD: the pool reconnects it through the sentinels after
-    # a failover, which redis-py's single-connection client does not.
+    # longer. On a single Redis one connection, taken from its own pool for
+    # every XREAD: the pool reconnects it through the sentinels after a
+    # failover, which redis-py's single-connection client does not. On a
+    # cluster the reader only asks this client for the slot map and opens a
+    # connection per slot group of its own (see relay.server.read_groups).
+    one_connection = {"max_connections": 1} if kind == "single" else {}
     reader = async_redis_store(
         url,
         kind,
         **_common_options(),
         socket_timeout=settings.read_block_ms / 1000 + COMMAND_TIMEOUT,
-        max_connections=1,
+        **one_connection,
     )
     return Connections(commands, reader)
 

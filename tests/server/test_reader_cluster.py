@@ -248,12 +248,12 @@ async def test_one_group_failing_does_not_stop_the_others(redis_url: str) -> Non
         real_read = groups._read
         injected = 0
 
-        async def read(client: Any, streams: dict[str, str]) -> Any:
+        async def read(client: Any, streams: dict[str, str], block_ms: int) -> Any:
             nonlocal injected
             if failing in streams and injected < 3:
                 injected += 1
                 raise RedisClusterException("injected")
-            return await real_read(client, streams)
+            return await real_read(client, streams, block_ms)
 
         groups._read = read  # type: ignore[method-assign]
         first = run.xadd("failing", 1)
