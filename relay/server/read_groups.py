@@ -163,6 +163,9 @@ class ReadGroups:
     def _node_client(self, node: ClusterNode) -> Redis:
         """A plain client of one primary, with the cluster's own connection settings."""
         settings = dict(node.connection_kwargs)
+        # One connection per slot group the node serves: the cluster client's
+        # cap per node (100 by default) is for commands, not for held reads.
+        settings.pop("max_connections", None)
         command_timeout = settings.get("socket_timeout") or SOCKET_MARGIN
         settings["socket_timeout"] = self._block_ms / 1000 + command_timeout
         pool = ConnectionPool(connection_class=node.connection_class, **settings)
