@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # The single Redis's one group.
 SINGLE_GROUP = 0
+# A cluster's hash slots: no node serves more slot groups than that.
+SLOTS = 16_384
 # How long the first read after an error blocks, so that it soon tells the group recovered.
 RECOVERY_BLOCK_MS = 100
 # Beyond the block, how long a node connection waits for an answer.
@@ -165,7 +167,7 @@ class ReadGroups:
         settings = dict(node.connection_kwargs)
         # One connection per slot group the node serves: the cluster client's
         # cap per node (100 by default) is for commands, not for held reads.
-        settings.pop("max_connections", None)
+        settings["max_connections"] = SLOTS
         command_timeout = settings.get("socket_timeout") or SOCKET_MARGIN
         settings["socket_timeout"] = self._block_ms / 1000 + command_timeout
         pool = ConnectionPool(connection_class=node.connection_class, **settings)
