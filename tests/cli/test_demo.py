@@ -42,6 +42,7 @@ from tests.helpers import (
     Entries,
     Fields,
     Gateway,
+    async_store_client,
     env_without_relay,
     eventually,
     state_when,
@@ -153,6 +154,7 @@ def test_relay_demo_says_when_the_gateway_is_unreachable() -> None:
 
 
 @pytest.mark.process
+@pytest.mark.stores
 async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdown(
     redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -179,7 +181,7 @@ async def test_serve_demo_shows_sessions_within_seconds_and_ends_them_on_shutdow
         code = await asyncio.to_thread(gateway.stop)
     assert code == 0, gateway.logs()
     # sessions still running at shutdown were reported cancelled, not left hanging
-    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    client = async_store_client(redis_url)
     try:
         last: dict[str, str] = {}
         for workflow_type in TYPES | {"tile"}:
@@ -277,6 +279,7 @@ async def test_failed_sessions_report_their_error(
                 assert (await response.json())["error"] == ended.error
 
 
+@pytest.mark.stores
 async def test_demo_straight_to_redis(redis_url: str) -> None:
     options = DemoOptions(
         rate=5, max_sessions=4, fail_chance=0.3, cancel_chance=0.3, pace=QUICK, seed=3
@@ -284,7 +287,7 @@ async def test_demo_straight_to_redis(redis_url: str) -> None:
     ended = await run_demo(redis_url=redis_url, options=options, duration=3)
     assert {e.workflow_type for e in ended} == TYPES
     assert any(e.status == "completed" for e in ended)
-    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    client = async_store_client(redis_url)
     try:
         entries = cast(Entries, await client.xrange("workflow:progress:map"))
         assert entries
