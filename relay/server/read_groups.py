@@ -66,7 +66,15 @@ class ReadGroups:
         # Per group, bumped whenever a position moves other than by a read of
         # it: a read issued before is stale, and its answer is dropped.
         self._generations: dict[int, int] = {}
+        # Each read issued, with its group and that group's generation then;
+        # the one pending read of each group; the groups with none.
         self._pending: dict[asyncio.Task[Any], tuple[int, int]] = {}
+        self._reading: dict[int, asyncio.Task[Any]] = {}
+        self._unread: set[int] = set()
+        # Reads that finished, in order, and a wake-up for whoever waits on them:
+        # waiting costs the same however many groups are pending.
+        self._done: list[asyncio.Task[Any]] = []
+        self._wakeup = asyncio.Event()
         self._held_until: dict[int, float] = {}
         # Cluster only: the node serving each group, and a client per node.
         self._nodes: dict[int, str] = {}
@@ -83,6 +91,8 @@ class ReadGroups:
         if group is None:
             group = self._group_of[key] = self.group_of(key)
         self._streams.setdefault(group, {})[key] = position
+        if group not in self._reading:
+            self._unread.add(group)
         self._invalidate(group)
 
     def advance(self, key: str, position: str) -> None:
@@ -99,15 +109,16 @@ class ReadGroups:
         self._invalidate(group)
         if not streams:
             del self._streams[group]
+            self._unread.discard(group)
             self._nodes.pop(group, None)
 
     def _invalidate(self, group: int) -> None:
         self._generations[group] = self._generations.get(group, 0) + 1
         # The pending read blocks on what the group no longer is: cancelled
         # (its connection is dropped) so that the next one is issued at once.
-        for task, (pending_group, _) in self._pending.items():
-            if pending_group == group:
-                task.cancel()
+        task = self._reading.get(group)
+        if task is not None:
+            task.cancel()
 
     def hold(self, group: int, until: float) -> None:
         """Issue no read of ``group`` before ``until`` (loop time): it is backing off."""
@@ -189,14 +200,21 @@ class ReadGroups:
 
     async def _issue(self, now: float) -> None:
         await self._map()
-        reading = {group for group, _ in self._pending.values()}
-        for group, streams in self._streams.items():
-            if group in reading or self._held_until.get(group, now) > now:
+        loop = asyncio.get_running_loop()
+        for group in list(self._unread):
+            if self._held_until.get(group, now) > now:
                 continue
-            task = asyncio.get_running_loop().create_task(
-                self._read(self._client_for(group), streams, self._block_for(group))
+            task = loop.create_task(
+                self._read(self._client_for(group), self._streams[group], self._block_for(group))
             )
+            self._unread.discard(group)
+            self._reading[group] = task
             self._pending[task] = (group, self._generations.get(group, 0))
+            task.add_done_callback(self._finish)
+
+    def _finish(self, task: asyncio.Task[Any]) -> None:
+        self._done.append(task)
+        self._wakeup.set()
 
     async def wait(
         self, within: float, stop: asyncio.Event
@@ -209,22 +227,33 @@ class ReadGroups:
         loop = asyncio.get_running_loop()
         await self._issue(loop.time())
         for group, until in self._held_until.items():
-            if not any(pending_group == group for pending_group, _ in self._pending.values()):
+            if group not in self._reading:
                 within = min(within, max(until - loop.time(), 0))
-        stopping = loop.create_task(stop.wait())
-        try:
-            await asyncio.wait(
-                [*self._pending, stopping], timeout=within, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopping.cancel()
+        self._wakeup.clear()
+        if not self._done and not stop.is_set():
+            waking = loop.create_task(self._wakeup.wait())
+            stopping = loop.create_task(stop.wait())
+            try:
+                await asyncio.wait(
+                    [waking, stopping], timeout=within, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waking.cancel()
+                stopping.cancel()
         return self._finished()
 
     def _finished(self) -> Iterator[tuple[int, Any, BaseException | None]]:
-        done = [task for task in self._pending if task.done()]
+        done, self._done = self._done, []
         answers = []
         for task in done:
-            group, generation = self._pending.pop(task)
+            issued = self._pending.pop(task, None)
+            if issued is None:
+                continue  # closed meanwhile
+            group, generation = issued
+            if self._reading.get(group) is task:
+                del self._reading[group]
+                if group in self._streams:
+                    self._unread.add(group)
             if task.cancelled():
                 continue
             error = task.exception()
@@ -247,6 +276,9 @@ class ReadGroups:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: a read failing as it is closed means nothing
         self._pending.clear()
+        self._reading.clear()
+        self._done.clear()
+        self._unread = set(self._streams)
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
