@@ -14,8 +14,15 @@ import aiohttp
 import pytest
 
 from relay.client.reporters import Reporter
-from tests.conftest import RedisServer
-from tests.helpers import Gateway, event, receive, receive_events, start_watch, subscribe
+from tests.helpers import (
+    Gateway,
+    event,
+    receive,
+    receive_events,
+    start_watch,
+    store_client,
+    subscribe,
+)
 
 # Every test here runs on a single Redis and on a Redis Cluster.
 pytestmark = pytest.mark.stores
@@ -30,7 +37,6 @@ async def publish(http: aiohttp.ClientSession, gateway: Gateway, **fields: Any) 
 async def test_three_gateways_deliver_every_path_once_in_order(
     start_gateway: Callable[..., Gateway],
     redis_url: str,
-    redis_server: RedisServer,
     http: aiohttp.ClientSession,
 ) -> None:
     gateways = [start_gateway(redis_url) for _ in range(3)]
@@ -44,7 +50,7 @@ async def test_three_gateways_deliver_every_path_once_in_order(
         expected = [await publish(http, gateways[0], session_id="s1", progress=p) for p in (1, 2)]
         with Reporter(redis_url) as reporter:
             expected.append(reporter.report("s2", "map", "python", 3))
-        with redis_server.client() as raw:
+        with store_client(redis_url) as raw:
             expected.append(
                 raw.xadd(
                     "workflow:progress:map", {"session_id": "s3", "step": "raw", "progress": "4"}
@@ -79,13 +85,12 @@ async def test_three_gateways_deliver_every_path_once_in_order(
 async def test_invalid_raw_entry_is_skipped_and_the_reader_carries_on(
     start_gateway: Callable[..., Gateway],
     redis_url: str,
-    redis_server: RedisServer,
     http: aiohttp.ClientSession,
 ) -> None:
     gateway = start_gateway(redis_url)
     async with http.ws_connect(gateway.ws_url) as ws:
         await subscribe(ws, workflow_type="map")
-        with redis_server.client() as raw:
+        with store_client(redis_url) as raw:
             raw.xadd("workflow:progress:map", {"session_id": "s1", "progress": "half"})
         good = await publish(http, gateway)
         assert [f["id"] for f in await receive_events(ws, 1)] == [good]

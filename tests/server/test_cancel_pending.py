@@ -14,13 +14,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from relay.protocol.event import ProgressEvent, as_delivered, event_from_data
 from relay.server.session_view import SessionView
 from tests.helpers import (
     DEFAULT_TIMEOUT,
     Gateway,
+    async_store_client,
     event,
     first_watch_line,
     read_back,
@@ -114,7 +114,7 @@ async def test_reports_after_a_cancel_keep_the_session_cancelling_everywhere(
         # written straight into the stream as any worker may.
         report = await post(http, two, progress=30, step="texturing")
         assert report["cancel_requested"] is True
-        async with aioredis.from_url(redis_url, decode_responses=True) as raw:
+        async with async_store_client(redis_url) as raw:
             fields = {"session_id": "s1", "step": "texturing", "progress": "35"}
             raw_id = await raw.xadd("workflow:progress:map", fields)  # type: ignore[arg-type]
         live = await receive_events(ws, 2)
@@ -167,6 +167,9 @@ async def test_a_terminal_report_ends_the_pending_cancel(
     started = await post(http, one, progress=20)
     await state_when(http, one, "s1", last_event_id=started["id"])
     cancel_id = await cancel(http, one)
+    # A gateway that publishes for a session before reading of it starts the
+    # session's history there: the report goes through two once it has read the cancel.
+    await state_when(http, two, "s1", last_event_id=cancel_id)
     report = await post(http, two, progress=30)
     async with http.ws_connect(f"{one}/ws") as ws:
         await subscribe(ws, workflow_type="map", session_id="s1")
