@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -332,21 +332,27 @@ def _xadd_when_served(cluster: Cluster, stream: str) -> str:
     return found[0]
 
 
+def count_checks(run: Running) -> Callable[[], int]:
+    """How many times the reader has checked its streams' integrity since this call."""
+    checks = run.reader._checks
+    real_states = checks.stream_states
+    calls = 0
+
+    async def stream_states(positions: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real_states(positions)
+
+    checks.stream_states = stream_states  # type: ignore[method-assign]
+    return lambda: calls
+
+
 async def test_a_failover_is_followed_and_every_later_event_arrives(own_cluster: Cluster) -> None:
     names = _spread_types(own_cluster)
     async with running(own_cluster.url) as run:
         before = {name: run.xadd(name, 0) for name in names}
         await eventually(lambda: all(run.live(name) == [before[name]] for name in names))
-        checks = run.reader._checks
-        verified = 0
-        real_states = checks.stream_states
-
-        async def stream_states(positions: Any) -> Any:
-            nonlocal verified
-            verified += 1
-            return await real_states(positions)
-
-        checks.stream_states = stream_states  # type: ignore[method-assign]
+        verified = count_checks(run)
         victim = own_cluster.primary_ports()[0]
         own_cluster.node(victim).stop(kill=True)
         await asyncio.to_thread(own_cluster.wait_settled)
@@ -359,7 +365,7 @@ async def test_a_failover_is_followed_and_every_later_event_arrives(own_cluster:
             timeout=30,
             what="every event written after the failover",
         )
-        assert verified >= 1
+        assert verified() >= 1
         assert run.task is not None
         assert not run.task.done()
 
@@ -371,23 +377,14 @@ async def test_a_primary_replaced_without_errors_is_noticed_by_its_run_id(
     async with running(own_cluster.url) as run:
         before = {name: run.xadd(name, 0) for name in names}
         await eventually(lambda: all(run.live(name) == [before[name]] for name in names))
-        checks = run.reader._checks
-        verified = 0
-        real_states = checks.stream_states
-
-        async def stream_states(positions: Any) -> Any:
-            nonlocal verified
-            verified += 1
-            return await real_states(positions)
-
-        checks.stream_states = stream_states  # type: ignore[method-assign]
+        verified = count_checks(run)
         primaries = set(own_cluster.primary_ports())
         replica = next(port for port in own_cluster.ports if port not in primaries)
         with redis.Redis(port=replica, decode_responses=True) as node:
             node.execute_command("CLUSTER", "FAILOVER")
         wait_until(lambda: replica in own_cluster.primary_ports(), timeout=30)
         await asyncio.to_thread(own_cluster.wait_settled)
-        await eventually(lambda: verified >= 1, timeout=15, what="the integrity checks")
+        await eventually(lambda: verified() >= 1, timeout=15, what="the integrity checks")
         sent = {
             name: await asyncio.to_thread(_xadd_when_served, own_cluster, KEYS.stream(name))
             for name in names
