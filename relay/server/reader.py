@@ -145,6 +145,10 @@ class StreamReader:
         # The latest Redis error met, for saying why the start is taking long.
         self.last_error: str | None = None
         self.failures = 0
+        # Redis errors, of the loop and of every group's read, since the reader
+        # last went round with nothing failing: an outage is warned of once,
+        # not at every retry or by every group, and its end is told.
+        self._outage_errors = 0
         self.resets = 0
         self.restarts = 0
         self.ignored_keys = 0
@@ -452,14 +456,8 @@ class StreamReader:
         """One group's read failed: it backs off alone, the other groups read on."""
         failing, backoff = self._group_failures.get(group, (0, BACKOFF_START))
         if isinstance(exc, STORE_ERRORS):
-            self._store_error(exc)
-            # A node going away fails every group it serves: warned of once.
-            logger.log(
-                logging.DEBUG if self._group_failures else logging.WARNING,
-                "stream reader: %s; retrying in %.1fs",
-                exc,
-                backoff,
-            )
+            # A node going away fails every group it serves: one outage.
+            self._store_failed(exc, backoff)
         else:
             self.failures += 1
             logger.error("stream reader failed; carrying on in %.1fs", backoff, exc_info=exc)
@@ -467,10 +465,21 @@ class StreamReader:
         self._groups.hold(group, asyncio.get_running_loop().time() + backoff)
 
     def _group_answered(self, group: int) -> None:
-        failed = self._group_failures.pop(group, None)
+        self._group_failures.pop(group, None)
         self._groups.release(group)
-        if failed is not None and not self._group_failures:
-            logger.info("stream reader: Redis answers again after %d error(s)", failed[0])
+
+    def _store_failed(self, exc: BaseException, backoff: float) -> None:
+        """Count a Redis error of the loop or of a group's read; warn once an outage."""
+        self._store_error(exc)
+        # Before the first start the gateway says once that Redis is not reachable.
+        first = not self._outage_errors and self.started.is_set()
+        self._outage_errors += 1
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "stream reader: %s; retrying in %.1fs",
+            exc,
+            backoff,
+        )
 
     async def run(self) -> None:
         """Read until :meth:`stop`; errors are logged, counted and retried with backoff."""
@@ -478,9 +487,6 @@ class StreamReader:
         if self.started.is_set():
             # Started again after the task ended: anything may have happened meanwhile.
             self._check_streams = True
-        # Redis errors since the last read that worked: an outage is warned of
-        # once, not at every retry, and its end is told.
-        failing = 0
         try:
             while not self._stopping:
                 try:
@@ -489,10 +495,13 @@ class StreamReader:
                         self.started.set()
                     else:
                         await self._read_once()
-                    if failing:
-                        logger.info("stream reader: Redis answers again after %d error(s)", failing)
+                    if self._outage_errors:
+                        logger.info(
+                            "stream reader: Redis answers again after %d error(s)",
+                            self._outage_errors,
+                        )
                     self.ready = True
-                    failing = 0
+                    self._outage_errors = 0
                     backoff = BACKOFF_START
                     continue
                 except _GroupsFailing:
@@ -500,16 +509,7 @@ class StreamReader:
                     self.ready = False
                     continue
                 except STORE_ERRORS as exc:
-                    self._store_error(exc)
-                    # Before the first start the gateway says once that Redis is not reachable.
-                    first = not failing and self.started.is_set()
-                    failing += 1
-                    logger.log(
-                        logging.WARNING if first else logging.DEBUG,
-                        "stream reader: %s; retrying in %.1fs",
-                        exc,
-                        backoff,
-                    )
+                    self._store_failed(exc, backoff)
                 except Exception:
                     # A bug must not stop delivery for good: the batch at fault
                     # was already passed (positions move before hand-on).
