@@ -110,6 +110,8 @@ class ReadGroups:
         if not streams:
             del self._streams[group]
             self._unread.discard(group)
+            # A group gone is not failing any more: nothing is left to read.
+            self._held_until.pop(group, None)
             self._nodes.pop(group, None)
 
     def _invalidate(self, group: int) -> None:

@@ -18,6 +18,7 @@ from relay.client.redis_urls import AsyncStore, Kind, async_redis_store, is_clus
 from relay.protocol.entries import StreamEntry
 from relay.protocol.keys import Keys
 from relay.protocol.stream_ids import START, StreamId
+from relay.server.read_groups import ReadGroups
 from relay.server.reader import StreamReader
 from relay.server.stream_checks import StreamChecks
 from relay.server.stream_store import StreamStore
@@ -394,3 +395,17 @@ async def test_a_primary_replaced_without_errors_is_noticed_by_its_run_id(
             timeout=30,
             what="every event written after the switch",
         )
+
+
+async def test_a_failing_group_whose_streams_are_all_dropped_fails_no_more(redis_url: str) -> None:
+    client = reader_client(redis_url)
+    try:
+        groups = ReadGroups(client, count=10, block_ms=100)
+        stream = KEYS.stream("dropped")
+        groups.set(stream, "0-0")
+        groups.hold(groups.group_of(stream), until=float("inf"))
+        assert groups.failing()
+        groups.remove(stream)
+        assert not groups.failing()
+    finally:
+        await client.aclose()
