@@ -117,8 +117,8 @@ class StreamReader:
         # Streams being read again after a reset, with their new epoch; the
         # subscribers hear of it once the view is rebuilt.
         self._resetting: dict[str, str] = {}
-        # Per group failing, the Redis errors in a row and the backoff.
-        self._group_failures: dict[int, tuple[int, float]] = {}
+        # Per group failing, the backoff before its next read after another failure.
+        self._group_backoffs: dict[int, float] = {}
         # Per stream, the positions it was read from since Redis's run id was
         # last seen unchanged: a replaced Redis may answer XREADs before the
         # run id check, so the check looks at each of them.
@@ -454,18 +454,18 @@ class StreamReader:
 
     def _group_failed(self, group: int, exc: BaseException) -> None:
         """One group's read failed: it backs off alone, the other groups read on."""
-        failing, backoff = self._group_failures.get(group, (0, BACKOFF_START))
+        backoff = self._group_backoffs.get(group, BACKOFF_START)
         if isinstance(exc, STORE_ERRORS):
             # A node going away fails every group it serves: one outage.
             self._store_failed(exc, backoff)
         else:
             self.failures += 1
             logger.error("stream reader failed; carrying on in %.1fs", backoff, exc_info=exc)
-        self._group_failures[group] = (failing + 1, min(backoff * 2, BACKOFF_CAP))
+        self._group_backoffs[group] = min(backoff * 2, BACKOFF_CAP)
         self._groups.hold(group, asyncio.get_running_loop().time() + backoff)
 
     def _group_answered(self, group: int) -> None:
-        self._group_failures.pop(group, None)
+        self._group_backoffs.pop(group, None)
         self._groups.release(group)
 
     def _store_failed(self, exc: BaseException, backoff: float) -> None:
