@@ -24,9 +24,6 @@ from typing import Any, Self
 
 import orjson
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -127,7 +124,7 @@ def outcome(result: Published | KeyReused) -> Outcome[Receipt]:
     return result.receipts
 
 
-def drive(client: redis.Redis | redis.cluster.RedisCluster, rounds: PublishRounds) -> None:
+def drive(client: SyncStore, rounds: PublishRounds) -> None:
     """Run the steps of ``rounds`` over a blocking client (single Redis or cluster).
 
     The blocking twin of :func:`relay.client.stream_publisher.drive`.

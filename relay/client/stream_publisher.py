@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any, Generic
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from typing_extensions import TypeVar
 
 from relay.client.batching import Batcher
-from relay.client.redis_urls import AsyncStore
+from relay.client.redis_urls import AsyncStore, is_cluster
 from relay.protocol.entries import (
     DEFAULT_CANCEL_TTL,
     PUBLISH_BATCH,
@@ -62,7 +61,7 @@ class StreamPublisher(Generic[StoreT]):
         min_replicas: int = 0,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> None:
-        refuse_cluster_replicas(min_replicas, isinstance(redis, RedisCluster))
+        refuse_cluster_replicas(min_replicas, is_cluster(redis))
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
