@@ -333,6 +333,21 @@ def _xadd_when_served(cluster: Cluster, stream: str) -> str:
     return found[0]
 
 
+async def _one_more_each_arrives(
+    run: Running, cluster: Cluster, before: dict[str, str], after: str
+) -> None:
+    """Write one more event to each type once its slot is served, and wait until each arrives."""
+    sent = {
+        name: await asyncio.to_thread(_xadd_when_served, cluster, KEYS.stream(name))
+        for name in before
+    }
+    await eventually(
+        lambda: all(run.live(name) == [before[name], sent[name]] for name in before),
+        timeout=30,
+        what=f"every event written after {after}",
+    )
+
+
 def count_checks(run: Running) -> Callable[[], int]:
     """How many times the reader has checked its streams' integrity since this call."""
     checks = run.reader._checks
@@ -357,15 +372,7 @@ async def test_a_failover_is_followed_and_every_later_event_arrives(own_cluster:
         victim = own_cluster.primary_ports()[0]
         own_cluster.node(victim).stop(kill=True)
         await asyncio.to_thread(own_cluster.wait_settled)
-        after = {
-            name: await asyncio.to_thread(_xadd_when_served, own_cluster, KEYS.stream(name))
-            for name in names
-        }
-        await eventually(
-            lambda: all(run.live(name) == [before[name], after[name]] for name in names),
-            timeout=30,
-            what="every event written after the failover",
-        )
+        await _one_more_each_arrives(run, own_cluster, before, "the failover")
         assert verified() >= 1
         assert run.task is not None
         assert not run.task.done()
@@ -386,15 +393,7 @@ async def test_a_primary_replaced_without_errors_is_noticed_by_its_run_id(
         wait_until(lambda: replica in own_cluster.primary_ports(), timeout=30)
         await asyncio.to_thread(own_cluster.wait_settled)
         await eventually(lambda: verified() >= 1, timeout=15, what="the integrity checks")
-        sent = {
-            name: await asyncio.to_thread(_xadd_when_served, own_cluster, KEYS.stream(name))
-            for name in names
-        }
-        await eventually(
-            lambda: all(run.live(name) == [before[name], sent[name]] for name in names),
-            timeout=30,
-            what="every event written after the switch",
-        )
+        await _one_more_each_arrives(run, own_cluster, before, "the switch")
 
 
 async def test_a_failing_group_whose_streams_are_all_dropped_fails_no_more(redis_url: str) -> None:
