@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from relay.client.redis_urls import Mode, check_mode, check_redis_url
 from relay.protocol.entries import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from relay.protocol.idempotency import DEFAULT_IDEMPOTENCY_TTL
-from relay.protocol.keys import Keys
+from relay.protocol.keys import check_prefix
 from relay.protocol.liveness import DEFAULT_STALL_AFTER
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 from relay.server.client_address import Network, parse_networks
@@ -279,10 +279,9 @@ class Settings(BaseSettings):
     @field_validator("stream_prefix")
     @classmethod
     def _prefix_keeps_slots(cls, value: str) -> str:
-        # Keys() refuses a prefix whose braces would split a stream from its
-        # companions on a cluster; checked here so the start fails with its reason.
-        Keys(value)
-        return value
+        # Braces that would split a stream from its companions on a cluster:
+        # checked here so the start fails with its reason.
+        return check_prefix(value)
 
     @field_validator("redis_url")
     @classmethod
