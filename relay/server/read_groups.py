@@ -215,6 +215,10 @@ class ReadGroups:
             task.add_done_callback(self._finish)
 
     def _finish(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            # Retrieved here: _finished hands the error on, and a read that fails
+            # after aclose() gave up on it (its connection closed under it) means nothing.
+            task.exception()
         self._done.append(task)
         self._wakeup.set()
 
@@ -274,9 +278,6 @@ class ReadGroups:
             await client.connection_pool.disconnect(inuse_connections=True)
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
-        for task in self._pending:
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: a read failing as it is closed means nothing
         self._pending.clear()
         self._reading.clear()
         self._done.clear()

@@ -60,6 +60,18 @@ def test_a_busy_port_is_one_line_and_no_listening_claim(busy_port: int, busy: st
 
 
 @pytest.mark.process
+@pytest.mark.stores("single")
+def test_a_busy_port_with_a_store_stops_its_reads_quietly(busy_port: int, redis_url: str) -> None:
+    # The reader has started its reads by the time the port is found busy: they
+    # end with the store's connections, and nothing is left failing unseen.
+    done = serve("--port", str(busy_port), "--redis-url", redis_url)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith("relay serve: cannot listen on")
+    assert "Traceback" not in done.stderr
+    assert "never retrieved" not in done.stderr
+
+
+@pytest.mark.process
 def test_an_address_not_of_this_machine_is_one_line() -> None:
     # 192.0.2.0/24 is reserved for documentation: no machine has it.
     port = free_port()
