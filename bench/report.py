@@ -282,7 +282,7 @@ def _w1_rows(results: Results) -> list[Row]:
         [
             "W1 ingest req/s",
             f"{fmt(rps, 0)} ({fmt(ratio, 2)}x node {fmt(node_rps, 0)})",
-            f"≥ {W1_RPS_RATIO:g}x Node Socket.IO",
+            f"≥ {W1_RPS_RATIO:.1f}x Node Socket.IO",
             None if ratio is None else ratio >= W1_RPS_RATIO,
         ],
         [
