@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import RedisServer
 from tests.helpers import (
     Gateway,
     env_without_relay,
@@ -162,6 +164,44 @@ async def test_workers_stop_when_the_parent_is_killed(workers: Gateway) -> None:
     workers.stop(kill=True)
     wait_until(lambda: not any(alive(pid) for pid in pids.values()), what="orphaned workers gone")
     assert workers.logs().count("the parent process is gone; stopping") == WORKERS
+
+
+async def test_each_worker_tells_its_own_readiness(
+    start_gateway: Callable[..., Gateway], own_redis: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(own_redis.url, flags=["--workers", str(WORKERS), "--metrics-port", "0"])
+    urls = metrics_urls(gateway)
+
+    async def readiness_is(value: float) -> bool:
+        return await per_worker(http, urls, "relay_reader_ready") == [value] * WORKERS
+
+    own_redis.stop(kill=True)
+    await until(lambda: readiness_is(0), timeout=20, what="both workers not ready")
+    # A fresh connection each time, to whichever worker the kernel picks.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        for _ in range(SPREAD_SOCKETS):
+            async with fresh.get(f"{gateway.url}/readyz") as response:
+                assert response.status == 503
+    own_redis.start()
+    await until(lambda: readiness_is(1), timeout=30, what="both workers ready again")
+
+
+def test_a_port_held_by_another_program_is_refused_before_any_worker(redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", "serve", "--port", str(port), "--workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**env_without_relay(), "RELAY_REDIS_URL": redis_url},
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"relay serve: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "worker" not in done.stderr
 
 
 def test_more_than_one_worker_without_redis_is_refused() -> None:
