@@ -346,9 +346,9 @@ async def _serve_until_stopped(
             where += f", worker {worker.number} of {worker.count}, pid {os.getpid()}"
         if settings.demo and (worker is None or worker.number == 1):
             where += ", publishing demo sessions"
-        logger.info("relay gateway on http://%s (%s)", _host_port(settings.host, port), where)
+        logger.info("relay gateway on http://%s (%s)", host_port(settings.host, port), where)
         if metrics_port is not None:
-            logger.info("metrics on http://%s/metrics", _host_port(settings.host, metrics_port))
+            logger.info("metrics on http://%s/metrics", host_port(settings.host, metrics_port))
         await stop.wait()
     return 0
 
@@ -383,17 +383,18 @@ async def _listen(
     try:
         await web.TCPSite(runner, settings.host, port, reuse_port=shared or None).start()
     except OSError as exc:
-        where = _host_port(settings.host, port)
-        print(f"relay serve: cannot listen on {where}: {_os_reason(exc)}", file=sys.stderr)
+        where = host_port(settings.host, port)
+        print(f"relay serve: cannot listen on {where}: {os_reason(exc)}", file=sys.stderr)
         return None
     return int(runner.addresses[0][1])
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """Why a bind failed, in the system's words without the bind's own wording around them."""
     if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
         text = str(exc.strerror or exc)
@@ -552,7 +553,7 @@ def init(args: argparse.Namespace) -> int:
         return 1
     except OSError as exc:
         where = directory / ENV_FILE
-        print(f"relay init: cannot write {where}: {_os_reason(exc)}", file=sys.stderr)
+        print(f"relay init: cannot write {where}: {os_reason(exc)}", file=sys.stderr)
         return 1
     print(f"relay init: wrote {' and '.join(written.names)} to {written.path} (mode 0600)")
     here = directory.resolve() == Path.cwd().resolve()

@@ -133,20 +133,18 @@ def run_workers(settings: Settings, run_one: RunOne) -> int:
     when the platform cannot share a port between processes.
     """
     from relay.cli.logs import configure_logging
+    from relay.cli.main import host_port, os_reason
 
     reason = unsupported_reason()
     if reason is not None:
         print(f"relay serve: --workers {settings.workers}: {reason}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    where = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         reservation = reserve_address(settings.host, settings.port)
     except OSError as exc:
-        print(
-            f"relay serve: cannot listen on {where}:{settings.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        where = host_port(settings.host, settings.port)
+        print(f"relay serve: cannot listen on {where}: {os_reason(exc)}", file=sys.stderr)
         return 1
     with reservation:
         port = int(reservation.getsockname()[1])
@@ -156,9 +154,8 @@ def run_workers(settings: Settings, run_one: RunOne) -> int:
             supervisor.stop()
         else:
             pids = ", ".join(str(pid) for pid in supervisor.children)
-            logger.info(
-                "%d workers on http://%s:%d (pids %s)", len(supervisor.children), where, port, pids
-            )
+            where = host_port(settings.host, port)
+            logger.info("%d workers on http://%s (pids %s)", len(supervisor.children), where, pids)
         return supervisor.watch()
 
 
