@@ -1,4 +1,4 @@
-"""What the run was measured on: CPU, cores, tool and package versions, relay's commit."""
+"""What the run was measured on: CPU, cores, memory, load, versions, relay's commit and branch."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _memory_gib() -> float | None:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return None
+
+
 def _pip_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -52,12 +59,15 @@ def describe() -> dict[str, object]:
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "kernel": platform.release(),
         "python": platform.python_version(),
         "node": _output(["node", "--version"]),
         "redis": _output(["redis-server", "--version"]),
         "wrk": _output(["wrk", "--version"]),
         "relay_commit": relay_commit(),
+        "relay_branch": _output(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=REPO_DIR),
         "relay_tree_dirty": bool(dirty),
         "python_packages": {
             name: _pip_version(name)
@@ -73,3 +83,15 @@ def describe() -> dict[str, object]:
             "socket.io-client": _npm_version(LOADGEN_DIR, "socket.io-client"),
         },
     }
+
+
+def header_line(m: dict[str, object]) -> str:
+    """The machine and relay's commit in one line, for a markdown record."""
+    dirty = " (modified)" if m.get("relay_tree_dirty") else ""
+    load = m.get("load_average")
+    before = f", load {load[0]}" if isinstance(load, list) and load else ""
+    return (
+        f"{m['cpu_model']}, {m['cores']} cores, {m.get('memory_gib')} GiB{before}; "
+        f"Linux {m['kernel']}; Python {m['python']}, Node {m['node']}, {m['redis']}; "
+        f"relay {m['relay_commit']} on {m.get('relay_branch')}{dirty}"
+    )

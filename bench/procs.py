@@ -10,9 +10,9 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 
@@ -39,13 +39,30 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-def proc_stat(pid: int) -> tuple[int, str, float]:
-    """Parent pid, command name and CPU ms (utime + stime) of ``pid``, from /proc/<pid>/stat."""
+def _stat_fields(pid: int) -> tuple[str, list[str]]:
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces: fields are counted after its closing parenthesis.
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def proc_stat(pid: int) -> tuple[int, str, float]:
+    """Parent pid, command name and CPU ms (utime + stime) of ``pid``, from /proc/<pid>/stat."""
+    name, fields = _stat_fields(pid)
     return int(fields[1]), name, (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
+
+
+def group_members(pgid: int) -> list[int]:
+    """Every live process of process group ``pgid``: a server and the workers it forked."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                _, fields = _stat_fields(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # it exited while we looked
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
 
 
 def cpu_ms(pid: int) -> float:
@@ -61,13 +78,40 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def listeners(port: int) -> int:
+    """How many sockets listen on ``port`` (IPv4 and IPv6), from /proc/net/tcp*."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+T = TypeVar("T")
+
+
+def _quietly(read: Callable[[int], T], pid: int, gone: T) -> T:
+    """``read(pid)``, or ``gone`` when the process exited meanwhile."""
+    try:
+        return read(pid)
+    except (OSError, RuntimeError):
+        return gone
+
+
 class Proc:
     """One started process, the leader of its own process group."""
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
+    def __init__(
+        self, name: str, process: asyncio.subprocess.Process, log: Path, *, forks: bool = False
+    ) -> None:
         self.name = name
         self.process = process
         self.log = log
+        self.forks = forks
+        """Whether it forks workers into its process group, whose CPU and memory count as its."""
         self._pending = b""
 
     @property
@@ -79,13 +123,21 @@ class Proc:
         """Whether it is still running."""
         return self.process.returncode is None
 
+    def _members(self) -> list[int]:
+        return group_members(self.pid) or [self.pid]
+
     def cpu_ms(self) -> float:
-        """CPU time used so far."""
-        return cpu_ms(self.pid)
+        """CPU time used so far; with :attr:`forks`, of the live members of its group too."""
+        # Scanning /proc costs a few ms: only for processes that fork workers.
+        if not self.forks:
+            return cpu_ms(self.pid)
+        return sum(_quietly(cpu_ms, pid, 0.0) for pid in self._members())
 
     def rss_kib(self) -> int:
-        """Resident memory now."""
-        return rss_kib(self.pid)
+        """Resident memory now; with :attr:`forks`, of the live members of its group too."""
+        if not self.forks:
+            return rss_kib(self.pid)
+        return sum(_quietly(rss_kib, pid, 0) for pid in self._members())
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Write one JSON line to its standard input."""
@@ -150,10 +202,12 @@ async def spawn(
     env: Mapping[str, str] | None = None,
     pipes: bool = False,
     quiet: bool = False,
+    forks: bool = False,
 ) -> Proc:
     """Start ``argv`` in its own process group, stderr (and stdout unless piped) to a log.
 
-    ``quiet`` drops its standard output, for a client that prints every reply.
+    ``quiet`` drops its standard output, for a client that prints every reply;
+    ``forks`` says it forks workers (see :attr:`Proc.forks`).
     """
     log = log_dir / f"{name}.log"
     with log.open("ab") as sink:
@@ -170,7 +224,7 @@ async def spawn(
             start_new_session=True,
             limit=1 << 24,
         )
-    return Proc(name, process, log)
+    return Proc(name, process, log, forks=forks)
 
 
 async def stop_all(procs: Iterable[Proc]) -> None:
@@ -179,13 +233,22 @@ async def stop_all(procs: Iterable[Proc]) -> None:
         await proc.stop()
 
 
-async def wait_http_ok(url: str, proc: Proc, within: float = 20.0) -> None:
-    """Poll ``url`` until it answers 200, failing fast if ``proc`` dies."""
+async def wait_http_ok(
+    url: str, proc: Proc, within: float = 20.0, *, port: int | None = None, listening: int = 1
+) -> None:
+    """Poll ``url`` until it answers 200, failing fast if ``proc`` dies.
+
+    With ``port``, only once ``listening`` sockets listen on it: each worker of
+    a gateway run with ``--workers`` binds the port once it is ready to serve.
+    """
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited at start; see {proc.log}")
+            if port is not None and listeners(port) < listening:
+                await asyncio.sleep(0.1)
+                continue
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as answer:
                     if answer.status == 200:

@@ -22,7 +22,7 @@ import machine
 import report
 from config import RESULTS_DIR, SYSTEMS, WORKLOADS, Config
 from procs import raise_nofile_limit
-from workloads import w1_ingest, w2_fanout, w3_memory, w4_publish, w5_slow
+from workloads import w1_ingest, w2_fanout, w3_memory, w4_publish, w5_slow, w6_idle
 
 Workload = tuple[tuple[str, ...], Callable[[str, Config], Awaitable[dict[str, Any]]]]
 
@@ -32,6 +32,7 @@ WORKLOAD_MODULES: dict[str, Workload] = {
     "W3": (w3_memory.SYSTEMS, w3_memory.run),
     "W4": (w4_publish.SYSTEMS, w4_publish.run),
     "W5": (w5_slow.SYSTEMS, w5_slow.run),
+    "W6": (w6_idle.SYSTEMS, w6_idle.run),
 }
 
 
@@ -107,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS_DIR / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     m = record["machine"]
-    header = (
-        f"## relay bench {stamp}{' (quick)' if args.quick else ''}\n\n"
-        f"{m['cpu_model']}, {m['cores']} cores; Python {m['python']}, Node {m['node']}, "
-        f"{m['redis']}; relay {m['relay_commit']}{' (modified)' if m['relay_tree_dirty'] else ''}"
-    )
+    header = f"## relay bench {stamp}{' (quick)' if args.quick else ''}\n\n{machine.header_line(m)}"
     text = report.render(results, header, m["cores"] or 1)
     path.with_suffix(".md").write_text(text)
     print(text)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio
-from config import NODE_PEER_DIR, PEERS_DIR, WORKFLOW_TYPE, Config
+from config import NODE_PEER_DIR, PEERS_DIR, RELAY_WORKERS, WORKFLOW_TYPE, Config
 from procs import Proc, free_port, spawn, stop_all, wait_http_ok
 
 INSTANCE_NAMES = ("A", "B")
@@ -22,6 +22,10 @@ _PYTHON = sys.executable
 
 def _relay_argv(port: int, redis_url: str) -> list[str]:
     return [_PYTHON, "-m", "relay", "serve", "--port", str(port), "--redis-url", redis_url]
+
+
+def _relay_workers_argv(port: int, redis_url: str) -> list[str]:
+    return [*_relay_argv(port, redis_url), "--workers", str(RELAY_WORKERS)]
 
 
 def _node_argv(port: int, redis_url: str) -> list[str]:
@@ -53,6 +57,8 @@ class SystemSpec:
     client: str
     uses_redis: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    """Processes per instance that listen on its port (``relay serve --workers``)."""
 
 
 _RELAY_ENV = {"RELAY_LOG_LEVEL": "warning"}
@@ -62,6 +68,10 @@ SPECS = {
     # The same gateways, with subscribers on /socket.io/ instead of /ws.
     "relay-sio": SystemSpec(_relay_argv, 2, "/readyz", "sio", env=_RELAY_ENV),
     "relay-sio-poll": SystemSpec(_relay_argv, 2, "/readyz", "sio-polling", env=_RELAY_ENV),
+    # The same two gateways, each of them RELAY_WORKERS processes on its port.
+    "relay-workers": SystemSpec(
+        _relay_workers_argv, 2, "/readyz", "ws", env=_RELAY_ENV, workers=RELAY_WORKERS
+    ),
     "node": SystemSpec(_node_argv, 2, "/healthz", "sio"),
     "pysio": SystemSpec(_pysio_argv, 2, "/healthz", "sio"),
     "bare": SystemSpec(_bare_argv, 1, "/healthz", "ws", uses_redis=False),
@@ -105,7 +115,7 @@ class Deployment:
     def subscribe_url(self, index: int) -> str:
         """Where a subscriber of the load generator connects on one instance."""
         instance = self.instances[index]
-        if self.system == "relay":
+        if self.system in ("relay", "relay-workers"):
             return f"ws://127.0.0.1:{instance.port}/ws?workflow_type={WORKFLOW_TYPE}"
         if self.client == "ws":
             return f"ws://127.0.0.1:{instance.port}/ws"
@@ -152,11 +162,18 @@ async def deploy(system: str, cfg: Config, tag: str) -> AsyncIterator[Deployment
         for name in INSTANCE_NAMES[: spec.instances]:
             port = free_port()
             argv = spec.argv(port, redis_url)
-            proc = await spawn(f"{tag}-{system}-{name}", argv, cfg.log_dir, env=spec.env)
+            proc = await spawn(
+                f"{tag}-{system}-{name}", argv, cfg.log_dir, env=spec.env, forks=spec.workers > 1
+            )
             started.append(proc)
             instances.append(Instance(name, port, proc))
         for instance in instances:
-            await wait_http_ok(instance.base_url + spec.ready_path, instance.proc)
+            await wait_http_ok(
+                instance.base_url + spec.ready_path,
+                instance.proc,
+                port=instance.port,
+                listening=spec.workers,
+            )
         yield Deployment(system, spec.client, instances, redis_proc, redis_url)
     finally:
         await stop_all(started)

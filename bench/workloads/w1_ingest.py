@@ -9,7 +9,7 @@ from drivers import run_wrk
 from meters import CpuMeter
 from systems import deploy
 
-SYSTEMS = ("relay", "node", "pysio", "bare")
+SYSTEMS = ("relay", "relay-workers", "node", "pysio", "bare")
 
 
 async def run(system: str, cfg: Config) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import orjson
 from relay.client.redis_urls import REDACTED, redacted
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s worker %(worker)d %(name)s: %(message)s"
 
 # ``token=`` in a query string (also ``access_token=``), a bearer credential
 # in a header, and a ``"token": "..."`` member of a logged frame.
@@ -57,9 +58,23 @@ class SecretScrubber(logging.Filter):
         return True
 
 
+class WorkerNumber(logging.Filter):
+    """Stamps each record with the number of the worker process (``relay serve --workers``)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.worker``; never drops it."""
+        record.worker = self.number
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts``, ``level``, ``logger``, ``message``.
 
+    ``worker`` is the worker's number when the gateway runs several.
     ``exception`` holds the formatted traceback when the record has one, and
     ``stack`` the stack when it was asked for. ``ts`` is ISO 8601 in UTC with
     milliseconds.
@@ -72,6 +87,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker
         if record.exc_text:
             entry["exception"] = record.exc_text
         elif record.exc_info:
@@ -81,10 +99,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
-    """Send every log record at ``level`` or above to ``stream`` (stderr), as text or JSON."""
+def configure_logging(
+    level: str,
+    log_format: str = "text",
+    stream: TextIO | None = None,
+    *,
+    worker: int | None = None,
+) -> None:
+    """Send every log record at ``level`` or above to ``stream`` (stderr), as text or JSON.
+
+    With ``worker``, every line names that worker process.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    text_format = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(text_format)
     handler.setFormatter(formatter)
     handler.addFilter(SecretScrubber())
+    if worker is not None:
+        handler.addFilter(WorkerNumber(worker))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

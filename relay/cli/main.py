@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from relay.cli.settings_table import SettingDoc
+    from relay.cli.workers import Worker
     from relay.server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -265,12 +266,21 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run a gateway until SIGINT or SIGTERM."""
+    """Run a gateway, or ``--workers`` of them on one port, until SIGINT or SIGTERM."""
+    settings = settings_from_args(args)
+    if settings.worker_count > 1:
+        from relay.cli.workers import run_workers
+
+        return run_workers(settings, serve_gateway)
+    _configure_logging(settings.log_level, settings.log_format)
+    return serve_gateway(settings)
+
+
+def serve_gateway(settings: Settings, worker: Worker | None = None) -> int:
+    """Run one gateway until SIGINT or SIGTERM; as one of several when ``worker`` is given."""
     from relay.server.app import create_app, create_metrics_app
     from relay.server.connections import connect
 
-    settings = settings_from_args(args)
-    _configure_logging(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:
@@ -281,7 +291,8 @@ def serve(args: argparse.Namespace) -> int:
         # Asking a plain URL's server whether it is a cluster takes a round trip.
         connections = runner.run(connect(settings))
         app = create_app(settings, connections)
-        if settings.demo:
+        # One demo publisher for the whole service, not one per worker.
+        if settings.demo and (worker is None or worker.number == 1):
             from relay.cli.demo import alongside
 
             app.cleanup_ctx.append(
@@ -293,46 +304,68 @@ def serve(args: argparse.Namespace) -> int:
                 )
             )
         metrics_app = create_metrics_app(app) if settings.metrics_apart else None
-        return runner.run(_serve_until_stopped(app, metrics_app, settings))
+        return runner.run(_serve_until_stopped(app, metrics_app, settings, worker))
 
 
 async def _serve_until_stopped(
-    app: web.Application, metrics_app: web.Application | None, settings: Settings
+    app: web.Application,
+    metrics_app: web.Application | None,
+    settings: Settings,
+    worker: Worker | None,
 ) -> int:
     """Start ``app`` (and ``metrics_app`` on the metrics port), serve until SIGINT or SIGTERM.
 
-    The exit code: 1 when a port cannot be listened on.
+    A worker also stops when its parent process is gone. The exit code: 1
+    when a port cannot be listened on.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if worker is not None:
+        parent_gone = worker.parent_gone
+
+        def orphaned() -> None:
+            loop.remove_reader(parent_gone)
+            logger.warning("the parent process is gone; stopping")
+            stop.set()
+
+        loop.add_reader(parent_gone, orphaned)
     async with contextlib.AsyncExitStack() as running:
-        port = await _listen(running, app, settings, settings.port)
+        # Workers share the port; the kernel spreads connections over them.
+        port = await _listen(running, app, settings, settings.port, shared=worker is not None)
         if port is None:
             return 1
-        metrics_port = None
-        if metrics_app is not None and settings.metrics_port is not None:
-            metrics_port = await _listen(running, metrics_app, settings, settings.metrics_port)
+        metrics_port = settings.metrics_port if worker is None else worker.metrics_port(settings)
+        if metrics_app is not None and metrics_port is not None:
+            metrics_port = await _listen(running, metrics_app, settings, metrics_port)
             if metrics_port is None:
                 return 1
         where = "embedded in-process store" if settings.embedded else "Redis"
-        if settings.demo:
+        if worker is not None:
+            where += f", worker {worker.number} of {worker.count}, pid {os.getpid()}"
+        if settings.demo and (worker is None or worker.number == 1):
             where += ", publishing demo sessions"
-        logger.info("relay gateway on http://%s (%s)", _host_port(settings.host, port), where)
+        logger.info("relay gateway on http://%s (%s)", host_port(settings.host, port), where)
         if metrics_port is not None:
-            logger.info("metrics on http://%s/metrics", _host_port(settings.host, metrics_port))
+            logger.info("metrics on http://%s/metrics", host_port(settings.host, metrics_port))
         await stop.wait()
     return 0
 
 
 async def _listen(
-    running: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port: int
+    running: contextlib.AsyncExitStack,
+    app: web.Application,
+    settings: Settings,
+    port: int,
+    *,
+    shared: bool = False,
 ) -> int | None:
     """Serve ``app`` on the gateway's host and ``port`` until ``running`` closes.
 
-    The port bound (which differs from the one asked for when that is 0), or
-    None once a busy or foreign address is told in one line.
+    With ``shared``, the port is bound with ``SO_REUSEPORT``, beside the other
+    workers. The port bound (which differs from the one asked for when that
+    is 0), or None once a busy or foreign address is told in one line.
     """
     from aiohttp import web
 
@@ -348,19 +381,20 @@ async def _listen(
     await runner.setup()
     running.push_async_callback(runner.cleanup)
     try:
-        await web.TCPSite(runner, settings.host, port).start()
+        await web.TCPSite(runner, settings.host, port, reuse_port=shared or None).start()
     except OSError as exc:
-        where = _host_port(settings.host, port)
-        print(f"relay serve: cannot listen on {where}: {_os_reason(exc)}", file=sys.stderr)
+        where = host_port(settings.host, port)
+        print(f"relay serve: cannot listen on {where}: {os_reason(exc)}", file=sys.stderr)
         return None
     return int(runner.addresses[0][1])
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """Why a bind failed, in the system's words without the bind's own wording around them."""
     if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
         text = str(exc.strerror or exc)
@@ -519,7 +553,7 @@ def init(args: argparse.Namespace) -> int:
         return 1
     except OSError as exc:
         where = directory / ENV_FILE
-        print(f"relay init: cannot write {where}: {_os_reason(exc)}", file=sys.stderr)
+        print(f"relay init: cannot write {where}: {os_reason(exc)}", file=sys.stderr)
         return 1
     print(f"relay init: wrote {' and '.join(written.names)} to {written.path} (mode 0600)")
     here = directory.resolve() == Path.cwd().resolve()

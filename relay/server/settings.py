@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.client.redis_urls import Mode, check_mode, check_redis_url
@@ -15,6 +16,9 @@ from relay.protocol.liveness import DEFAULT_STALL_AFTER
 from relay.protocol.store_errors import DEFAULT_REPLICA_TIMEOUT_MS
 from relay.server.client_address import Network, parse_networks
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
+
+# Far beyond the cores of one host; a typo such as 800 is refused rather than forked.
+WORKERS_LIMIT = 256
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -45,6 +49,15 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=WORKERS_LIMIT,
+        description="Gateway processes sharing the host and port (SO_REUSEPORT: the kernel "
+        "spreads connections over them), each a full gateway of its own on the same Redis; "
+        "0: one per CPU core. More than one needs redis_url; a worker that exits stops them all. "
+        "With metrics_port, worker k serves its /metrics on metrics_port + k - 1.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,
@@ -311,6 +324,35 @@ class Settings(BaseSettings):
             raise ValueError(f"metrics_port must differ from port ({self.port})")
         return self
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_share_redis(cls, value: int, info: ValidationInfo) -> int:
+        # Each worker is a process of its own: an in-process store would be one per
+        # worker, and subscribers of one would never see what another accepted.
+        # A redis_url that failed its own check is told about by that check alone.
+        if value != 1 and "redis_url" in info.data and not info.data["redis_url"]:
+            raise ValueError(
+                "more than one worker needs a redis_url: the embedded in-process store "
+                "cannot be shared between processes"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _worker_metrics_ports_fit(self) -> Settings:
+        if self.metrics_port and self.worker_count > 1:
+            last = self.metrics_port + self.worker_count - 1
+            if last > 65535:
+                raise ValueError(
+                    f"metrics_port + workers - 1 ({last}) must be at most 65535: "
+                    "each worker serves its metrics on a port of its own"
+                )
+            if self.port and self.metrics_port <= self.port <= last:
+                raise ValueError(
+                    f"port ({self.port}) must lie outside the workers' metrics ports "
+                    f"({self.metrics_port}-{last})"
+                )
+        return self
+
     @model_validator(mode="after")
     def _mode_fits_the_url(self) -> Settings:
         if self.redis_url:
@@ -327,6 +369,11 @@ class Settings(BaseSettings):
     def metrics_apart(self) -> bool:
         """True when /metrics is served on a port of its own rather than the main one."""
         return self.metrics_port is not None
+
+    @property
+    def worker_count(self) -> int:
+        """How many gateway processes serve: ``workers``, or one per CPU core when it is 0."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def publisher_keys(self) -> tuple[str, ...]:
