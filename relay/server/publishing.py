@@ -43,7 +43,7 @@ async def publish_events(
     except KeyReused as exc:
         raise ApiError(409, str(exc), code=REUSED) from None
     if not published.replayed:
-        _applied(gateway, publication.events, published.receipts)
+        _applied(gateway, publication.events, published.receipts, published.entries)
         for event in publication.events:
             gateway.stats.bump(gateway.stats.published_by_type, event.workflow_type)
     return published
@@ -66,11 +66,25 @@ def _session_ended(state: SessionState) -> ApiError:
     )
 
 
-def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
-    """Fold what was just written into the view, as the reader will when it reads it back."""
+def _applied(
+    gateway: Gateway,
+    events: Sequence[ProgressEvent],
+    receipts: list[Receipt],
+    entries: Sequence[dict[str, str] | None] = (),
+) -> None:
+    """Fold what was just written into the view, as the reader will when it reads it back.
+
+    ``entries`` are the fields written for each event, when known: the
+    reader then takes the event from here rather than decode it again
+    (see :mod:`relay.server.own_entries`).
+    """
     view = gateway.view
-    for event, receipt in zip(events, receipts, strict=True):
+    own = view.own
+    for index, (event, receipt) in enumerate(zip(events, receipts, strict=True)):
         view.apply(*view.delivered(receipt.id, event), ahead=True)
+        fields = entries[index] if index < len(entries) else None
+        if fields is not None:
+            own.wrote(event.workflow_type, receipt.id, fields, event)
 
 
 def unknown_session(session_id: str) -> ApiError:
