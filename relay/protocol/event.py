@@ -304,14 +304,29 @@ def decode_json(text: bytes | str) -> Any:
         raise MalformedJson(str(exc)) from None
 
 
-def parse_event_json(body: bytes) -> ProgressEvent:
-    """Validate one event from a JSON body; types are checked strictly."""
-    return ProgressEvent.model_validate(decode_json(body), strict=True)
+def parse_event_json(body: bytes, ts: int | None = None) -> ProgressEvent:
+    """Validate one event from a JSON body; types are checked strictly.
+
+    ``ts`` stamps an event that has none (see :meth:`ProgressEvent.stamped`):
+    done before validating, it spares copying the event afterwards.
+    """
+    return ProgressEvent.model_validate(_stamped(decode_json(body), ts), strict=True)
 
 
-def parse_event_list_json(body: bytes) -> list[ProgressEvent]:
-    """Validate a JSON array of events; types are checked strictly."""
-    return EVENT_LIST.validate_python(decode_json(body), strict=True)
+def parse_event_list_json(body: bytes, ts: int | None = None) -> list[ProgressEvent]:
+    """Validate a JSON array of events; types are checked strictly; ``ts`` as for one."""
+    value = decode_json(body)
+    if ts is not None and isinstance(value, list):
+        for item in value:
+            _stamped(item, ts)
+    return EVENT_LIST.validate_python(value, strict=True)
+
+
+def _stamped(value: Any, ts: int | None) -> Any:
+    """A decoded body given ``ts`` when it is an object that names none."""
+    if ts is not None and isinstance(value, dict) and "ts" not in value:
+        value["ts"] = ts
+    return value
 
 
 def validation_detail(exc: ValidationError) -> list[dict[str, str]]:

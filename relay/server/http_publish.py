@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from relay.protocol.entries import Published
+from relay.protocol.entries import Published, now_ms
 from relay.protocol.event import parse_event_json, parse_event_list_json
 from relay.protocol.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, check_key
 from relay.protocol.keys import event_name
@@ -92,7 +92,7 @@ async def publish_one(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json_body(request)
     try:
-        event = parse_event_json(body)
+        event = parse_event_json(body, now_ms())
     except ValidationError as exc:
         raise_validation(exc)
     limit_publisher(request, 1)
@@ -110,7 +110,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json_body(request)
     try:
-        events = parse_event_list_json(body)
+        events = parse_event_list_json(body, now_ms())
     except ValidationError as exc:
         raise_validation(exc)
     limit = gateway.settings.max_batch
