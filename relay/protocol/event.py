@@ -184,12 +184,20 @@ class ProgressEvent(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
-        if _deeper_than(metadata, MAX_METADATA_DEPTH):
-            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        too_deep = f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels"
         try:
-            size = len(orjson.dumps(metadata))
+            encoded = orjson.dumps(metadata)
         except (orjson.JSONEncodeError, TypeError) as exc:
+            if _deeper_than(metadata, MAX_METADATA_DEPTH):
+                raise ValueError(too_deep) from None
             raise ValueError(f"metadata is not encodable as JSON: {exc}") from None
+        # Nesting deeper than the limit takes more containers than the limit,
+        # so the walk is only needed when the text opens that many (counted
+        # in C; brackets inside strings only count too many, never too few).
+        opened = encoded.count(b"{") + encoded.count(b"[")
+        if opened > MAX_METADATA_DEPTH and _deeper_than(metadata, MAX_METADATA_DEPTH):
+            raise ValueError(too_deep)
+        size = len(encoded)
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
         return metadata
