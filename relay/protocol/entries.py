@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -168,27 +169,32 @@ class PublishPlan:
         stamp: int,
     ) -> TypeCall:
         stream = keys.stream(workflow_type)
-        cancels: dict[str, int] = {}
+        # Each session's pending-cancel flag, by session id, and its place in KEYS.
+        cancels: dict[str, tuple[str, int]] = {}
         events = []
         members: list[tuple[int, int]] = []
         written: list[dict[str, str]] = []
+        publications = self.publications
+        lookup_only = self.lookup_only
         for p, e in places:
-            event = self.publications[p].events[e]
-            cancel = keys.cancel(stream, event.session_id)
-            # KEYS[1] is the stream; Lua counts from 1.
-            index = cancels.setdefault(cancel, len(cancels) + 2)
-            flat: list[str] = []
-            if not self.lookup_only:
+            event = publications[p].events[e]
+            session_id = event.session_id
+            cancel = cancels.get(session_id)
+            if cancel is None:
+                # KEYS[1] is the stream; Lua counts from 1.
+                cancel = cancels[session_id] = (keys.cancel(stream, session_id), len(cancels) + 2)
+            if lookup_only:
+                flat: list[str] = []
+            else:
                 fields = event.stream_fields(stamp)
                 written.append(fields)
-                for pair in fields.items():
-                    flat.extend(pair)
-            events.append((index, cancel_action(event), flat))
+                flat = [*chain.from_iterable(fields.items())]
+            events.append((cancel[1], cancel_action(event), flat))
             if members and members[-1][0] == p:
                 members[-1] = (p, members[-1][1] + 1)
             else:
                 members.append((p, 1))
-        call_keys = [stream, *cancels]
+        call_keys = [stream, *(key for key, _ in cancels.values())]
         listed = []
         for p, n in members:
             key = self.publications[p].key
@@ -197,8 +203,7 @@ class PublishPlan:
                 continue
             call_keys.append(keys.idempotency(stream, key))
             listed.append((n, len(call_keys), self._fingerprints[p]))
-        publications = orjson.dumps(listed) if self._listed else ""
-        args = [*head, orjson.dumps(events), publications]
+        args = [*head, orjson.dumps(events), orjson.dumps(listed) if self._listed else ""]
         return TypeCall(workflow_type, call_keys, args, places, members, written)
 
     def pending(self) -> list[TypeCall]:
