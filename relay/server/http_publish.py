@@ -42,13 +42,17 @@ async def read_json_body(request: web.Request) -> bytes:
     charset = request.charset
     if charset is not None and charset.lower() != "utf-8":
         raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
-    if request.content.is_eof():
+    content = request.content
+    if content.is_eof():
         # The whole body has arrived already (the common case of a small
-        # body): reading it cannot wait, so no timer is armed.
-        body = await request.read()
+        # body): it is taken as it is, with no timer armed for the wait.
+        body = content.read_nowait()
+        limit = request.app[GATEWAY].settings.max_body_bytes
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     else:
         body = await _read_in_time(request)
-    if not body.strip():
+    if not body or body.isspace():
         raise ApiError(400, "request body is empty", code="malformed_json")
     return body
 
