@@ -76,15 +76,26 @@ def _applied(
 
     ``entries`` are the fields written for each event, when known: the
     reader then takes the event from here rather than decode it again
-    (see :mod:`relay.server.own_entries`).
+    (see :mod:`relay.server.own_entries`), unless it has read past it
+    already (its answer can come before the publish's).
     """
     view = gateway.view
     own = view.own
+    read = gateway.reader.positions
+    streams: dict[str, str] = {}
     for index, (event, receipt) in enumerate(zip(events, receipts, strict=True)):
-        view.apply(*view.delivered(receipt.id, event), ahead=True)
+        envelope, shown = view.delivered(receipt.id, event)
+        view.apply(envelope, shown, ahead=True)
         fields = entries[index] if index < len(entries) else None
-        if fields is not None:
-            own.wrote(event.workflow_type, receipt.id, fields, event)
+        if fields is None:
+            continue
+        workflow_type = event.workflow_type
+        stream = streams.get(workflow_type)
+        if stream is None:
+            stream = streams[workflow_type] = gateway.keys.stream(workflow_type)
+        position = read.get(stream)
+        if position is None or envelope.key > position:
+            own.wrote(workflow_type, receipt.id, fields, event)
 
 
 def unknown_session(session_id: str) -> ApiError:

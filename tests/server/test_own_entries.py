@@ -7,6 +7,7 @@ import orjson
 from aiohttp import web
 
 from relay.protocol.event import ProgressEvent
+from relay.protocol.stream_ids import StreamId
 from relay.server.gateway import GATEWAY
 from relay.server.own_entries import MAX_OWN_ENTRIES, OwnEntries
 from tests.conftest import RedisServer
@@ -110,3 +111,15 @@ async def test_an_entry_rewritten_at_a_written_id_is_validated_as_any_other(
     state = await session_state(http, base, "forged")
     assert state is not None
     assert state["step"] == "analyzing"
+
+
+async def test_an_entry_the_reader_read_before_the_publish_answered_is_not_kept(
+    app_without_reader: tuple[str, web.Application], http: aiohttp.ClientSession
+) -> None:
+    # The reader's answer can come before the publish's: nothing would read it back.
+    base, app = app_without_reader
+    gateway = app[GATEWAY]
+    gateway.reader.positions[STREAM] = StreamId(2**62, 0)
+    await post(http, f"{base}/api/workflows/progress", event("raced"))
+    assert len(gateway.view.own) == 0
+    assert await session_state(http, base, "raced") is not None
