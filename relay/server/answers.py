@@ -2,10 +2,12 @@
 
 The endpoints build their JSON answers from these models, and the OpenAPI
 document (:mod:`relay.server.openapi`) is generated from the same models, so
-what is served and what is documented have one source. A session's state is
-the exception on the serving side: it is built by
-:meth:`relay.server.session_view.SessionState.as_dict`, for every session of
-a listing, and the tests check it against :class:`SessionStateAnswer`.
+what is served and what is documented have one source. Two exceptions on
+the serving side are built without their models, and the tests check them
+against the models: a session's state, built by
+:meth:`relay.server.session_view.SessionState.as_dict` for every session of
+a listing (:class:`SessionStateAnswer`), and the publish answers, given on
+every publish (:func:`publish_answer`, :func:`batch_answer`).
 """
 
 from __future__ import annotations
