@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -55,10 +56,15 @@ class Publication:
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """A publication's receipts; ``replayed`` when its key had been used for it already."""
+    """A publication's receipts; ``replayed`` when its key had been used for it already.
+
+    ``entries`` holds, per receipt, the fields of the entry this publication
+    wrote (None for an event answered from a record); empty when not known.
+    """
 
     receipts: list[Receipt]
     replayed: bool = False
+    entries: list[dict[str, str] | None] = field(default_factory=list)
 
 
 def now_ms() -> int:
@@ -93,6 +99,8 @@ class TypeCall:
     places: list[tuple[int, int]]
     # The publications the call covers, in order: (publication index, its events here).
     members: list[tuple[int, int]]
+    # Each event's entry fields, in the order of ``places`` (none for a lookup).
+    fields: list[dict[str, str]]
     answer: list[Any] | None = None
 
     def command(self) -> tuple[int | str | bytes, ...]:
@@ -161,21 +169,32 @@ class PublishPlan:
         stamp: int,
     ) -> TypeCall:
         stream = keys.stream(workflow_type)
-        cancels: dict[str, int] = {}
+        # Each session's pending-cancel flag, by session id, and its place in KEYS.
+        cancels: dict[str, tuple[str, int]] = {}
         events = []
         members: list[tuple[int, int]] = []
+        written: list[dict[str, str]] = []
+        publications = self.publications
+        lookup_only = self.lookup_only
         for p, e in places:
-            event = self.publications[p].events[e]
-            cancel = keys.cancel(stream, event.session_id)
-            # KEYS[1] is the stream; Lua counts from 1.
-            index = cancels.setdefault(cancel, len(cancels) + 2)
-            fields = [] if self.lookup_only else event.stream_fields(stamp).items()
-            events.append((index, cancel_action(event), [item for pair in fields for item in pair]))
+            event = publications[p].events[e]
+            session_id = event.session_id
+            cancel = cancels.get(session_id)
+            if cancel is None:
+                # KEYS[1] is the stream; Lua counts from 1.
+                cancel = cancels[session_id] = (keys.cancel(stream, session_id), len(cancels) + 2)
+            if lookup_only:
+                flat: list[str] = []
+            else:
+                fields = event.stream_fields(stamp)
+                written.append(fields)
+                flat = [*chain.from_iterable(fields.items())]
+            events.append((cancel[1], cancel_action(event), flat))
             if members and members[-1][0] == p:
                 members[-1] = (p, members[-1][1] + 1)
             else:
                 members.append((p, 1))
-        call_keys = [stream, *cancels]
+        call_keys = [stream, *(key for key, _ in cancels.values())]
         listed = []
         for p, n in members:
             key = self.publications[p].key
@@ -184,19 +203,16 @@ class PublishPlan:
                 continue
             call_keys.append(keys.idempotency(stream, key))
             listed.append((n, len(call_keys), self._fingerprints[p]))
-        publications = orjson.dumps(listed) if self._listed else ""
-        args = [*head, orjson.dumps(events), publications]
-        return TypeCall(workflow_type, call_keys, args, places, members)
+        args = [*head, orjson.dumps(events), orjson.dumps(listed) if self._listed else ""]
+        return TypeCall(workflow_type, call_keys, args, places, members, written)
 
     def pending(self) -> list[TypeCall]:
         """The calls not answered yet."""
         return [call for call in self.calls if call.answer is None]
 
-    def _outcomes(self) -> list[tuple[list[int], list[Receipt | None]]]:
-        """Each publication's outcome per type it spans, and its receipts in order."""
-        found: list[tuple[list[int], list[Receipt | None]]] = [
-            ([], [None] * len(publication.events)) for publication in self.publications
-        ]
+    def _outcomes(self) -> list[_Outcome]:
+        """Each publication's outcome per type it spans, its receipts and entries in order."""
+        found = [_Outcome(len(publication.events)) for publication in self.publications]
         for call in self.calls:
             if call.answer is None:
                 raise RuntimeError(f"the call for {call.workflow_type!r} has no answer")
@@ -206,11 +222,19 @@ class PublishPlan:
                 call.answer[count : 2 * count],
                 call.answer[2 * count :],
             )
-            for (p, e), entry_id, flag in zip(call.places, ids, flags, strict=True):
-                found[p][1][e] = Receipt(str(entry_id), bool(flag))
-            for index, (p, _) in enumerate(call.members):
-                # With no publications listed, the script answers one outcome for the lot.
-                found[p][0].append(int(outcomes[index]) if index < len(outcomes) else WRITTEN)
+            # With no publications listed, the script answers one outcome for the lot.
+            by_publication = {
+                p: int(outcomes[index]) if index < len(outcomes) else WRITTEN
+                for index, (p, _) in enumerate(call.members)
+            }
+            for p, outcome in by_publication.items():
+                found[p].outcomes.append(outcome)
+            for place, ((p, e), entry_id, flag) in enumerate(
+                zip(call.places, ids, flags, strict=True)
+            ):
+                found[p].receipts[e] = Receipt(str(entry_id), bool(flag))
+                if call.fields and by_publication[p] == WRITTEN:
+                    found[p].entries[e] = call.fields[place]
         return found
 
     def results(self) -> list[Published | KeyReused]:
@@ -221,12 +245,12 @@ class PublishPlan:
         one every type answered from its record is ``replayed``.
         """
         answers: list[Published | KeyReused] = []
-        for publication, (outcomes, found) in zip(self.publications, self._outcomes(), strict=True):
-            if REUSED in outcomes:
+        for publication, found in zip(self.publications, self._outcomes(), strict=True):
+            if REUSED in found.outcomes:
                 answers.append(KeyReused(publication.key or ""))
                 continue
-            replayed = _all_replayed(outcomes)
-            answers.append(Published([r for r in found if r is not None], replayed=replayed))
+            replayed = _all_replayed(found.outcomes)
+            answers.append(Published(found.receipts_made(), replayed, found.entries))
         return answers
 
     def recorded(self) -> Published | None:
@@ -237,12 +261,26 @@ class PublishPlan:
         :class:`~relay.protocol.idempotency.KeyReused` when the key was used
         for other events.
         """
-        ((outcomes, found),) = self._outcomes()
-        if REUSED in outcomes:
+        (found,) = self._outcomes()
+        if REUSED in found.outcomes:
             raise KeyReused(self.publications[0].key or "")
-        if _all_replayed(outcomes):
-            return Published([r for r in found if r is not None], replayed=True)
+        if _all_replayed(found.outcomes):
+            return Published(found.receipts_made(), replayed=True)
         return None
+
+
+class _Outcome:
+    """What the calls answered for one publication, gathered over the types it spans."""
+
+    __slots__ = ("entries", "outcomes", "receipts")
+
+    def __init__(self, count: int) -> None:
+        self.outcomes: list[int] = []
+        self.receipts: list[Receipt | None] = [None] * count
+        self.entries: list[dict[str, str] | None] = [None] * count
+
+    def receipts_made(self) -> list[Receipt]:
+        return [r for r in self.receipts if r is not None]
 
 
 def _all_replayed(outcomes: list[int]) -> bool:

@@ -184,12 +184,20 @@ class ProgressEvent(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
-        if _deeper_than(metadata, MAX_METADATA_DEPTH):
-            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        too_deep = f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels"
         try:
-            size = len(orjson.dumps(metadata))
+            encoded = orjson.dumps(metadata)
         except (orjson.JSONEncodeError, TypeError) as exc:
+            if _deeper_than(metadata, MAX_METADATA_DEPTH):
+                raise ValueError(too_deep) from None
             raise ValueError(f"metadata is not encodable as JSON: {exc}") from None
+        # Nesting deeper than the limit takes more containers than the limit,
+        # so the walk is only needed when the text opens that many (counted
+        # in C; brackets inside strings only count too many, never too few).
+        opened = encoded.count(b"{") + encoded.count(b"[")
+        if opened > MAX_METADATA_DEPTH and _deeper_than(metadata, MAX_METADATA_DEPTH):
+            raise ValueError(too_deep)
+        size = len(encoded)
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
         return metadata
@@ -304,14 +312,29 @@ def decode_json(text: bytes | str) -> Any:
         raise MalformedJson(str(exc)) from None
 
 
-def parse_event_json(body: bytes) -> ProgressEvent:
-    """Validate one event from a JSON body; types are checked strictly."""
-    return ProgressEvent.model_validate(decode_json(body), strict=True)
+def parse_event_json(body: bytes, ts: int | None = None) -> ProgressEvent:
+    """Validate one event from a JSON body; types are checked strictly.
+
+    ``ts`` stamps an event that has none (see :meth:`ProgressEvent.stamped`):
+    done before validating, it spares copying the event afterwards.
+    """
+    return ProgressEvent.model_validate(_stamped(decode_json(body), ts), strict=True)
 
 
-def parse_event_list_json(body: bytes) -> list[ProgressEvent]:
-    """Validate a JSON array of events; types are checked strictly."""
-    return EVENT_LIST.validate_python(decode_json(body), strict=True)
+def parse_event_list_json(body: bytes, ts: int | None = None) -> list[ProgressEvent]:
+    """Validate a JSON array of events; types are checked strictly; ``ts`` as for one."""
+    value = decode_json(body)
+    if ts is not None and isinstance(value, list):
+        for item in value:
+            _stamped(item, ts)
+    return EVENT_LIST.validate_python(value, strict=True)
+
+
+def _stamped(value: Any, ts: int | None) -> Any:
+    """A decoded body given ``ts`` when it is an object that names none."""
+    if ts is not None and isinstance(value, dict) and "ts" not in value:
+        value["ts"] = ts
+    return value
 
 
 def validation_detail(exc: ValidationError) -> list[dict[str, str]]:

@@ -2,10 +2,12 @@
 
 The endpoints build their JSON answers from these models, and the OpenAPI
 document (:mod:`relay.server.openapi`) is generated from the same models, so
-what is served and what is documented have one source. A session's state is
-the exception on the serving side: it is built by
-:meth:`relay.server.session_view.SessionState.as_dict`, for every session of
-a listing, and the tests check it against :class:`SessionStateAnswer`.
+what is served and what is documented have one source. Two exceptions on
+the serving side are built without their models, and the tests check them
+against the models: a session's state, built by
+:meth:`relay.server.session_view.SessionState.as_dict` for every session of
+a listing (:class:`SessionStateAnswer`), and the publish answers, given on
+every publish (:func:`publish_answer`, :func:`batch_answer`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,21 @@ class BatchAnswer(_Answer):
     cancel_requested: list[SessionId] = Field(
         description="The batch's sessions with a pending cancel, sorted; their workers should stop."
     )
+
+
+def publish_answer(entry_id: str, event: str, cancel_requested: bool) -> dict[str, Any]:
+    """What :class:`PublishAnswer` dumps to, built without validating it again.
+
+    Publishing answers on every request, and each value is already known
+    good (a stream id Redis gave, the event name of a validated type), so
+    the model serves the document and the tests, which check this against it.
+    """
+    return {"id": entry_id, "event": event, "cancel_requested": cancel_requested}
+
+
+def batch_answer(ids: list[str], cancel_requested: list[str]) -> dict[str, Any]:
+    """What :class:`BatchAnswer` dumps to, unvalidated, as :func:`publish_answer` is."""
+    return {"ids": ids, "cancel_requested": cancel_requested}
 
 
 class CancelAnswer(_Answer):

@@ -79,6 +79,9 @@ def client_address(request: web.Request, proxies: tuple[Network, ...]) -> str:
     ``proxies`` are the trusted reverse proxies (``Settings.proxies``); see the
     module's docstring for the rule.
     """
+    if not proxies:
+        # No proxy is trusted, so no header is read: the peer is the client.
+        return request.remote or UNKNOWN
     known = request.get(_CLIENT_ADDRESS)
     if known is None:
         forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))

@@ -72,13 +72,16 @@ def limit_publisher(request: web.Request, events: int) -> None:
     made up at will, and must not buy a fresh bucket.
     """
     gateway = request.app[GATEWAY]
+    limits = gateway.publisher_limits
+    if not limits.limited:
+        return
     keys = gateway.settings.publisher_keys
-    presented = bearer(request.headers.get("Authorization"))
-    if presented is not None and keys and key_matches(presented, keys):
+    presented = bearer(request.headers.get("Authorization")) if keys else None
+    if presented is not None and key_matches(presented, keys):
         publisher = f"key:{presented}"
     else:
         publisher = f"address:{client_address(request, gateway.settings.proxies)}"
-    wait = gateway.publisher_limits.take(publisher, events)
+    wait = limits.take(publisher, events)
     if wait > 0:
         retry = str(max(1, math.ceil(wait)))
         raise ApiError(429, "publish rate exceeded, slow down", headers={"Retry-After": retry})

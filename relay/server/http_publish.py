@@ -8,18 +8,18 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from relay.protocol.entries import Published
+from relay.protocol.entries import Published, now_ms
 from relay.protocol.event import parse_event_json, parse_event_list_json
 from relay.protocol.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, check_key
 from relay.protocol.keys import event_name
 from relay.server.answers import (
-    BatchAnswer,
     HealthAnswer,
     NotReadyAnswer,
-    PublishAnswer,
     ReadyAnswer,
+    batch_answer,
+    publish_answer,
 )
-from relay.server.errors import ApiError, model_response, raise_validation
+from relay.server.errors import ApiError, json_response, model_response, raise_validation
 from relay.server.gateway import GATEWAY
 from relay.server.guards import limit_publisher, require_publisher
 from relay.server.publishing import publish_events
@@ -42,10 +42,27 @@ async def read_json_body(request: web.Request) -> bytes:
     charset = request.charset
     if charset is not None and charset.lower() != "utf-8":
         raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived already (the common case of a small
+        # body): it is taken as it is, with no timer armed for the wait.
+        body = content.read_nowait()
+        limit = request.app[GATEWAY].settings.max_body_bytes
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    else:
+        body = await _read_in_time(request)
+    if not body or body.isspace():
+        raise ApiError(400, "request body is empty", code="malformed_json")
+    return body
+
+
+async def _read_in_time(request: web.Request) -> bytes:
+    """The body of a request still arriving: 408 unless it is whole within ``body_timeout``."""
     timeout = request.app[GATEWAY].settings.body_timeout
     try:
         async with asyncio.timeout(timeout):
-            body = await request.read()
+            return await request.read()
     except TimeoutError:
         message = f"the request body did not arrive within {timeout:g} seconds"
         raise ApiError(408, message, hang_up=True) from None
@@ -53,9 +70,6 @@ async def read_json_body(request: web.Request) -> bytes:
         # The client went away mid-upload: nothing to do with the store.
         message = "the client disconnected before sending the whole body"
         raise ApiError(400, message, code="client_disconnected") from None
-    if not body.strip():
-        raise ApiError(400, "request body is empty", code="malformed_json")
-    return body
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -82,18 +96,14 @@ async def publish_one(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json_body(request)
     try:
-        event = parse_event_json(body)
+        event = parse_event_json(body, now_ms())
     except ValidationError as exc:
         raise_validation(exc)
     limit_publisher(request, 1)
     published = await publish_events(gateway, [event], key)
     (receipt,) = published.receipts
-    answer = PublishAnswer(
-        id=receipt.id,
-        event=event_name(event.workflow_type),
-        cancel_requested=receipt.cancel_requested,
-    )
-    return model_response(answer, status=202, headers=_published_headers(published))
+    answer = publish_answer(receipt.id, event_name(event.workflow_type), receipt.cancel_requested)
+    return json_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.post("/api/workflows/progress/batch")
@@ -104,7 +114,7 @@ async def publish_batch(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json_body(request)
     try:
-        events = parse_event_list_json(body)
+        events = parse_event_list_json(body, now_ms())
     except ValidationError as exc:
         raise_validation(exc)
     limit = gateway.settings.max_batch
@@ -114,8 +124,8 @@ async def publish_batch(request: web.Request) -> web.Response:
     published = await publish_events(gateway, events, key)
     pairs = zip(events, published.receipts, strict=True)
     cancelled = sorted({event.session_id for event, r in pairs if r.cancel_requested})
-    answer = BatchAnswer(ids=[r.id for r in published.receipts], cancel_requested=cancelled)
-    return model_response(answer, status=202, headers=_published_headers(published))
+    answer = batch_answer([r.id for r in published.receipts], cancelled)
+    return json_response(answer, status=202, headers=_published_headers(published))
 
 
 @routes.get("/healthz")

@@ -10,6 +10,7 @@ from relay.protocol.event import ProgressEvent
 from relay.protocol.frames import Envelope, reset_frame
 from relay.protocol.keys import Keys
 from relay.server.hub import Hub
+from relay.server.own_entries import OwnEntries
 from relay.server.session_view import SessionView
 
 logger = logging.getLogger(__name__)
@@ -20,22 +21,26 @@ def decode(
     entries: list[StreamEntry],
     view: SessionView,
     on_invalid: Callable[[EntryError], None] | None = None,
+    own: OwnEntries | None = None,
 ) -> Iterator[tuple[Envelope, ProgressEvent]]:
     """Valid entries as delivered (see :meth:`SessionView.delivered`); invalid ones are skipped.
 
     Only the reader passes ``on_invalid``, so an entry is counted and logged
-    once, when first read, not again by every replay or history request.
+    once, when first read, not again by every replay or history request; and
+    ``own``, the entries this gateway wrote, whose events it knows already.
     Each entry is taken as delivered when it is reached, so the reader, which
     applies one before asking for the next, gets each as of the ones before it.
     """
     delivered = view.delivered
     for entry_id, fields in entries:
-        try:
-            event = event_from_entry(workflow_type, entry_id, fields)
-        except EntryError as exc:
-            if on_invalid is not None:
-                on_invalid(exc)
-            continue
+        event = None if own is None else own.read_back(workflow_type, entry_id, fields)
+        if event is None:
+            try:
+                event = event_from_entry(workflow_type, entry_id, fields)
+            except EntryError as exc:
+                if on_invalid is not None:
+                    on_invalid(exc)
+                continue
         yield delivered(entry_id, event)
 
 
@@ -72,7 +77,8 @@ class Ingest:
             return
         apply, route = self._view.apply, self._hub.route
         accepted = 0
-        for envelope, event in decode(workflow_type, entries, self._view, self._skipped):
+        view = self._view
+        for envelope, event in decode(workflow_type, entries, view, self._skipped, view.own):
             accepted += 1
             # A heartbeat only refreshes the session's liveness: nobody is told of it.
             if apply(envelope, event) and live:

@@ -43,7 +43,7 @@ async def publish_events(
     except KeyReused as exc:
         raise ApiError(409, str(exc), code=REUSED) from None
     if not published.replayed:
-        _applied(gateway, publication.events, published.receipts)
+        _applied(gateway, publication.events, published.receipts, published.entries)
         for event in publication.events:
             gateway.stats.bump(gateway.stats.published_by_type, event.workflow_type)
     return published
@@ -66,11 +66,36 @@ def _session_ended(state: SessionState) -> ApiError:
     )
 
 
-def _applied(gateway: Gateway, events: Sequence[ProgressEvent], receipts: list[Receipt]) -> None:
-    """Fold what was just written into the view, as the reader will when it reads it back."""
+def _applied(
+    gateway: Gateway,
+    events: Sequence[ProgressEvent],
+    receipts: list[Receipt],
+    entries: Sequence[dict[str, str] | None] = (),
+) -> None:
+    """Fold what was just written into the view, as the reader will when it reads it back.
+
+    ``entries`` are the fields written for each event, when known: the
+    reader then takes the event from here rather than decode it again
+    (see :mod:`relay.server.own_entries`), unless it has read past it
+    already (its answer can come before the publish's).
+    """
     view = gateway.view
-    for event, receipt in zip(events, receipts, strict=True):
-        view.apply(*view.delivered(receipt.id, event), ahead=True)
+    own = view.own
+    read = gateway.reader.positions
+    streams: dict[str, str] = {}
+    for index, (event, receipt) in enumerate(zip(events, receipts, strict=True)):
+        envelope, shown = view.delivered(receipt.id, event)
+        view.apply(envelope, shown, ahead=True)
+        fields = entries[index] if index < len(entries) else None
+        if fields is None:
+            continue
+        workflow_type = event.workflow_type
+        stream = streams.get(workflow_type)
+        if stream is None:
+            stream = streams[workflow_type] = gateway.keys.stream(workflow_type)
+        position = read.get(stream)
+        if position is None or envelope.key > position:
+            own.wrote(workflow_type, receipt.id, fields, event)
 
 
 def unknown_session(session_id: str) -> ApiError:

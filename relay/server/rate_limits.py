@@ -44,6 +44,11 @@ class PublisherLimits:
         self._max = max_publishers
         self._buckets: dict[str, TokenBucket] = {}
 
+    @property
+    def limited(self) -> bool:
+        """Whether there is a limit at all (a rate of 0 means none)."""
+        return self._rate > 0
+
     def take(self, publisher: str, units: int) -> float:
         """0 when ``units`` events may be published now, else seconds to wait."""
         if self._rate <= 0:

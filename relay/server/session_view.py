@@ -39,6 +39,7 @@ from relay.protocol.stream_ids import StreamId
 from relay.server.children import ChildrenTally
 from relay.server.declared_plans import plan_position
 from relay.server.durations import Durations
+from relay.server.own_entries import OwnEntries
 from relay.server.recent_ids import DEFAULT_HISTORY_LIMIT
 from relay.server.session_state import SessionState
 
@@ -67,6 +68,8 @@ class SessionView:
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         # Heartbeats applied before the reader reads them back (see apply).
         self._unrouted: OrderedDict[StreamId, None] = OrderedDict()
+        # The entries this gateway wrote, so its reader need not decode them again.
+        self.own = OwnEntries()
         # Per parent id, its children's tally, kept whether the parent is known or not.
         self._children: dict[str, ChildrenTally] = {}
         self.evicted = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -406,5 +407,7 @@ class Settings(BaseSettings):
         return not self.redis_url
 
 
+# Cached: publisher_keys is read on every publish, and the settings never change.
+@lru_cache(maxsize=16)
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -104,6 +104,23 @@ def test_metadata_size_and_depth_limits() -> None:
         parse_event_json(orjson.dumps(event(metadata={"d": deep})))
 
 
+def test_metadata_depth_is_measured_whatever_its_text_holds() -> None:
+    # Many containers side by side, and brackets inside strings, are not depth.
+    wide = {f"k{i}": {"v": [i], "text": "[[[{{{"} for i in range(20)}
+    parse_event_json(orjson.dumps(event(metadata=wide)))
+    deep: list[object] = []
+    for _ in range(8):
+        deep = [deep]
+    with pytest.raises(ValidationError, match="deeper than 8"):
+        parse_event_json(orjson.dumps(event(metadata={"d": deep, "text": "no brackets"})))
+    # Deeper than JSON encoders go still answers why.
+    very_deep: dict[str, object] = {}
+    for _ in range(1_000):
+        very_deep = {"d": very_deep}
+    with pytest.raises(ValidationError, match="deeper than 8"):
+        ProgressEvent(session_id="s", workflow_type="map", step="a", progress=1, metadata=very_deep)
+
+
 def test_batch_validation_names_the_index() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_event_list_json(orjson.dumps([event(), event(progress=500)]))

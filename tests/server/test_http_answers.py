@@ -24,6 +24,7 @@ import pytest
 from multidict import CIMultiDict
 from pydantic import TypeAdapter
 
+from relay.server.answers import BatchAnswer, PublishAnswer, batch_answer, publish_answer
 from relay.server.auth import mint_token
 from relay.server.openapi import Operation, operations
 from relay.server.settings import Settings
@@ -516,3 +517,12 @@ async def test_answer_with_the_store_down_is_documented_and_valid(
     scenario: Scenario, own_redis: RedisServer
 ) -> None:
     await provoke_and_check(scenario, own_redis)
+
+
+def test_the_publish_answers_built_by_hand_are_the_models_dumps() -> None:
+    entry_id, name = "1700000000000-0", "workflow:progress:map"
+    for cancel in (False, True):
+        model = PublishAnswer(id=entry_id, event=name, cancel_requested=cancel)
+        assert publish_answer(entry_id, name, cancel) == model.model_dump()
+    batch = BatchAnswer(ids=[entry_id, "1700000000000-1"], cancel_requested=["s1"])
+    assert batch_answer([entry_id, "1700000000000-1"], ["s1"]) == batch.model_dump()

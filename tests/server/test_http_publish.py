@@ -172,3 +172,23 @@ async def test_answers_keep_their_exact_bytes(base: str, http: aiohttp.ClientSes
     )
     async with http.get(f"{base}/healthz") as response:
         assert await response.read() == b'{"status":"ok"}'
+
+
+@pytest.mark.parametrize("size", [2_047, 2_048, 2_049, 9_000])
+async def test_a_body_over_the_limit_is_413_however_it_arrives(
+    redis_url: str, http: aiohttp.ClientSession, size: int
+) -> None:
+    # A small body arrives with its headers, and is taken whole; a large one
+    # is read as it comes. Either way the limit is the same.
+    padding = "x" * (size - len(orjson.dumps(event(metadata={"p": ""}))))
+    body = orjson.dumps(event(metadata={"p": padding}))
+    assert len(body) == size
+    headers = {"content-type": "application/json"}
+    settings = Settings(redis_url=redis_url, max_body_bytes=2_048)
+    async with (
+        serving(settings) as url,
+        http.post(f"{url}/api/workflows/progress", data=body, headers=headers) as response,
+    ):
+        assert response.status == (202 if size <= 2_048 else 413)
+        if size > 2_048:
+            assert (await response.json())["error"] == "too_large"
