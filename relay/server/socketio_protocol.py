@@ -206,12 +206,11 @@ class Offset:
 
     def encode(self) -> str:
         """The offset as the text an event carries."""
-        parts = [OFFSET_VERSION, _base36(self.floor)]
-        parts += [
-            f"{wtype}:{_base36(entry_id.ms)}-{_base36(entry_id.seq)}"
-            for wtype, entry_id in sorted(self.positions.items())
-        ]
-        return ".".join(parts)
+        positions = self.positions
+        head = f"{OFFSET_VERSION}.{_base36(self.floor)}"
+        if not positions:
+            return head
+        return ".".join([head, *(_position(*item) for item in sorted(positions.items()))])
 
 
 def parse_offset(text: object) -> Offset | None:
@@ -251,6 +250,12 @@ def resume_point(auth: dict[str, Any] | None) -> tuple[str, Offset] | None:
 
 
 # Every connection sent an event encodes the same id in its offset, one after another.
+@lru_cache(maxsize=1024)
+def _position(workflow_type: str, entry_id: StreamId) -> str:
+    """One type's part of an offset."""
+    return f"{workflow_type}:{_base36(entry_id.ms)}-{_base36(entry_id.seq)}"
+
+
 @lru_cache(maxsize=1024)
 def _base36(number: int) -> str:
     digits = ""
