@@ -130,7 +130,11 @@ class Flusher:
         """Write every outbox that asked to be written."""
         due, self._due = self._due, []
         for subscriber in due:
-            subscriber.flush()
+            try:
+                subscriber.flush()
+            except Exception:
+                # One connection's failure must not leave the others unwritten.
+                logger.exception("writing to %s failed", subscriber.name)
 
 
 class Subscriber:

@@ -61,7 +61,13 @@ class FakeConnection:
         self.closed = (code, reason)
 
 
-def make(conn: FakeConnection, *, limit: int = 100, send_timeout: float = 30.0) -> Subscriber:
+def make(
+    conn: FakeConnection,
+    *,
+    limit: int = 100,
+    send_timeout: float = 30.0,
+    flusher: Flusher | None = None,
+) -> Subscriber:
     return Subscriber(
         conn.send,
         conn.close,
@@ -69,7 +75,7 @@ def make(conn: FakeConnection, *, limit: int = 100, send_timeout: float = 30.0) 
         send_timeout=send_timeout,
         join="\n".join,
         direct=conn,
-        flusher=Flusher(),
+        flusher=flusher or Flusher(),
     )
 
 
@@ -188,6 +194,24 @@ async def test_closing_goes_through_the_writer() -> None:
     await eventually(lambda: conn.closed is not None)
     assert conn.wire == []  # what was queued is dropped, as before
     assert await sub.finished(1.0)
+
+
+class BrokenConnection(FakeConnection):
+    @staticmethod
+    def encode(item: Envelope | str) -> bytes:
+        raise ValueError("cannot encode")
+
+
+async def test_one_connection_failing_leaves_the_others_written() -> None:
+    flusher = Flusher()
+    broken, healthy = BrokenConnection(), FakeConnection()
+    subs = [make(broken, flusher=flusher), make(healthy, flusher=flusher)]
+    for sub in subs:
+        sub.start()
+        sub.deliver(envelope(0))
+    await eventually(lambda: healthy.wire == frames(0))
+    for sub in subs:
+        await sub.stop()
 
 
 @pytest.mark.parametrize(
