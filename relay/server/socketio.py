@@ -250,7 +250,12 @@ class EngineSession:
     async def _send(self, text: str) -> None:
         ws = self.ws
         if ws is not None:
-            for packet in text.split(sio.SEPARATOR):
+            packets = text.split(sio.SEPARATOR)
+            if self.writable():
+                # A backlog (a replay, a burst) in one write, one frame per packet.
+                self.write(b"".join([websocket_text_frame(p.encode()) for p in packets]))
+                return
+            for packet in packets:
                 await ws.send_str(packet)
             return
         if self.closed:
