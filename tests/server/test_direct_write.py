@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -263,3 +263,23 @@ async def test_socketio_frames_written_directly_are_the_packets_rendered_before(
     assert wire[2] == websocket_text_frame(expected)
     await direct.subscriber.stop()
     await queued.subscriber.stop()
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_a_socketio_backlog_goes_out_in_one_write_one_frame_per_packet() -> None:
+    session = engine_session()
+    sink = RecordingSink()
+    session.ws, session._sink = cast(Any, object()), cast(Any, sink)
+    await session._send(sio.encode_payload([sio.PING, '42["x",{}]']))
+    assert sink.writes == [websocket_text_frame(b"2") + websocket_text_frame(b'42["x",{}]')]
+    await session.subscriber.stop()
