@@ -9,6 +9,12 @@ transport under the WebSocket, for the subscriber's direct path
 while a write cannot wait: the socket open and the transport below its
 high-water mark (aiohttp's protocol not paused). Anything else, the queued
 writer and its flow control take over.
+
+A backlog goes out as the writer sends it, in JSON arrays of up to
+:data:`~relay.server.subscriber.MAX_BATCH` frames, so a client gets one
+message for it. Every connection routed the same events in one batch has
+the same backlog: the last one framed is kept, and the next connection with
+the same items gets the same bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,43 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 
 from relay.protocol.frames import Envelope, websocket_text_frame
+from relay.server.subscriber import MAX_BATCH, websocket_batch, websocket_text
+
+
+class _LastBacklog:
+    """The backlog framed last, and its bytes."""
+
+    __slots__ = ("data", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Envelope | str] = []
+        self.data = b""
+
+
+def backlog_frames(items: list[Envelope | str], last: _LastBacklog) -> bytes:
+    """Several items as frames of JSON arrays, as the queued writer would send them.
+
+    ``last`` is the backlog framed before: the same items (the same events,
+    equal control frames) are the same bytes.
+    """
+    if items == last.items:
+        return last.data
+    data = b"".join(
+        [
+            websocket_text_frame(
+                websocket_batch(
+                    [websocket_text(item) for item in items[start : start + MAX_BATCH]]
+                ).encode()
+            )
+            for start in range(0, len(items), MAX_BATCH)
+        ]
+    )
+    last.items, last.data = items, data
+    return data
+
+
+# One event loop serves every connection of a gateway: the backlogs of one batch follow each other.
+_LAST_BACKLOG = _LastBacklog()
 
 
 class FrameSink:
@@ -52,8 +95,11 @@ class FrameSink:
         )
 
     @staticmethod
-    def encode(item: Envelope | str) -> bytes:
-        """An event's shared frame, or a control frame's own."""
+    def encode(items: list[Envelope | str]) -> bytes:
+        """One item as its frame (an event's is shared); several as :func:`backlog_frames`."""
+        if len(items) > 1:
+            return backlog_frames(items, _LAST_BACKLOG)
+        item = items[0]
         if isinstance(item, Envelope):
             return item.websocket_frame
         return websocket_text_frame(item.encode())

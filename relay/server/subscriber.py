@@ -100,8 +100,8 @@ class DirectWrite(Protocol):
     def writable(self) -> bool:
         """Whether bytes written now go out without waiting (open, not paused)."""
 
-    def encode(self, item: Envelope | str) -> bytes:
-        """One outbox item as its whole frame on the wire."""
+    def encode(self, items: list[Envelope | str]) -> bytes:
+        """Outbox items as the whole frames that carry them on the wire."""
 
     def write(self, data: bytes) -> None:
         """Hand ``data`` to the transport; it never waits."""
@@ -387,8 +387,7 @@ class Subscriber:
             items.append(item)
         if not items:
             return
-        encode = direct.encode
-        data = b"".join([encode(item) for item in items])
+        data = direct.encode(items)
         count = len(items)
         queue.clear()
         try:
