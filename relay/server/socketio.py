@@ -228,7 +228,11 @@ class EngineSession:
         sink = self._sink
         return sink is not None and sink.writable()
 
-    def encode(self, item: Envelope | str) -> bytes:
+    def encode(self, items: list[Envelope | str]) -> bytes:
+        """Outbox items as the WebSocket frames of their packets, one frame per packet."""
+        return b"".join([self._frame(item) for item in items])
+
+    def _frame(self, item: Envelope | str) -> bytes:
         """One outbox item as the WebSocket frame of its packet, as :meth:`_render` makes it.
 
         An event's packet is the same for every connection up to its offset:
