@@ -12,10 +12,17 @@ import pytest
 from relay.protocol.frames import Envelope, websocket_text_frame
 from relay.protocol.stream_ids import StreamId
 from relay.server import socketio_protocol as sio
+from relay.server.frame_sink import FrameSink
 from relay.server.hub import Hub
 from relay.server.settings import Settings
 from relay.server.socketio import EngineSession, Sessions, render
-from relay.server.subscriber import CLOSE_SLOW_CONSUMER, Flusher, Subscriber
+from relay.server.subscriber import (
+    CLOSE_SLOW_CONSUMER,
+    MAX_BATCH,
+    Flusher,
+    Subscriber,
+    websocket_batch,
+)
 from tests.helpers import eventually
 
 
@@ -43,9 +50,9 @@ class FakeConnection:
         return not self.paused
 
     @staticmethod
-    def encode(item: Envelope | str) -> bytes:
-        text = item.frame if isinstance(item, Envelope) else item
-        return text.encode() + b"\n"
+    def encode(items: list[Envelope | str]) -> bytes:
+        texts = [item.frame if isinstance(item, Envelope) else item for item in items]
+        return "".join(text + "\n" for text in texts).encode()
 
     def write(self, data: bytes) -> None:
         assert not self.paused, "a direct write while the transport is paused"
@@ -198,7 +205,7 @@ async def test_closing_goes_through_the_writer() -> None:
 
 class BrokenConnection(FakeConnection):
     @staticmethod
-    def encode(item: Envelope | str) -> bytes:
+    def encode(items: list[Envelope | str]) -> bytes:
         raise ValueError("cannot encode")
 
 
@@ -253,10 +260,11 @@ async def test_socketio_frames_written_directly_are_the_packets_rendered_before(
         progress("1764693000125-0", "map", "s1", step="c", progress=100),
     ]
     direct, queued = engine_session(), engine_session()
-    wire = [direct.encode(item) for item in items]
+    wire = [direct.encode([item]) for item in items]
     before = [websocket_text_frame(queued._render(item).encode()) for item in items]
     assert wire == before
     assert direct._offset == queued._offset
+    assert engine_session().encode(items) == b"".join(before)
     # The packet of the first event, as the protocol spells it.
     offset = sio.Offset(1_764_693_000_000, {"map": StreamId.from_redis("1764693000123-0")})
     expected = render(items[2], offset).encode()
@@ -283,3 +291,16 @@ async def test_a_socketio_backlog_goes_out_in_one_write_one_frame_per_packet() -
     await session._send(sio.encode_payload([sio.PING, '42["x",{}]']))
     assert sink.writes == [websocket_text_frame(b"2") + websocket_text_frame(b'42["x",{}]')]
     await session.subscriber.stop()
+
+
+def test_a_websocket_backlog_is_the_writers_json_arrays_shared_by_connections() -> None:
+    events = [envelope(n) for n in range(MAX_BATCH + 1)]
+    items: list[Envelope | str] = ['{"type":"pong"}', *events]
+    data = FrameSink.encode(items)
+    first = websocket_batch(['{"type":"pong"}', *frames(*range(MAX_BATCH - 1))])
+    second = websocket_batch(frames(MAX_BATCH - 1, MAX_BATCH))
+    assert data == websocket_text_frame(first.encode()) + websocket_text_frame(second.encode())
+    # The next connection routed the same batch gets the same bytes, built once.
+    assert FrameSink.encode(list(items)) is data
+    assert FrameSink.encode(items[1:]) != data
+    assert FrameSink.encode([events[0]]) is events[0].websocket_frame
