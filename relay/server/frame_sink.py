@@ -28,8 +28,8 @@ from relay.protocol.frames import Envelope, websocket_text_frame
 from relay.server.subscriber import MAX_BATCH, websocket_batch, websocket_text
 
 
-class _LastBacklog:
-    """The backlog framed last, and its bytes."""
+class LastBacklog:
+    """The backlog framed last and its bytes, for the next connection handed the same items."""
 
     __slots__ = ("data", "items")
 
@@ -38,7 +38,7 @@ class _LastBacklog:
         self.data = b""
 
 
-def backlog_frames(items: list[Envelope | str], last: _LastBacklog) -> bytes:
+def backlog_frames(items: list[Envelope | str], last: LastBacklog) -> bytes:
     """Several items as frames of JSON arrays, as the queued writer would send them.
 
     ``last`` is the backlog framed before: the same items (the same events,
@@ -61,7 +61,7 @@ def backlog_frames(items: list[Envelope | str], last: _LastBacklog) -> bytes:
 
 
 # One event loop serves every connection of a gateway: the backlogs of one batch follow each other.
-_LAST_BACKLOG = _LastBacklog()
+_LAST_BACKLOG = LastBacklog()
 
 
 class FrameSink:
