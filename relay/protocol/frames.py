@@ -1,4 +1,8 @@
-"""Wire frames: what clients send, the control frames answered, events as WebSocket and SSE text."""
+"""Wire frames: what clients send, the control frames answered, events as text and as bytes.
+
+An event is JSON text for WebSocket and SSE, and a whole WebSocket frame (header
+included) that every connection is sent as the same bytes.
+"""
 
 from __future__ import annotations
 
