@@ -1,7 +1,13 @@
-"""Wire frames: what clients send, the control frames answered, events as WebSocket and SSE text."""
+"""Wire frames: what clients send, the control frames answered, events as text and as bytes.
+
+An event is JSON text for WebSocket and SSE, and a whole WebSocket frame (header
+included) that every connection is sent as the same bytes.
+"""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -172,6 +178,28 @@ def frame_prefix(workflow_type: str, entry_id: str) -> str:
     return f'{{"event":"{event_name(workflow_type)}","id":"{entry_id}","data":'
 
 
+# The first byte of a final, unfragmented text frame (RFC 6455, section 5.2).
+_TEXT_FIN = 0x81
+_LENGTH_16 = struct.Struct("!BBH").pack
+_LENGTH_64 = struct.Struct("!BBQ").pack
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """``payload`` as one whole WebSocket text frame, header included, as a server sends it.
+
+    Frames from a server are not masked, so the bytes are the same for every
+    connection (without permessage-deflate) and can be built once for all.
+    """
+    size = len(payload)
+    if size < 126:
+        header = bytes((_TEXT_FIN, size))
+    elif size < 65536:
+        header = _LENGTH_16(_TEXT_FIN, 126, size)
+    else:
+        header = _LENGTH_64(_TEXT_FIN, 127, size)
+    return header + payload
+
+
 def encode_event_frame(
     entry_id: str,
     event: ProgressEvent,
@@ -208,6 +236,8 @@ class Envelope:
         "_event",
         "_frame",
         "_sse",
+        "_transport_part",
+        "_wire",
         "derived",
         "id",
         "key",
@@ -250,6 +280,8 @@ class Envelope:
         self.position = position
         self._frame = frame
         self._sse: str | None = None
+        self._wire: bytes | None = None
+        self._transport_part: bytes | None = None
 
     @property
     def frame(self) -> str:
@@ -258,6 +290,24 @@ class Envelope:
             assert self._event is not None  # guaranteed by __init__
             self._frame = encode_event_frame(self.id, self._event, self.position, self.derived)
         return self._frame
+
+    @property
+    def websocket_frame(self) -> bytes:
+        """The frame as a whole WebSocket text frame (see :func:`websocket_text_frame`)."""
+        if self._wire is None:
+            self._wire = websocket_text_frame(self.frame.encode())
+        return self._wire
+
+    def transport_part(self, build: Callable[[Envelope], bytes]) -> bytes:
+        """What ``build`` makes of this event, made on first use and then shared.
+
+        For a transport whose frames differ per subscriber only in a few bytes
+        (Socket.IO adds the connection's offset): the rest is built once. One
+        transport uses it, so it keeps one result, whichever ``build`` asked first.
+        """
+        if self._transport_part is None:
+            self._transport_part = build(self)
+        return self._transport_part
 
     @property
     def data_json(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from relay.protocol.frames import ANY_TYPE, Envelope, SubscriptionKey
 from relay.server.coverage import Cuts
-from relay.server.subscriber import Subscriber
+from relay.server.subscriber import Flusher, Subscriber
 
 # An owner-scoped subscription's index key: the owner, then the subscription's own key.
 OwnedKey = tuple[str, str, str | None]
@@ -38,6 +38,8 @@ class Hub:
         # Per subscriber, the owner each of its owner-scoped subscriptions is narrowed to.
         self._scopes: dict[Subscriber, dict[SubscriptionKey, str]] = {}
         self._subscribers: set[Subscriber] = set()
+        # Writes what subscribers with a direct path were handed, once per batch routed.
+        self.flusher = Flusher()
         self.routed = 0
         self.delivered = 0
         self.delivered_by_type: dict[str, int] = {}

@@ -46,6 +46,7 @@ from relay.protocol.frames import (
     parse_client_frame,
     subscribed_frame,
     unsubscribed_frame,
+    websocket_text_frame,
 )
 from relay.protocol.keys import event_name
 from relay.protocol.stream_ids import START, STREAM_ID_PART_MAX, StreamId
@@ -54,6 +55,7 @@ from relay.server.auth import AuthError, Grant
 from relay.server.client_address import client_address
 from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
+from relay.server.frame_sink import FrameSink
 from relay.server.gateway import GATEWAY, Gateway
 from relay.server.guards import (
     anonymous_grant,
@@ -87,6 +89,12 @@ def render(item: Envelope | str, offset: sio.Offset) -> str:
     if item.startswith("{"):
         return sio.event_packet(orjson.loads(item)["type"], item, offset.encode())
     return item
+
+
+def _event_head(envelope: Envelope) -> bytes:
+    """An event's packet up to the connection's offset (see :func:`sio.event_head`)."""
+    name = event_name(envelope.workflow_type)
+    return sio.event_head(name, envelope.data_json).encode()
 
 
 def new_sid() -> str:
@@ -128,6 +136,7 @@ class EngineSession:
         "_ping",
         "_poll",
         "_pong_deadline",
+        "_sink",
         "buffer",
         "closed",
         "gateway",
@@ -161,6 +170,8 @@ class EngineSession:
         # Between the WebSocket probe and the upgrade packet: polls answer at once.
         self.upgrading = False
         self.ws: web.WebSocketResponse | None = None
+        # The WebSocket's transport, for packets written straight to it (see encode).
+        self._sink: FrameSink | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[None]] | None = None
         # Where the connection is, as every event tells the client (see _render).
@@ -177,12 +188,18 @@ class EngineSession:
             name=name,
             render=self._render,
             join=sio.encode_payload,
+            direct=self,
+            flusher=gateway.hub.flusher,
         )
 
-    def open(self, ws: web.WebSocketResponse | None) -> str:
-        """Register the session and start its heartbeat; the open packet for the client."""
+    def open(self, ws: web.WebSocketResponse | None, sink: FrameSink | None = None) -> str:
+        """Register the session and start its heartbeat; the open packet for the client.
+
+        ``sink``: the transport of ``ws``, when packets may be written to it directly.
+        """
         settings = self.gateway.settings
         self.ws = ws
+        self._sink = sink
         self.sessions.by_sid[self.sid] = self
         self.gateway.hub.attach(self.subscriber)
         self.gateway.event_streams.add(self.subscriber)
@@ -206,10 +223,43 @@ class EngineSession:
             self._offset.advance(item.workflow_type, item.key)
         return render(item, self._offset)
 
+    def writable(self) -> bool:
+        """Whether packets can be written straight to the WebSocket now, without waiting."""
+        sink = self._sink
+        return sink is not None and sink.writable()
+
+    def encode(self, items: list[Envelope | str]) -> bytes:
+        """Outbox items as the WebSocket frames of their packets, one frame per packet."""
+        return b"".join([self._frame(item) for item in items])
+
+    def _frame(self, item: Envelope | str) -> bytes:
+        """One outbox item as the WebSocket frame of its packet, as :meth:`_render` makes it.
+
+        An event's packet is the same for every connection up to its offset:
+        that part is built once per event.
+        """
+        if isinstance(item, Envelope):
+            self._offset.advance(item.workflow_type, item.key)
+            head = item.transport_part(_event_head)
+            packet = head + sio.event_tail(self._offset.encode()).encode()
+        else:
+            packet = self._render(item).encode()
+        return websocket_text_frame(packet)
+
+    def write(self, data: bytes) -> None:
+        """Write frames straight to the WebSocket; only once :meth:`writable` said so."""
+        assert self._sink is not None  # writable() checked it
+        self._sink.write(data)
+
     async def _send(self, text: str) -> None:
         ws = self.ws
         if ws is not None:
-            for packet in text.split(sio.SEPARATOR):
+            packets = text.split(sio.SEPARATOR)
+            if self.writable():
+                # A backlog (a replay, a burst) in one write, one frame per packet.
+                self.write(b"".join([websocket_text_frame(p.encode()) for p in packets]))
+                return
+            for packet in packets:
                 await ws.send_str(packet)
             return
         if self.closed:
@@ -248,13 +298,17 @@ class EngineSession:
             return self.take()
         return sio.NOOP if self.upgrading and not self.closed else sio.CLOSE
 
-    async def upgrade(self, ws: web.WebSocketResponse) -> None:
-        """Move the session to ``ws``: what polling had not sent yet goes first."""
+    async def upgrade(self, ws: web.WebSocketResponse, sink: FrameSink | None = None) -> None:
+        """Move the session to ``ws``: what polling had not sent yet goes first.
+
+        ``sink``: the transport of ``ws``, as for :meth:`open`.
+        """
         if self.buffer:
             for packet in sio.encode_payload(self.buffer).split(sio.SEPARATOR):
                 await ws.send_str(packet)
         # The writer, waiting for the batch to be taken, now sends on the WebSocket.
         self.ws = ws
+        self._sink = sink
         self.upgrading = False
         self.take()
         logger.info("%s upgraded to websocket", self.subscriber.name)
@@ -667,7 +721,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     if upgrading is None:
-        await ws.send_str(session.open(ws))
+        await ws.send_str(session.open(ws, FrameSink.of(request, ws)))
     try:
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
@@ -679,7 +733,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
                     await ws.send_str(sio.PONG + sio.PROBE)
                     session.end_polling()
                 elif packet == sio.UPGRADE:
-                    await session.upgrade(ws)
+                    await session.upgrade(ws, FrameSink.of(request, ws))
                 continue
             session.receive(packet)
             if session.closed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -140,7 +141,17 @@ def event_packet(name: str, data_json: str, offset: str) -> str:
     ``name`` and ``offset`` must need no JSON escaping (relay's event names
     are validated so, and :meth:`Offset.encode` writes none).
     """
-    return f'{MESSAGE}{EVENT}["{name}",{data_json},"{offset}"]'
+    return event_head(name, data_json) + event_tail(offset)
+
+
+def event_head(name: str, data_json: str) -> str:
+    """An :func:`event_packet` up to its offset: the same for every connection sent it."""
+    return f'{MESSAGE}{EVENT}["{name}",{data_json},"'
+
+
+def event_tail(offset: str) -> str:
+    """What an :func:`event_packet` holds after its :func:`event_head`."""
+    return f'{offset}"]'
 
 
 def connect_packet(sid: str, pid: str) -> str:
@@ -195,12 +206,11 @@ class Offset:
 
     def encode(self) -> str:
         """The offset as the text an event carries."""
-        parts = [OFFSET_VERSION, _base36(self.floor)]
-        parts += [
-            f"{wtype}:{_base36(entry_id.ms)}-{_base36(entry_id.seq)}"
-            for wtype, entry_id in sorted(self.positions.items())
-        ]
-        return ".".join(parts)
+        positions = self.positions
+        head = f"{OFFSET_VERSION}.{_base36(self.floor)}"
+        if not positions:
+            return head
+        return ".".join([head, *(_position(*item) for item in sorted(positions.items()))])
 
 
 def parse_offset(text: object) -> Offset | None:
@@ -239,6 +249,14 @@ def resume_point(auth: dict[str, Any] | None) -> tuple[str, Offset] | None:
     return None if offset is None else (pid, offset)
 
 
+# Every connection sent an event encodes the same id in its offset, one after another.
+@lru_cache(maxsize=1024)
+def _position(workflow_type: str, entry_id: StreamId) -> str:
+    """One type's part of an offset."""
+    return f"{workflow_type}:{_base36(entry_id.ms)}-{_base36(entry_id.seq)}"
+
+
+@lru_cache(maxsize=1024)
 def _base36(number: int) -> str:
     digits = ""
     while True:

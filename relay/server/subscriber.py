@@ -19,6 +19,16 @@ snapshot) travels in a mark too, filled at once: however large, it counts as
 one item of the outbox, and the writer sends it in messages of
 :data:`MAX_BATCH`. When the writer reaches a mark it drops the events the
 connection's other subscriptions already deliver (see :mod:`relay.server.coverage`).
+
+A WebSocket subscriber may have a :class:`DirectWrite`: then what is delivered
+while its socket takes bytes at once is not handed to a writer task but
+written straight to the transport as prebuilt frames, by the gateway's
+:class:`Flusher` once the callback routing it (a batch the reader read) is
+done, so one write carries everything the batch brought the connection. The
+writer task takes over whenever a send would have to wait (the transport
+paused, above its high-water mark), whenever a mark is in the outbox, and to
+close; the two never run at once, so the order of the outbox is the order on
+the wire.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from relay.protocol.frames import Envelope, SubscriptionKey
 from relay.server.coverage import Coverage, Cut, Cuts, below_floors, uncovered
@@ -83,14 +94,60 @@ def websocket_batch(frames: list[str]) -> str:
     return frames[0] if len(frames) == 1 else "[" + ",".join(frames) + "]"
 
 
+class DirectWrite(Protocol):
+    """A connection that can take frames as bytes, without waiting, while its transport allows."""
+
+    def writable(self) -> bool:
+        """Whether bytes written now go out without waiting (open, not paused)."""
+
+    def encode(self, items: list[Envelope | str]) -> bytes:
+        """Outbox items as the whole frames that carry them on the wire."""
+
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport; it never waits."""
+
+
+class Flusher:
+    """The subscribers with something to write directly, written once the current callback ends.
+
+    One per gateway: everything routed in one callback (a batch of entries
+    the reader read) reaches each connection in one write, and the cost of
+    scheduling is one ``call_soon`` per batch, not per delivery.
+    """
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: list[Subscriber] = []
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Write ``subscriber``'s outbox soon, after the callback running now."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._due.append(subscriber)
+
+    def flush(self) -> None:
+        """Write every outbox that asked to be written."""
+        due, self._due = self._due, []
+        for subscriber in due:
+            try:
+                subscriber.flush()
+            except Exception:
+                # One connection's failure must not leave the others unwritten.
+                logger.exception("writing to %s failed", subscriber.name)
+
+
 class Subscriber:
     """A connection's delivery side; transport-agnostic (WebSocket or SSE)."""
 
     __slots__ = (
         "_close",
         "_closing",
+        "_direct",
+        "_due",
         "_ended",
         "_floored",
+        "_flusher",
         "_join",
         "_limit",
         "_over",
@@ -119,6 +176,8 @@ class Subscriber:
         name: str = "",
         render: Render = websocket_text,
         join: Join = websocket_batch,
+        direct: DirectWrite | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         self._send = send
         self._render = render
@@ -130,6 +189,11 @@ class Subscriber:
         # connection, and the writer takes the outbox in slices anyway.
         self._queue: list[Item] = []
         self._writer: asyncio.Task[None] | None = None
+        # Writing straight to the transport needs both; either alone means a writer task.
+        self._direct = direct if flusher is not None else None
+        self._flusher = flusher
+        # Whether the flusher has this subscriber in its list already.
+        self._due = False
         self._closing: tuple[int, str] | None = None
         # Sending is allowed between start() and the end; _ended is only made
         # for those who wait for the end (see finished()).
@@ -292,7 +356,47 @@ class Subscriber:
 
     def _wake(self) -> None:
         if self._writer is None and self._sending:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            if self._flusher is None:
+                self._start_writer()
+            elif not self._due:
+                self._due = True
+                self._flusher.add(self)
+
+    def _start_writer(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def flush(self) -> None:
+        """Write the outbox straight to the transport, or start the writer if that would wait.
+
+        Called by the :class:`Flusher`. The outbox goes out directly only when
+        it holds no mark, nothing is closing, no writer is running and the
+        transport takes bytes without waiting; otherwise the writer sends it.
+        """
+        self._due = False
+        if self._writer is not None or not self._sending:
+            return
+        queue, direct = self._queue, self._direct
+        if direct is None or self._closing is not None or not direct.writable():
+            self._start_writer()
+            return
+        items: list[Envelope | str] = []
+        for item in queue:
+            if isinstance(item, ReplayMark):
+                self._start_writer()
+                return
+            items.append(item)
+        if not items:
+            return
+        data = direct.encode(items)
+        count = len(items)
+        queue.clear()
+        try:
+            direct.write(data)
+        except (ConnectionError, RuntimeError) as exc:
+            logger.debug("direct write to %s failed: %s", self.name, exc)
+            self._end()
+            return
+        self.delivered += count
 
     def _conflate(self) -> None:
         seen: set[tuple[str, str]] = set()

@@ -31,6 +31,7 @@ from relay.server.auth import AuthError, Grant
 from relay.server.client_address import client_address
 from relay.server.cors import check_origin
 from relay.server.errors import ApiError, streaming
+from relay.server.frame_sink import FrameSink
 from relay.server.gateway import GATEWAY, Gateway
 from relay.server.guards import (
     anonymous_grant,
@@ -77,7 +78,13 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse, name: str) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        ws: web.WebSocketResponse,
+        name: str,
+        direct: FrameSink | None = None,
+    ) -> None:
         self.gateway = gateway
         self.ws = ws
         # Cancel requests in flight; made on first use, most connections never have one.
@@ -97,6 +104,8 @@ class Connection:
             limit=gateway.settings.outbox_limit,
             send_timeout=gateway.settings.send_timeout,
             name=name,
+            direct=direct,
+            flusher=None if direct is None else gateway.hub.flusher,
         )
 
     async def _close(self, code: int, reason: str) -> None:
@@ -310,7 +319,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     name = f"ws:{client_address(request, settings.proxies)}"
-    connection = Connection(gateway, ws, name)
+    connection = Connection(gateway, ws, name, FrameSink.of(request, ws))
     gateway.sockets.add(ws)
     gateway.hub.attach(connection.subscriber)
     connection.subscriber.start()
