@@ -303,8 +303,11 @@ class EngineSession:
 
         ``sink``: the transport of ``ws``, as for :meth:`open`.
         """
-        if self.buffer:
-            for packet in sio.encode_payload(self.buffer).split(sio.SEPARATOR):
+        # Packets queued while these are sent (a close, a noop) go in the next round,
+        # not lost to the take() below.
+        while self.buffer:
+            pending, self.buffer = self.buffer, []
+            for packet in sio.encode_payload(pending).split(sio.SEPARATOR):
                 await ws.send_str(packet)
         # The writer, waiting for the batch to be taken, now sends on the WebSocket.
         self.ws = ws

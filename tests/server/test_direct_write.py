@@ -304,3 +304,27 @@ def test_a_websocket_backlog_is_the_writers_json_arrays_shared_by_connections() 
     assert FrameSink.encode(list(items)) is data
     assert FrameSink.encode(items[1:]) != data
     assert FrameSink.encode([events[0]]) is events[0].websocket_frame
+
+
+class SlowWebSocket:
+    """A WebSocket whose every send waits a turn of the loop, for packets to arrive meanwhile."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_str(self, text: str) -> None:
+        await asyncio.sleep(0)
+        self.sent.append(text)
+
+
+async def test_packets_queued_while_an_upgrade_sends_the_polling_backlog_are_sent_too() -> None:
+    session = engine_session()
+    session.push(sio.encode_payload([sio.PING, '42["a",{}]']))
+    ws = SlowWebSocket()
+    upgrading = asyncio.ensure_future(session.upgrade(cast(Any, ws)))
+    await asyncio.sleep(0)
+    session.push(sio.NOOP)
+    await upgrading
+    assert ws.sent == [sio.PING, '42["a",{}]', sio.NOOP]
+    assert session.buffer == []
+    await session.subscriber.stop()
