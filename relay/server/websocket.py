@@ -60,6 +60,9 @@ FLOOD_WINDOW = 5.0
 # Seconds a close the gateway starts may take: our close frame out, the client's back.
 CLOSE_TIMEOUT = 5.0
 
+# What ws.receive() answers once the connection is over (as ``async for`` ends on).
+_ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
+
 routes = web.RouteTableDef()
 
 
@@ -93,7 +96,9 @@ class Connection:
         # None until a token is accepted, when the gateway requires one.
         self.grant: Grant | None = anonymous_grant(settings) if settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
-        self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
+        # Made on the first client frame: a bucket starts full, and one made at
+        # connect time would be full by then too, so waiting changes nothing.
+        self._rate: TokenBucket | None = None
         # Made on the first dropped frame; most connections never have one.
         self._flood: FloodWindow | None = None
         # Set once the gateway decided to close; nothing the client sends counts after.
@@ -172,12 +177,14 @@ class Connection:
 
     def admit(self) -> bool:
         """Whether the client is within its frame rate; see FLOOD_WINDOW for a flood."""
+        settings = self.gateway.settings
+        if self._rate is None:
+            self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
         if self._rate.take():
             return True
         if self._flood is None:
             self._flood = FloodWindow(FLOOD_WINDOW)
         dropped = self._flood.drop()
-        settings = self.gateway.settings
         if dropped == 1:
             self.error("rate_limited", "too many frames; this one and those after it are dropped")
         elif dropped > settings.ws_rate * FLOOD_WINDOW + settings.ws_burst:
@@ -192,12 +199,15 @@ class Connection:
         reader, so whatever the client sends meanwhile cannot race the close
         code, and the handler waits for that handshake to end.
         """
-        if not self.closing:
-            async for message in self.ws:
-                if self.admit():
-                    self.receive(message)
-                if self.closing:
-                    break
+        ws = self.ws
+        # ws.receive() rather than ``async for``: the iterator's frame would stay
+        # alive, in memory, for as long as the connection is idle.
+        while not self.closing:
+            message = await ws.receive()
+            if message.type in _ENDS:
+                break
+            if self.admit():
+                self.receive(message)
         if self.closing:
             await self.subscriber.finished(CLOSE_TIMEOUT)
 
@@ -245,6 +255,16 @@ class Connection:
             self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def end(self) -> None:
+        """Forget the connection, then stop what still runs for it."""
+        # Forgotten before awaiting anything: the handler may be cancelled
+        # here when the peer has already gone.
+        gateway = self.gateway
+        gateway.hub.detach(self.subscriber)
+        gateway.sockets.discard(self.ws)
+        logger.info("%s disconnected (close code %s)", self.subscriber.name, self.ws.close_code)
+        await self.stop()
 
     async def stop(self) -> None:
         """Cancel work still running for this connection and stop its writer."""
@@ -305,6 +325,23 @@ def _admit(request: web.Request) -> Subscribe | None:
 @streaming
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
+    opened = await _open(request)
+    if not isinstance(opened, Connection):
+        return opened
+    try:
+        await opened.run()
+    finally:
+        await opened.end()
+    return opened.ws
+
+
+async def _open(request: web.Request) -> Connection | web.StreamResponse:
+    """The upgrade, authentication and the query's subscription; a refusal instead if any.
+
+    Apart from the handler, so that what only the handshake needs (the
+    parsed subscription, the token, the settings) is not kept alive by its
+    frame for as long as the connection lasts.
+    """
     gateway = request.app[GATEWAY]
     try:
         initial = _admit(request)
@@ -335,12 +372,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 connection.close_later(CLOSE_UNAUTHORIZED, "authentication required")
             else:
                 connection.subscribe(initial)
-        await connection.run()
-    finally:
-        # Forget the connection before awaiting anything: the handler may be
-        # cancelled here when the peer has already gone.
-        gateway.hub.detach(connection.subscriber)
-        gateway.sockets.discard(ws)
-        logger.info("%s disconnected (close code %s)", name, ws.close_code)
-        await connection.stop()
-    return ws
+    except BaseException:
+        await connection.end()
+        raise
+    return connection
