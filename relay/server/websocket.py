@@ -45,7 +45,7 @@ from relay.server.guards import (
 )
 from relay.server.publishing import request_cancel
 from relay.server.rate_limits import FloodWindow, TokenBucket
-from relay.server.subscriber import Subscriber
+from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ FLOOD_WINDOW = 5.0
 # Seconds a close the gateway starts may take: our close frame out, the client's back.
 CLOSE_TIMEOUT = 5.0
 
+# An unmasked ping frame with no payload (RFC 6455, 5.5.2), as a server sends it.
+PING = b"\x89\x00"
 # What ws.receive() answers once the connection is over (as ``async for`` ends on).
 _ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
@@ -72,7 +74,9 @@ class Connection:
     __slots__ = (
         "_expiry",
         "_flood",
+        "_pinged",
         "_rate",
+        "_transport",
         "closing",
         "gateway",
         "grant",
@@ -87,9 +91,14 @@ class Connection:
         ws: web.WebSocketResponse,
         name: str,
         direct: FrameSink | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.gateway = gateway
         self.ws = ws
+        # Where heartbeat pings are written (see beat()); None once the peer has gone.
+        self._transport = transport
+        # Whether the last ping is still unanswered: nothing came from the client since.
+        self._pinged = False
         # Cancel requests in flight; made on first use, most connections never have one.
         self.tasks: set[asyncio.Task[None]] | None = None
         settings = gateway.settings
@@ -191,6 +200,25 @@ class Connection:
             self.close_later(CLOSE_POLICY, "message rate exceeded")
         return False
 
+    def beat(self) -> None:
+        """Ping the client, or close the connection if it has not answered the last ping.
+
+        The gateway calls this every ``ws_heartbeat`` seconds for every
+        connection (see :func:`ping_all`), rather than aiohttp keeping a timer
+        per connection. The ping frame is written straight to the transport:
+        the write never waits, so one stalled client cannot hold up the
+        others, and a frame is only ever written whole, so it cannot land
+        inside another.
+        """
+        transport = self._transport
+        if self.closing or self.ws.closed or transport is None or transport.is_closing():
+            return
+        if self._pinged:
+            self.close_later(CLOSE_GOING_AWAY, "no answer to ping")
+            return
+        self._pinged = True
+        transport.write(PING)
+
     async def run(self) -> None:
         """Act on client frames until either side closes the connection.
 
@@ -204,9 +232,14 @@ class Connection:
         # alive, in memory, for as long as the connection is idle.
         while not self.closing:
             message = await ws.receive()
-            if message.type in _ENDS:
+            kind = message.type
+            if kind in _ENDS:
                 break
-            if self.admit():
+            # Anything from the client answers the heartbeat.
+            self._pinged = False
+            if kind is WSMsgType.PING:
+                await ws.pong(message.data)
+            elif kind is not WSMsgType.PONG and self.admit():
                 self.receive(message)
         if self.closing:
             await self.subscriber.finished(CLOSE_TIMEOUT)
@@ -262,7 +295,7 @@ class Connection:
         # here when the peer has already gone.
         gateway = self.gateway
         gateway.hub.detach(self.subscriber)
-        gateway.sockets.discard(self.ws)
+        gateway.sockets.discard(self)
         logger.info("%s disconnected (close code %s)", self.subscriber.name, self.ws.close_code)
         await self.stop()
 
@@ -314,6 +347,12 @@ class Connection:
             self.error("not_subscribed", "there is no such subscription on this connection")
 
 
+def ping_all(gateway: Gateway) -> None:
+    """One heartbeat for every WebSocket connection of ``gateway``; see Connection.beat."""
+    for connection in list(gateway.sockets):
+        connection.beat()
+
+
 def _admit(request: web.Request) -> Subscribe | None:
     """Checks before the upgrade; the subscription in the query string, if any."""
     check_origin(request)
@@ -352,12 +391,13 @@ async def _open(request: web.Request) -> Connection | web.StreamResponse:
         timeout=CLOSE_TIMEOUT,
         compress=False,
         max_msg_size=settings.max_ws_frame_bytes,
-        heartbeat=settings.ws_heartbeat,
+        # Pings and pongs come to the handler: the heartbeat is the gateway's (ping_all).
+        autoping=False,
     )
     await ws.prepare(request)
     name = f"ws:{client_address(request, settings.proxies)}"
-    connection = Connection(gateway, ws, name, FrameSink.of(request, ws))
-    gateway.sockets.add(ws)
+    connection = Connection(gateway, ws, name, FrameSink.of(request, ws), request.transport)
+    gateway.sockets.add(connection)
     gateway.hub.attach(connection.subscriber)
     connection.subscriber.start()
     logger.info("%s connected", name)
