@@ -139,6 +139,7 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.cleanup_ctx.append(_run_reader)
     app.cleanup_ctx.append(_watch_sends)
     app.cleanup_ctx.append(_ping_sockets)
+    app.cleanup_ctx.append(_ping_sessions)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
     if app[GATEWAY].liveness.rules.enabled:
@@ -240,6 +241,17 @@ async def _ping_sockets(app: web.Application) -> AsyncIterator[None]:
         websocket.ping_all(gateway)
 
     async with periodically(gateway.settings.ws_heartbeat, ping, "relay-ws-heartbeat"):
+        yield
+
+
+async def _ping_sessions(app: web.Application) -> AsyncIterator[None]:
+    sessions = app[socketio.SESSIONS]
+
+    async def ping() -> None:
+        await socketio.ping_all(sessions)
+
+    interval = app[GATEWAY].settings.socketio_ping_interval
+    async with periodically(interval, ping, "relay-socketio-heartbeat"):
         yield
 
 
