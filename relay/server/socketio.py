@@ -65,6 +65,7 @@ from relay.server.guards import (
     verify_token,
 )
 from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
+from relay.server.websocket import drop_http_parser
 
 logger = logging.getLogger(__name__)
 
@@ -723,6 +724,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT, compress=False, max_msg_size=settings.max_ws_frame_bytes
     )
     await ws.prepare(request)
+    drop_http_parser(request)
     if upgrading is None:
         await ws.send_str(session.open(ws, FrameSink.of(request, ws)))
     try:

@@ -353,6 +353,21 @@ def ping_all(gateway: Gateway) -> None:
         connection.beat()
 
 
+def drop_http_parser(request: web.Request) -> None:
+    """Let go of the HTTP parser of a connection upgraded to a WebSocket.
+
+    aiohttp keeps the connection's HTTP request parser (more than 1 KiB of
+    RSS) for as long as the connection lasts, though once the upgrade is done
+    every byte goes to the WebSocket reader, and pausing reading no longer
+    touches the parser; it handles a parser of None (as after the connection
+    is lost). These are aiohttp's own attributes:
+    tests/server/test_websocket_memory.py fails if they change.
+    """
+    protocol = request.protocol
+    if protocol._upgraded and protocol._payload_parser is not None:
+        protocol._parser = None
+
+
 def _admit(request: web.Request) -> Subscribe | None:
     """Checks before the upgrade; the subscription in the query string, if any."""
     check_origin(request)
@@ -395,6 +410,7 @@ async def _open(request: web.Request) -> Connection | web.StreamResponse:
         autoping=False,
     )
     await ws.prepare(request)
+    drop_http_parser(request)
     name = f"ws:{client_address(request, settings.proxies)}"
     connection = Connection(gateway, ws, name, FrameSink.of(request, ws), request.transport)
     gateway.sockets.add(connection)
