@@ -62,6 +62,7 @@ CLOSE_TIMEOUT = 5.0
 
 # An unmasked ping frame with no payload (RFC 6455, 5.5.2), as a server sends it.
 PING = b"\x89\x00"
+_PING_PONG = frozenset((WSMsgType.PING, WSMsgType.PONG))
 # What ws.receive() answers once the connection is over (as ``async for`` ends on).
 _ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
@@ -219,30 +220,15 @@ class Connection:
         self._pinged = True
         transport.write(PING)
 
-    async def run(self) -> None:
-        """Act on client frames until either side closes the connection.
+    def take(self, message: WSMessage) -> None:
+        """Act on one message of the client if it is within its frame rate.
 
-        Once the gateway decides to close, reading stops here: the close
-        handshake (our close frame out, the client's back) is then the only
-        reader, so whatever the client sends meanwhile cannot race the close
-        code, and the handler waits for that handshake to end.
+        Whatever the client sends answers the heartbeat; pings and pongs are
+        not counted against the rate (the handler answers pings).
         """
-        ws = self.ws
-        # ws.receive() rather than ``async for``: the iterator's frame would stay
-        # alive, in memory, for as long as the connection is idle.
-        while not self.closing:
-            message = await ws.receive()
-            kind = message.type
-            if kind in _ENDS:
-                break
-            # Anything from the client answers the heartbeat.
-            self._pinged = False
-            if kind is WSMsgType.PING:
-                await ws.pong(message.data)
-            elif kind is not WSMsgType.PONG and self.admit():
-                self.receive(message)
-        if self.closing:
-            await self.subscriber.finished(CLOSE_TIMEOUT)
+        self._pinged = False
+        if message.type not in _PING_PONG and self.admit():
+            self.receive(message)
 
     def receive(self, message: WSMessage) -> None:
         """Act on one message from the client."""
@@ -378,15 +364,34 @@ def _admit(request: web.Request) -> Subscribe | None:
 @routes.get("/ws")
 @streaming
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
-    opened = await _open(request)
-    if not isinstance(opened, Connection):
-        return opened
+    """Upgrade to a WebSocket, then act on client frames until either side closes it.
+
+    A token and a subscription may come in the query string. The loop is the
+    handler's own, and calls ws.receive() rather than iterating: every frame
+    more (a method's, the iterator's) would stay alive, in memory, for as
+    long as the connection is idle. Once the gateway decides to close,
+    reading stops here: the close handshake (our close frame out, the
+    client's back) is then the only reader, so whatever the client sends
+    meanwhile cannot race the close code, and the handler waits for that
+    handshake to end.
+    """
+    connection = await _open(request)
+    if not isinstance(connection, Connection):
+        return connection
+    ws = connection.ws
     try:
-        await opened.run()
+        while not connection.closing:
+            message = await ws.receive()
+            if message.type in _ENDS:
+                break
+            if message.type is WSMsgType.PING:
+                await ws.pong(message.data)
+            connection.take(message)
+        if connection.closing:
+            await connection.subscriber.finished(CLOSE_TIMEOUT)
     finally:
-        await opened.end()
-    return opened.ws
+        await connection.end()
+    return ws
 
 
 async def _open(request: web.Request) -> Connection | web.StreamResponse:
