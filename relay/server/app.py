@@ -138,6 +138,8 @@ def create_app(settings: Settings, connections: Connections | None = None) -> we
     app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_run_reader)
     app.cleanup_ctx.append(_watch_sends)
+    app.cleanup_ctx.append(_ping_sockets)
+    app.cleanup_ctx.append(_ping_sessions)
     if settings.stream_max_age > 0:
         app.cleanup_ctx.append(_trim_by_age)
     if app[GATEWAY].liveness.rules.enabled:
@@ -232,6 +234,27 @@ async def _watch_sends(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _ping_sockets(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+
+    async def ping() -> None:
+        websocket.ping_all(gateway)
+
+    async with periodically(gateway.settings.ws_heartbeat, ping, "relay-ws-heartbeat"):
+        yield
+
+
+async def _ping_sessions(app: web.Application) -> AsyncIterator[None]:
+    sessions = app[socketio.SESSIONS]
+
+    async def ping() -> None:
+        await socketio.ping_all(sessions)
+
+    interval = app[GATEWAY].settings.socketio_ping_interval
+    async with periodically(interval, ping, "relay-socketio-heartbeat"):
+        yield
+
+
 @asynccontextmanager
 async def periodically(
     interval: float, action: Callable[[], Awaitable[None]], name: str
@@ -262,7 +285,7 @@ async def periodically(
 async def _close_sockets(app: web.Application) -> None:
     for stream in app[GATEWAY].event_streams:
         stream.close_later(CLOSE_GOING_AWAY, "server shutting down")
-    sockets = list(app[GATEWAY].sockets)
+    sockets = [connection.ws for connection in app[GATEWAY].sockets]
     await asyncio.gather(
         *(sock.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for sock in sockets),
         return_exceptions=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,6 +19,9 @@ from relay.server.session_view import SessionView
 from relay.server.settings import Settings
 from relay.server.stream_store import StreamStore
 from relay.server.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from relay.server.websocket import Connection
 
 
 @dataclass(slots=True)
@@ -52,7 +56,8 @@ class Gateway:
     catchup: CatchUp
     publisher_limits: PublisherLimits
     liveness: Liveness
-    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    # The WebSocket connections, for the heartbeat and the shutdown.
+    sockets: set[Connection] = field(default_factory=set)
     event_streams: set[Subscriber] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)
 

@@ -247,7 +247,12 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Subscriptions one connection may hold."
     )
     ws_heartbeat: float = Field(
-        default=30.0, gt=0, description="Seconds between WebSocket pings to each client."
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds between WebSocket pings to each client; one that has not"
+            " answered by the next ping is closed."
+        ),
     )
     max_connections: int = Field(
         default=20_000,

@@ -65,6 +65,7 @@ from relay.server.guards import (
     verify_token,
 )
 from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
+from relay.server.websocket import drop_http_parser
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ PATH = "/socket.io/"
 TRANSPORTS = ("polling", "websocket")
 # Seconds a close the gateway starts may take on a WebSocket.
 CLOSE_TIMEOUT = 5.0
+
+# What ws.receive() answers once the WebSocket is over (as ``async for`` ends on).
+_ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
 routes = web.RouteTableDef()
 
@@ -133,9 +137,8 @@ class EngineSession:
         "_drained",
         "_expiry",
         "_offset",
-        "_ping",
+        "_pinged_at",
         "_poll",
-        "_pong_deadline",
         "_sink",
         "buffer",
         "closed",
@@ -176,8 +179,8 @@ class EngineSession:
         self.tasks: set[asyncio.Task[None]] | None = None
         # Where the connection is, as every event tells the client (see _render).
         self._offset = sio.Offset(now_ms())
-        self._ping: asyncio.TimerHandle | None = None
-        self._pong_deadline: asyncio.TimerHandle | None = None
+        # The loop time of the ping still unanswered, 0 when none is (see beat()).
+        self._pinged_at = 0.0
         self._expiry: asyncio.TimerHandle | None = None
         settings = gateway.settings
         self.subscriber = Subscriber(
@@ -204,7 +207,6 @@ class EngineSession:
         self.gateway.hub.attach(self.subscriber)
         self.gateway.event_streams.add(self.subscriber)
         self.subscriber.start()
-        self._schedule_ping()
         logger.info("%s connected (%s)", self.subscriber.name, "websocket" if ws else "polling")
         return sio.open_packet(
             self.sid,
@@ -330,22 +332,25 @@ class EngineSession:
 
     # Heartbeat.
 
-    def _schedule_ping(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ping = loop.call_later(self.gateway.settings.socketio_ping_interval, self._send_ping)
+    def beat(self, now: float) -> None:
+        """Ping the client, or end the session if a ping has gone unanswered too long.
 
-    def _send_ping(self) -> None:
-        self.subscriber.deliver(sio.PING)
-        self._pong_deadline = asyncio.get_running_loop().call_later(
-            self.gateway.settings.socketio_ping_timeout, self.close, "ping timeout"
-        )
+        ``now`` is the loop's time. The gateway calls this for every session
+        every ping interval (see :func:`ping_all`), rather than each session
+        keeping timers of its own: a ping goes out once the last one was
+        answered, and the session ends once one has waited the ping timeout.
+        """
+        if self.closed:
+            return
+        if not self._pinged_at:
+            self._pinged_at = now
+            self.subscriber.deliver(sio.PING)
+        elif now - self._pinged_at >= self.gateway.settings.socketio_ping_timeout:
+            self.close("ping timeout")
 
     def pong(self) -> None:
-        """The client answered: ping again after the interval."""
-        if self._pong_deadline is not None:
-            self._pong_deadline.cancel()
-            self._pong_deadline = None
-            self._schedule_ping()
+        """The client answered: the next sweep pings again."""
+        self._pinged_at = 0.0
 
     # Receiving.
 
@@ -582,9 +587,8 @@ class EngineSession:
             return
         self.closed = True
         logger.info("%s disconnected: %s", self.subscriber.name, reason)
-        for timer in (self._ping, self._pong_deadline, self._expiry):
-            if timer is not None:
-                timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.sessions.by_sid.pop(self.sid, None)
         self.gateway.hub.detach(self.subscriber)
         self.gateway.event_streams.discard(self.subscriber)
@@ -723,10 +727,13 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT, compress=False, max_msg_size=settings.max_ws_frame_bytes
     )
     await ws.prepare(request)
+    drop_http_parser(request)
     if upgrading is None:
         await ws.send_str(session.open(ws, FrameSink.of(request, ws)))
     try:
-        async for message in ws:
+        # ws.receive() rather than ``async for``: the iterator's frame would stay
+        # alive, in memory, for as long as the session is idle.
+        while (message := await ws.receive()).type not in _ENDS:
             if message.type is not WSMsgType.TEXT:
                 session.close("binary frames are not accepted")
                 break
@@ -748,6 +755,20 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
             # The probe went away before the upgrade: the session goes on polling.
             session.upgrading = False
     return ws
+
+
+# Sessions pinged between two looks at the loop: pings queue writer tasks,
+# and slices keep only so many of them alive at once.
+PING_SLICE = 256
+
+
+async def ping_all(sessions: Sessions) -> None:
+    """One heartbeat for every Engine.IO session; see EngineSession.beat."""
+    loop = asyncio.get_running_loop()
+    for count, session in enumerate(list(sessions.by_sid.values()), start=1):
+        session.beat(loop.time())
+        if count % PING_SLICE == 0:
+            await asyncio.sleep(0)
 
 
 async def close_sessions(app: web.Application) -> None:

@@ -45,7 +45,7 @@ from relay.server.guards import (
 )
 from relay.server.publishing import request_cancel
 from relay.server.rate_limits import FloodWindow, TokenBucket
-from relay.server.subscriber import Subscriber
+from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ FLOOD_WINDOW = 5.0
 # Seconds a close the gateway starts may take: our close frame out, the client's back.
 CLOSE_TIMEOUT = 5.0
 
+# An unmasked ping frame with no payload (RFC 6455, 5.5.2), as a server sends it.
+PING = b"\x89\x00"
+_PING_PONG = frozenset((WSMsgType.PING, WSMsgType.PONG))
+# What ws.receive() answers once the connection is over (as ``async for`` ends on).
+_ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
+
 routes = web.RouteTableDef()
 
 
@@ -69,7 +75,9 @@ class Connection:
     __slots__ = (
         "_expiry",
         "_flood",
+        "_pinged",
         "_rate",
+        "_transport",
         "closing",
         "gateway",
         "grant",
@@ -84,16 +92,23 @@ class Connection:
         ws: web.WebSocketResponse,
         name: str,
         direct: FrameSink | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.gateway = gateway
         self.ws = ws
+        # Where heartbeat pings are written (see beat()); None once the peer has gone.
+        self._transport = transport
+        # Whether the last ping is still unanswered: nothing came from the client since.
+        self._pinged = False
         # Cancel requests in flight; made on first use, most connections never have one.
         self.tasks: set[asyncio.Task[None]] | None = None
         settings = gateway.settings
         # None until a token is accepted, when the gateway requires one.
         self.grant: Grant | None = anonymous_grant(settings) if settings.secret is None else None
         self._expiry: asyncio.TimerHandle | None = None
-        self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
+        # Made on the first client frame: a bucket starts full, and one made at
+        # connect time would be full by then too, so waiting changes nothing.
+        self._rate: TokenBucket | None = None
         # Made on the first dropped frame; most connections never have one.
         self._flood: FloodWindow | None = None
         # Set once the gateway decided to close; nothing the client sends counts after.
@@ -172,34 +187,48 @@ class Connection:
 
     def admit(self) -> bool:
         """Whether the client is within its frame rate; see FLOOD_WINDOW for a flood."""
+        settings = self.gateway.settings
+        if self._rate is None:
+            self._rate = TokenBucket(settings.ws_rate, settings.ws_burst)
         if self._rate.take():
             return True
         if self._flood is None:
             self._flood = FloodWindow(FLOOD_WINDOW)
         dropped = self._flood.drop()
-        settings = self.gateway.settings
         if dropped == 1:
             self.error("rate_limited", "too many frames; this one and those after it are dropped")
         elif dropped > settings.ws_rate * FLOOD_WINDOW + settings.ws_burst:
             self.close_later(CLOSE_POLICY, "message rate exceeded")
         return False
 
-    async def run(self) -> None:
-        """Act on client frames until either side closes the connection.
+    def beat(self) -> None:
+        """Ping the client, or close the connection if it has not answered the last ping.
 
-        Once the gateway decides to close, reading stops here: the close
-        handshake (our close frame out, the client's back) is then the only
-        reader, so whatever the client sends meanwhile cannot race the close
-        code, and the handler waits for that handshake to end.
+        The gateway calls this every ``ws_heartbeat`` seconds for every
+        connection (see :func:`ping_all`), rather than aiohttp keeping a timer
+        per connection. The ping frame is written straight to the transport:
+        the write never waits, so one stalled client cannot hold up the
+        others, and a frame is only ever written whole, so it cannot land
+        inside another.
         """
-        if not self.closing:
-            async for message in self.ws:
-                if self.admit():
-                    self.receive(message)
-                if self.closing:
-                    break
-        if self.closing:
-            await self.subscriber.finished(CLOSE_TIMEOUT)
+        transport = self._transport
+        if self.closing or self.ws.closed or transport is None or transport.is_closing():
+            return
+        if self._pinged:
+            self.close_later(CLOSE_GOING_AWAY, "no answer to ping")
+            return
+        self._pinged = True
+        transport.write(PING)
+
+    def take(self, message: WSMessage) -> None:
+        """Act on one message of the client if it is within its frame rate.
+
+        Whatever the client sends answers the heartbeat; pings and pongs are
+        not counted against the rate (the handler answers pings).
+        """
+        self._pinged = False
+        if message.type not in _PING_PONG and self.admit():
+            self.receive(message)
 
     def receive(self, message: WSMessage) -> None:
         """Act on one message from the client."""
@@ -245,6 +274,16 @@ class Connection:
             self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def end(self) -> None:
+        """Forget the connection, then stop what still runs for it."""
+        # Forgotten before awaiting anything: the handler may be cancelled
+        # here when the peer has already gone.
+        gateway = self.gateway
+        gateway.hub.detach(self.subscriber)
+        gateway.sockets.discard(self)
+        logger.info("%s disconnected (close code %s)", self.subscriber.name, self.ws.close_code)
+        await self.stop()
 
     async def stop(self) -> None:
         """Cancel work still running for this connection and stop its writer."""
@@ -294,6 +333,27 @@ class Connection:
             self.error("not_subscribed", "there is no such subscription on this connection")
 
 
+def ping_all(gateway: Gateway) -> None:
+    """One heartbeat for every WebSocket connection of ``gateway``; see Connection.beat."""
+    for connection in list(gateway.sockets):
+        connection.beat()
+
+
+def drop_http_parser(request: web.Request) -> None:
+    """Let go of the HTTP parser of a connection upgraded to a WebSocket.
+
+    aiohttp keeps the connection's HTTP request parser (more than 1 KiB of
+    RSS) for as long as the connection lasts, though once the upgrade is done
+    every byte goes to the WebSocket reader, and pausing reading no longer
+    touches the parser; it handles a parser of None (as after the connection
+    is lost). These are aiohttp's own attributes:
+    tests/server/test_websocket_memory.py fails if they change.
+    """
+    protocol = request.protocol
+    if protocol._upgraded and protocol._payload_parser is not None:
+        protocol._parser = None
+
+
 def _admit(request: web.Request) -> Subscribe | None:
     """Checks before the upgrade; the subscription in the query string, if any."""
     check_origin(request)
@@ -304,7 +364,43 @@ def _admit(request: web.Request) -> Subscribe | None:
 @routes.get("/ws")
 @streaming
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade to a WebSocket; a token and a subscription may come in the query string."""
+    """Upgrade to a WebSocket, then act on client frames until either side closes it.
+
+    A token and a subscription may come in the query string. The loop is the
+    handler's own, and calls ws.receive() rather than iterating: every frame
+    more (a method's, the iterator's) would stay alive, in memory, for as
+    long as the connection is idle. Once the gateway decides to close,
+    reading stops here: the close handshake (our close frame out, the
+    client's back) is then the only reader, so whatever the client sends
+    meanwhile cannot race the close code, and the handler waits for that
+    handshake to end.
+    """
+    connection = await _open(request)
+    if not isinstance(connection, Connection):
+        return connection
+    ws = connection.ws
+    try:
+        while not connection.closing:
+            message = await ws.receive()
+            if message.type in _ENDS:
+                break
+            if message.type is WSMsgType.PING:
+                await ws.pong(message.data)
+            connection.take(message)
+        if connection.closing:
+            await connection.subscriber.finished(CLOSE_TIMEOUT)
+    finally:
+        await connection.end()
+    return ws
+
+
+async def _open(request: web.Request) -> Connection | web.StreamResponse:
+    """The upgrade, authentication and the query's subscription; a refusal instead if any.
+
+    Apart from the handler, so that what only the handshake needs (the
+    parsed subscription, the token, the settings) is not kept alive by its
+    frame for as long as the connection lasts.
+    """
     gateway = request.app[GATEWAY]
     try:
         initial = _admit(request)
@@ -315,12 +411,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT,
         compress=False,
         max_msg_size=settings.max_ws_frame_bytes,
-        heartbeat=settings.ws_heartbeat,
+        # Pings and pongs come to the handler: the heartbeat is the gateway's (ping_all).
+        autoping=False,
     )
     await ws.prepare(request)
+    drop_http_parser(request)
     name = f"ws:{client_address(request, settings.proxies)}"
-    connection = Connection(gateway, ws, name, FrameSink.of(request, ws))
-    gateway.sockets.add(ws)
+    connection = Connection(gateway, ws, name, FrameSink.of(request, ws), request.transport)
+    gateway.sockets.add(connection)
     gateway.hub.attach(connection.subscriber)
     connection.subscriber.start()
     logger.info("%s connected", name)
@@ -335,12 +433,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 connection.close_later(CLOSE_UNAUTHORIZED, "authentication required")
             else:
                 connection.subscribe(initial)
-        await connection.run()
-    finally:
-        # Forget the connection before awaiting anything: the handler may be
-        # cancelled here when the peer has already gone.
-        gateway.hub.detach(connection.subscriber)
-        gateway.sockets.discard(ws)
-        logger.info("%s disconnected (close code %s)", name, ws.close_code)
-        await connection.stop()
-    return ws
+    except BaseException:
+        await connection.end()
+        raise
+    return connection
