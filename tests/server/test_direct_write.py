@@ -156,14 +156,20 @@ async def test_nothing_passes_a_replay_mark_directly() -> None:
     await sub.stop()
 
 
-async def test_a_slow_consumer_behind_a_paused_transport_is_still_closed() -> None:
-    conn = FakeConnection()
+async def stuck(conn: FakeConnection, **settings: Any) -> Subscriber:
+    """A started subscriber behind a paused transport whose writer holds one event, stuck."""
     conn.paused = True
     conn.gate.clear()
-    sub = make(conn, limit=20)
+    sub = make(conn, **settings)
     sub.start()
     sub.deliver(envelope(0))
-    await eventually(lambda: sub.queued == 0)  # the writer holds it, stuck
+    await eventually(lambda: sub.queued == 0)
+    return sub
+
+
+async def test_a_slow_consumer_behind_a_paused_transport_is_still_closed() -> None:
+    conn = FakeConnection()
+    sub = await stuck(conn, limit=20)
     for n in range(1, 40):
         sub.deliver(envelope(n, session=f"s{n}"))
     assert sub.dropped_slow
@@ -176,12 +182,7 @@ async def test_a_slow_consumer_behind_a_paused_transport_is_still_closed() -> No
 
 async def test_a_stuck_send_behind_a_paused_transport_is_still_detected() -> None:
     conn = FakeConnection()
-    conn.paused = True
-    conn.gate.clear()
-    sub = make(conn, send_timeout=5.0)
-    sub.start()
-    sub.deliver(envelope(0))
-    await eventually(lambda: sub.queued == 0)
+    sub = await stuck(conn, send_timeout=5.0)
     clock = asyncio.get_running_loop().time
     sub.check_send(clock() + 1)
     assert conn.closed is None
