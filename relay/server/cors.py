@@ -50,9 +50,11 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     """CORS headers on every answer to an allowed origin (an ``on_response_prepare`` hook).
 
     A hook rather than a middleware: a middleware's frame would stay alive for
-    as long as each WebSocket is open.
+    as long as each WebSocket is open. An answer to a request without an
+    ``Origin`` (every publisher's) returns at once: only browsers send one.
     """
-    response.headers.update(cors_headers(request))
+    if "Origin" in request.headers:
+        response.headers.update(cors_headers(request))
 
 
 async def preflight(request: web.Request) -> web.StreamResponse:

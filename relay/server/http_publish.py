@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
@@ -36,12 +36,8 @@ async def read_json_body(request: web.Request) -> bytes:
     415 for another content type or a charset other than UTF-8, 400 when
     empty, 408 when the body takes longer than ``body_timeout`` to arrive.
     """
-    content_type = request.content_type
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise ApiError(415, f"expected content-type application/json, got {content_type!r}")
-    charset = request.charset
-    if charset is not None and charset.lower() != "utf-8":
-        raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
+    if request.headers.get(hdrs.CONTENT_TYPE) not in PLAIN_JSON:
+        _check_content_type(request)
     content = request.content
     if content.is_eof():
         # The whole body has arrived already (the common case of a small
@@ -55,6 +51,29 @@ async def read_json_body(request: web.Request) -> bytes:
     if not body or body.isspace():
         raise ApiError(400, "request body is empty", code="malformed_json")
     return body
+
+
+# The Content-Type headers nearly every publisher sends, accepted as they are:
+# aiohttp's parse of the header costs more than the rest of reading the body.
+PLAIN_JSON = frozenset(
+    {
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/json; charset=UTF-8",
+        "application/json;charset=UTF-8",
+    }
+)
+
+
+def _check_content_type(request: web.Request) -> None:
+    """415 unless the request's media type is JSON, sent as UTF-8 if it names a charset."""
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(415, f"expected content-type application/json, got {content_type!r}")
+    charset = request.charset
+    if charset is not None and charset.lower() != "utf-8":
+        raise ApiError(415, f"JSON must be sent as utf-8, got charset {charset!r}")
 
 
 async def _read_in_time(request: web.Request) -> bytes:

@@ -207,6 +207,9 @@ async def test_origins_and_cors(base: str, http: aiohttp.ClientSession) -> None:
         assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     async with http.get(f"{base}/healthz", headers={"Origin": "https://evil.example"}) as r:
         assert "Access-Control-Allow-Origin" not in r.headers
+    async with http.get(f"{base}/healthz") as r:  # not a browser: no CORS headers at all
+        assert not any(name.startswith("Access-Control-") for name in r.headers)
+        assert "Vary" not in r.headers
 
 
 @pytest.mark.process

@@ -11,11 +11,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp.helpers import parse_content_type
 from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.protocol.event import MAX_DETAIL_FIELD_CHARS, MAX_DETAIL_ITEMS
 from relay.protocol.stream_ids import STREAM_ID_PART_MAX, STREAM_ID_PATTERN
+from relay.server.http_publish import PLAIN_JSON
 from relay.server.settings import Settings
 from tests.helpers import Gateway, event, receive, serving, state_when, wait_until
 
@@ -120,6 +122,9 @@ async def test_the_largest_stream_id_is_valid(base: str, http: aiohttp.ClientSes
         "application/json; charset=utf-8",
         "application/json; charset=UTF-8",
         'application/json; charset="utf-8"',
+        "application/json;charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
     ],
 )
 async def test_utf8_or_no_charset_is_accepted(
@@ -129,6 +134,14 @@ async def test_utf8_or_no_charset_is_accepted(
     headers = {"Content-Type": content_type}
     async with http.post(f"{base}/api/workflows/progress", data=body, headers=headers) as response:
         assert response.status == 202, await response.text()
+
+
+@pytest.mark.parametrize("content_type", sorted(PLAIN_JSON))
+def test_headers_taken_as_they_are_parse_as_json_in_utf8(content_type: str) -> None:
+    # Those headers skip aiohttp's parse: it must say what they are taken for.
+    media_type, options = parse_content_type(content_type)
+    assert media_type == "application/json"
+    assert options.get("charset", "utf-8").lower() == "utf-8"
 
 
 @pytest.mark.parametrize("charset", ["latin-1", "utf-16", "iso-8859-1", "ascii", "utf8"])
