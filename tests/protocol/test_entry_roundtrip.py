@@ -16,13 +16,18 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.protocol.entries import WRITTEN, Publication, PublishPlan, event_from_entry
+from relay.protocol.entries import WRITTEN, Publication, Published, PublishPlan, event_from_entry
 from relay.protocol.event import ProgressEvent
 from relay.protocol.idempotency import fingerprint
 from relay.protocol.keys import Keys
 
-_json_leaf = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
-_json_leaf |= st.floats(allow_nan=False, allow_infinity=False)
+_json_leaf: st.SearchStrategy[object] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.text(max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 _json = st.recursive(
     _json_leaf,
     lambda inner: (
@@ -94,6 +99,7 @@ def test_a_written_publication_carries_the_fields_of_its_entries() -> None:
         count = len(call.places)
         call.answer = [f"{number + 1}-0"] * count + [0] * count + [WRITTEN]
     (published,) = plan.results()
+    assert isinstance(published, Published)
     assert published.entries == [first.stream_fields(), second.stream_fields()]
 
 
@@ -103,5 +109,6 @@ def test_a_publication_answered_from_its_record_carries_no_fields() -> None:
     (call,) = plan.calls
     call.answer = ["1-0", 0, 1]
     (published,) = plan.results()
+    assert isinstance(published, Published)
     assert published.replayed
     assert published.entries == [None]
