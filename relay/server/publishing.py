@@ -80,22 +80,16 @@ def _applied(
     already (its answer can come before the publish's).
     """
     view = gateway.view
-    own = view.own
     read = gateway.reader.positions
-    streams: dict[str, str] = {}
     for index, (event, receipt) in enumerate(zip(events, receipts, strict=True)):
         envelope, shown = view.delivered(receipt.id, event)
         view.apply(envelope, shown, ahead=True)
         fields = entries[index] if index < len(entries) else None
         if fields is None:
             continue
-        workflow_type = event.workflow_type
-        stream = streams.get(workflow_type)
-        if stream is None:
-            stream = streams[workflow_type] = gateway.keys.stream(workflow_type)
-        position = read.get(stream)
+        position = read.get(gateway.keys.stream(event.workflow_type))
         if position is None or envelope.key > position:
-            own.wrote(workflow_type, receipt.id, fields, event)
+            view.own.wrote(event.workflow_type, receipt.id, fields, event)
 
 
 def unknown_session(session_id: str) -> ApiError:
