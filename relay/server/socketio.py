@@ -65,7 +65,7 @@ from relay.server.guards import (
     verify_token,
 )
 from relay.server.subscriber import CLOSE_GOING_AWAY, Subscriber
-from relay.server.websocket import drop_http_parser
+from relay.server.websocket import ENDS, drop_http_parser
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +73,6 @@ PATH = "/socket.io/"
 TRANSPORTS = ("polling", "websocket")
 # Seconds a close the gateway starts may take on a WebSocket.
 CLOSE_TIMEOUT = 5.0
-
-# What ws.receive() answers once the WebSocket is over (as ``async for`` ends on).
-_ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
 routes = web.RouteTableDef()
 
@@ -733,7 +730,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     try:
         # ws.receive() rather than ``async for``: the iterator's frame would stay
         # alive, in memory, for as long as the session is idle.
-        while (message := await ws.receive()).type not in _ENDS:
+        while (message := await ws.receive()).type not in ENDS:
             if message.type is not WSMsgType.TEXT:
                 session.close("binary frames are not accepted")
                 break

@@ -64,7 +64,7 @@ CLOSE_TIMEOUT = 5.0
 PING = b"\x89\x00"
 _PING_PONG = frozenset((WSMsgType.PING, WSMsgType.PONG))
 # What ws.receive() answers once the connection is over (as ``async for`` ends on).
-_ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
+ENDS = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
 routes = web.RouteTableDef()
 
@@ -382,7 +382,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         while not connection.closing:
             message = await ws.receive()
-            if message.type in _ENDS:
+            if message.type in ENDS:
                 break
             if message.type is WSMsgType.PING:
                 await ws.pong(message.data)
