@@ -10,7 +10,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 from pydantic import SecretStr, ValidationError
 
 from relay import __version__
+from relay.cli.addresses import cannot_listen, host_port, os_reason
 from relay.protocol.event import Status
 from relay.protocol.frames import ANY_TYPE
 from relay.protocol.liveness import DEFAULT_STALL_AFTER
@@ -383,24 +383,9 @@ async def _listen(
     try:
         await web.TCPSite(runner, settings.host, port, reuse_port=shared or None).start()
     except OSError as exc:
-        where = host_port(settings.host, port)
-        print(f"relay serve: cannot listen on {where}: {os_reason(exc)}", file=sys.stderr)
+        print(cannot_listen(settings.host, port, exc), file=sys.stderr)
         return None
     return int(runner.addresses[0][1])
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def os_reason(exc: OSError) -> str:
-    """Why a bind failed, in the system's words without the bind's own wording around them."""
-    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
-        text = str(exc.strerror or exc)
-    else:
-        text = os.strerror(exc.errno)
-    return text[:1].lower() + text[1:]
 
 
 def publish(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from relay.cli.addresses import cannot_listen, host_port
+
 if TYPE_CHECKING:
     from relay.server.settings import Settings
 
@@ -133,7 +135,6 @@ def run_workers(settings: Settings, run_one: RunOne) -> int:
     when the platform cannot share a port between processes.
     """
     from relay.cli.logs import configure_logging
-    from relay.cli.main import host_port, os_reason
 
     reason = unsupported_reason()
     if reason is not None:
@@ -143,8 +144,7 @@ def run_workers(settings: Settings, run_one: RunOne) -> int:
     try:
         reservation = reserve_address(settings.host, settings.port)
     except OSError as exc:
-        where = host_port(settings.host, settings.port)
-        print(f"relay serve: cannot listen on {where}: {os_reason(exc)}", file=sys.stderr)
+        print(cannot_listen(settings.host, settings.port, exc), file=sys.stderr)
         return 1
     with reservation:
         port = int(reservation.getsockname()[1])
